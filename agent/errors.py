@@ -1,0 +1,7 @@
+"""The base of every error meant for a person rather than a traceback."""
+
+from __future__ import annotations
+
+
+class EdgegapError(Exception):
+    """A condition the user can act on: bad input, missing file, untrusted bundle. Printed in one line."""

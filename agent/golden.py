@@ -1,0 +1,84 @@
+"""Golden check: deterministic inputs and expected outputs, recorded at conversion, re-run on the device.
+
+Inputs are pixels drawn from SHA-256 in counter mode (seed, input number, block number), so any
+runtime on any platform regenerates them byte for byte, then normalized as the manifest says.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from agent.manifest import Golden, Manifest
+from agent.preprocess import Normalizer, dequantize
+from agent.runtime import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+
+def golden_pixels(seed: int, number: int, shape: tuple[int, ...]) -> np.ndarray:
+    """uint8 pixels of the given HxWxC shape, from SHA-256(seed, number, block)."""
+    need = int(np.prod(shape))
+    out = bytearray()
+    block = 0
+    prefix = f"edgegap-golden:{seed}:{number}:".encode()
+    while len(out) < need:
+        out += hashlib.sha256(prefix + str(block).encode()).digest()
+        block += 1
+    return np.frombuffer(bytes(out[:need]), dtype=np.uint8).reshape(shape)
+
+
+def golden_inputs(manifest: Manifest, seed: int, count: int) -> list[np.ndarray]:
+    norm = Normalizer.from_spec(manifest.input)
+    hwc = tuple(manifest.input.shape[1:])
+    return [norm(golden_pixels(seed, i, hwc)) for i in range(count)]
+
+
+def _outputs(model: LoadedModel, manifest: Manifest, x: np.ndarray) -> list[np.ndarray]:
+    model.set_input(x)
+    model.invoke()
+    return [dequantize(model.get(o.index), o.scale, o.zero_point) for o in manifest.outputs]
+
+
+def record_golden(model: LoadedModel, manifest: Manifest, seed: int = 0, count: int = 3) -> Golden:
+    """Run the model on the golden inputs and record outputs, with a tolerance of a few steps."""
+    expected: list[list[str]] = []
+    for x in golden_inputs(manifest, seed, count):
+        outs = _outputs(model, manifest, x)
+        expected.append([base64.b64encode(o.astype("<f4").tobytes()).decode() for o in outs])
+    atol = [max(o.scale * 2.0, 1e-3) if o.scale > 0 else 1e-3 for o in manifest.outputs]
+    return Golden(seed=seed, count=count, expected=expected, atol=atol)
+
+
+@dataclass
+class GoldenResult:
+    passed: bool
+    max_error: list[float]
+    reason: str = ""
+
+
+def check_golden(model: LoadedModel, manifest: Manifest) -> GoldenResult:
+    """Re-run the golden inputs; every output must match within its tolerance."""
+    g = manifest.golden
+    if g is None:
+        return GoldenResult(False, [], "manifest has no golden check")
+    if len(g.expected) != g.count or len(g.atol) != len(manifest.outputs):
+        return GoldenResult(False, [], "golden check does not match the manifest's outputs")
+    worst = [0.0] * len(manifest.outputs)
+    for i, x in enumerate(golden_inputs(manifest, g.seed, g.count)):
+        got = _outputs(model, manifest, x)
+        for j, (value, enc) in enumerate(zip(got, g.expected[i], strict=True)):
+            want = np.frombuffer(base64.b64decode(enc), dtype="<f4")
+            if want.size != value.size:
+                return GoldenResult(False, worst, f"output {j} has {value.size} values, golden has {want.size}")
+            worst[j] = max(worst[j], float(np.max(np.abs(value.ravel() - want))) if want.size else 0.0)
+    bad = [j for j, e in enumerate(worst) if e > g.atol[j]]
+    if bad:
+        j = bad[0]
+        name = manifest.outputs[j].name
+        return GoldenResult(False, worst, f"output {name!r} differs by {worst[j]:.4g} > tolerance {g.atol[j]:.4g}")
+    return GoldenResult(True, worst)

@@ -1,0 +1,52 @@
+"""The `edgegap` host command line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from agent.errors import EdgegapError
+from converter.commands.keys import keys
+from converter.commands.profiles import profiles
+from firmware_profiles import ProfileError
+
+logger = logging.getLogger(__name__)
+
+USER_ERRORS: tuple[type[BaseException], ...] = (EdgegapError, ProfileError)
+
+
+class Group(click.Group):
+    """Turns errors meant for people into a one-line message and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+@click.version_option(package_name="edgegap")
+def cli(verbose: int) -> None:
+    """edgegap: prune, quantize, verify and sign models for edge device profiles.
+
+    \b
+    Examples:
+      edgegap profiles list
+      edgegap keys generate --out keys/
+      edgegap convert model.keras --profile raspberry-pi-4 --calibration images/ --output bundle/
+      edgegap verify bundle/ --key keys/edgegap.pub
+    """
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+cli.add_command(profiles)
+cli.add_command(keys)
+
+
+def main() -> None:
+    cli(prog_name="edgegap")

@@ -1,0 +1,1 @@
+"""One module per `edgegap` subcommand (or group of subcommands)."""
