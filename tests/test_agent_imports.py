@@ -35,3 +35,13 @@ def test_every_agent_module_imports_without_tensorflow() -> None:
     assert res.returncode == 0, res.stderr
     expected = 1 + sum(1 for m in pkgutil.walk_packages(agent.__path__, "agent.") if not m.name.endswith("__main__"))
     assert int(res.stdout.strip()) == expected
+
+
+def test_device_install_does_not_pull_tensorflow() -> None:
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    device = cfg["options"]["install_requires"].lower()
+    assert "tensorflow" not in device and "keras" not in device
+    assert "tensorflow" in cfg["options.extras_require"]["host"].lower()
