@@ -68,8 +68,9 @@ def _read_key_file(path: Path) -> bytes:
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
+    data = _read_key_file(path)
     try:
-        key = serialization.load_pem_private_key(_read_key_file(path), password=None)
+        key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
         raise SignatureError(f"{path} is not an unencrypted PEM private key: {exc}") from exc
     if not isinstance(key, Ed25519PrivateKey):
@@ -78,8 +79,9 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
+    data = _read_key_file(path)
     try:
-        key = serialization.load_pem_public_key(_read_key_file(path))
+        key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as exc:
         raise SignatureError(f"{path} is not a PEM public key: {exc}") from exc
     if not isinstance(key, Ed25519PublicKey):

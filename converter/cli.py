@@ -8,6 +8,8 @@ import sys
 import click
 
 from agent.errors import EdgegapError
+from converter.commands.bundle_tools import bench, inspect, verify
+from converter.commands.convert import convert
 from converter.commands.keys import keys
 from converter.commands.profiles import profiles
 from firmware_profiles import ProfileError
@@ -46,6 +48,10 @@ def cli(verbose: int) -> None:
 
 cli.add_command(profiles)
 cli.add_command(keys)
+cli.add_command(convert)
+cli.add_command(verify)
+cli.add_command(inspect)
+cli.add_command(bench)
 
 
 def main() -> None:

@@ -1,0 +1,253 @@
+"""`edgegap verify`, `inspect` and `bench`: look at a bundle without TensorFlow, as a device would."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+from rich.table import Table
+
+from agent.bundle import MODEL_FILE, BundleError, check_model_file, read_manifest, sha256_file
+from agent.errors import EdgegapError
+from agent.manifest import Manifest
+from converter.console import console, human_bytes
+from converter.loading import quiet_native_stderr
+
+logger = logging.getLogger(__name__)
+
+
+class VerifyError(EdgegapError, ValueError):
+    """The bundle's model does not behave as its manifest says."""
+
+
+def _check_tensors(model: Any, manifest: Manifest) -> None:
+    """The manifest's input and output specs must describe the model's real tensors."""
+    info = model.inputs[0]
+    spec = manifest.input
+    if list(info.shape) != spec.shape or np.dtype(info.dtype).name != spec.dtype:
+        raise VerifyError(
+            f"model input is {list(info.shape)} {np.dtype(info.dtype).name}, manifest says {spec.shape} {spec.dtype}"
+        )
+    if spec.scale and not np.isclose(info.scale, spec.scale, rtol=1e-6):
+        raise VerifyError(f"model input scale {info.scale:.6g} differs from the manifest's {spec.scale:.6g}")
+    by_index = {o.index: o for o in model.outputs}
+    for out in manifest.outputs:
+        real = by_index.get(out.index)
+        if real is None:
+            raise VerifyError(f"manifest output {out.name!r} points at tensor {out.index}, which is not a model output")
+        if list(real.shape) != out.shape or np.dtype(real.dtype).name != out.dtype:
+            raise VerifyError(
+                f"output {out.name!r} is {list(real.shape)} {np.dtype(real.dtype).name}, manifest says {out.shape} {out.dtype}"
+            )
+
+
+@click.command("verify")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--key", "keys", type=click.Path(path_type=Path), multiple=True,
+              help="Trusted Ed25519 public key (repeatable). With a key, the bundle must be signed by it.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Interpreter threads.")
+def verify(bundle: Path, keys: tuple[Path, ...], threads: int) -> None:
+    """Check BUNDLE: model sha256 and size, signature, tensor specs, and the golden outputs.
+
+    The golden inputs are regenerated from their seed and re-run in the interpreter; every
+    output must match what was recorded at conversion, within its tolerance.
+
+    \b
+    Examples:
+      edgegap verify bundle/
+      edgegap verify bundle/ --key keys/edgegap.pub
+    """
+    with quiet_native_stderr():
+        _verify(bundle, keys, threads)
+
+
+def _verify(bundle: Path, keys: tuple[Path, ...], threads: int) -> None:
+    from agent.golden import check_golden
+    from agent.runtime import open_model
+    from agent.signing import load_public_key, verify_manifest
+
+    rows: list[tuple[str, str]] = []
+    manifest = read_manifest(bundle)
+    check_model_file(bundle, manifest)
+    rows.append(("sha256", f"ok ({manifest.model.sha256[:16]}…, {human_bytes(manifest.model.size)})"))
+    if keys:
+        signer = verify_manifest(manifest, [load_public_key(k) for k in keys])
+        rows.append(("signature", f"ok (key {signer})"))
+    else:
+        signed = f"signed by {manifest.signature.key_id}" if manifest.signature else "unsigned"
+        rows.append(("signature", f"not checked: no --key ({signed})"))
+    model = open_model(bundle / MODEL_FILE, threads)
+    _check_tensors(model, manifest)
+    rows.append(("tensors", f"ok (input {manifest.input.shape} {manifest.input.dtype}, {len(manifest.outputs)} outputs)"))
+    result = check_golden(model, manifest)
+    if not result.passed:
+        raise VerifyError(f"golden check failed: {result.reason}")
+    worst = ", ".join(f"{e:.3g}" for e in result.max_error)
+    rows.append(("golden", f"ok ({manifest.golden.count if manifest.golden else 0} inputs, max error {worst}; {model.backend} {model.backend_version})"))
+    gates = manifest.gates
+    if gates and not gates.get("passed", True):
+        rows.append(("gates", f"[red]bundle was forced past failed gates: {', '.join(gates.get('failed', []))}[/]"))
+    table = Table(title=f"verify {bundle}", title_justify="left", show_header=False)
+    table.add_column("check")
+    table.add_column("result", overflow="fold")
+    for r in rows:
+        table.add_row(*r)
+    console.print(table)
+    console.print(f"[green]bundle {manifest.name} v{manifest.version} ({manifest.profile}) verified[/]")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, list):
+        return ", ".join(_fmt(x) for x in v)
+    return str(v)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    rows = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            rows.extend(_flatten(v, key + "."))
+        else:
+            rows.append((key, _fmt(v)))
+    return rows
+
+
+@click.command("inspect")
+@click.argument("bundle", type=click.Path(path_type=Path))
+def inspect(bundle: Path) -> None:
+    """Print BUNDLE's manifest, tensor details and ops as tables (no checks; see verify).
+
+    \b
+    Examples:
+      edgegap inspect bundle/
+    """
+    with quiet_native_stderr():
+        _inspect(bundle)
+
+
+def _inspect(bundle: Path) -> None:
+    from converter.gates import read_graph
+
+    manifest = read_manifest(bundle)
+    model_path = bundle / MODEL_FILE
+    if not model_path.is_file():
+        raise BundleError(f"{bundle} is not a bundle: no {MODEL_FILE}")
+    matches = sha256_file(model_path) == manifest.model.sha256
+    m = manifest
+    t = Table(title=f"Bundle {bundle}", title_justify="left", show_header=False)
+    t.add_column("key")
+    t.add_column("value", overflow="fold")
+    for k, v in (
+        ("name", m.name), ("version", m.version), ("profile", m.profile), ("created", m.created),
+        ("task / decoder", f"{m.task} / {m.decoder.value}"),
+        ("model", f"{human_bytes(m.model.size)}, sha256 {m.model.sha256}" + ("" if matches else "  [red](file differs!)[/]")),
+        ("signature", f"{m.signature.algorithm}, key {m.signature.key_id}" if m.signature else "unsigned"),
+        ("labels", f"{len(m.labels)}: {', '.join(m.labels[:10])}{' …' if len(m.labels) > 10 else ''}" if m.labels else "none"),
+        ("golden", f"{m.golden.count} inputs, seed {m.golden.seed}, atol {_fmt(m.golden.atol)}" if m.golden else "none"),
+        ("gates", "passed" if m.gates.get("passed") else f"[red]FAILED: {', '.join(m.gates.get('failed', []))}[/]"),
+    ):
+        t.add_row(k, str(v))
+    console.print(t)
+    inp = m.input
+    ti = Table(title="Input", title_justify="left")
+    for col in ("name", "shape", "dtype", "scale", "zero point", "color", "resize", "mean", "std"):
+        ti.add_column(col)
+    ti.add_row(inp.name, str(inp.shape), inp.dtype, f"{inp.scale:.6g}", str(inp.zero_point), inp.color_order.value,
+               inp.resize.value, _fmt(inp.mean), _fmt(inp.std))
+    console.print(ti)
+    to = Table(title="Outputs", title_justify="left")
+    for col in ("index", "name", "role", "shape", "dtype", "scale", "zero point"):
+        to.add_column(col)
+    for o in m.outputs:
+        to.add_row(str(o.index), o.name, o.role.value, str(o.shape), o.dtype, f"{o.scale:.6g}", str(o.zero_point))
+    console.print(to)
+    if m.metrics:
+        tm = Table(title="Metrics", title_justify="left", show_header=False)
+        tm.add_column("metric")
+        tm.add_column("value", overflow="fold")
+        for key, text in _flatten(m.metrics):
+            tm.add_row(key, text)
+        console.print(tm)
+    order = ["ops", "size", "arena", "accuracy", "latency"]
+    gate_rows = sorted(((k, v) for k, v in m.gates.items() if isinstance(v, dict)),
+                       key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0]))
+    if gate_rows:
+        tg = Table(title="Gates", title_justify="left")
+        for col in ("gate", "status", "value", "limit", "note"):
+            tg.add_column(col, overflow="fold")
+        for gate, g in gate_rows:
+            tg.add_row(gate, str(g.get("status", "")), str(g.get("value", "")), str(g.get("limit", "")),
+                       str(g.get("reason", "")))
+        console.print(tg)
+    try:
+        graph = read_graph(model_path.read_bytes())
+    except ValueError as exc:
+        raise BundleError(f"{model_path}: {exc}") from exc
+    _tensor_table(model_path, graph)
+    tops = Table(title=f"Ops ({len(graph.ops)} in {graph.subgraphs} subgraph(s))", title_justify="left")
+    tops.add_column("op")
+    tops.add_column("count", justify="right")
+    for op, n in sorted(graph.op_counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        tops.add_row(op + (" (custom)" if op in graph.custom_ops else ""), str(n))
+    console.print(tops)
+
+
+def _tensor_table(model_path: Path, graph: Any) -> None:
+    from agent.runtime import ModelLoadError, open_model
+
+    try:
+        model = open_model(model_path)
+    except ModelLoadError as exc:
+        console.print(f"[yellow]interpreter could not open the model: {exc}[/]")
+        return
+    tt = Table(title=f"Interpreter tensors ({model.backend} {model.backend_version})", title_justify="left")
+    for col in ("io", "index", "tensor name", "signature name", "shape", "dtype", "scale", "zero point"):
+        tt.add_column(col)
+    for io, infos, names in (("input", model.inputs, graph.input_names), ("output", model.outputs, graph.output_names)):
+        for i in infos:
+            tt.add_row(io, str(i.index), i.name, names.get(i.index, ""), str(list(i.shape)), np.dtype(i.dtype).name,
+                       f"{i.scale:.6g}", str(i.zero_point))
+    console.print(tt)
+
+
+@click.command("bench")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--threads", type=click.IntRange(min=1), help="Interpreter threads [default: the profile's, capped at this host's CPUs].")
+@click.option("--runs", type=click.IntRange(min=1), default=200, show_default=True, help="Timed invokes.")
+@click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True, help="Untimed invokes first.")
+def bench(bundle: Path, threads: int | None, runs: int, warmup: int) -> None:
+    """Time BUNDLE's model with LiteRT on this host: p50, p90 and p99 latency.
+
+    \b
+    Examples:
+      edgegap bench bundle/
+      edgegap bench bundle/ --threads 4 --runs 500
+    """
+    from converter.gates import host_arch, host_measured, host_threads, measure_latency
+    from firmware_profiles import ProfileError, load_profile
+
+    manifest = read_manifest(bundle)
+    check_model_file(bundle, manifest)
+    profile = None
+    try:
+        profile = load_profile(manifest.profile)
+    except ProfileError:
+        logger.info("profile %s is not a shipped one; using 1 thread by default", manifest.profile)
+    wanted = threads or (profile.runtime.threads if profile else 1)
+    with quiet_native_stderr():
+        stats = measure_latency({"model": (bundle / MODEL_FILE).read_bytes()}, threads=host_threads(wanted),
+                                runs=runs, warmup=warmup)["model"]
+    where = "host-measured" if profile is None or host_measured(profile) else "device-class host"
+    t = Table(title=f"bench {manifest.name} v{manifest.version} ({manifest.profile}), {where} on {host_arch()}",
+              title_justify="left")
+    for col in ("runtime", "threads", "runs", "p50 ms", "p90 ms", "p99 ms", "mean ms", "fps (p50)"):
+        t.add_column(col, justify="right")
+    t.add_row(stats.backend, str(stats.threads), str(stats.runs), f"{stats.p50:.3f}", f"{stats.p90:.3f}",
+              f"{stats.p99:.3f}", f"{stats.mean:.3f}", f"{1000.0 / stats.p50:.1f}" if stats.p50 > 0 else "-")
+    console.print(t)

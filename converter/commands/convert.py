@@ -1,0 +1,112 @@
+"""`edgegap convert`: quantize a Keras model for a device profile, check its gates, write a bundle."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+from converter.console import console, progress
+from converter.params import FLOAT_LIST, PROFILE
+from firmware_profiles import Profile
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("auto", "classification", "tensor", "detection")
+
+
+class _ProgressReporter:
+    """Shows pipeline stages as one rich progress bar."""
+
+    def __init__(self, bar: Any, stages: tuple[str, ...]) -> None:
+        self.bar = bar
+        self.stages = stages
+        self.task = bar.add_task("starting", total=len(stages))
+
+    def stage(self, name: str) -> None:
+        done = self.stages.index(name) if name in self.stages else 0
+        self.bar.update(self.task, completed=done, description=name)
+
+    def detail(self, text: str) -> None:
+        self.bar.update(self.task, description=text)
+
+    def finish(self) -> None:
+        self.bar.update(self.task, completed=len(self.stages), description="done")
+
+
+@click.command("convert")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--profile", type=PROFILE, required=True, help="Shipped profile NAME or a profile .yaml file.")
+@click.option("--calibration", type=click.Path(path_type=Path), required=True,
+              help="Image folder (jpg/png) or .npy/.npz array used to calibrate quantization.")
+@click.option("--validation", type=click.Path(path_type=Path),
+              help="Held-out data for the accuracy gate (same formats); default: the calibration data.")
+@click.option("--mean", type=FLOAT_LIST, default="0", show_default=True,
+              help="Pixel mean: one value or one per channel, e.g. 127.5 or 123.7,116.3,103.5.")
+@click.option("--std", type=FLOAT_LIST, default="255", show_default=True,
+              help="Pixel std: one value or one per channel. Inputs are (pixel - mean) / std.")
+@click.option("--color-order", type=click.Choice(["rgb", "bgr", "gray"]),
+              help="Channel order the model expects [default: gray for 1 channel, else rgb].")
+@click.option("--resize", type=click.Choice(["stretch", "letterbox"]), default="stretch", show_default=True,
+              help="How images are fitted to the model input (recorded for the device).")
+@click.option("--labels", type=click.Path(path_type=Path), help="Text file, one class label per line.")
+@click.option("--task", type=click.Choice(TASKS), default="auto", show_default=True,
+              help="What the model does; auto picks classification for one [batch, classes] output.")
+@click.option("--sign-key", type=click.Path(path_type=Path), help="Ed25519 private key (edgegap keys generate).")
+@click.option("--name", help="Bundle name [default: the model file name].")
+@click.option("--version", "version", type=click.IntRange(min=0),
+              help="Monotonic bundle version [default: UTC time as YYYYMMDDHHMMSS].")
+@click.option("--force", is_flag=True, help="Write the bundle even if a gate fails (marked failed).")
+@click.option("--no-fallback", is_flag=True, help="Never keep layers in float, even if the profile allows it.")
+@click.option("--calibration-samples", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Samples used to calibrate.")
+@click.option("--validation-samples", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Samples used for the accuracy gate.")
+@click.option("--latency-runs", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Invokes timed for the latency figures.")
+@click.option("--custom-objects", multiple=True,
+              help="Python file or module that registers custom Keras classes (repeatable).")
+@click.option("--output", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Bundle directory: model.tflite, manifest.json and report.json.")
+def convert(
+    model: Path, profile: Profile, calibration: Path, validation: Path | None, mean: list[float], std: list[float],
+    color_order: str | None, resize: str, labels: Path | None, task: str, sign_key: Path | None, name: str | None,
+    version: int | None, force: bool, no_fallback: bool, calibration_samples: int, validation_samples: int,
+    latency_runs: int, custom_objects: tuple[str, ...], output: Path,
+) -> None:
+    """Quantize MODEL (.keras, .h5 or SavedModel dir) for a device profile and write a bundle.
+
+    Every gate (ops, size, arena, accuracy, latency) is checked; a failed gate exits non-zero
+    unless --force is given.
+
+    \b
+    Examples:
+      edgegap convert model.keras --profile raspberry-pi-4 --calibration images/ --output bundle/
+      edgegap convert model.h5 --profile coral-edgetpu --calibration calib.npy \\
+          --validation val.npz --mean 127.5 --std 127.5 --labels labels.txt --output bundle/
+      edgegap convert saved_model/ --profile ./my-board.yaml --calibration images/ \\
+          --sign-key keys/edgegap.key --name fridge-cam --version 7 --output bundle/
+    """
+    from agent.manifest import ColorOrder, ResizeMode
+    from converter.pipeline import STAGES, ConvertOptions
+    from converter.pipeline import convert as run_convert
+    from converter.report import render
+
+    opts = ConvertOptions(
+        model=model, profile=profile, calibration=calibration, validation=validation, output=output,
+        mean=mean, std=std, color_order=ColorOrder(color_order) if color_order else None,
+        resize=ResizeMode(resize), labels=labels, name=name, version=version, task=task, sign_key=sign_key,
+        force=force, fallback=not no_fallback, calibration_samples=calibration_samples,
+        validation_samples=validation_samples, latency_runs=latency_runs, custom_objects=custom_objects,
+    )
+    with progress() as bar:
+        reporter = _ProgressReporter(bar, STAGES)
+        result = run_convert(opts, reporter)  # type: ignore[arg-type]
+        reporter.finish()
+    console.print(render(result))
+    if not result.passed:
+        if not force:
+            raise click.ClickException(f"{result.reason} (no bundle written; --force writes it marked failed)")
+        console.print(f"[bold red]bundle written with failed gates[/] ({result.reason})")

@@ -1,0 +1,287 @@
+"""Load the model to convert: a .keras archive, a legacy .h5, a SavedModel directory, or a live Keras model.
+
+Whatever the source, the result is a Keras model with one image-like input of fixed shape, plus the
+names its outputs get in the exported signature; those names pair float outputs with converted ones.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import re
+import sys
+import tempfile
+import zipfile
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.errors import EdgegapError
+
+logger = logging.getLogger(__name__)
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+class ModelLoadError(EdgegapError, ValueError):
+    """The model file is missing, is not a model, or Keras cannot rebuild it."""
+
+
+_NOISE = re.compile(
+    r"^([IWE]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl|To enable the following instructions"
+    r"|INFO: Created TensorFlow Lite|fully_quantize: |Estimated count of arithmetic ops|\s*$)"
+)
+
+
+@contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Keep TensorFlow's and LiteRT's native log lines (written to fd 2) off the terminal.
+
+    Everything else written to stderr meanwhile (Python warnings, say) is replayed afterwards.
+    Nothing is hidden when logging is at INFO or more verbose.
+    """
+    if logging.getLogger().isEnabledFor(logging.INFO):
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines = sink.read().decode(errors="replace").splitlines()
+            kept = [ln for ln in lines if not _NOISE.match(ln)]
+            if len(kept) < len(lines):
+                logger.debug("native log lines hidden: %d", len(lines) - len(kept))
+            if kept:
+                os.write(2, ("\n".join(kept) + "\n").encode())
+
+
+def import_tf() -> Any:
+    """Import TensorFlow with its native start-up chatter kept off the terminal."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with quiet_native_stderr():
+        import tensorflow as tf
+    return tf
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, for a one-line user error."""
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def signature_name(raw: str, taken: Iterable[str] = ()) -> str:
+    """A name usable as a TFLite signature key: letters, digits and underscores, unique."""
+    name = re.sub(r"[^A-Za-z0-9_]", "_", raw).strip("_") or "output"
+    if name[0].isdigit():
+        name = "t_" + name
+    base, i, used = name, 1, set(taken)
+    while name in used:
+        name = f"{base}_{i}"
+        i += 1
+    return name
+
+
+@dataclass
+class SourceModel:
+    """A loaded float model and how its single input and its outputs are named in the export."""
+
+    model: Any  # keras.Model
+    source: str
+    kind: str  # keras, h5, saved_model, in-memory
+    input_name: str
+    input_shape: tuple[int, ...]  # without the batch dimension
+    input_dtype: str
+    output_keys: list[Any]  # how to pick each output from the model's return value
+    output_names: list[str]  # signature keys, same order
+    fixed_batch: int | None = None  # some SavedModels only take one batch size
+
+    def outputs_of(self, value: Any) -> list[Any]:
+        """The model's return value as a list, in output_names order."""
+        if isinstance(value, dict):
+            return [value[k] for k in self.output_keys]
+        if isinstance(value, (list, tuple)):
+            return [value[k] for k in self.output_keys]
+        return [value]
+
+    def predict(self, x: np.ndarray, batch_size: int = 64) -> list[np.ndarray]:
+        """Float outputs for a batch of normalized inputs, in output_names order."""
+        chunks: list[list[np.ndarray]] = []
+        batch_size = self.fixed_batch or batch_size
+        for start in range(0, len(x), batch_size):
+            value = self.model(x[start : start + batch_size], training=False)
+            chunks.append([np.asarray(v) for v in self.outputs_of(value)])
+        return [np.concatenate([c[j] for c in chunks]) for j in range(len(self.output_names))]
+
+
+def describe(model: Any, source: str = "<in-memory>", kind: str = "in-memory", fixed_batch: int | None = None) -> SourceModel:
+    """Read the input spec and output naming of a Keras model; refuse what cannot be exported."""
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError) as exc:
+        raise ModelLoadError(
+            f"{source}: the model has no defined input (a subclassed model must be wrapped in a "
+            f"functional model with keras.Input): {one_line(exc)}"
+        ) from exc
+    if not inputs:
+        raise ModelLoadError(f"{source}: the model has no defined input; wrap it with keras.Input")
+    if len(inputs) != 1:
+        raise ModelLoadError(f"{source}: the model has {len(inputs)} inputs; edgegap converts single-input models")
+    inp = inputs[0]
+    shape = tuple(inp.shape[1:])
+    if any(d is None for d in shape) or not shape:
+        raise ModelLoadError(
+            f"{source}: input shape {tuple(inp.shape)} has unknown dimensions; rebuild the model with a fixed "
+            "input size, e.g. keras.Input((224, 224, 3))"
+        )
+    dtype = str(getattr(inp, "dtype", "float32"))
+    if "float" not in dtype:
+        raise ModelLoadError(f"{source}: input dtype is {dtype}; edgegap converts models with float input")
+    raw_name = str(getattr(inp, "name", "") or "input")
+    probe = model(np.zeros((fixed_batch or 1, *shape), np.float32), training=False)
+    keys: list[Any]
+    if isinstance(probe, dict):
+        keys = list(probe.keys())
+        raws = [str(k) for k in keys]
+    elif isinstance(probe, (list, tuple)):
+        keys = list(range(len(probe)))
+        declared = list(getattr(model, "output_names", []) or [])
+        raws = declared if len(declared) == len(keys) else [f"output_{i}" for i in keys]
+    else:
+        keys = [0]
+        declared = list(getattr(model, "output_names", []) or [])
+        raws = [declared[0] if len(declared) == 1 else "output_0"]
+    names: list[str] = []
+    for raw in raws:
+        names.append(signature_name(raw, names))
+    if len(names) > 16:
+        raise ModelLoadError(f"{source}: the model has {len(names)} outputs; a bundle holds at most 16")
+    return SourceModel(
+        model=model,
+        source=source,
+        kind=kind,
+        input_name=signature_name(raw_name.split(":")[0]),
+        input_shape=tuple(int(d) for d in shape),
+        input_dtype=dtype,
+        output_keys=keys,
+        output_names=names,
+        fixed_batch=fixed_batch,
+    )
+
+
+def import_custom_objects(paths: Sequence[str | Path]) -> None:
+    """Import Python files or modules that register custom Keras classes before a model is loaded."""
+    for item in paths:
+        path = Path(item)
+        if path.suffix == ".py":
+            if not path.is_file():
+                raise ModelLoadError(f"custom objects file not found: {path}")
+            mod_name = f"edgegap_custom_{re.sub(r'[^A-Za-z0-9_]', '_', path.stem)}"
+            spec = importlib.util.spec_from_file_location(mod_name, path)
+            if spec is None or spec.loader is None:
+                raise ModelLoadError(f"cannot import {path}")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[mod_name] = module
+            try:
+                spec.loader.exec_module(module)
+            except Exception as exc:
+                raise ModelLoadError(f"importing {path} failed: {one_line(exc)}") from exc
+        else:
+            try:
+                importlib.import_module(str(item))
+            except ImportError as exc:
+                raise ModelLoadError(f"cannot import custom objects module {item!r}: {one_line(exc)}") from exc
+
+
+def _kind_of(path: Path) -> str:
+    if path.is_dir():
+        if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
+            return "saved_model"
+        raise ModelLoadError(f"not a model: {path} is a directory without saved_model.pb")
+    with path.open("rb") as fh:
+        head = fh.read(8)
+    if head == HDF5_MAGIC:
+        return "h5"
+    if zipfile.is_zipfile(path):
+        return "keras"
+    if path.suffix in (".keras", ".h5", ".hdf5"):
+        raise ModelLoadError(f"not a model: {path} is not a valid {path.suffix} file")
+    raise ModelLoadError(
+        f"not a model: {path} is neither a .keras archive, an HDF5 (.h5) file nor a SavedModel directory"
+    )
+
+
+def _hint(exc: BaseException) -> str:
+    text = one_line(exc)
+    if "Could not locate" in str(exc) or "Unknown layer" in str(exc) or "custom" in str(exc).lower():
+        text += " (define the class with @keras.saving.register_keras_serializable and pass --custom-objects FILE.py)"
+    return text
+
+
+def _load_saved_model(path: Path) -> tuple[Any, int | None]:
+    import keras
+
+    tf = import_tf()
+
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except Exception as exc:
+        raise ModelLoadError(f"could not load SavedModel {path}: {one_line(exc)}") from exc
+    sigs = dict(loaded.signatures)
+    if not sigs:
+        raise ModelLoadError(f"SavedModel {path} has no serving signature")
+    endpoint = "serving_default" if "serving_default" in sigs else sorted(sigs)[0]
+    _, kwargs = sigs[endpoint].structured_input_signature
+    if len(kwargs) != 1:
+        raise ModelLoadError(f"SavedModel {path} signature {endpoint!r} has {len(kwargs)} inputs; edgegap converts single-input models")
+    (in_name, spec), = kwargs.items()
+    shape = spec.shape.as_list()
+    if len(shape) < 2 or any(d is None for d in shape[1:]):
+        raise ModelLoadError(f"SavedModel {path} input {in_name!r} has shape {shape}; a fixed size is needed")
+    if shape[0] not in (None, 1):
+        raise ModelLoadError(f"SavedModel {path} takes a fixed batch of {shape[0]}; export it with batch 1 or None")
+    layer = keras.layers.TFSMLayer(str(path), call_endpoint=endpoint)
+    inp = keras.Input(tuple(shape[1:]), name=signature_name(in_name), dtype=spec.dtype.name)
+    model = keras.Model(inp, layer(inp), name=signature_name(path.name))
+    return model, shape[0]
+
+
+def load_model(path: str | Path, custom_objects: Sequence[str | Path] = ()) -> SourceModel:
+    """Load MODEL from disk; every failure is a ModelLoadError with a one-line reason."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"model not found: {path}")
+    kind = _kind_of(path)
+    import_tf()
+    import_custom_objects(custom_objects)
+    import keras
+
+    fixed_batch = None
+    if kind == "saved_model":
+        model, fixed_batch = _load_saved_model(path)
+    else:
+        try:
+            model = keras.models.load_model(str(path), compile=False)
+        except Exception as exc:
+            raise ModelLoadError(f"could not load {path}: {_hint(exc)}") from exc
+    if not isinstance(model, keras.Model):
+        raise ModelLoadError(f"not a model: {path} holds a {type(model).__name__}")
+    logger.info("loaded %s model from %s", kind, path)
+    source = describe(model, str(path), kind, fixed_batch)
+    return source

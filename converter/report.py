@@ -1,0 +1,171 @@
+"""What a conversion tells people: a summary table (float vs converted), the gates, and report.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from converter.console import human_bytes
+
+if TYPE_CHECKING:
+    from converter.pipeline import ConvertResult
+
+logger = logging.getLogger(__name__)
+
+_STATUS_STYLE = {"pass": "green", "fail": "bold red", "info": "yellow"}
+
+
+def _quant_label(result: ConvertResult) -> str:
+    return result.profile.quantization.scheme.value
+
+
+def summary_table(result: ConvertResult) -> Table:
+    """Float vs converted: size, accuracy against float, and latency, with the ratios."""
+    m = result.manifest
+    lat_f, lat_q = result.latency["float"], result.latency["quant"]
+    acc = result.accuracy
+    table = Table(
+        title=f"{m.name} v{m.version} for {result.profile.name}", title_justify="left",
+        caption=f"accuracy on {result.validation_source}"
+        + (" (calibration data: no --validation given)" if m.metrics.get("accuracy", {}).get("data") == "calibration" else ""),
+        caption_justify="left",
+    )
+    table.add_column("")
+    table.add_column("float32", justify="right")
+    table.add_column(_quant_label(result), justify="right")
+    table.add_column("ratio / drop", justify="right")
+    fsize, qsize = len(result.float_bytes), len(result.model_bytes)
+    table.add_row("size", human_bytes(fsize), human_bytes(qsize), f"{qsize / fsize:.3f}")
+    table.add_row(acc.metric.replace("_", " "), f"{acc.float_value:.4f}", f"{acc.quant_value:.4f}", f"drop {acc.drop:.2%}")
+    for key, label in (("float_top1_accuracy", "top-1 vs labels"),):
+        if key in acc.detail and "quant_top1_accuracy" in acc.detail:
+            table.add_row(label, f"{acc.detail[key]:.4f}", f"{acc.detail['quant_top1_accuracy']:.4f}",
+                          f"{acc.detail[key] - acc.detail['quant_top1_accuracy']:+.2%}")
+    where = m.metrics.get("latency_measured", "")
+    table.add_row(
+        f"latency p50, {where}, {lat_q.threads} thr",
+        f"{lat_f.p50:.3f} ms",
+        f"{lat_q.p50:.3f} ms",
+        f"{lat_q.p50 / lat_f.p50:.2f}" if lat_f.p50 > 0 else "-",
+    )
+    return table
+
+
+def gates_table(result: ConvertResult) -> Table:
+    table = Table(title="Gates", title_justify="left")
+    for col in ("gate", "status", "value", "limit", "note"):
+        table.add_column(col, overflow="fold")
+    for g in result.gates:
+        table.add_row(g.name, Text(g.status, style=_STATUS_STYLE.get(g.status, "")), g.value, g.limit, g.reason)
+    return table
+
+
+def fallback_text(result: ConvertResult) -> Text | None:
+    fb = result.fallback
+    if fb is None:
+        return None
+    before = f"int8 drop was {result.plain_accuracy.drop:.2%}"
+    if fb.passed:
+        layers = ", ".join(e.label for e in fb.float_layers)
+        return Text(f"float fallback: {before}; kept {len(fb.float_layers)} layer(s) in float: {layers} "
+                    f"({len(fb.attempts)} tries)")
+    return Text(f"float fallback failed: {before}; {fb.reason}", style="red")
+
+
+def render(result: ConvertResult) -> Group:
+    parts: list[Any] = [summary_table(result), gates_table(result)]
+    fb = fallback_text(result)
+    if fb is not None:
+        parts.append(fb)
+    if result.bundle is not None:
+        signed = f", signed by {result.manifest.signature.key_id}" if result.manifest.signature else ""
+        parts.append(Text(f"bundle: {result.bundle}{signed}"))
+    return Group(*parts)
+
+
+def comparison_table(results: Sequence[ConvertResult]) -> Table:
+    """One row per conversion: the figures that tell profiles apart."""
+    table = Table(title="Conversions", title_justify="left")
+    for col in ("profile", "scheme", "I/O", "size", "vs float", "accuracy", "drop", "latency p50", "vs float",
+                "measured", "float layers", "gates"):
+        table.add_column(col, justify="right" if col not in ("profile", "scheme", "I/O", "measured", "gates") else "left")
+    for r in results:
+        q = r.profile.quantization
+        lat_f, lat_q = r.latency["float"], r.latency["quant"]
+        layers = str(len(r.fallback.float_layers)) if r.fallback and r.fallback.passed else "0"
+        table.add_row(
+            r.profile.name,
+            q.scheme.value,
+            f"{q.input_dtype.value}/{q.output_dtype.value}",
+            human_bytes(len(r.model_bytes)),
+            f"{len(r.model_bytes) / len(r.float_bytes):.3f}",
+            f"{r.accuracy.quant_value:.4f}",
+            f"{r.accuracy.drop:.2%}",
+            f"{lat_q.p50:.3f} ms",
+            f"{lat_q.p50 / lat_f.p50:.2f}" if lat_f.p50 > 0 else "-",
+            r.manifest.metrics.get("latency_measured", ""),
+            layers,
+            Text("passed" if r.passed else "FAILED", style="green" if r.passed else "bold red"),
+        )
+    return table
+
+
+def report_dict(result: ConvertResult) -> dict[str, Any]:
+    m = result.manifest
+    fb = result.fallback
+    return {
+        "name": m.name,
+        "version": m.version,
+        "profile": m.profile,
+        "task": m.task,
+        "created": m.created,
+        "passed": result.passed,
+        "reason": result.reason,
+        "bundle": str(result.bundle) if result.bundle else None,
+        "model": m.model.model_dump(),
+        "signed_by": m.signature.key_id if m.signature else None,
+        "calibration": result.calibration_source,
+        "validation": result.validation_source,
+        "metrics": m.metrics,
+        "accuracy_detail": result.accuracy.detail,
+        "latency": {k: v.to_dict() for k, v in result.latency.items()},
+        "gates": [g.to_dict() for g in result.gates],
+        "ops": dict(sorted(result.graph.op_counts.items())),
+        "fallback": None if fb is None else {
+            "passed": fb.passed,
+            "reason": fb.reason,
+            "drop_before": result.plain_accuracy.drop,
+            "float_layers": [{"node": e.node, "op": e.op, "rmse_steps": e.rmse_steps} for e in fb.float_layers],
+            "ranking": [{"node": e.node, "op": e.op, "rmse_steps": e.rmse_steps} for e in fb.ranking[:20]],
+            "attempts": [{"float_layers": a.float_layers, "drop": a.drop, "passed": a.passed} for a in fb.attempts],
+        },
+        "timings_s": result.timings,
+    }
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe: NaN becomes null, NumPy scalars become Python numbers."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _clean(obj.tolist())
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        obj = obj.item()
+    if isinstance(obj, float) and obj != obj:
+        return None
+    return obj
+
+
+def write_report(result: ConvertResult, path: Path) -> Path:
+    path.write_text(json.dumps(_clean(report_dict(result)), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    return path

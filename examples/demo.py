@@ -1,0 +1,150 @@
+"""The edgegap demo, run by `make demo`: train a small CNN, convert it for two devices, verify it.
+
+Each step is a function taking the shared Demo state; STEPS lists them in order. Later parts of
+the project append their own steps (a detector, the device agent over MQTT) to STEPS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from converter.console import console  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+PROFILES = ("x86-avx2", "raspberry-pi-4")
+
+
+@dataclass
+class Demo:
+    """What the steps share: where things are written, and what earlier steps produced."""
+
+    out: Path
+    quick: bool = False
+    files: dict[str, Path] = field(default_factory=dict)
+    results: list[Any] = field(default_factory=list)  # converter.pipeline.ConvertResult per profile
+    bundles: dict[str, Path] = field(default_factory=dict)
+
+
+def heading(text: str) -> None:
+    console.rule(f"[bold]{text}")
+
+
+def edgegap(*args: Any) -> None:
+    """Run an `edgegap` command in this process, exactly as a user would type it."""
+    from converter.cli import cli
+
+    argv = [str(a) for a in args]
+    console.print(f"[dim]$ edgegap {shlex.join(argv)}[/]")
+    try:
+        cli.main(argv, prog_name="edgegap", standalone_mode=False)
+    except SystemExit as exc:
+        if exc.code:
+            raise
+
+
+def step_train(demo: Demo) -> None:
+    """Train the digits CNN on scikit-learn's bundled digits; write the model and its data."""
+    from converter.zoo.digits import CLASS_NAMES, train_digits_cnn, write_image_folder
+
+    heading("1. Train a small CNN on real data (scikit-learn digits)")
+    t0 = time.perf_counter()
+    model, data = train_digits_cnn(epochs=3 if demo.quick else 8)
+    x_test = data.test_x.astype(np.float32) / 255.0
+    accuracy = float(np.mean(model.predict(x_test, verbose=0).argmax(-1) == data.test_y))
+    model_path = demo.out / "digits.keras"
+    model.save(model_path)
+    calib = write_image_folder(data.train_x[:200], data.train_y[:200], demo.out / "data" / "calibration")
+    val = demo.out / "data" / "validation.npz"
+    np.savez(val, x=data.test_x, y=data.test_y)
+    labels = demo.out / "data" / "labels.txt"
+    labels.write_text("\n".join(CLASS_NAMES) + "\n")
+    demo.files.update(model=model_path, calibration=calib, validation=val, labels=labels)
+    console.print(
+        f"trained {model.count_params():,} weights in {time.perf_counter() - t0:.1f} s; "
+        f"held-out accuracy {accuracy:.2%} on {len(data.test_y)} digits"
+    )
+    console.print(f"model: {model_path}; calibration images: {calib}/<digit>/*.png; validation: {val}")
+
+
+def step_keys(demo: Demo) -> None:
+    heading("2. Signing keys")
+    keys = demo.out / "keys"
+    edgegap("keys", "generate", "--out", keys, "--force")
+    demo.files.update(private_key=keys / "edgegap.key", public_key=keys / "edgegap.pub")
+
+
+def step_convert(demo: Demo) -> None:
+    """Convert for each profile through the pipeline (what `edgegap convert` runs), then compare."""
+    from converter.pipeline import ConvertOptions, convert
+    from converter.report import comparison_table, render
+    from firmware_profiles import load_profile
+
+    for profile in PROFILES:
+        heading(f"3. Convert for {profile}")
+        bundle = demo.out / "bundles" / profile
+        f = demo.files
+        console.print(
+            f"[dim]$ edgegap convert {f['model']} --profile {profile} --calibration {f['calibration']} "
+            f"--validation {f['validation']} --labels {f['labels']} --sign-key {f['private_key']} "
+            f"--name digits --version 1 --output {bundle}[/]"
+        )
+        result = convert(
+            ConvertOptions(
+                model=f["model"], profile=load_profile(profile), calibration=f["calibration"],
+                validation=f["validation"], labels=f["labels"], sign_key=f["private_key"], name="digits",
+                version=1, output=bundle,
+            )
+        )
+        console.print(render(result))
+        demo.results.append(result)
+        demo.bundles[profile] = bundle
+    heading("Report")
+    console.print(comparison_table(demo.results))
+
+
+def step_verify(demo: Demo) -> None:
+    heading("4. Verify the bundles as a device would")
+    for bundle in demo.bundles.values():
+        edgegap("verify", bundle, "--key", demo.files["public_key"])
+
+
+STEPS: list[Callable[[Demo], None]] = [step_train, step_keys, step_convert, step_verify]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=Path("demo-output"), help="Where everything is written.")
+    parser.add_argument("--quick", action="store_true", help="Fewer training epochs.")
+    args = parser.parse_args(argv)
+    args.output.mkdir(parents=True, exist_ok=True)
+    demo = Demo(out=args.output.resolve(), quick=args.quick)
+    from converter.loading import import_tf
+
+    import_tf()  # once, quietly, before any step
+    for step in STEPS:
+        step(demo)
+    failed = [r.profile.name for r in demo.results if not r.passed]
+    if failed:
+        console.print(f"[bold red]gates failed for {', '.join(failed)}[/]")
+        return 1
+    console.print(f"[green]demo finished; everything is in {demo.out}[/]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
