@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.manifest import Golden, Manifest
+from agent.manifest import Decoder, Golden, Manifest, OutputRole
 from agent.preprocess import Normalizer, dequantize
 from agent.runtime import LoadedModel
 
@@ -41,7 +41,24 @@ def golden_inputs(manifest: Manifest, seed: int, count: int) -> list[np.ndarray]
 def _outputs(model: LoadedModel, manifest: Manifest, x: np.ndarray) -> list[np.ndarray]:
     model.set_input(x)
     model.invoke()
-    return [dequantize(model.get(o.index), o.scale, o.zero_point) for o in manifest.outputs]
+    outs = [dequantize(model.get(o.index), o.scale, o.zero_point) for o in manifest.outputs]
+    return _mask_unused_rows(manifest, outs)
+
+
+def _mask_unused_rows(manifest: Manifest, outs: list[np.ndarray]) -> list[np.ndarray]:
+    """TFLite_Detection_PostProcess leaves rows past `count` uninitialized: zero them on both sides."""
+    if manifest.decoder is not Decoder.SSD_POSTPROCESS:
+        return outs
+    roles = [o.role for o in manifest.outputs]
+    if OutputRole.COUNT not in roles:
+        return outs
+    count = outs[roles.index(OutputRole.COUNT)].ravel()
+    n = int(count[0]) if count.size and np.isfinite(count[0]) else 0
+    for j, role in enumerate(roles):
+        if role in (OutputRole.BOXES, OutputRole.CLASSES, OutputRole.SCORES) and outs[j].ndim >= 2:
+            outs[j] = outs[j].copy()
+            outs[j][:, max(n, 0) :] = 0.0
+    return outs
 
 
 def record_golden(model: LoadedModel, manifest: Manifest, seed: int = 0, count: int = 3) -> Golden:
@@ -75,7 +92,9 @@ def check_golden(model: LoadedModel, manifest: Manifest) -> GoldenResult:
             want = np.frombuffer(base64.b64decode(enc), dtype="<f4")
             if want.size != value.size:
                 return GoldenResult(False, worst, f"output {j} has {value.size} values, golden has {want.size}")
-            worst[j] = max(worst[j], float(np.max(np.abs(value.ravel() - want))) if want.size else 0.0)
+            with np.errstate(invalid="ignore", over="ignore"):
+                err = float(np.max(np.abs(value.ravel() - want))) if want.size else 0.0
+            worst[j] = max(worst[j], err if np.isfinite(err) else float("inf"))  # NaN never passes
     bad = [j for j, e in enumerate(worst) if e > g.atol[j]]
     if bad:
         j = bad[0]

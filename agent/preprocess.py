@@ -1,5 +1,8 @@
 """Pixels to input tensor, exactly as the manifest says the model was calibrated.
 
+A frame is resized or letterboxed, put in the model's color order, then normalized and
+quantized; FrameTransform maps boxes on the model input back to source pixels.
+
 Normalization ((p - mean) / std) and quantization (x / scale + zero_point) are folded into a
 single per-channel affine map p * a + b, applied in one pass over the pixels.
 """
@@ -9,9 +12,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
-from agent.manifest import InputSpec
+from agent.manifest import ColorOrder, InputSpec, ResizeMode
 
 logger = logging.getLogger(__name__)
 
@@ -54,3 +58,103 @@ def dequantize(value: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     if scale > 0 and np.issubdtype(value.dtype, np.integer):
         return (value.astype(np.float32) - zero_point) * scale
     return value.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class FrameTransform:
+    """Where the source frame landed in the model input, so boxes can be mapped back to it."""
+
+    src_w: int
+    src_h: int
+    in_w: int
+    in_h: int
+    scale_x: float  # model-input pixels per source pixel
+    scale_y: float
+    pad_x: float  # model-input pixels of padding on the left (letterbox)
+    pad_y: float  # ... and on the top
+
+    def to_source(self, boxes: np.ndarray) -> np.ndarray:
+        """[N, 4] xmin, ymin, xmax, ymax normalized to the model input -> source pixels, clipped."""
+        out = np.empty_like(boxes, dtype=np.float32)
+        out[:, 0::2] = (boxes[:, 0::2] * self.in_w - self.pad_x) / self.scale_x
+        out[:, 1::2] = (boxes[:, 1::2] * self.in_h - self.pad_y) / self.scale_y
+        np.clip(out[:, 0::2], 0, self.src_w, out=out[:, 0::2])
+        np.clip(out[:, 1::2], 0, self.src_h, out=out[:, 1::2])
+        return out
+
+
+class Preprocessor:
+    """BGR frame -> model input tensor: resize or letterbox, color order, then one lookup pass.
+
+    Normalization and quantization are both per-channel maps of a uint8 pixel, so the whole
+    Normalizer is precomputed as a 256-entry table per channel and applied with cv2.LUT: one
+    pass over the resized pixels that yields the final dtype. The table is built by running the
+    Normalizer itself on every pixel value, so results are identical to it bit for bit.
+    """
+
+    def __init__(self, spec: InputSpec, pad_value: int = 0) -> None:
+        if len(spec.shape) != 4:
+            raise ValueError(f"image models take [1, H, W, C] input; this one takes {spec.shape}")
+        _, self.in_h, self.in_w, self.channels = spec.shape
+        if spec.color_order is ColorOrder.GRAY and self.channels != 1:
+            raise ValueError("gray color order needs a 1-channel input")
+        if spec.color_order is not ColorOrder.GRAY and self.channels != 3:
+            raise ValueError(f"{spec.color_order.value} color order needs a 3-channel input")
+        self.spec = spec
+        self.pad_value = pad_value
+        norm = Normalizer.from_spec(spec)
+        ramp = np.repeat(np.arange(256, dtype=np.uint8).reshape(1, 256, 1), self.channels, axis=2)
+        self.lut = np.ascontiguousarray(norm(ramp)[0])  # (1, 256, C) in the input dtype
+        self._canvas: np.ndarray | None = None
+
+    def transform_for(self, src_w: int, src_h: int) -> FrameTransform:
+        if self.spec.resize is ResizeMode.LETTERBOX:
+            s = min(self.in_w / src_w, self.in_h / src_h)
+            new_w, new_h = max(1, round(src_w * s)), max(1, round(src_h * s))
+            return FrameTransform(
+                src_w,
+                src_h,
+                self.in_w,
+                self.in_h,
+                s,
+                s,
+                (self.in_w - new_w) // 2,
+                (self.in_h - new_h) // 2,
+            )
+        return FrameTransform(
+            src_w, src_h, self.in_w, self.in_h, self.in_w / src_w, self.in_h / src_h, 0, 0
+        )
+
+    def resize(self, bgr: np.ndarray) -> tuple[np.ndarray, FrameTransform]:
+        """The frame resized (or letterboxed) to the model input, still BGR uint8."""
+        src_h, src_w = bgr.shape[:2]
+        t = self.transform_for(src_w, src_h)
+        if self.spec.resize is ResizeMode.STRETCH:
+            return _resize(bgr, self.in_w, self.in_h), t
+        new_w, new_h = max(1, round(src_w * t.scale_x)), max(1, round(src_h * t.scale_y))
+        if self._canvas is None or self._canvas.shape[2] != bgr.shape[2]:
+            self._canvas = np.full((self.in_h, self.in_w, bgr.shape[2]), self.pad_value, np.uint8)
+        canvas = self._canvas.copy()
+        x0, y0 = int(t.pad_x), int(t.pad_y)
+        canvas[y0 : y0 + new_h, x0 : x0 + new_w] = _resize(bgr, new_w, new_h)
+        return canvas, t
+
+    def __call__(self, bgr: np.ndarray) -> tuple[np.ndarray, FrameTransform]:
+        """[1, H, W, C] input tensor in the model's dtype, and the transform back to the frame."""
+        if bgr.ndim == 2:
+            bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
+        resized, t = self.resize(bgr)
+        order = self.spec.color_order
+        if order is ColorOrder.RGB:
+            resized = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
+        elif order is ColorOrder.GRAY:
+            resized = cv2.cvtColor(resized, cv2.COLOR_BGR2GRAY)
+        x = cv2.LUT(resized, self.lut)
+        return x.reshape(1, self.in_h, self.in_w, self.channels), t
+
+
+def _resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
+    """Bilinear, as the converter resizes calibration images (and several times faster than area)."""
+    if img.shape[1] == w and img.shape[0] == h:
+        return img
+    return cv2.resize(img, (max(w, 1), max(h, 1)), interpolation=cv2.INTER_LINEAR)

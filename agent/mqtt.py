@@ -1,0 +1,215 @@
+"""The MQTT link: retained status with a last will, detections, and the command topic.
+
+paho-mqtt 2.x, used as it intends: VERSION2 callbacks, connect_async + loop_start (so paho's
+thread reconnects by itself), subscriptions made in on_connect, refused CONNACKs never counted
+as connected. A broker outage never blocks or stops inference: while disconnected, detection
+messages are dropped and counted rather than queued without bound.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.messages import encode
+
+if TYPE_CHECKING:
+    from agent.config import MqttConfig
+
+logger = logging.getLogger(__name__)
+
+MAX_QUEUED = 100
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool
+    username: str | None
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """mqtt://[user@]host[:port] or mqtts://...; a password in the URL is refused (it is a secret)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise ValueError(f"broker URL must start with mqtt:// or mqtts://, got {url!r}")
+    if parts.password is not None:
+        raise ValueError(
+            "broker URL must not carry a password; set EDGEGAP_MQTT_PASSWORD or mqtt.password_file"
+        )
+    if not parts.hostname:
+        raise ValueError(f"broker URL has no host: {url!r}")
+    if parts.path not in ("", "/"):
+        raise ValueError(f"broker URL takes no path: {url!r}")
+    tls = parts.scheme in ("mqtts", "ssl")
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError as exc:
+        raise ValueError(f"broker URL has a bad port: {url!r}") from exc
+    return BrokerAddress(parts.hostname, port, tls, parts.username or None)
+
+
+class MqttLink:
+    """One device's connection to the broker."""
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        device_id: str,
+        fleet: str,
+        status: Callable[[], dict[str, Any]],
+        on_command: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        assert config.broker, "MqttLink needs a broker URL"
+        self.config = config
+        self.address = parse_broker_url(config.broker)
+        self.device_id = device_id
+        prefix = (config.topic_prefix or f"edgegap/{fleet}").rstrip("/")
+        base = f"{prefix}/devices/{device_id}"
+        self.status_topic = f"{base}/status"
+        self.detections_topic = f"{base}/detections"
+        self.cmd_topic = f"{base}/cmd"
+        self.events_topic = f"{base}/events"
+        self._status = status
+        self._on_command = on_command
+        self._connected = threading.Event()
+        self._lock = threading.Lock()
+        self.published = 0
+        self.dropped = 0
+        self.connects = 0
+        self._was_connected = False
+        self.client = self._make_client(fleet)
+
+    def _make_client(self, fleet: str) -> paho.Client:
+        cfg = self.config
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id or f"edgegap-{self.device_id}",
+            protocol=paho.MQTTv311,
+            clean_session=True,
+        )
+        username = cfg.username or self.address.username
+        if username:
+            client.username_pw_set(username, cfg.read_password())
+        if self.address.tls:
+            client.tls_set(
+                ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
+                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
+                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
+            )
+            if cfg.tls.insecure:
+                client.tls_insecure_set(True)
+        will = {
+            "schema": "edgegap.status/1",
+            "state": "offline",
+            "reason": "lost",
+            "device_id": self.device_id,
+        }
+        will.update({"fleet": fleet, "agent_version": _agent_version()})
+        client.will_set(self.status_topic, encode(will), qos=1, retain=True)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.max_queued_messages_set(MAX_QUEUED)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def start(self) -> None:
+        a = self.address
+        logger.info("mqtt: connecting to %s:%d%s", a.host, a.port, " (TLS)" if a.tls else "")
+        self.client.connect_async(a.host, a.port, keepalive=self.config.keepalive_s)
+        self.client.loop_start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    # ---- paho callbacks (paho's network thread) -----------------------------------------
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, props: Any
+    ) -> None:
+        if reason_code.is_failure:
+            logger.warning("mqtt: broker refused the connection: %s", reason_code)
+            self._connected.clear()
+            return
+        self.connects += 1
+        logger.info("mqtt: connected%s", " again" if self._was_connected else "")
+        self._was_connected = True
+        client.subscribe(self.cmd_topic, qos=1)
+        client.publish(self.status_topic, encode(self._status()), qos=1, retain=True)
+        self._connected.set()
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, props: Any
+    ) -> None:
+        if self._connected.is_set():
+            logger.warning(
+                "mqtt: disconnected (%s); detections are dropped until it is back", reason_code
+            )
+        self._connected.clear()
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        try:
+            cmd = json.loads(msg.payload)
+            if not isinstance(cmd, dict):
+                raise ValueError("a command is a JSON object")
+        except (ValueError, UnicodeDecodeError) as exc:
+            logger.warning("mqtt: ignored a malformed command on %s: %s", msg.topic, exc)
+            return
+        if self._on_command is not None:
+            self._on_command(cmd)
+
+    # ---- publishing (any thread) --------------------------------------------------------
+    def publish_detections(self, payload: bytes) -> bool:
+        """Publish one detections message; False (and counted as dropped) when not connected."""
+        if not self._connected.is_set():
+            self.dropped += 1
+            return False
+        info = self.client.publish(self.detections_topic, payload, qos=self.config.qos)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            self.dropped += 1
+            return False
+        self.published += 1
+        return True
+
+    def publish_status(self, status: dict[str, Any] | None = None) -> None:
+        if self._connected.is_set():
+            self.client.publish(
+                self.status_topic, encode(status or self._status()), qos=1, retain=True
+            )
+
+    def publish_event(self, event: dict[str, Any]) -> None:
+        if self._connected.is_set():
+            self.client.publish(self.events_topic, encode(event), qos=1)
+
+    def stop(self, final_status: dict[str, Any] | None, timeout: float = 3.0) -> None:
+        """Publish the final (offline) status retained, wait for it to leave, then disconnect."""
+        try:
+            if final_status is not None and self._connected.is_set():
+                info = self.client.publish(
+                    self.status_topic, encode(final_status), qos=1, retain=True
+                )
+                info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError) as exc:
+            logger.warning("mqtt: final status not delivered: %s", exc)
+        self.client.disconnect()
+        self.client.loop_stop()
+        self._connected.clear()
+
+
+def _agent_version() -> str:
+    from agent import __version__
+
+    return __version__

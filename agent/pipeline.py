@@ -1,0 +1,239 @@
+"""The frame loop: grab -> pre -> invoke -> post -> publish, timed per stage.
+
+The inference thread takes the newest frame (already prepared by the grabber thread, or
+prepared here), runs the interpreter, then copies out only the outputs the decoder needs.
+Decoding and publishing run on a second thread, so frame N is decoded and published while frame
+N+1 is inferred (overlap_post). A frame's end-to-end latency ("total") runs from the moment it
+was captured (decoded) to the moment its result was published.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from agent.decoders import OutputDecoder, needed_roles
+from agent.grabber import Frame, Grabber
+from agent.manifest import Manifest, OutputRole
+from agent.messages import STAGES, FrameResult, ModelRef
+from agent.metrics import AgentMetrics, RollingStats
+from agent.preprocess import FrameTransform, Preprocessor, dequantize
+from agent.runtime import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+HISTORY = 20_000  # per-stage samples kept for the run summary
+
+
+@dataclass
+class _Job:
+    frame: Frame
+    transform: FrameTransform
+    raw: dict[OutputRole, np.ndarray]
+    timings: dict[str, float]
+    picked: float
+
+
+@dataclass
+class PipelineStats:
+    """Per-stage times of recent frames, and the busy time used for sustained fps."""
+
+    frames: int = 0
+    busy_s: float = 0.0  # wall time spent inside run() while frames were flowing
+    stages: dict[str, deque[float]] = field(
+        default_factory=lambda: {s: deque(maxlen=HISTORY) for s in (*STAGES, "total")}
+    )
+
+    def median_ms(self, stage: str) -> float | None:
+        values = self.stages[stage]
+        return round(float(np.median(values)) * 1000.0, 3) if values else None
+
+    def percentile_ms(self, stage: str, q: float) -> float | None:
+        values = self.stages[stage]
+        return round(float(np.percentile(values, q)) * 1000.0, 3) if values else None
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.busy_s if self.busy_s > 0 else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "frames": self.frames,
+            "fps": round(self.fps, 2),
+            "median_ms": {s: self.median_ms(s) for s in (*STAGES, "total")},
+            "p99_total_ms": self.percentile_ms("total", 99),
+        }
+
+
+class _PostWorker:
+    """The decode-and-publish thread; a queue of one keeps it at most a frame behind.
+
+    submit() hands a job to the thread only when that helps: while the worker is still busy,
+    or when the next frame is already waiting (throughput-bound). When the worker is idle and
+    no frame waits (latency-bound, e.g. a camera slower than the model), the caller decodes
+    inline and saves a thread hand-off. Results are always published in frame order.
+    """
+
+    def __init__(self, fn: Callable[[_Job], None]) -> None:
+        self._fn = fn
+        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=1)
+        self._lock = threading.Lock()  # held while a job is processed, on either thread
+        self._pending = 0  # jobs queued and not yet finished
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="edgegap-post", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: _Job, next_frame_waiting: bool) -> None:
+        if not next_frame_waiting and self._lock.acquire(blocking=False):
+            try:
+                if self._pending == 0:
+                    self._process(job)
+                    return
+            finally:
+                self._lock.release()
+        with self._lock:
+            self._pending += 1
+        self._queue.put(job)
+
+    def _process(self, job: _Job) -> None:
+        if self.error is not None:
+            return
+        try:
+            self._fn(job)
+        except BaseException as exc:  # re-raised on the inference thread
+            self.error = exc
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            with self._lock:
+                self._process(job)
+                self._pending -= 1
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+
+class Pipeline:
+    """Serves one loaded model on frames from a grabber; `handle` publishes each result."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        manifest: Manifest,
+        preprocess: Preprocessor,
+        decoder: OutputDecoder,
+        grabber: Grabber,
+        handle: Callable[[FrameResult], None],
+        metrics: AgentMetrics | None = None,
+        rolling: RollingStats | None = None,
+        overlap: bool = True,
+    ) -> None:
+        self.model = model
+        self.manifest = manifest
+        self.preprocess = preprocess
+        self.decoder = decoder
+        self.grabber = grabber
+        self.handle = handle
+        self.metrics = metrics
+        self.rolling = rolling or RollingStats()
+        self.overlap = overlap
+        self.stats = PipelineStats()
+        self.model_ref = ModelRef(
+            manifest.name, manifest.version, manifest.model.sha256, manifest.profile, manifest.task
+        )
+        self._needed = [(role, manifest.output(role)) for role in needed_roles(decoder)]
+
+    def run(self, stop: threading.Event, max_frames: int = 0) -> int:
+        """Process frames until stop is set, the source ends, or max_frames (0: no limit) are done.
+
+        Returns the number of frames processed; re-raises a source failure or an output bug.
+        """
+        worker = _PostWorker(self._post) if self.overlap else None
+        n = 0
+        started = time.perf_counter()
+        try:
+            while not stop.is_set() and (not max_frames or n < max_frames):
+                if worker is not None and worker.error is not None:
+                    break
+                frame = self.grabber.next(timeout=0.25)
+                if frame is None:
+                    if self.grabber.done:
+                        break
+                    continue
+                if n == 0:
+                    started = time.perf_counter()  # waiting for the first frame is not busy time
+                job = self._infer(frame)
+                if worker is not None:
+                    worker.submit(job, self.grabber.has_frame())
+                else:
+                    self._post(job)
+                n += 1
+        finally:
+            if worker is not None:
+                worker.close()
+            if n:
+                self.stats.busy_s += time.perf_counter() - started
+        if worker is not None and worker.error is not None:
+            raise worker.error
+        if self.grabber.done and self.grabber.error is not None and not stop.is_set():
+            raise self.grabber.error
+        return n
+
+    def _infer(self, frame: Frame) -> _Job:
+        picked = time.perf_counter()
+        if frame.prepared is not None:
+            (x, transform), pre_s = frame.prepared, frame.pre_s
+            wait_s = picked - frame.captured - pre_s
+        else:
+            x, transform = self.preprocess(frame.image)
+            pre_s, wait_s = time.perf_counter() - picked, picked - frame.captured
+        t1 = time.perf_counter()
+        self.model.set_input(x)
+        self.model.invoke()
+        t2 = time.perf_counter()
+        raw = {role: self.model.get(spec.index) for role, spec in self._needed}
+        t3 = time.perf_counter()
+        timings = {
+            "grab": frame.grab_s, "pre": pre_s, "wait": max(wait_s, 0.0), "invoke": t2 - t1, "post": t3 - t2,
+        }  # fmt: skip
+        return _Job(frame, transform, raw, timings, picked)
+
+    def _post(self, job: _Job) -> None:
+        t0 = time.perf_counter()
+        outs = {}
+        for role, spec in self._needed:
+            outs[role] = dequantize(job.raw[role], spec.scale, spec.zero_point)
+        detections = self.decoder(outs, job.transform)
+        t1 = time.perf_counter()
+        job.timings["post"] += t1 - t0
+        result = FrameResult(job.frame, detections, self.model_ref, job.timings, job.picked)
+        self.handle(result)
+        t2 = time.perf_counter()
+        job.timings["publish"] = t2 - t1
+        total = t2 - job.frame.captured
+        self._record(job.timings, total, len(detections))
+
+    def _record(self, timings: dict[str, float], total: float, detections: int) -> None:
+        s = self.stats
+        s.frames += 1
+        for stage in STAGES:
+            s.stages[stage].append(timings[stage])
+        s.stages["total"].append(total)
+        self.rolling.add(total)
+        m = self.metrics
+        if m is not None:
+            for stage in STAGES:
+                m.observe(stage, timings[stage])
+            m.observe("total", total)
+            m.frames.inc()
+            m.detections.inc(detections)
+            m.dropped.set(self.grabber.stats.dropped)

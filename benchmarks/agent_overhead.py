@@ -1,0 +1,341 @@
+"""How much the agent adds on top of the interpreter: frame latency and sustained fps, in one run.
+
+The agent serves an int8 detector on a video file (lockstep pacing: every frame is processed,
+the grabber decodes the next frame while the model runs). Blocks of agent frames are
+interleaved with blocks of bare interpreter.invoke() calls on the same interpreter, and medians
+are taken over all blocks, so machine noise hits both sides alike.
+
+  latency ratio = median agent frame latency (pickup -> published) / median bare invoke
+  fps ratio     = sustained agent fps / (1000 / median bare invoke ms)
+
+Usage:
+  python benchmarks/agent_overhead.py [--bundle DIR] [--rounds 12] [--frames 40]
+
+Without --bundle it converts the reference detector (converter/zoo/weights/detector.keras)
+with `edgegap convert` when that file exists; otherwise it builds a stand-in of realistic size
+(MobileNetV2 width 0.5 at 256 px with an SSD head and TFLite_Detection_PostProcess, random
+weights) and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agent.app import Agent  # noqa: E402
+from agent.bundle import write_bundle  # noqa: E402
+from agent.config import load_config  # noqa: E402
+from agent.golden import record_golden  # noqa: E402
+from agent.manifest import Decoder, InputSpec, Manifest, ModelFile, OutputRole, OutputSpec  # noqa: E402
+from agent.runtime import open_model  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+REFERENCE = ROOT / "converter" / "zoo" / "weights" / "detector.keras"
+SIZE = 256
+CLASSES = 10
+
+
+def render_video(path: Path, frames: int = 90) -> Path:
+    """A 640x480 MJPG clip of moving shapes over a textured background."""
+    rng = np.random.default_rng(0)
+    background = cv2.GaussianBlur(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8), (0, 0), 6)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (640, 480))
+    for i in range(frames):
+        img = background.copy()
+        for k in range(4):
+            x = int(60 + (i * (3 + k) + 130 * k) % 520)
+            y = int(60 + (i * (2 + k) + 90 * k) % 360)
+            cv2.circle(img, (x, y), 30 + 8 * k, (40 * k, 255 - 50 * k, 120), -1)
+            cv2.putText(img, str(k), (x - 10, y + 10), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (0, 0, 0), 2)
+        writer.write(img)
+    writer.release()
+    return path
+
+
+def convert_reference(work: Path) -> Path | None:
+    """Convert the reference detector with `edgegap convert`; None (with the reason) on failure."""
+    calib = work / "calib"
+    calib.mkdir()
+    cap = cv2.VideoCapture(str(render_video(work / "calib.avi", 32)))
+    i = 0
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        cv2.imwrite(str(calib / f"{i:03d}.png"), frame)
+        i += 1
+    out = work / "reference-bundle"
+    cmd = [sys.executable, "-m", "converter", "convert", str(REFERENCE), "--profile", "x86-avx2",
+           "--calibration", str(calib), "--task", "detection", "--output", str(out)]  # fmt: skip
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if res.returncode != 0 or not (out / "manifest.json").is_file():
+        tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
+        print(f"note: converting the reference detector failed ({tail[0]}); using the stand-in")
+        return None
+    return out
+
+
+def _postprocess_stub(tf: Any, anchors: int) -> Any:
+    attrs = {
+        "max_detections": "i: 20", "max_classes_per_detection": "i: 1", "detections_per_class": "i: 100",
+        "use_regular_nms": "b: false", "nms_score_threshold": "f: 0.3", "nms_iou_threshold": "f: 0.5",
+        "y_scale": "f: 10.0", "x_scale": "f: 10.0", "h_scale": "f: 5.0", "w_scale": "f: 5.0",
+        "num_classes": f"i: {CLASSES}",
+    }  # fmt: skip
+    implements = 'name: "TFLite_Detection_PostProcess"' + "".join(
+        f' attr {{ key: "{k}" value {{ {v} }} }}' for k, v in attrs.items()
+    )
+
+    @tf.function(experimental_implements=implements)
+    def postprocess(box_encodings: Any, class_predictions: Any, anchor_tensor: Any) -> Any:
+        zero = tf.constant(0.0, dtype=tf.float32)
+        return zero, zero, zero, zero
+
+    return postprocess
+
+
+def build_stand_in(work: Path) -> Path:
+    """MobileNetV2 (width 0.5, 256 px) + SSD head on two maps + TFLite_Detection_PostProcess, int8."""
+    import keras
+    import tensorflow as tf
+
+    from agent.decoders import grid_anchors
+
+    grid = {"feature_maps": [16, 8], "scales": [0.2, 0.5], "aspect_ratios": [1.0, 2.0, 0.5]}
+    anchors = grid_anchors(grid)
+    backbone = keras.applications.MobileNetV2(
+        input_shape=(SIZE, SIZE, 3), alpha=0.5, include_top=False, weights=None
+    )
+    maps = [
+        backbone.get_layer("block_13_expand_relu").output,
+        backbone.get_layer("out_relu").output,
+    ]
+    boxes, scores = [], []
+    for fmap in maps:
+        x = keras.layers.SeparableConv2D(128, 3, padding="same", activation="relu6")(fmap)
+        b = keras.layers.Conv2D(
+            3 * 4, 1, kernel_initializer=keras.initializers.RandomNormal(stddev=0.01)
+        )(x)
+        c = keras.layers.Conv2D(
+            3 * (CLASSES + 1), 1, bias_initializer=keras.initializers.Constant(-4.0)
+        )(x)
+        boxes.append(keras.layers.Reshape((-1, 4))(b))
+        scores.append(keras.layers.Reshape((-1, CLASSES + 1))(c))
+    heads = keras.Model(
+        backbone.input,
+        [
+            keras.layers.Concatenate(axis=1)(boxes),
+            keras.layers.Activation("sigmoid")(keras.layers.Concatenate(axis=1)(scores)),
+        ],
+    )
+    post = _postprocess_stub(tf, len(anchors))
+    anchor_tensor = tf.constant(anchors)
+
+    def serve(x: Any) -> Any:
+        enc, cls = heads(x)
+        return post(enc, cls, anchor_tensor)
+
+    saved = work / "saved"
+    archive = keras.export.ExportArchive()
+    archive.track(heads)
+    archive.add_endpoint(
+        name="serve", fn=serve, input_signature=[tf.TensorSpec([1, SIZE, SIZE, 3], tf.float32)]
+    )
+    archive.write_out(str(saved), verbose=False)
+
+    def calibration() -> Any:
+        rng = np.random.default_rng(0)
+        for _ in range(16):
+            yield [rng.random((1, SIZE, SIZE, 3), dtype=np.float32) * 2 - 1]
+
+    conv = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = calibration
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.allow_custom_ops = True
+    content = bytes(conv.convert())
+
+    model = open_model(content)
+    inp = model.inputs[0]
+    roles = {
+        ":0": OutputRole.BOXES,
+        ":1": OutputRole.CLASSES,
+        ":2": OutputRole.SCORES,
+        ":3": OutputRole.COUNT,
+    }
+    outputs = [
+        OutputSpec(
+            name=o.name,
+            index=o.index,
+            role=roles[o.name[o.name.rindex(":") :]],
+            shape=list(o.shape),
+            dtype=o.dtype.name,
+        )
+        for o in model.outputs
+    ]
+    manifest = Manifest(
+        name="standin-mobilenetv2-ssd", version=1, profile="x86-avx2",
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), task="detection",
+        decoder=Decoder.SSD_POSTPROCESS,
+        model=ModelFile(sha256=hashlib.sha256(content).hexdigest(), size=len(content)),
+        input=InputSpec(name=inp.name, shape=list(inp.shape), dtype=inp.dtype.name, scale=inp.scale,
+                        zero_point=inp.zero_point, mean=[127.5], std=[127.5]),
+        outputs=outputs, labels=[str(i) for i in range(CLASSES)],
+    )  # fmt: skip
+    manifest = manifest.model_copy(update={"golden": record_golden(model, manifest)})
+    return write_bundle(work / "standin-bundle", content, manifest).path
+
+
+def start_agent(bundle: Path, video: Path, rate: str, threads: int | None) -> Agent:
+    overrides: dict[str, Any] = {
+        "bundle.path": str(bundle), "source.uri": str(video), "source.rate": rate, "source.loop": True,
+        "outputs.jsonl": os.devnull, "detection.score_threshold": 0.3,
+    }  # fmt: skip
+    if threads:
+        overrides["runtime.threads"] = threads
+    agent = Agent(load_config(None, overrides))
+    agent.start()
+    return agent
+
+
+def bare_invokes(interp: Any, count: int, period: float = 0.0) -> list[float]:
+    """Bare interpreter.invoke() times; with a period, paced like frames from a camera."""
+    times = []
+    for _ in range(count):
+        t = time.perf_counter()
+        interp.invoke()
+        times.append(time.perf_counter() - t)
+        if period:
+            time.sleep(max(0.0, period - (time.perf_counter() - t)))
+    return times
+
+
+def measure(
+    bundle: Path, video: Path, rounds: int, frames: int, threads: int | None
+) -> dict[str, Any]:
+    """Interleave: agent on a camera-paced video | paced bare invokes | agent in lockstep | bare invokes."""
+    paced = start_agent(bundle, video, "native", threads)  # latency: frames arrive like a camera's
+    flat = start_agent(bundle, video, "all", threads)  # throughput: every frame, as fast as it goes
+    assert paced.pipeline is not None and flat.pipeline is not None and flat.model is not None
+    assert paced.grabber is not None
+    fps_src = paced.grabber.source.fps or 30.0
+    interp = flat.model._interp
+    latency: list[float] = []
+    bare_paced: list[float] = []
+    bare: list[float] = []
+    flat_frames, flat_time = 0, 0.0
+    paced_frames = max(5, frames // 4)
+    try:
+        for r in range(rounds + 1):  # round 0 warms up and is discarded
+            before = len(paced.pipeline.stats.stages["total"])
+            paced.pipeline.run(paced.stop_event, max_frames=paced_frames)
+            lat = list(paced.pipeline.stats.stages["total"])[before:]
+            bp = bare_invokes(interp, paced_frames, 1.0 / fps_src)
+            t0 = time.perf_counter()
+            n = flat.pipeline.run(flat.stop_event, max_frames=frames)
+            dt = time.perf_counter() - t0
+            b = bare_invokes(interp, frames)
+            if r:
+                latency += lat
+                bare_paced += bp
+                bare += b
+                flat_frames += n
+                flat_time += dt
+        stats = paced.pipeline.stats
+        stage_ms = {
+            s: stats.median_ms(s) for s in ("grab", "pre", "wait", "invoke", "post", "publish")
+        }
+        flat_stage_ms = {
+            s: flat.pipeline.stats.median_ms(s) for s in ("pre", "wait", "invoke", "post")
+        }
+    finally:
+        paced.close()
+        flat.close()
+    return {
+        "backend": f"{flat.model.backend} {flat.model.backend_version}",
+        "source_fps": fps_src,
+        "latency_ms": float(np.median(latency)) * 1000,
+        "bare_paced_ms": float(np.median(bare_paced)) * 1000,
+        "bare_ms": float(np.median(bare)) * 1000,
+        "fps": flat_frames / flat_time,
+        "frames": (len(latency), flat_frames),
+        "stage_ms": stage_ms,
+        "flat_stage_ms": flat_stage_ms,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--bundle",
+        type=Path,
+        help="Bundle to serve (default: the reference detector, else a stand-in).",
+    )
+    ap.add_argument(
+        "--video", type=Path, help="Video file (default: a generated 640x480 clip at 30 fps)."
+    )
+    ap.add_argument("--rounds", type=int, default=12, help="Interleaved rounds.")
+    ap.add_argument(
+        "--frames", type=int, default=40, help="Lockstep frames per round (paced: a quarter)."
+    )
+    ap.add_argument(
+        "--threads", type=int, help="Interpreter threads (default: the bundle profile's)."
+    )
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with tempfile.TemporaryDirectory(prefix="edgegap-bench-") as tmp:
+        work = Path(tmp)
+        bundle, what = args.bundle, "given bundle"
+        if bundle is None and REFERENCE.is_file():
+            bundle, what = convert_reference(work), "reference detector (converted now)"
+        if bundle is None:
+            print(
+                "note: STAND-IN MODEL: MobileNetV2 width 0.5 at 256 px + SSD head + TFLite_Detection_PostProcess,"
+            )
+            print("      int8, random weights (the reference detector is not available)")
+            bundle, what = build_stand_in(work), "stand-in MobileNetV2-SSD (random weights)"
+        video = args.video or render_video(work / "clip.avi")
+        r = measure(bundle, video, args.rounds, args.frames, args.threads)
+    paced_n, flat_n = r["frames"]
+    print(f"model: {what}; backend {r['backend']}")
+    print(
+        f"frames: {paced_n} camera-paced at {r['source_fps']:.0f} fps, {flat_n} lockstep; medians over all rounds"
+    )
+    stages = "  ".join(f"{k} {v:.2f}" for k, v in r["stage_ms"].items() if v is not None)
+    print(f"camera-paced stage medians (ms): {stages}")
+    stages = "  ".join(f"{k} {v:.2f}" for k, v in r["flat_stage_ms"].items() if v is not None)
+    print(f"lockstep stage medians (ms): {stages}")
+    ideal = 1000.0 / r["bare_ms"]
+    print(
+        f"sustained lockstep fps {r['fps']:.1f}; bare invoke back to back {r['bare_ms']:.2f} ms = {ideal:.1f} fps"
+    )
+    print(f"fps ratio (agent fps / (1000 / invoke-ms), goal >= 0.9): {r['fps'] / ideal:.3f}")
+    print(
+        f"frame latency capture->published {r['latency_ms']:.2f} ms; "
+        f"bare invoke at the same pace {r['bare_paced_ms']:.2f} ms"
+    )
+    print(
+        f"latency ratio (agent frame latency / bare invoke, goal <= 1.15): {r['latency_ms'] / r['bare_paced_ms']:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
