@@ -10,8 +10,10 @@ import click
 from agent.errors import EdgegapError
 from converter.commands.bundle_tools import bench, inspect, verify
 from converter.commands.convert import convert
+from converter.commands.eval import eval_cmd
 from converter.commands.keys import keys
 from converter.commands.profiles import profiles
+from converter.commands.zoo import zoo
 from firmware_profiles import ProfileError
 
 logger = logging.getLogger(__name__)
@@ -52,6 +54,8 @@ cli.add_command(convert)
 cli.add_command(verify)
 cli.add_command(inspect)
 cli.add_command(bench)
+cli.add_command(eval_cmd)
+cli.add_command(zoo)
 
 
 def main() -> None:

@@ -147,6 +147,11 @@ def make_task(task: str | Task, source: SourceModel) -> Task:
         if hasattr(task, "source") and getattr(task, "source", None) is None:
             task.source = source  # type: ignore[attr-defined]
         return task
+    from converter.tasks.detection import DetectionTask
+
+    if task == "auto" and DetectionTask.applies_to(source.source):
+        task = "detection"
+        logger.info("task: detection (auto: detector sidecar found)")
     if task == "auto":
         probe = source.predict(np.zeros((1, *source.input_shape), np.float32))
         task = "classification" if looks_like_classifier(source, probe) else "tensor"
@@ -156,11 +161,7 @@ def make_task(task: str | Task, source: SourceModel) -> Task:
     if task == "tensor":
         return TensorTask(source)
     if task == "detection":
-        try:
-            from converter.tasks.detection import DetectionTask  # type: ignore[import-not-found]
-        except ImportError as exc:
-            raise ConvertError(f"the detection task is not available: {exc}") from exc
-        return DetectionTask()  # type: ignore[no-any-return]
+        return DetectionTask(source=source)
     raise ConvertError(f"unknown task {task!r}; choose one of {', '.join(TASK_NAMES)}")
 
 
@@ -278,12 +279,14 @@ def _convert(opts: ConvertOptions, reporter: Reporter | None) -> ConvertResult:
 
     stage("load data")
     calibration = _dataset(opts.calibration, source, norm, opts.calibration_samples, "calibration data")
-    if opts.validation is not None:
+    if task.name == "detection" and not isinstance(opts.validation, Dataset):
+        validation = task.validation_data(opts.validation, opts.validation_samples)  # type: ignore[attr-defined]
+    elif opts.validation is not None:
         validation = _dataset(opts.validation, source, norm, opts.validation_samples, "validation data")
     else:
         validation = calibration
         logger.warning("no --validation data: accuracy is measured on the calibration data")
-    labels = read_labels(opts.labels)
+    labels = read_labels(opts.labels) or list(getattr(task, "labels", []))
 
     with tempfile.TemporaryDirectory(prefix="edgegap-") as tmp:
         saved = Path(tmp) / "saved_model"

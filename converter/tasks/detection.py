@@ -1,0 +1,204 @@
+"""The detection task: SSD detectors exported with the TFLite_Detection_PostProcess op.
+
+A Keras detector is recognised by its sidecar (`model.keras` -> `model.detector.json`, see
+converter/zoo/config.py), which carries the input size and normalization, class names, anchors
+and NMS settings. Accuracy is COCO mAP@0.5 of the converted model against the float model on
+validation images with ground-truth boxes; the drop is in fraction units (0.01 = 1 mAP point).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from agent.manifest import Decoder, OutputRole
+from agent.runtime import LoadedModel, TensorInfo
+from converter.evaluation import Detections, coco_map
+from converter.tasks.base import AccuracyReport, Dataset, FloatFn, Task
+from converter.zoo import detection_data
+from converter.zoo.config import DetectorConfig, SidecarError, has_sidecar, read_sidecar
+from converter.zoo.detector_export import OUTPUT_KEYS, POSTPROCESS_OP, ROLES
+from converter.zoo.inference import detections_from_raw, fit_image, run_postprocessed
+
+logger = logging.getLogger(__name__)
+
+_BATCH = 16
+
+
+@dataclass(frozen=True)
+class BoxLabels:
+    """Ground truth of a Dataset: per image, (n, 4) corner boxes in [0, 1] and class indices."""
+
+    boxes: list[np.ndarray]
+    classes: list[np.ndarray]
+
+
+class DetectionTask(Task):
+    name: ClassVar[str] = "detection"
+    decoder: ClassVar[Decoder] = Decoder.SSD_POSTPROCESS
+
+    def __init__(self, cfg: DetectorConfig | None = None, source: Any = None) -> None:
+        self._cfg = cfg
+        self._doc: dict[str, Any] = {}
+        self.source = source  # a converter.loading.SourceModel; its path locates the sidecar
+
+    @property
+    def cfg(self) -> DetectorConfig:
+        if self._cfg is None:
+            path = getattr(self.source, "source", None)
+            if path is None:
+                raise SidecarError("the detection task needs the detector sidecar (MODEL.detector.json next to the .keras file)")
+            self._cfg, self._doc = read_sidecar(Path(path))
+        return self._cfg
+
+    @staticmethod
+    def applies_to(model_path: str | Path) -> bool:
+        """True when the model file has a detector sidecar next to it."""
+        return has_sidecar(Path(model_path))
+
+    @classmethod
+    def from_model_path(cls, model_path: str | Path) -> DetectionTask:
+        task = cls()
+        task._cfg, task._doc = read_sidecar(Path(model_path))
+        return task
+
+    # What the pipeline needs for the manifest's input spec and labels.
+    @property
+    def labels(self) -> list[str]:
+        return list(self.cfg.classes)
+
+    @property
+    def input_shape(self) -> list[int]:
+        return [1, self.cfg.input_size, self.cfg.input_size, 3]
+
+    @property
+    def mean(self) -> list[float]:
+        return [self.cfg.mean]
+
+    @property
+    def std(self) -> list[float]:
+        return [self.cfg.std]
+
+    @property
+    def color_order(self) -> str:
+        return self.cfg.color_order
+
+    def export_saved_model(self, model: Any, out_dir: Path) -> None:
+        from converter.zoo.detector_export import export_saved_model
+
+        export_saved_model(model, self.cfg, Path(out_dir))
+
+    def configure_converter(self, converter: Any) -> None:
+        from converter.zoo.detector_export import configure_converter
+
+        configure_converter(converter)
+
+    def output_roles(self, outputs: Sequence[TensorInfo]) -> list[OutputRole]:
+        from converter.zoo.detector_export import output_roles
+
+        return output_roles(outputs)
+
+    def accuracy(self, float_fn: FloatFn, quant: LoadedModel, data: Dataset) -> AccuracyReport:
+        labels = data.labels
+        if not isinstance(labels, BoxLabels):
+            raise detection_data.DatasetError(
+                "detection accuracy needs ground-truth boxes: give the validation data as a COCO-style "
+                "folder (annotations.json + images, e.g. from `edgegap zoo make-dataset --split val`)"
+            )
+        float_dets: list[Detections] = []
+        for i in range(0, len(data.x), _BATCH):
+            float_dets += self._float_detections(float_fn(data.x[i : i + _BATCH]))
+        roles = dict(zip(self.output_roles(quant.outputs), (o.index for o in quant.outputs), strict=True))
+        quant_dets = run_postprocessed(quant, data.x, roles)
+        f = coco_map(labels.boxes, labels.classes, float_dets, self.cfg.num_classes)
+        q = coco_map(labels.boxes, labels.classes, quant_dets, self.cfg.num_classes)
+        return AccuracyReport(
+            metric="map50",
+            float_value=f.map50,
+            quant_value=q.map50,
+            drop=f.map50 - q.map50,
+            detail={"map50_95_float": f.map50_95, "map50_95_quant": q.map50_95, "images": len(data.x),
+                    "source": data.source},  # fmt: skip
+        )
+
+    def _float_detections(self, outputs: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> list[Detections]:
+        """Float outputs are either the Keras model's raw (box encodings, class logits), decoded
+        as the op decodes them, or the post-processed outputs (a mapping by signature key, or a
+        sequence in the op's order: boxes, classes, scores, count)."""
+        if isinstance(outputs, Mapping):
+            outputs = [np.asarray(outputs[k]) for k in OUTPUT_KEYS]
+        outs = [np.asarray(o) for o in outputs]
+        a, c = self.cfg.anchors.count, self.cfg.num_classes
+        if len(outs) == 2 and outs[0].shape[1:] == (a, 4) and outs[1].shape[1:] == (a, c):
+            return detections_from_raw(outs[0], outs[1], self.cfg)
+        if len(outs) == 4 and outs[0].ndim == 3 and outs[0].shape[-1] == 4:
+            boxes, classes, scores, count = outs
+            count = count.reshape(len(boxes), -1)[:, 0]
+            return [
+                Detections(b[: int(n)], s[: int(n)], np.rint(k[: int(n)]).astype(np.int32))
+                for b, k, s, n in zip(boxes, classes, scores, count, strict=True)
+            ]
+        raise ValueError(f"float outputs with shapes {[o.shape for o in outs]} are neither raw SSD nor post-processed")
+
+    def manifest_extra(self) -> dict[str, Any]:
+        doc = self.cfg.to_dict()
+        return {
+            "postprocess_op": POSTPROCESS_OP,
+            "output_roles": [r.value for r in ROLES],
+            "num_classes": self.cfg.num_classes,
+            "background_class": False,
+            "anchors": doc["anchors"],
+            "num_anchors": doc["num_anchors"],
+            "box_coder": doc["box_coder"],
+            "nms": doc["nms"],
+        }
+
+    def validation_data(self, path: str | Path | None, limit: int = 1000) -> Dataset:
+        """Ground-truth data for the accuracy gate: a COCO-style folder, or, for a detector trained
+        on the generated dataset (the sidecar says so), its validation split."""
+        if path is not None:
+            return self.dataset(Path(path), count=limit)
+        self.cfg  # noqa: B018 - reads the sidecar (and its training record) if not read yet
+        training = self._doc.get("training", {})
+        if training.get("dataset") != detection_data.DATASET_ID:
+            raise detection_data.DatasetError(
+                "detection accuracy needs ground-truth boxes: pass --validation a COCO-style folder "
+                "(annotations.json + images)"
+            )
+        seed = int(training.get("seed", 0))
+        return self.dataset(None, split="val", count=min(limit, 300), seed=seed)
+
+    def dataset(self, data_dir: Path | None = None, split: str = "val", count: int = 200, seed: int = 0) -> Dataset:
+        """Validation (or calibration) data with ground truth: a COCO-style folder, or images of
+        the generated dataset's split when no folder is given."""
+        size = (self.cfg.input_size, self.cfg.input_size)
+        if data_dir is None:
+            samples = list(detection_data.generate(split, count, seed=seed, size=self.cfg.input_size))
+            images = [s.image for s in samples]
+            boxes, classes = [s.boxes for s in samples], [s.classes for s in samples]
+            source = f"generated {split} split, seed {seed}, {count} images"
+        else:
+            folder = detection_data.read_folder(Path(data_dir))
+            index = class_index(folder.labels, self.labels)
+            n = min(count, len(folder)) if count > 0 else len(folder)
+            images = [fit_image(folder.image(i), size)[0] for i in range(n)]
+            boxes = folder.boxes[:n]
+            classes = [index[c] for c in folder.classes[:n]]
+            source = str(data_dir)
+        x = (np.stack(images).astype(np.float32) - self.cfg.mean) / self.cfg.std
+        return Dataset(x=x, labels=BoxLabels(list(boxes), list(classes)), source=source)
+
+
+def class_index(data_labels: Sequence[str], model_labels: Sequence[str]) -> np.ndarray:
+    """Map a dataset's class indices to the model's, by name."""
+    missing = [n for n in data_labels if n not in model_labels]
+    if missing:
+        raise detection_data.DatasetError(
+            f"the data has classes the model does not know: {', '.join(missing)} (model: {', '.join(model_labels)})"
+        )
+    return np.array([list(model_labels).index(n) for n in data_labels], np.int32)
