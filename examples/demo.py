@@ -1,4 +1,9 @@
-"""The edgegap demo, run by `make demo`: train a small CNN, convert it for two devices, verify it.
+"""The edgegap demo, run by `make demo`: convert a classifier and a detector for two devices, then serve.
+
+Part one trains a digits CNN, converts it for two profiles, and verifies the bundles. Part two
+takes the reference SSD detector (committed weights, or retrained with --train-detector), converts
+it for the same profiles, compares float and int8 mAP, renders a video from the held-out test
+split, and runs the device agent on it, printing per-stage latency and fps.
 
 Each step is a function taking the shared Demo state; STEPS lists them in order. Later parts of
 the project append their own steps (a detector, the device agent over MQTT) to STEPS.
@@ -16,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +44,8 @@ class Demo:
     files: dict[str, Path] = field(default_factory=dict)
     results: list[Any] = field(default_factory=list)  # converter.pipeline.ConvertResult per profile
     bundles: dict[str, Path] = field(default_factory=dict)
+    train_detector: bool = False
+    detector_bundles: dict[str, Path] = field(default_factory=dict)
 
 
 def heading(text: str) -> None:
@@ -52,6 +60,9 @@ def edgegap(*args: Any) -> None:
     console.print(f"[dim]$ edgegap {shlex.join(argv)}[/]")
     try:
         cli.main(argv, prog_name="edgegap", standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
     except SystemExit as exc:
         if exc.code:
             raise
@@ -123,16 +134,79 @@ def step_verify(demo: Demo) -> None:
         edgegap("verify", bundle, "--key", demo.files["public_key"])
 
 
-STEPS: list[Callable[[Demo], None]] = [step_train, step_keys, step_convert, step_verify]
+def step_detector(demo: Demo) -> None:
+    """Convert the reference detector for each profile and compare float and int8 mAP."""
+    from converter.zoo.detection_data import generate, write_folder
+
+    heading("5. The reference object detector")
+    model = ROOT / "converter" / "zoo" / "weights" / "detector.keras"
+    if demo.train_detector:
+        model = demo.out / "detector.keras"
+        edgegap("zoo", "train-detector", "--output", model, *(["--epochs", "2"] if demo.quick else []))
+    else:
+        console.print(f"using the committed weights {model} (retrain them with --train-detector)")
+    data = demo.out / "detection"
+    calib, test = data / "calibration", data / "test"
+    write_folder(calib, list(generate("train", 200, seed=0, size=160)))
+    write_folder(test, list(generate("test", 200, seed=0, size=160)))
+    demo.files.update(detector=model, detection_test=test)
+    for profile in PROFILES:
+        bundle = demo.out / "bundles" / f"detector-{profile}"
+        edgegap(
+            "convert", model, "--profile", profile, "--calibration", calib / "images", "--validation", test,
+            "--sign-key", demo.files["private_key"], "--name", "detector", "--version", 1, "--output", bundle,
+        )
+        demo.detector_bundles[profile] = bundle
+    heading("6. Float against int8 on the held-out test split")
+    edgegap("eval", model, *demo.detector_bundles.values(), "--data", test)
+
+
+def _render_video(test: Path, path: Path, frames: int, size: tuple[int, int]) -> Path:
+    """Write the test images as an MJPG video, scaled up to a camera-like frame size."""
+    import cv2
+
+    from converter.zoo.detection_data import read_folder
+
+    folder = read_folder(test)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 15.0, size)
+    for i in range(min(frames, len(folder))):
+        frame = cv2.resize(folder.image(i), size, interpolation=cv2.INTER_LINEAR)
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def step_agent(demo: Demo) -> None:
+    """Run the device agent on a video rendered from the test split, as a device would."""
+    import subprocess
+
+    heading("7. Serve it: edgegap-agent on a video from the test split")
+    video = _render_video(demo.files["detection_test"], demo.out / "test-split.avi", 120, (480, 480))
+    bundle = demo.detector_bundles["x86-avx2"]
+    out = demo.out / "agent"
+    args = [
+        "run", "--bundle", str(bundle), "--trusted-key", str(demo.files["public_key"]),
+        "--source", str(video), "--rate", "all", "--jsonl", str(out / "detections.jsonl"),
+        "--annotate-dir", str(out / "annotated"), "--annotate-every", "10",
+    ]
+    console.print(f"[dim]$ edgegap-agent {shlex.join(args)}[/]")
+    subprocess.run([sys.executable, "-m", "agent", *args], check=True)
+    console.print(f"detections: {out / 'detections.jsonl'}; annotated frames: {out / 'annotated'}")
+
+
+STEPS: list[Callable[[Demo], None]] = [step_train, step_keys, step_convert, step_verify, step_detector, step_agent]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=Path("demo-output"), help="Where everything is written.")
     parser.add_argument("--quick", action="store_true", help="Fewer training epochs.")
+    parser.add_argument(
+        "--train-detector", action="store_true", help="Retrain the reference detector (about 10 minutes)."
+    )
     args = parser.parse_args(argv)
     args.output.mkdir(parents=True, exist_ok=True)
-    demo = Demo(out=args.output.resolve(), quick=args.quick)
+    demo = Demo(out=args.output.resolve(), quick=args.quick, train_detector=args.train_detector)
     from converter.loading import import_tf
 
     import_tf()  # once, quietly, before any step
