@@ -158,6 +158,7 @@ class Pipeline:
         Returns the number of frames processed; re-raises a source failure or an output bug.
         """
         worker = _PostWorker(self._post) if self.overlap else None
+        pending: _Job | None = None  # inferred, its post deferred until the next invoke starts
         n = 0
         started = time.perf_counter()
         try:
@@ -166,19 +167,32 @@ class Pipeline:
                     break
                 frame = self.grabber.next(timeout=0.25)
                 if frame is None:
+                    if pending is not None and worker is not None:
+                        worker.submit(pending, False)
+                        pending = None
                     if self.grabber.done:
                         break
                     continue
                 if n == 0:
                     started = time.perf_counter()  # waiting for the first frame is not busy time
-                job = self._infer(frame)
-                if worker is not None:
-                    worker.submit(job, self.grabber.has_frame())
-                else:
-                    self._post(job)
+                x, transform, picked, pre_s, wait_s = self._prepare(frame)
+                if pending is not None and worker is not None:
+                    # Handed over only now, so its Python work runs while the interpreter
+                    # (which releases the GIL) works on this frame, not while this one prepares.
+                    worker.submit(pending, True)
+                    pending = None
+                job = self._infer(frame, x, transform, picked, pre_s, wait_s)
                 n += 1
+                if worker is None:
+                    self._post(job)
+                elif self.grabber.has_frame() and not stop.is_set() and n != max_frames:
+                    pending = job
+                else:
+                    worker.submit(job, False)
         finally:
             if worker is not None:
+                if pending is not None:
+                    worker.submit(pending, False)
                 worker.close()
             if n:
                 self.stats.busy_s += time.perf_counter() - started
@@ -188,14 +202,24 @@ class Pipeline:
             raise self.grabber.error
         return n
 
-    def _infer(self, frame: Frame) -> _Job:
+    def _prepare(self, frame: Frame) -> tuple[np.ndarray, FrameTransform, float, float, float]:
+        """The frame's model input (made now unless the grabber made it), with its timings."""
         picked = time.perf_counter()
         if frame.prepared is not None:
             (x, transform), pre_s = frame.prepared, frame.pre_s
-            wait_s = picked - frame.captured - pre_s
-        else:
-            x, transform = self.preprocess(frame.image)
-            pre_s, wait_s = time.perf_counter() - picked, picked - frame.captured
+            return x, transform, picked, pre_s, picked - frame.captured - pre_s
+        x, transform = self.preprocess(frame.image)
+        return x, transform, picked, time.perf_counter() - picked, picked - frame.captured
+
+    def _infer(
+        self,
+        frame: Frame,
+        x: np.ndarray,
+        transform: FrameTransform,
+        picked: float,
+        pre_s: float,
+        wait_s: float,
+    ) -> _Job:
         t1 = time.perf_counter()
         self.model.set_input(x)
         self.model.invoke()
