@@ -9,8 +9,21 @@ import pytest
 from click.testing import CliRunner
 
 from agent.bundle import BundleError, load_bundle, write_bundle
-from agent.manifest import Decoder, InputSpec, Manifest, ModelFile, OutputRole, OutputSpec, parse_manifest
-from agent.signing import SignatureError, generate_keypair, load_private_key, load_public_key, sign_manifest
+from agent.manifest import (
+    Decoder,
+    InputSpec,
+    Manifest,
+    ModelFile,
+    OutputRole,
+    OutputSpec,
+    parse_manifest,
+)
+from agent.signing import (
+    generate_keypair,
+    load_private_key,
+    load_public_key,
+    sign_manifest,
+)
 from converter.cli import cli
 
 
