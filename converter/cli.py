@@ -13,6 +13,7 @@ from converter.commands.convert import convert
 from converter.commands.eval import eval_cmd
 from converter.commands.keys import keys
 from converter.commands.profiles import profiles
+from converter.commands.prune import prune
 from converter.commands.zoo import zoo
 from firmware_profiles import ProfileError
 
@@ -50,6 +51,7 @@ def cli(verbose: int) -> None:
 
 cli.add_command(profiles)
 cli.add_command(keys)
+cli.add_command(prune)
 cli.add_command(convert)
 cli.add_command(verify)
 cli.add_command(inspect)

@@ -71,7 +71,7 @@ class Reporter:
         logger.debug("%s", text)
 
 
-STAGES = ("load model", "load data", "export", "float model", "quantize", "evaluate", "fallback", "gates",
+STAGES = ("load model", "load data", "prune", "export", "float model", "quantize", "evaluate", "fallback", "gates",
           "manifest", "write")  # fmt: skip
 
 
@@ -98,6 +98,11 @@ class ConvertOptions:
     latency_runs: int = 50
     custom_objects: Sequence[str | Path] = ()
     golden_count: int = 3
+    prune: bool = False  # apply the profile's pruning target before quantizing
+    prune_epochs: int = 0  # distillation fine-tuning on the calibration data after pruning
+    prune_steps: int = 1
+    prune_importance: str = "l1"
+    protect: Sequence[str] = ()  # layer names never pruned (the task adds its own)
 
 
 @dataclass
@@ -119,6 +124,16 @@ class ConvertResult:
     timings: dict[str, float]
     bundle: Path | None = None
     report_path: Path | None = None
+    pruning: PruningSummary | None = None
+
+
+@dataclass
+class PruningSummary:
+    """The original model against the pruned one, for the report; the int8 figures live beside it."""
+
+    report: Any  # converter.pruning.api.PruneReport
+    original_float_bytes: bytes
+    pruned_accuracy: AccuracyReport  # pruned float model against the original float model
 
 
 def default_name(model: Any) -> str:
@@ -278,6 +293,7 @@ def _convert(opts: ConvertOptions, reporter: Reporter | None) -> ConvertResult:
     norm = Normalization(list(opts.mean), list(opts.std), color, opts.resize)
 
     stage("load data")
+    original = source
     calibration = _dataset(opts.calibration, source, norm, opts.calibration_samples, "calibration data")
     if task.name == "detection" and not isinstance(opts.validation, Dataset):
         validation = task.validation_data(opts.validation, opts.validation_samples)  # type: ignore[attr-defined]
@@ -287,6 +303,10 @@ def _convert(opts: ConvertOptions, reporter: Reporter | None) -> ConvertResult:
         validation = calibration
         logger.warning("no --validation data: accuracy is measured on the calibration data")
     labels = read_labels(opts.labels) or list(getattr(task, "labels", []))
+    prune_report = None
+    if opts.prune:
+        stage("prune")
+        source, prune_report = _prune(opts, source, task, calibration, rep)
 
     with tempfile.TemporaryDirectory(prefix="edgegap-") as tmp:
         saved = Path(tmp) / "saved_model"
@@ -296,8 +316,13 @@ def _convert(opts: ConvertOptions, reporter: Reporter | None) -> ConvertResult:
         float_bytes = convert_float(saved, task)
         stage("quantize")
         model_bytes = quantize(saved, profile, task, calibration)
+        original_float_bytes = float_bytes
+        if prune_report is not None:
+            original_saved = Path(tmp) / "original_saved_model"
+            export_saved_model(task, original.model, original_saved)
+            original_float_bytes = convert_float(original_saved, task)
         stage("evaluate")
-        float_fn = source.predict
+        float_fn = original.predict  # the gate measures against the original float model
         accuracy = task.accuracy(float_fn, open_converted(model_bytes), validation)
         plain_accuracy = accuracy
         fallback: FallbackResult | None = None
@@ -316,7 +341,10 @@ def _convert(opts: ConvertOptions, reporter: Reporter | None) -> ConvertResult:
     stage("gates")
     graph = read_graph(model_bytes)
     threads = host_threads(profile.runtime.threads)
-    latency = measure_latency({"float": float_bytes, "quant": model_bytes}, threads=threads, runs=opts.latency_runs)
+    timed = {"float": float_bytes, "quant": model_bytes}
+    if prune_report is not None:
+        timed["original"] = original_float_bytes
+    latency = measure_latency(timed, threads=threads, runs=opts.latency_runs)
     gates = [
         check_ops(graph, profile),
         check_size(len(model_bytes), profile),
@@ -336,6 +364,11 @@ def _convert(opts: ConvertOptions, reporter: Reporter | None) -> ConvertResult:
     manifest = manifest.model_copy(update={"golden": _golden_tolerance(manifest, golden)})
     metrics = _metrics(profile, model_bytes, float_bytes, accuracy, plain_accuracy, latency, graph, fallback,
                        validation, opts.validation is None)
+    pruning = None
+    if prune_report is not None:
+        pruned_accuracy = task.accuracy(original.predict, open_converted(float_bytes), validation)
+        pruning = PruningSummary(prune_report, original_float_bytes, pruned_accuracy)
+        metrics["pruning"] = _pruning_metrics(pruning, latency, profile)
     manifest = manifest.model_copy(update={"metrics": metrics, "gates": verdict(gates, forced=opts.force)})
     manifest = Manifest.model_validate(manifest.model_dump())  # re-validate the assembled manifest
     if signing_key is not None:
@@ -346,6 +379,7 @@ def _convert(opts: ConvertOptions, reporter: Reporter | None) -> ConvertResult:
         plain_accuracy=plain_accuracy, fallback=fallback, latency=latency, graph=graph,
         model_bytes=model_bytes, float_bytes=float_bytes, profile=profile,
         calibration_source=calibration.source, validation_source=validation.source, timings=timings,
+        pruning=pruning,
     )
     stage("write")
     if passed or opts.force:
@@ -355,6 +389,43 @@ def _convert(opts: ConvertOptions, reporter: Reporter | None) -> ConvertResult:
         result.report_path = write_report(result, opts.output / REPORT_FILE)
     stage(None)
     return result
+
+
+def _prune(opts: ConvertOptions, source: SourceModel, task: Task, calibration: Dataset, rep: Reporter) -> tuple[SourceModel, Any]:
+    """Prune to the profile's target; the pruned model replaces the source for every later stage."""
+    from converter.pruning.api import prune_for_profile
+
+    protect = [*opts.protect, *task.protected_layers(source.model)]
+    rep.detail(f"pruning to {opts.profile.name}'s target; protected: {', '.join(protect) or 'none'}")
+    pruned, report = prune_for_profile(
+        source.model, opts.profile.pruning, data=calibration.x, profile=opts.profile,
+        importance=opts.prune_importance, protect=protect, steps=opts.prune_steps, epochs=opts.prune_epochs,
+        calibration=calibration.x[:64],
+    )
+    for note in report.notes:
+        logger.warning("pruning: %s", note)
+    return dataclasses.replace(source, model=pruned), report
+
+
+def _pruning_metrics(pruning: PruningSummary, latency: dict[str, LatencyStats], profile: Profile) -> dict[str, Any]:
+    r, t = pruning.report, profile.pruning
+    return {
+        "target": "channels" if t.channels is not None else "macs" if t.macs is not None else "latency_ms",
+        "channels_removed": round(r.ratio, 4),
+        "importance": r.importance,
+        "macs_original": r.before.macs,
+        "macs_pruned": r.after.macs,
+        "macs_ratio": round(r.macs_ratio, 4),
+        "params_original": r.before.params,
+        "params_pruned": r.after.params,
+        "float_bytes_original": len(pruning.original_float_bytes),
+        "latency_float_ms_p50_original": round(latency["original"].p50, 4),
+        "accuracy_pruned_float": pruning.pruned_accuracy.quant_value,
+        "accuracy_drop_pruned_float": pruning.pruned_accuracy.drop,
+        "latency_method": r.latency.get("method", ""),
+        "layers_kept_whole": len(r.kept_whole),
+        "notes": list(r.notes),
+    }
 
 
 def _metrics(

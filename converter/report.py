@@ -59,6 +59,43 @@ def summary_table(result: ConvertResult) -> Table:
     return table
 
 
+def pruning_table(result: ConvertResult) -> Table | None:
+    """Original, pruned and converted models side by side: MACs, parameters, bytes, latency, accuracy."""
+    pr = result.pruning
+    if pr is None:
+        return None
+    r, m = pr.report, result.manifest.metrics["pruning"]
+    acc = result.accuracy
+    lat = result.latency
+    table = Table(
+        title=f"Pruning: {r.ratio:.0%} of channels removed ({r.importance} importance, target {m['target']})",
+        title_justify="left", caption="; ".join([m["latency_method"], *m["notes"]]).strip("; ") or None,
+        caption_justify="left",
+    )
+    table.add_column("")
+    table.add_column("original float32", justify="right")
+    table.add_column("pruned float32", justify="right")
+    table.add_column(f"pruned {_quant_label(result)}", justify="right")
+    table.add_row("MACs", f"{r.before.macs:,}", f"{r.after.macs:,}", f"{r.after.macs:,} ({r.macs_ratio:.2f}x)")
+    table.add_row("parameters", f"{r.before.params:,}", f"{r.after.params:,}", f"{r.after.params:,}")
+    table.add_row("bytes (.tflite)", human_bytes(len(pr.original_float_bytes)), human_bytes(len(result.float_bytes)),
+                  human_bytes(len(result.model_bytes)))
+    base = lat["original"].p50
+    table.add_row(
+        f"latency p50 ({result.manifest.metrics.get('latency_measured', '')})",
+        f"{base:.3f} ms",
+        f"{lat['float'].p50:.3f} ms ({lat['float'].p50 / base:.2f}x)" if base > 0 else f"{lat['float'].p50:.3f} ms",
+        f"{lat['quant'].p50:.3f} ms ({lat['quant'].p50 / base:.2f}x)" if base > 0 else f"{lat['quant'].p50:.3f} ms",
+    )
+    table.add_row(
+        acc.metric.replace("_", " "),
+        f"{acc.float_value:.4f}",
+        f"{pr.pruned_accuracy.quant_value:.4f} (drop {pr.pruned_accuracy.drop:.2%})",
+        f"{acc.quant_value:.4f} (drop {acc.drop:.2%})",
+    )
+    return table
+
+
 def gates_table(result: ConvertResult) -> Table:
     table = Table(title="Gates", title_justify="left")
     for col in ("gate", "status", "value", "limit", "note"):
@@ -82,6 +119,9 @@ def fallback_text(result: ConvertResult) -> Text | None:
 
 def render(result: ConvertResult) -> Group:
     parts: list[Any] = [summary_table(result), gates_table(result)]
+    pruned = pruning_table(result)
+    if pruned is not None:
+        parts.insert(0, pruned)
     fb = fallback_text(result)
     if fb is not None:
         parts.append(fb)

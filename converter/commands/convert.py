@@ -68,13 +68,19 @@ class _ProgressReporter:
               help="Invokes timed for the latency figures.")
 @click.option("--custom-objects", multiple=True,
               help="Python file or module that registers custom Keras classes (repeatable).")
+@click.option("--prune", "do_prune", is_flag=True,
+              help="Remove channels to the profile's pruning target before quantizing (see `edgegap prune`).")
+@click.option("--prune-epochs", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Distillation fine-tuning epochs on the calibration data after pruning.")
+@click.option("--protect", multiple=True, help="Layer name never pruned (repeatable).")
 @click.option("--output", type=click.Path(path_type=Path, file_okay=False), required=True,
               help="Bundle directory: model.tflite, manifest.json and report.json.")
 def convert(
     model: Path, profile: Profile, calibration: Path, validation: Path | None, mean: list[float], std: list[float],
     color_order: str | None, resize: str, labels: Path | None, task: str, sign_key: Path | None, name: str | None,
     version: int | None, force: bool, no_fallback: bool, calibration_samples: int, validation_samples: int,
-    latency_runs: int, custom_objects: tuple[str, ...], output: Path,
+    latency_runs: int, custom_objects: tuple[str, ...], do_prune: bool, prune_epochs: int, protect: tuple[str, ...],
+    output: Path,
 ) -> None:
     """Quantize MODEL (.keras, .h5 or SavedModel dir) for a device profile and write a bundle.
 
@@ -88,6 +94,8 @@ def convert(
           --validation val.npz --mean 127.5 --std 127.5 --labels labels.txt --output bundle/
       edgegap convert saved_model/ --profile ./my-board.yaml --calibration images/ \\
           --sign-key keys/edgegap.key --name fridge-cam --version 7 --output bundle/
+      edgegap convert model.keras --profile raspberry-pi-4 --calibration train.npz \\
+          --prune --prune-epochs 3 --validation val.npz --output bundle/
     """
     from agent.manifest import ColorOrder, ResizeMode
     from converter.pipeline import STAGES, ConvertOptions
@@ -100,6 +108,7 @@ def convert(
         resize=ResizeMode(resize), labels=labels, name=name, version=version, task=task, sign_key=sign_key,
         force=force, fallback=not no_fallback, calibration_samples=calibration_samples,
         validation_samples=validation_samples, latency_runs=latency_runs, custom_objects=custom_objects,
+        prune=do_prune, prune_epochs=prune_epochs, protect=protect,
     )
     with progress() as bar:
         reporter = _ProgressReporter(bar, STAGES)

@@ -61,6 +61,10 @@ class Task(ABC):
     def accuracy(self, float_fn: FloatFn, quant: LoadedModel, data: Dataset) -> AccuracyReport:
         """Score the converted model against the float model on validation data."""
 
+    def protected_layers(self, model: Any) -> list[str]:
+        """Layers that channel pruning must leave whole (e.g. outputs whose width is fixed)."""
+        return []
+
     def manifest_extra(self) -> dict[str, Any]:
         """Decoder parameters for the manifest's `extra` field."""
         return {}

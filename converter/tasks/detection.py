@@ -9,6 +9,7 @@ validation images with ground-truth boxes; the drop is in fraction units (0.01 =
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,10 @@ class DetectionTask(Task):
                 raise SidecarError("the detection task needs the detector sidecar (MODEL.detector.json next to the .keras file)")
             self._cfg, self._doc = read_sidecar(Path(path))
         return self._cfg
+
+    def protected_layers(self, model: Any) -> list[str]:
+        """The heads' 1x1 output convolutions: the anchor count depends on their width."""
+        return [layer.name for layer in model.layers if re.fullmatch(r"head\d+_(box|cls)_out", layer.name)]
 
     @staticmethod
     def applies_to(model_path: str | Path) -> bool:

@@ -1,0 +1,175 @@
+"""`edgegap prune`: remove channels (or zero weights) and write a smaller Keras model."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from converter.console import console, human_bytes
+from converter.params import FLOAT_LIST
+
+logger = logging.getLogger(__name__)
+
+
+def _ratio(value: float) -> str:
+    return f"{value:.3f}×"
+
+
+def _cost_table(report: Any) -> Table:
+    table = Table(title="Pruning: original vs pruned (per sample, float weights)")
+    for col in ("", "original", "pruned", "pruned/original"):
+        table.add_column(col, justify="right" if col else "left")
+    b, a = report.before, report.after
+    table.add_row("MACs", f"{b.macs:,}", f"{a.macs:,}", _ratio(a.macs / b.macs if b.macs else 1))
+    table.add_row("MACs predicted by the graph", "", f"{report.predicted_macs:,}", "")
+    table.add_row("parameters", f"{b.params:,}", f"{a.params:,}", _ratio(a.params / b.params if b.params else 1))
+    table.add_row("weight bytes", human_bytes(b.bytes), human_bytes(a.bytes), _ratio(a.bytes / b.bytes if b.bytes else 1))
+    table.add_row(
+        "channels (prunable groups)", f"{report.channels_before:,}", f"{report.channels_after:,}",
+        _ratio(report.channels_after / report.channels_before if report.channels_before else 1),
+    )  # fmt: skip
+    return table
+
+
+def _kept_table(report: Any) -> Table:
+    table = Table(title="Layers kept whole (no filter removed)")
+    table.add_column("layer")
+    table.add_column("filters", justify="right")
+    table.add_column("why", overflow="fold")
+    for k in report.kept_whole:
+        table.add_row(k.layer, str(k.channels), k.reason)
+    return table
+
+
+def _load(model_path: Path, custom_objects: tuple[str, ...]) -> Any:
+    from converter.loading import load_model
+
+    return load_model(model_path, custom_objects).model
+
+
+def _data(path: Path, model: Any, mean: list[float], std: list[float], color_order: str | None, limit: int) -> Any:
+    from agent.manifest import ColorOrder
+    from converter.data import Normalization, default_color_order, load_data
+
+    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    order = ColorOrder(color_order) if color_order else default_color_order(shape[-1])
+    ds = load_data(path, shape, Normalization(mean=mean, std=std, color_order=order), limit=limit, what="--data")
+    labels = ds.labels.get("y") if isinstance(ds.labels, dict) else None
+    console.print(f"data: {ds.source}" + (" with labels" if labels is not None else " (no labels: distillation only)"))
+    return ds.x, labels
+
+
+@click.command("prune")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--channels", type=float, help="Fraction of channels to remove, in [0, 1), e.g. 0.5.")
+@click.option("--importance", type=click.Choice(["l1", "l2", "bn", "taylor"]), default="l1", show_default=True,
+              help="Filter L1/L2 norm, BatchNorm |gamma|, or first-order Taylor on --data.")
+@click.option("--mode", type=click.Choice(["uniform", "global"]), default="uniform", show_default=True,
+              help="uniform: every group loses the fraction; global: the least important channels overall.")
+@click.option("--min-channels", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Channels always kept per group.")
+@click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Round kept channel counts up to a multiple of this (e.g. 8 for SIMD-friendly widths).")
+@click.option("--protect", multiple=True, metavar="NAME",
+              help="Layer whose output channels are never removed (repeatable or comma-separated).")
+@click.option("--data", type=click.Path(path_type=Path),
+              help="Image folder or .npy/.npz (x, optional y) for Taylor scores and fine-tuning.")
+@click.option("--epochs", type=click.IntRange(min=0), help="Fine-tune epochs per step [default: 3 with --data].")
+@click.option("--steps", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Prune in this many steps, each followed by a fine-tune.")
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Weight of the task loss against distillation when --data has labels.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+              help="Fine-tune learning rate (Adam).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--patience", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Stop a fine-tune after this many epochs without validation improvement.")
+@click.option("--limit", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="At most this many samples from --data.")
+@click.option("--mean", type=FLOAT_LIST, default="0", show_default=True, help="Pixel mean for image --data.")
+@click.option("--std", type=FLOAT_LIST, default="255", show_default=True, help="Pixel std for image --data.")
+@click.option("--color-order", type=click.Choice(["rgb", "bgr", "gray"]), help="Channel order for image --data.")
+@click.option("--sparsity", type=float,
+              help="Unstructured magnitude pruning: fraction of each kernel zeroed (shrinks the zip, not latency).")
+@click.option("--custom-objects", multiple=True, help="Python file or module registering custom Keras classes.")
+@click.option("--output", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="Where to write the pruned model (.keras).")
+def prune(
+    model: Path, channels: float | None, importance: str, mode: str, min_channels: int, round_to: int,
+    protect: tuple[str, ...], data: Path | None, epochs: int | None, steps: int, alpha: float, lr: float,
+    batch_size: int, patience: int, limit: int, mean: list[float], std: list[float], color_order: str | None,
+    sparsity: float | None, custom_objects: tuple[str, ...], output: Path,
+) -> None:  # fmt: skip
+    """Remove whole channels from MODEL so it runs faster, optionally fine-tuning with distillation.
+
+    Channels coupled through residual adds, squeeze-excite multiplies and concatenations are removed
+    together; layers the channel graph cannot follow are kept whole and listed. Output shapes are
+    unchanged. --sparsity instead zeroes weights, which shrinks the zipped file but not latency.
+
+    \b
+    Examples:
+      edgegap prune model.keras --channels 0.5 --output pruned.keras
+      edgegap prune model.keras --channels 0.5 --importance taylor --data train.npz --epochs 5 \\
+          --steps 3 --protect box_head,class_head --output pruned.keras
+      edgegap prune model.keras --sparsity 0.8 --data images/ --epochs 2 --output sparse.keras
+    """
+    from converter.pruning import LATENCY_NOTE, magnitude_prune
+    from converter.pruning import prune as prune_model
+
+    if channels is None and sparsity is None:
+        raise click.UsageError("give --channels FRACTION (structured) and/or --sparsity FRACTION (unstructured)")
+    if channels is not None and not 0 <= channels < 1:
+        raise click.BadParameter(f"{channels} is not in [0, 1)", param_hint="--channels")
+    if sparsity is not None and not 0 < sparsity < 1:
+        raise click.BadParameter(f"{sparsity} is not in (0, 1)", param_hint="--sparsity")
+    if output.suffix != ".keras":
+        raise click.BadParameter("the pruned model is written as a .keras file", param_hint="--output")
+    if importance == "taylor" and data is None:
+        raise click.UsageError("--importance taylor needs --data")
+    names = tuple(n.strip() for item in protect for n in item.split(",") if n.strip())
+    keras_model = _load(model, custom_objects)
+    x = labels = None
+    if data is not None:
+        x, labels = _data(data, keras_model, mean, std, color_order, limit)
+    n_epochs = (3 if data is not None else 0) if epochs is None else epochs
+    if n_epochs and data is None:
+        raise click.UsageError("--epochs needs --data to fine-tune on")
+    tune: dict[str, Any] = {"alpha": alpha, "learning_rate": lr, "batch_size": batch_size, "patience": patience}
+    result = keras_model
+    if channels is not None:
+        result, report = prune_model(
+            keras_model, channels, importance=importance, mode=mode, min_channels=min_channels,
+            round_to=round_to, protect=names, data=x, labels=labels, steps=steps, epochs=n_epochs, **tune,
+        )  # fmt: skip
+        console.print(_cost_table(report))
+        if report.kept_whole:
+            console.print(_kept_table(report))
+        else:
+            console.print("Layers kept whole: none")
+        for u in report.unsupported:
+            console.print(f"[yellow]not followed by the channel graph, kept whole:[/] {u.layer} ({u.reason})")
+        for i, ft in enumerate(report.fine_tune, 1):
+            console.print(
+                f"fine-tune {i}: {ft.epochs_run} epoch(s), validation loss {ft.start_val_loss:.4g} -> "
+                f"{ft.best_val_loss:.4g} (best epoch {ft.best_epoch}" + (", stopped early)" if ft.stopped_early else ")")
+            )
+    if sparsity is not None:
+        result, sreport = magnitude_prune(
+            result, sparsity, x, labels, epochs=n_epochs if channels is None else 0, **tune
+        )
+        table = Table(title=f"Magnitude pruning: {sreport.sparsity:.1%} of kernel weights are zero")
+        for col in ("", "dense", "sparse", "sparse/dense"):
+            table.add_column(col, justify="right" if col else "left")
+        table.add_row(
+            "zipped weights", human_bytes(sreport.dense_zipped), human_bytes(sreport.sparse_zipped),
+            _ratio(sreport.sparse_zipped / sreport.dense_zipped),
+        )  # fmt: skip
+        console.print(table)
+        console.print(f"[bold]Note:[/] {LATENCY_NOTE}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    result.save(output)
+    console.print(f"wrote {output}")

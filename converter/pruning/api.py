@@ -1,0 +1,273 @@
+"""The library entry points: prune a model by a channel ratio (optionally in steps with distillation
+fine-tuning), or by a device profile's pruning target (channels, MACs or latency)."""
+
+from __future__ import annotations
+
+import logging
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converter.pruning.distill import FineTuneResult, distill
+from converter.pruning.macs import ModelCost, model_cost
+from converter.pruning.plan import KeptWhole, Planner, PrunePlan
+from converter.pruning.rebuild import rebuild
+
+logger = logging.getLogger(__name__)
+
+# Rough int8 throughput per thread, in MACs per millisecond, for the MAC cost model used when the
+# host cannot stand for the device. Order-of-magnitude figures; the report says it is an estimate.
+_MACS_PER_MS_PER_THREAD = {
+    "cortex-a53": 1.5e6,
+    "cortex-a55": 2.0e6,
+    "cortex-a57": 2.5e6,
+    "cortex-a72": 4.0e6,
+    "cortex-a76": 10.0e6,
+    "x86-64-v3": 40.0e6,
+    "esp32-s3": 0.03e6,
+    "edgetpu-host": 100.0e6,  # the Edge TPU does the work; one "thread"
+}
+_DEFAULT_MACS_PER_MS = 2.0e6
+
+
+@dataclass
+class PruneReport:
+    ratio: float  # fraction of channels removed, as asked of the plan (last step, relative to start)
+    before: ModelCost
+    after: ModelCost
+    predicted_macs: int  # the graph analysis' prediction for the final model
+    importance: str
+    steps: int = 1
+    kept_whole: list[KeptWhole] = field(default_factory=list)
+    unsupported: list[KeptWhole] = field(default_factory=list)
+    groups: int = 0
+    channels_before: int = 0
+    channels_after: int = 0
+    fine_tune: list[FineTuneResult] = field(default_factory=list)
+    latency: dict[str, Any] = field(default_factory=dict)  # method, ms before/after, budget
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def macs_ratio(self) -> float:
+        return self.after.macs / self.before.macs if self.before.macs else 1.0
+
+
+def _plan_summary(plan: PrunePlan) -> tuple[int, int]:
+    total = sum(grp.size for grp in plan.groups)
+    return total, total - len(plan.removed)
+
+
+def prune(
+    model: Any,
+    ratio: float,
+    *,
+    importance: str = "l1",
+    mode: str = "uniform",
+    min_channels: int = 8,
+    round_to: int = 1,
+    protect: Sequence[str] = (),
+    per_layer: dict[str, float] | None = None,
+    data: np.ndarray | None = None,
+    labels: Any = None,
+    steps: int = 1,
+    epochs: int = 0,
+    teacher: Any = None,
+    checkpoint: Path | None = None,
+    **fine_tune: Any,
+) -> tuple[Any, PruneReport]:
+    """Remove `ratio` of the channels in `steps` steps; with data and epochs, each step is followed
+    by a distillation fine-tune against `teacher` (default: the original model)."""
+    teacher = teacher or model
+    steps = max(1, int(steps))
+    before = model_cost(model)
+    current = model
+    report: PruneReport | None = None
+    results: list[FineTuneResult] = []
+    first_plan: PrunePlan | None = None
+    for step in range(1, steps + 1):
+        done, target = ratio * (step - 1) / steps, ratio * step / steps
+        step_ratio = 1 - (1 - target) / (1 - done) if target < 1 else target
+        planner = Planner(
+            current,
+            importance_method=importance,
+            mode=mode,
+            min_channels=min_channels,
+            round_to=round_to,
+            protected=protect,
+            data=data,
+            labels=labels,
+        )
+        plan = planner.plan(step_ratio, per_layer if step == 1 else None)
+        first_plan = first_plan or plan
+        pruned = rebuild(plan)
+        predicted = plan.predicted_macs
+        if data is not None and epochs > 0:
+            results.append(
+                distill(
+                    pruned,
+                    teacher,
+                    data,
+                    labels,
+                    epochs=epochs,
+                    checkpoint=checkpoint,
+                    label=f"step {step}/{steps} fine-tune" if steps > 1 else "fine-tune",
+                    **fine_tune,
+                )
+            )
+        current = pruned
+        channels_before, _ = _plan_summary(first_plan)
+        _, channels_after = _plan_summary(plan)
+        report = PruneReport(
+            ratio=ratio,
+            before=before,
+            after=model_cost(current),
+            predicted_macs=predicted,
+            importance=importance,
+            steps=steps,
+            kept_whole=first_plan.kept_whole(),
+            unsupported=first_plan.unsupported(),
+            groups=len(first_plan.groups),
+            channels_before=channels_before,
+            channels_after=channels_after,
+            fine_tune=results,
+        )
+    assert report is not None
+    return current, report
+
+
+def _search_ratio(planner: Planner, fits: Any, hi: float = 0.95, iterations: int = 12) -> float:
+    """Smallest ratio (to 1/2^iterations) whose plan satisfies `fits(plan)`; hi if none does."""
+    if fits(planner.plan(0.0)):
+        return 0.0
+    lo = 0.0
+    if not fits(planner.plan(hi)):
+        return hi
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        if fits(planner.plan(mid)):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def cost_model_macs_per_ms(profile: Any) -> float:
+    per_thread = _MACS_PER_MS_PER_THREAD.get(profile.target.cpu, _DEFAULT_MACS_PER_MS)
+    threads = 1 if profile.target.accelerator else profile.runtime.threads
+    return per_thread * threads
+
+
+def prune_for_profile(
+    model: Any,
+    target: Any,
+    data: np.ndarray | None = None,
+    labels: Any = None,
+    *,
+    profile: Any = None,
+    importance: str = "l1",
+    protect: Sequence[str] = (),
+    steps: int = 1,
+    epochs: int = 0,
+    calibration: np.ndarray | None = None,
+    measure: bool | None = None,
+    **fine_tune: Any,
+) -> tuple[Any, PruneReport]:
+    """Prune to a firmware_profiles.schema.PruningTarget: a channel fraction, a MAC budget, or a
+    latency budget. For latency, the int8 model is timed on this host when platform.machine() is in
+    profile.target.host_match (or measure=True); otherwise a MAC cost model estimates it. The
+    report's `latency["method"]` says which."""
+    min_channels = target.min_channels
+    planner = Planner(
+        model, importance_method=importance, min_channels=min_channels, protected=protect, data=data, labels=labels
+    )
+    notes: list[str] = []
+    latency: dict[str, Any] = {}
+    if target.channels is not None:
+        ratio = float(target.channels)
+    elif target.macs is not None:
+        ratio = _search_ratio(planner, lambda p: p.predicted_macs <= target.macs)
+        if planner.plan(ratio).predicted_macs > target.macs:
+            notes.append(f"MAC budget {target.macs:,} not reachable: pruned as far as {ratio:.0%}")
+    else:
+        if profile is None:
+            raise ValueError("a latency target needs the profile (for host_match, threads and cpu)")
+        host = platform.machine()
+        if measure is None:
+            measure = host in profile.target.host_match
+        if measure:
+            ratio, latency = _search_latency(
+                model, planner, target.latency_ms, profile.runtime.threads, calibration
+            )
+            latency["method"] = f"measured int8 latency on this host ({host}, {profile.runtime.threads} threads)"
+        else:
+            rate = cost_model_macs_per_ms(profile)
+            budget = int(target.latency_ms * rate)
+            ratio = _search_ratio(planner, lambda p: p.predicted_macs <= budget)
+            dense = planner.plan(0.0).predicted_macs
+            final = planner.plan(ratio).predicted_macs
+            latency = {
+                "method": (
+                    f"MAC cost model, not measured: host {host} does not match {profile.name} "
+                    f"({profile.target.cpu}); assumed {rate / 1e6:.3g} GMAC/s"
+                ),
+                "budget_ms": target.latency_ms,
+                "dense_ms": dense / rate,
+                "pruned_ms": final / rate,
+            }
+        if latency.get("pruned_ms", 0) > target.latency_ms:
+            notes.append(f"latency budget {target.latency_ms} ms not reached at {ratio:.0%} channels")
+    pruned, report = prune(
+        model,
+        ratio,
+        importance=importance,
+        min_channels=min_channels,
+        protect=protect,
+        data=data,
+        labels=labels,
+        steps=steps,
+        epochs=epochs,
+        **fine_tune,
+    )
+    report.latency = latency
+    report.notes.extend(notes)
+    return pruned, report
+
+
+def _search_latency(
+    model: Any, planner: Planner, budget_ms: float, threads: int, calibration: np.ndarray | None
+) -> tuple[float, dict[str, Any]]:
+    """Bisect the ratio on measured int8 latency; each candidate is timed interleaved with dense."""
+    from converter.pruning.latency import interleaved_latency, to_int8_tflite
+
+    dense = to_int8_tflite(model, calibration)
+    cache: dict[float, float] = {}
+
+    def pruned_ms(ratio: float) -> float:
+        if ratio not in cache:
+            candidate = to_int8_tflite(rebuild(planner.plan(ratio)), calibration)
+            dense_ms, cand_ms = interleaved_latency([dense, candidate], threads=threads, iterations=30)
+            cache[ratio] = cand_ms
+            logger.info("latency search: %.0f%% channels removed: %.2f ms (dense %.2f ms)", 100 * ratio, cand_ms, dense_ms)
+        return cache[ratio]
+
+    (dense_ms,) = interleaved_latency([dense], threads=threads, iterations=30)
+    info: dict[str, Any] = {"budget_ms": budget_ms, "dense_ms": dense_ms}
+    if dense_ms <= budget_ms:
+        info["pruned_ms"] = dense_ms
+        return 0.0, info
+    lo, hi = 0.0, 0.9
+    if pruned_ms(hi) > budget_ms:
+        info["pruned_ms"] = cache[hi]
+        return hi, info
+    for _ in range(5):
+        mid = (lo + hi) / 2
+        if pruned_ms(mid) <= budget_ms:
+            hi = mid
+        else:
+            lo = mid
+    info["pruned_ms"] = cache[hi]
+    return hi, info
