@@ -140,6 +140,11 @@ class OutputDecoder(ABC):
         self.score_threshold = score_threshold
         self.max_detections = max_detections
         self.top_k = top_k
+        # Labels by class id, looked up once here instead of per detection per frame.
+        self._names = tuple(
+            self.label(c) for c in range(max(len(self.labels) - self.label_offset, 0))
+        )
+        self._transform: FrameTransform | None = None
         for role in self.roles:
             try:
                 manifest.output(role)
@@ -163,14 +168,29 @@ class OutputDecoder(ABC):
         transform: FrameTransform | None,
     ) -> list[Detection]:
         """boxes_norm [N, 4] xyxy on the model input in [0, 1] -> Detections in source pixels."""
-        if transform is not None and len(boxes_norm):
+        if not len(boxes_norm):
+            return []
+        if transform is not None:
+            # A fixed-size source frames every image alike: reuse the last equal transform, whose
+            # mapping to source pixels is already computed, instead of a fresh one per frame.
+            if transform == self._transform:
+                transform = self._transform
+            else:
+                self._transform = transform
             px = transform.to_source(boxes_norm)
         else:
             px = boxes_norm.astype(np.float32)
+        names, known = self._names, len(self._names)
+        # tolist() yields the same Python ints and floats as int()/float() per element, in one call.
         return [
-            Detection(int(c), self.label(int(c)), float(s), BBox(*(float(v) for v in b)))
-            for b, c, s in zip(px, classes, scores, strict=True)
+            Detection(c, names[c] if 0 <= c < known else self.label(c), s, BBox(*b))
+            for b, c, s in zip(
+                px.tolist(), classes.astype(np.int64).tolist(), scores.tolist(), strict=True
+            )
         ]
+
+
+_YXYX_TO_XYXY = np.array([1, 0, 3, 2])
 
 
 class SSDPostprocessDecoder(OutputDecoder):
@@ -181,16 +201,17 @@ class SSDPostprocessDecoder(OutputDecoder):
 
     def __call__(self, outputs: Outputs, transform: FrameTransform | None) -> list[Detection]:
         boxes = outputs[OutputRole.BOXES].reshape(-1, 4)
-        classes = outputs[OutputRole.CLASSES].reshape(-1)
         scores = outputs[OutputRole.SCORES].reshape(-1)
         n = min(int(outputs[OutputRole.COUNT].reshape(-1)[0]), len(scores), len(boxes))
         keep = np.flatnonzero(scores[:n] >= self.score_threshold)
-        keep = keep[np.argsort(-scores[keep], kind="stable")][: self.max_detections]
-        yxyx = np.clip(boxes[keep], 0.0, 1.0)
-        xyxy = yxyx[:, [1, 0, 3, 2]]
-        return self._detections(
-            xyxy, np.rint(classes[keep]).astype(np.int64), scores[keep], transform
-        )
+        if not keep.size:  # nothing above threshold: skip the remaining array work
+            return []
+        if keep.size > 1:
+            keep = keep[np.argsort(-scores[keep], kind="stable")]
+        keep = keep[: self.max_detections]
+        xyxy = np.clip(boxes[keep[:, None], _YXYX_TO_XYXY], 0.0, 1.0)
+        classes = outputs[OutputRole.CLASSES].reshape(-1)[keep]
+        return self._detections(xyxy, np.rint(classes), scores[keep], transform)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
