@@ -1,0 +1,188 @@
+"""Channel pruning, measured: MACs and int8 LiteRT latency of pruned models against dense ones.
+
+Part 1, architectures (random weights): MobileNetV2 and ResNet50 at 30% and 50% of channels
+removed. MACs ratio from the rebuilt models; latency from int8 TFLite models run in LiteRT, the
+dense and pruned interpreters invoked round-robin and the median taken over many iterations.
+
+Part 2, the reference detector (converter/zoo/weights/detector.keras with its sidecar): 50% of
+channels removed in steps, each followed by fine-tuning with the detector's task loss plus
+distillation against the dense model (--no-labels: distillation alone). Reported: MACs ratio
+(goal <= 0.5), int8 latency ratio (goal <= 0.6) and the mAP@0.5 drop of the pruned float model
+against the dense float model (goal <= 1.0 point). The fine-tune is also training: --control
+gives the dense model the very same fine-tune, so the drop can be read against an equally
+trained dense model too. Without the reference detector, part 2 prints "skipped" and why.
+
+Usage:
+  python benchmarks/pruning.py [--size 224] [--iterations 100] [--threads 1] [--skip-arch]
+                               [--skip-detector] [--epochs 8] [--steps 2] [--train 4000] [--lr 2e-3]
+                               [--freeze-bn auto|yes|no] [--no-labels] [--control]
+
+Ratios are printed last, absolute times beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from converter.pruning import count_macs, detection_distill_loss, make_plan, prune, rebuild  # noqa: E402
+from converter.pruning.latency import interleaved_latency, to_int8_tflite  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+REFERENCE = ROOT / "converter" / "zoo" / "weights" / "detector.keras"
+RATIOS = (0.3, 0.5)
+
+
+def architectures(size: int, iterations: int, threads: int) -> list[str]:
+    import keras
+
+    lines = []
+    builders = {
+        "MobileNetV2": lambda: keras.applications.MobileNetV2(weights=None, input_shape=(size, size, 3)),
+        "ResNet50": lambda: keras.applications.ResNet50(weights=None, input_shape=(size, size, 3)),
+    }
+    rng = np.random.default_rng(0)
+    calib = rng.uniform(-1, 1, (8, size, size, 3)).astype(np.float32)
+    for name, build in builders.items():
+        dense = build()
+        flats, macs = [to_int8_tflite(dense, calib)], [count_macs(dense)]
+        for r in RATIOS:
+            plan = make_plan(dense, r)
+            pruned = rebuild(plan)
+            macs.append(count_macs(pruned))
+            assert macs[-1] == plan.predicted_macs
+            flats.append(to_int8_tflite(pruned, calib))
+        ms = interleaved_latency(flats, threads=threads, iterations=iterations)
+        print(f"{name} {size}x{size} int8, {threads} thread(s), median of {iterations} interleaved invokes:")
+        print(f"  dense         : {macs[0] / 1e6:8.1f} M MACs  {ms[0]:8.2f} ms  {len(flats[0]) / 1e6:6.2f} MB")
+        for r, m, t, f in zip(RATIOS, macs[1:], ms[1:], flats[1:], strict=True):
+            print(f"  {r:.0%} removed   : {m / 1e6:8.1f} M MACs  {t:8.2f} ms  {len(f) / 1e6:6.2f} MB")
+        for r, m, t in zip(RATIOS, macs[1:], ms[1:], strict=True):
+            lines.append(f"{name} {r:.0%} channels removed: MACs ratio {m / macs[0]:.3f}, int8 latency ratio {t / ms[0]:.3f}")
+    return lines
+
+
+# --------------------------------------------------------------------------------------------------
+# Reference detector
+
+
+def _detector_task_loss(outs: list[Any], y: list[Any]) -> Any:
+    """The reference detector's own training loss: smooth-L1 boxes plus sigmoid focal classes."""
+    from converter.zoo.detector import box_loss, focal_loss
+
+    return box_loss(y[0], outs[0]) + focal_loss(y[1], outs[1])
+
+
+def detector(iterations: int, threads: int, args: argparse.Namespace) -> list[str]:
+    epochs, steps, n_train, n_test, labels = args.epochs, args.steps, args.train, args.test, not args.no_labels
+    if not REFERENCE.is_file():
+        msg = f"detector: skipped: reference detector not found ({REFERENCE.relative_to(ROOT)})"
+        print(msg)
+        return [msg]
+    import keras
+
+    from converter.zoo.anchors import generate_anchors, match
+    from converter.zoo.config import read_sidecar
+    from converter.zoo.detection_data import generate
+    from converter.zoo.detector import evaluate_keras, normalize
+
+    dense = keras.models.load_model(REFERENCE, compile=False)
+    cfg, _ = read_sidecar(REFERENCE)
+    size = cfg.input_size
+    t0 = time.perf_counter()
+    train = list(generate("train", n_train, size=size))
+    test = list(generate("test", n_test, size=size))
+    x_train = normalize(np.stack([s.image for s in train]), cfg)
+    print(f"detector: {n_train} train / {n_test} test images at {size}px generated in {time.perf_counter() - t0:.0f} s")
+
+    targets = None
+    task_loss = None
+    if labels:
+        anchors = generate_anchors(cfg.anchors)
+        pairs = [match(anchors, s.boxes, s.classes, cfg.num_classes, cfg.nms.coder) for s in train]
+        targets = [np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])]
+        task_loss = _detector_task_loss
+
+    t0 = time.perf_counter()
+    freeze = {"auto": None, "yes": True, "no": False}[args.freeze_bn]
+    pruned, report = prune(
+        dense, 0.5, data=x_train, labels=targets, task_loss=task_loss, distill_loss=detection_distill_loss(),
+        epochs=epochs, steps=steps, patience=2, learning_rate=args.lr, freeze_batchnorm=freeze,
+    )  # fmt: skip
+    how = "task loss + distillation" if labels else "distillation alone"
+    print(f"detector: 50% of channels removed in {steps} step(s), each fine-tuned {epochs} epoch(s) ({how}), "
+          f"{time.perf_counter() - t0:.0f} s")  # fmt: skip
+    print("  kept whole: " + ", ".join(f"{k.layer} ({k.reason})" for k in report.kept_whole))
+    for i, ft in enumerate(report.fine_tune, 1):
+        print(f"  fine-tune {i}: validation loss {ft.start_val_loss:.4g} -> {ft.best_val_loss:.4g}, "
+              f"{ft.epochs_run} epoch(s), best {ft.best_epoch}")  # fmt: skip
+    map_dense = 100 * evaluate_keras(dense, cfg, test).map50
+    map_pruned = 100 * evaluate_keras(pruned, cfg, test).map50
+    control_line = []
+    if args.control:  # the dense model given the very same fine-tune: separates pruning from training
+        t0 = time.perf_counter()
+        tuned, _ = prune(  # task loss alone and no early stop: distillation toward itself is zero at the start
+            dense, 0.0, data=x_train, labels=targets, task_loss=task_loss, alpha=1.0,
+            epochs=epochs, steps=steps, patience=epochs, learning_rate=args.lr, freeze_batchnorm=freeze,
+        )  # fmt: skip
+        map_control = 100 * evaluate_keras(tuned, cfg, test).map50
+        print(f"  control: dense model with the same fine-tune ({time.perf_counter() - t0:.0f} s): mAP@0.5 {map_control:6.2f}")
+        control_line = [
+            f"detector 50% channels: mAP@0.5 drop {map_control - map_pruned:+.2f} points vs dense float given the same fine-tune"
+        ]
+    calib = x_train[:8]
+    flats = [to_int8_tflite(dense, calib), to_int8_tflite(pruned, calib)]
+    ms = interleaved_latency(flats, threads=threads, iterations=iterations)
+    print(f"detector {size}x{size} int8 (raw head outputs; post-processing excluded), {threads} thread(s), "
+          f"median of {iterations} interleaved invokes; mAP@0.5 (COCO 101-point) of the float models on {n_test} test images:")  # fmt: skip
+    print(f"  dense : {report.before.macs / 1e6:8.1f} M MACs  {ms[0]:8.2f} ms  mAP@0.5 {map_dense:6.2f}")
+    print(f"  pruned: {report.after.macs / 1e6:8.1f} M MACs  {ms[1]:8.2f} ms  mAP@0.5 {map_pruned:6.2f}")
+    return [
+        f"detector 50% channels: MACs ratio {report.macs_ratio:.3f} (goal <= 0.5)",
+        f"detector 50% channels: int8 latency ratio {ms[1] / ms[0]:.3f} (goal <= 0.6)",
+        f"detector 50% channels: mAP@0.5 drop {map_dense - map_pruned:+.2f} points vs dense float (goal <= 1.0)",
+        *control_line,
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--iterations", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--skip-arch", action="store_true")
+    ap.add_argument("--skip-detector", action="store_true")
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--train", type=int, default=4000)
+    ap.add_argument("--lr", type=float, default=2e-3, help="Fine-tune learning rate (cosine decay).")
+    ap.add_argument("--freeze-bn", choices=["auto", "yes", "no"], default="no")
+    ap.add_argument("--no-labels", action="store_true", help="Fine-tune by distillation alone.")
+    ap.add_argument("--control", action="store_true", help="Also fine-tune the dense model the same way.")
+    ap.add_argument("--test", type=int, default=300)
+    args = ap.parse_args()
+    lines = []
+    if not args.skip_arch:
+        lines += architectures(args.size, args.iterations, args.threads)
+    if not args.skip_detector:
+        lines += detector(args.iterations, args.threads, args)
+    print()
+    print("ratios (pruned/dense):")
+    for line in lines:
+        print("  " + line)
+
+
+if __name__ == "__main__":
+    main()
