@@ -173,3 +173,16 @@ def prune(
     output.parent.mkdir(parents=True, exist_ok=True)
     result.save(output)
     console.print(f"wrote {output}")
+    _copy_sidecar(model, output)
+
+
+def _copy_sidecar(source: Path, output: Path) -> None:
+    """A detector's sidecar (anchors, classes, NMS) still describes the pruned model: the head
+    outputs feed reshapes that move the channel axis, so the graph keeps them whole."""
+    import shutil
+
+    from converter.zoo.config import has_sidecar, sidecar_path
+
+    if has_sidecar(source):
+        shutil.copyfile(sidecar_path(source), sidecar_path(output))
+        console.print(f"wrote {sidecar_path(output)} (detector sidecar, copied)")
