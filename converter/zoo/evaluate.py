@@ -84,6 +84,7 @@ def evaluate_keras_file(model_path: Path, folder: DetectionFolder, limit: int = 
     """Float mAP of a .keras detector with its sidecar, decoded like the exported op decodes."""
     import keras
 
+    from converter.zoo.detector import normalize
     from converter.zoo.inference import detections_from_raw
 
     cfg, _ = read_sidecar(Path(model_path))
@@ -96,7 +97,7 @@ def evaluate_keras_file(model_path: Path, folder: DetectionFolder, limit: int = 
     dets: list[Detections] = []
     for start in range(0, n, 32):
         batch = np.stack([fit_image(folder.image(i), size)[0] for i in range(start, min(n, start + 32))])
-        box, logits = model.predict((batch.astype(np.float32) - cfg.mean) / cfg.std, verbose=0)
+        box, logits = model.predict(normalize(batch, cfg), verbose=0)
         dets += detections_from_raw(np.asarray(box), np.asarray(logits), cfg)
     dets = _remap(dets, list(cfg.classes), folder.labels)
     return EvalResult(str(model_path), "float32 Keras", _score(folder, dets, n))
