@@ -198,6 +198,7 @@ class Agent:
             cfg.source.loop,
             cfg.source.reconnect,
             prepare=pre if self._prepare_on_grab() else None,
+            inline=cfg.pipeline.inline_reads,
         )
         self.outputs = Outputs([])
         sinks = self.outputs.sinks  # filled as each output opens, so close() releases them all

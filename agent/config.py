@@ -309,6 +309,14 @@ class PipelineConfig(_Strict):
             "thread; empty: on when the CPU has more cores than interpreter threads."
         ),
     )
+    inline_reads: bool = Field(
+        default=True,
+        description=(
+            "While the model easily keeps up with a paced or live source, read frames on the "
+            "inference thread (no thread hand-off per frame); the grabber thread takes over "
+            "again as soon as the model falls behind."
+        ),
+    )
 
 
 class AgentConfig(_Strict):

@@ -4,6 +4,14 @@ Inference never works on a stale frame: a frame that is replaced before the pipe
 is dropped and counted. Lost cameras and streams are reopened with doubling backoff. Given a
 prepare function, the grabber also makes each frame's model input right after decoding it, so
 the inference thread only invokes (cheap next to the decode, even for frames later dropped).
+
+Inline reads. When the consumer keeps up easily with a paced or live source (it is busy for at
+most half a frame interval, several frames running), waiting on the grabber thread only adds a
+thread hand-off to every frame's latency. The grabber thread then parks and next() reads the
+source on the consumer's own thread: the frame it returns is still the newest, because nothing
+can queue up behind a consumer that is idle when the frame arrives. As soon as one frame keeps
+the consumer busy for most of an interval, the grabber thread takes over again and stale frames
+are dropped as before. A live source lost during an inline read is reopened by the grabber thread.
 """
 
 from __future__ import annotations
@@ -23,6 +31,9 @@ from agent.sources import FrameSource, SourceError, SourceLost
 logger = logging.getLogger(__name__)
 
 DEFAULT_FOLDER_FPS = 10.0
+INLINE_AFTER = 5  # consecutive quick frames before reads move to the consumer's thread
+INLINE_SHARE = 0.5  # quick: the consumer was busy for at most this share of a frame interval
+THREAD_SHARE = 0.8  # one frame busier than this share of an interval brings the thread back
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,6 +60,7 @@ class GrabberStats:
     read: int = 0
     dropped: int = 0
     reconnects: int = 0
+    inline: int = 0  # frames read on the consumer's thread
     lost_since: float | None = field(
         default=None
     )  # monotonic time the source went down, if it is down
@@ -71,6 +83,7 @@ class Grabber:
         loop: bool = False,
         reconnect: ReconnectConfig | None = None,
         prepare: Callable[[np.ndarray], Any] | None = None,
+        inline: bool = True,
     ) -> None:
         self.source = source
         self.prepare = prepare
@@ -85,6 +98,18 @@ class Grabber:
         self._stop = threading.Event()
         self._done = False
         self._thread = threading.Thread(target=self._run, name="edgegap-grabber", daemon=True)
+        # Pacing of a file played at its own rate: frame k is due at t_start + k / fps.
+        self._t_start = 0.0
+        self._paced = 0
+        self._last_arrival: float | None = None
+        self._arrival_s: float | None = None  # a live source's frame interval (moving average)
+        # Inline reads (see the module docstring); the consumer's side of the hand-shake.
+        self._inline_ok = inline and self.rate is not Rate.ALL
+        self._want_inline = False  # asked by the consumer
+        self._parked = False  # the grabber thread is parked, the consumer reads
+        self._lost: SourceLost | None = None  # a live source lost during an inline read
+        self._quick = 0
+        self._taken_at: float | None = None
 
     # ---- consumer side -------------------------------------------------------------------
     def start(self) -> None:
@@ -92,11 +117,89 @@ class Grabber:
 
     def next(self, timeout: float = 0.5) -> Frame | None:
         """The newest untaken frame, waiting up to timeout; None if none came (check .done)."""
+        self._observe_consumer()
+        if self._parked and self._want_inline:
+            frame = self._next_inline(timeout)
+        else:
+            with self._cond:
+                self._cond.wait_for(lambda: self._slot is not None or self._done, timeout)
+                frame, self._slot = self._slot, None
+                self._cond.notify_all()
+        if frame is not None:
+            self._taken_at = time.perf_counter()
+        return frame
+
+    @property
+    def reading_inline(self) -> bool:
+        """Frames are being read on the consumer's thread."""
+        return self._parked and self._want_inline
+
+    def frame_interval(self) -> float | None:
+        """Seconds between the source's frames: its pace, or as measured for a live source."""
+        fps = self._pace_fps()
+        if fps is not None:
+            return 1.0 / fps
+        return self._arrival_s if self.source.live else None
+
+    def _observe_consumer(self) -> None:
+        """Move reads to the consumer's thread, or back, by how busy the last frame kept it."""
+        if not self._inline_ok or self._taken_at is None:
+            return
+        interval = self.frame_interval()
+        if interval is None:
+            return
+        busy = time.perf_counter() - self._taken_at
+        self._taken_at = None
+        self._quick = self._quick + 1 if busy <= INLINE_SHARE * interval else 0
+        # Once inline, one busy frame is enough to hand reads back to the grabber thread.
+        want = busy <= THREAD_SHARE * interval if self._want_inline else self._quick >= INLINE_AFTER
+        if want != self._want_inline:
+            logger.debug("reads move to the %s thread", "consumer's" if want else "grabber")
+            self._quick = 0
+            self._set_inline(want)
+
+    def _set_inline(self, want: bool) -> None:
         with self._cond:
-            self._cond.wait_for(lambda: self._slot is not None or self._done, timeout)
-            frame, self._slot = self._slot, None
+            self._want_inline = want
             self._cond.notify_all()
-            return frame
+
+    def _next_inline(self, timeout: float) -> Frame | None:
+        with self._cond:
+            if self._slot is not None:  # put just before the grabber thread parked
+                waiting, self._slot = self._slot, None
+                return waiting
+        fps = self._pace_fps()
+        if fps is not None:
+            delay = self._t_start + self._paced / fps - time.perf_counter()
+            if delay > timeout:  # come back later: the caller checks its stop flag meanwhile
+                self._stop.wait(timeout)
+                return None
+        frame: Frame | None = None
+        try:
+            frame = self._read_one(reopen=False)
+        except SourceLost as exc:  # the grabber thread reopens a live source, with backoff
+            if not self.source.live:
+                self.error = exc
+                self._end_inline()
+                return None
+            with self._cond:
+                self._lost = exc
+                self._want_inline = False
+                self._cond.notify_all()
+            return None
+        except BaseException as exc:
+            self.error = exc
+        if frame is None:
+            self._end_inline()
+            return None
+        self.stats.inline += 1
+        return frame
+
+    def _end_inline(self) -> None:
+        """The source ended (or failed) during an inline read; the parked thread exits."""
+        with self._cond:
+            self._done = True
+            self._cond.notify_all()
 
     def has_frame(self) -> bool:
         """A frame is waiting to be taken."""
@@ -144,39 +247,80 @@ class Grabber:
         return self._fps or self.source.fps or DEFAULT_FOLDER_FPS
 
     def _loop(self) -> None:
-        fps = self._pace_fps()
-        t_start, paced = time.perf_counter(), 0
+        self._restart_pacing()
         while not self._stop.is_set():
+            if self._park_while_inline():
+                if self._done:
+                    return
+                continue
+            frame = self._read_one(reopen=True)
+            if frame is None:
+                return
+            self._put(frame)
+
+    def _park_while_inline(self) -> bool:
+        """Park while the consumer reads inline; True if the thread parked."""
+        with self._cond:
+            if not self._want_inline:
+                return False
+            self._parked = True
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: not self._want_inline or self._done or self._stop.is_set())
+            self._parked = False
+            lost, self._lost = self._lost, None
+        if lost is not None:
+            self._reopen(lost)
+            self._restart_pacing()
+        return True
+
+    def _restart_pacing(self) -> None:
+        self._t_start, self._paced = time.perf_counter(), 0
+
+    def _read_one(self, reopen: bool) -> Frame | None:
+        """The source's next frame, once it is due; None when the source has ended.
+
+        A lost live source is reopened here (reopen=True) or raises SourceLost.
+        """
+        fps = self._pace_fps()
+        while not self._stop.is_set():
+            if fps is not None:
+                delay = self._t_start + self._paced / fps - time.perf_counter()
+                if delay > 0 and self._stop.wait(delay):
+                    return None
             t0 = time.perf_counter()
             try:
                 image = self.source.read()
             except SourceLost as exc:
-                if not self.source.live:
+                if not self.source.live or not reopen:
                     raise
                 self._reopen(exc)
-                t_start, paced = time.perf_counter(), 0
+                self._restart_pacing()
                 continue
             t1 = time.perf_counter()
             if image is None:
                 if self.loop and not self._stop.is_set():
                     logger.info("source ended; looping")
                     self.source.open()
-                    t_start, paced = time.perf_counter(), 0
+                    self._restart_pacing()
                     continue
                 logger.info("source ended after %d frames", self.stats.read)
-                return
+                return None
+            self._paced += 1
+            self._note_arrival(t1)
             prepared, t2 = None, t1
             if self.prepare is not None:
                 prepared = self.prepare(image)
                 t2 = time.perf_counter()
             frame = Frame(image, self.stats.read, time.time(), t1, t1 - t0, prepared, t2 - t1)
             self.stats.read += 1
-            self._put(frame)
-            if fps is not None:
-                paced += 1
-                delay = t_start + paced / fps - time.perf_counter()
-                if delay > 0:
-                    self._stop.wait(delay)
+            return frame
+        return None
+
+    def _note_arrival(self, now: float) -> None:
+        if self._last_arrival is not None:
+            gap = now - self._last_arrival
+            self._arrival_s = gap if self._arrival_s is None else 0.8 * self._arrival_s + 0.2 * gap
+        self._last_arrival = now
 
     def _put(self, frame: Frame) -> None:
         with self._cond:

@@ -1,7 +1,7 @@
 """How much the agent adds on top of the interpreter: frame latency and sustained fps, in one run.
 
 The agent serves an int8 detector on MJPG clips of the detector's held-out test split, at the
-model's native 160x160 and upscaled to a camera-like 640x480. Two agents share the run: one plays
+model's native input size and upscaled to a camera-like 640x480. Two agents share the run: one plays
 the clip at its 30 fps (camera pacing: latency-bound), one in lockstep (every frame, the grabber
 decoding the next frame while the model runs: throughput-bound). Blocks of agent frames are
 interleaved with blocks of bare interpreter.invoke() calls on the same interpreter, and medians
@@ -13,7 +13,10 @@ are taken over all blocks, so machine noise hits both sides alike.
 
 Usage:
   python benchmarks/agent_overhead.py [--bundle DIR] [--video FILE] [--rounds 12] [--frames 40]
-                                      [--threads N]
+                                      [--threads N] [--broker mqtt://HOST:PORT]
+
+With --broker the agent also publishes every result to that MQTT broker (the latency then ends
+when paho has handed the message to the socket); without it, results go to a JSONL file only.
 
 Without --bundle it converts the reference detector (converter/zoo/weights/detector.keras) with
 `edgegap convert --profile x86-avx2` (int8, calibrated on 100 train-split images); when that file
@@ -55,12 +58,21 @@ SIZE = 256
 CLASSES = 10
 
 
+def model_size() -> int:
+    """The reference detector's input side (its sidecar), or the stand-in's."""
+    if not REFERENCE.is_file():
+        return SIZE
+    from converter.zoo.config import read_sidecar
+
+    return read_sidecar(REFERENCE)[0].input_size
+
+
 def render_video(path: Path, size: tuple[int, int], frames: int = 90) -> Path:
     """An MJPG clip at 30 fps of held-out test-split images, resized to size (w, h)."""
     from converter.zoo.detection_data import generate
 
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, size)
-    for s in generate("test", frames, size=160):
+    for s in generate("test", frames, size=model_size()):
         bgr = cv2.cvtColor(s.image, cv2.COLOR_RGB2BGR)
         writer.write(_resize(bgr, size))
     writer.release()
@@ -80,10 +92,11 @@ def convert_reference(work: Path) -> Path | None:
 
     calib = work / "calib"
     calib.mkdir()
-    for i, s in enumerate(generate("train", 100, size=160)):
+    size = model_size()
+    for i, s in enumerate(generate("train", 100, size=size)):
         cv2.imwrite(str(calib / f"{i:03d}.png"), cv2.cvtColor(s.image, cv2.COLOR_RGB2BGR))
     val = work / "val"
-    write_folder(val, list(generate("val", 100, size=160)))
+    write_folder(val, list(generate("val", 100, size=size)))
     out = work / "reference-bundle"
     cmd = [sys.executable, "-m", "converter", "convert", str(REFERENCE), "--profile", "x86-avx2",
            "--calibration", str(calib), "--validation", str(val), "--task", "auto",
@@ -208,13 +221,18 @@ def build_stand_in(work: Path) -> Path:
     return write_bundle(work / "standin-bundle", content, manifest).path
 
 
-def start_agent(bundle: Path, video: Path, rate: str, threads: int | None) -> Agent:
+def start_agent(
+    bundle: Path, video: Path, rate: str, threads: int | None, broker: str | None
+) -> Agent:
     overrides: dict[str, Any] = {
         "bundle.path": str(bundle), "source.uri": str(video), "source.rate": rate, "source.loop": True,
         "outputs.jsonl": os.devnull, "detection.score_threshold": 0.3,
     }  # fmt: skip
     if threads:
         overrides["runtime.threads"] = threads
+    if broker:
+        overrides["mqtt.broker"] = broker
+        overrides["device_id"] = f"bench-{rate}"
     agent = Agent(load_config(None, overrides))
     agent.start()
     return agent
@@ -233,11 +251,12 @@ def bare_invokes(interp: Any, count: int, period: float = 0.0) -> list[float]:
 
 
 def measure(
-    bundle: Path, video: Path, rounds: int, frames: int, threads: int | None
+    bundle: Path, video: Path, rounds: int, frames: int, threads: int | None, broker: str | None
 ) -> dict[str, Any]:
     """Interleave: agent on a camera-paced video | paced bare invokes | agent in lockstep | bare invokes."""
-    paced = start_agent(bundle, video, "native", threads)  # latency: frames arrive like a camera's
-    flat = start_agent(bundle, video, "all", threads)  # throughput: every frame, as fast as it goes
+    # latency: frames arrive like a camera's; throughput: every frame, as fast as it goes
+    paced = start_agent(bundle, video, "native", threads, broker)
+    flat = start_agent(bundle, video, "all", threads, broker)
     assert paced.pipeline is not None and flat.pipeline is not None and flat.model is not None
     assert paced.grabber is not None
     fps_src = paced.grabber.source.fps or 30.0
@@ -283,6 +302,8 @@ def measure(
         "frames": (len(latency), flat_frames),
         "stage_ms": stage_ms,
         "flat_stage_ms": flat_stage_ms,
+        "threads": flat.threads,
+        "inline": paced.grabber.stats.inline,
     }
 
 
@@ -296,7 +317,7 @@ def main() -> None:
     ap.add_argument(
         "--video",
         type=Path,
-        help="Video file (default: test-split clips at the model's 160x160 and at 640x480).",
+        help="Video file (default: test-split clips at the model's input size and at 640x480).",
     )
     ap.add_argument("--rounds", type=int, default=12, help="Interleaved rounds.")
     ap.add_argument(
@@ -305,6 +326,7 @@ def main() -> None:
     ap.add_argument(
         "--threads", type=int, help="Interpreter threads (default: the bundle profile's)."
     )
+    ap.add_argument("--broker", help="Also publish every result to this MQTT broker.")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -328,15 +350,19 @@ def main() -> None:
         else:
             videos = [
                 (f"{w}x{h}", render_video(work / f"clip{w}x{h}.avi", (w, h)))
-                for w, h in ((160, 160), (640, 480))
+                for w, h in ((model_size(), model_size()), (640, 480))
             ]
         for label, video in videos:
-            results.append((label, measure(bundle, video, args.rounds, args.frames, args.threads)))
-    print(f"model: {what}; backend {results[0][1]['backend']}")
+            results.append(
+                (label, measure(bundle, video, args.rounds, args.frames, args.threads, args.broker))
+            )
+    r0 = results[0][1]
+    print(f"model: {what}; backend {r0['backend']}, {r0['threads']} interpreter thread(s); "
+          f"results to {'MQTT ' + args.broker + ' and ' if args.broker else ''}JSONL")  # fmt: skip
     for label, r in results:
         paced_n, flat_n = r["frames"]
-        print(f"[source {label}] frames: {paced_n} camera-paced at {r['source_fps']:.0f} fps, "
-              f"{flat_n} lockstep; medians over all rounds")  # fmt: skip
+        print(f"[source {label}] frames: {paced_n} camera-paced at {r['source_fps']:.0f} fps "
+              f"({r['inline']} read inline), {flat_n} lockstep; medians over all rounds")  # fmt: skip
         stages = "  ".join(f"{k} {v:.3f}" for k, v in r["stage_ms"].items() if v is not None)
         print(f"[source {label}] camera-paced stage medians (ms): {stages}")
         stages = "  ".join(f"{k} {v:.3f}" for k, v in r["flat_stage_ms"].items() if v is not None)

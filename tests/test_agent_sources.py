@@ -12,7 +12,7 @@ import pytest
 from test_agent_kit import render_frame, write_images, write_video
 
 from agent.config import Rate, ReconnectConfig, SourceConfig, SourceKind
-from agent.grabber import Grabber
+from agent.grabber import INLINE_AFTER, Grabber
 from agent.preview import PreviewServer
 from agent.sources import (
     ImageFolderSource,
@@ -207,3 +207,66 @@ def test_stream_that_never_comes_back_gives_up_after_max_attempts(
     drain(g)
     assert g.done and isinstance(g.error, SourceLost)
     assert "did not come back after 3 attempts" in str(g.error)
+
+
+def test_quick_consumer_reads_inline_and_keeps_every_frame(tmp_path: Path) -> None:
+    """A consumer idle when frames arrive reads them on its own thread: no hand-off, no drops."""
+    g = grabber_for(write_video(tmp_path / "v.avi", 40, fps=100.0), Rate.NATIVE)
+    g.start()
+    seen, inline_seen = [], 0
+    while (f := g.next(timeout=5)) is not None:
+        seen.append(f.index)
+        inline_seen += g.reading_inline
+    g.stop()
+    assert seen == list(range(40)) and g.stats.dropped == 0 and g.error is None
+    assert g.stats.inline >= 40 - INLINE_AFTER - 2 and inline_seen >= g.stats.inline - 1
+    assert g.done
+
+
+def test_consumer_falling_behind_hands_reads_back_to_the_grabber(tmp_path: Path) -> None:
+    """Inline while quick; once frames keep the consumer busy, stale frames are dropped again."""
+    g = grabber_for(write_video(tmp_path / "v.avi", 60, fps=50.0), Rate.NATIVE)
+    g.start()
+    seen = []
+    while (f := g.next(timeout=5)) is not None:
+        seen.append(f.index)
+        if len(seen) == 20:
+            assert g.reading_inline
+        if len(seen) > 20:
+            time.sleep(0.05)  # the model got slow: 2.5 frame intervals per frame
+    g.stop()
+    assert not g.reading_inline
+    assert seen == sorted(set(seen)) and seen[-1] == 59
+    assert g.stats.dropped > 0 and len(seen) + g.stats.dropped == g.stats.read == 60
+
+
+def test_inline_reads_can_be_turned_off(tmp_path: Path) -> None:
+    source = make_source(SourceConfig(uri=str(write_video(tmp_path / "v.avi", 20, fps=100.0))))
+    g = Grabber(source, Rate.NATIVE, inline=False)
+    g.start()
+    assert drain(g) == list(range(20))
+    assert g.stats.inline == 0
+    g.stop()
+
+
+def test_live_stream_lost_during_inline_reads_is_reopened(
+    mjpeg_stream: Callable[[int], PreviewServer],
+) -> None:
+    server = mjpeg_stream(0)
+    uri = f"http://127.0.0.1:{server.port}/stream.mjpg"
+    g = grabber_for(uri, Rate.AUTO, open_timeout_s=2.0, read_timeout_s=1.0)
+    g.start()
+    wait_for_inline = time.monotonic() + 20
+    while not g.reading_inline:
+        assert g.next(timeout=5) is not None
+        assert time.monotonic() < wait_for_inline, "reads never moved inline"
+    before = g.stats.inline
+    assert g.next(timeout=5) is not None and g.stats.inline == before + 1
+    server.close()
+    wait_until(lambda: g.next(timeout=0.2) is None and g.stats.lost_since is not None)
+    assert not g.reading_inline and not g.done
+    mjpeg_stream(server.port)
+    wait_until(lambda: g.stats.reconnects >= 1)
+    assert g.next(timeout=10) is not None
+    assert g.error is None
+    g.stop()
