@@ -28,7 +28,6 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -78,13 +77,6 @@ def architectures(size: int, iterations: int, threads: int) -> list[str]:
 # Reference detector
 
 
-def _detector_task_loss(outs: list[Any], y: list[Any]) -> Any:
-    """The reference detector's own training loss: smooth-L1 boxes plus sigmoid focal classes."""
-    from converter.zoo.detector import box_loss, focal_loss
-
-    return box_loss(y[0], outs[0]) + focal_loss(y[1], outs[1])
-
-
 def detector(iterations: int, threads: int, args: argparse.Namespace) -> list[str]:
     epochs, steps, n_train, n_test, labels = args.epochs, args.steps, args.train, args.test, not args.no_labels
     if not REFERENCE.is_file():
@@ -93,10 +85,10 @@ def detector(iterations: int, threads: int, args: argparse.Namespace) -> list[st
         return [msg]
     import keras
 
-    from converter.zoo.anchors import generate_anchors, match
     from converter.zoo.config import read_sidecar
     from converter.zoo.detection_data import generate
     from converter.zoo.detector import evaluate_keras, normalize
+    from converter.zoo.finetune import detection_targets, detection_task_loss
 
     dense = keras.models.load_model(REFERENCE, compile=False)
     cfg, _ = read_sidecar(REFERENCE)
@@ -110,10 +102,8 @@ def detector(iterations: int, threads: int, args: argparse.Namespace) -> list[st
     targets = None
     task_loss = None
     if labels:
-        anchors = generate_anchors(cfg.anchors)
-        pairs = [match(anchors, s.boxes, s.classes, cfg.num_classes, cfg.nms.coder) for s in train]
-        targets = [np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])]
-        task_loss = _detector_task_loss
+        targets = detection_targets(cfg, [s.boxes for s in train], [s.classes for s in train])
+        task_loss = detection_task_loss
 
     t0 = time.perf_counter()
     freeze = {"auto": None, "yes": True, "no": False}[args.freeze_bn]

@@ -136,6 +136,7 @@ def step_verify(demo: Demo) -> None:
 
 def step_detector(demo: Demo) -> None:
     """Convert the reference detector for each profile and compare float and int8 mAP."""
+    from converter.zoo.config import read_sidecar
     from converter.zoo.detection_data import generate, write_folder
 
     heading("5. The reference object detector")
@@ -147,8 +148,9 @@ def step_detector(demo: Demo) -> None:
         console.print(f"using the committed weights {model} (retrain them with --train-detector)")
     data = demo.out / "detection"
     calib, test = data / "calibration", data / "test"
-    write_folder(calib, list(generate("train", 200, seed=0, size=160)))
-    write_folder(test, list(generate("test", 200, seed=0, size=160)))
+    size = read_sidecar(model)[0].input_size
+    write_folder(calib, list(generate("train", 200, seed=0, size=size)))
+    write_folder(test, list(generate("test", 200, seed=0, size=size)))
     demo.files.update(detector=model, detection_test=test)
     for profile in PROFILES:
         bundle = demo.out / "bundles" / f"detector-{profile}"

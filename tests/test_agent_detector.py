@@ -25,11 +25,12 @@ from agent.messages import DetectionsMessage
 from agent.preprocess import Normalizer, Preprocessor
 from converter.cli import cli as convert_cli
 from converter.evaluation import Detections, coco_map
+from converter.zoo.config import read_sidecar
 from converter.zoo.detection_data import CLASSES, generate, write_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "converter" / "zoo" / "weights" / "detector.keras"
-SIZE = 160  # the detector's input
+SIZE = read_sidecar(WEIGHTS)[0].input_size  # the detector's input
 SRC_W, SRC_H = 480, 320  # video frames: upscaled, and not square, so both box axes are mapped
 FRAMES = 48
 # Measured on this test's 48 test-split frames (int8, x86-avx2, MJPG at 480x320): mAP@0.5 0.554,

@@ -63,6 +63,68 @@ def _data(path: Path, model: Any, mean: list[float], std: list[float], color_ord
     return ds.x, labels
 
 
+def _is_detection_folder(data: Path | None) -> bool:
+    from converter.zoo.detection_data import ANNOTATIONS_FILE
+
+    return data is not None and data.is_dir() and (data / ANNOTATIONS_FILE).is_file()
+
+
+def _check_detector_options(task: Any, data: Path | None, importance: str) -> None:
+    """A detector's sidecar fixes its input normalization: --mean/--std/--color-order given on the
+    command line must agree with it (they are not silently ignored)."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    cfg = task.cfg
+    expected: dict[str, Any] = {"mean": [cfg.mean], "std": [cfg.std], "color_order": cfg.color_order}
+    for name, want in expected.items():
+        if ctx.get_parameter_source(name) in (None, ParameterSource.DEFAULT):
+            continue
+        got = ctx.params[name]
+        if (got != want) if name == "color_order" else any(v != want[0] for v in got):
+            raise click.UsageError(
+                f"MODEL is a detector: its sidecar sets the input normalization (mean {cfg.mean:g}, std "
+                f"{cfg.std:g}, {cfg.color_order}); drop --{name.replace('_', '-')} or give the same value"
+            )
+    if importance == "taylor" and _is_detection_folder(data):
+        raise click.UsageError(
+            "--importance taylor cannot score channels against detection box labels; use l1, l2 or bn "
+            "with an annotated --data folder, or taylor with plain images"
+        )
+
+
+def _detector_data(task: Any, model: Any, data: Path, limit: int) -> tuple[Any, Any, str]:
+    """Inputs normalized as the sidecar says, anchor-matched targets when the folder has COCO
+    annotations (else none), and a description of what the fine-tune will see."""
+    from agent.manifest import ColorOrder
+    from converter.data import Normalization, load_data
+    from converter.zoo.detection_data import ANNOTATIONS_FILE, DatasetError, read_folder
+    from converter.zoo.finetune import detection_targets
+
+    cfg = task.cfg
+    if _is_detection_folder(data):
+        if len(read_folder(data)) == 0:
+            raise DatasetError(f"--data {data} has no images")
+        ds = task.dataset(data, count=limit)
+        targets = detection_targets(cfg, ds.labels.boxes, ds.labels.classes)
+        return ds.x, targets, f"{len(ds.x)} labelled images"
+    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    norm = Normalization(mean=[cfg.mean], std=[cfg.std], color_order=ColorOrder(cfg.color_order))
+    ds = load_data(data, shape, norm, limit=limit, what="--data")
+    why = f"no {ANNOTATIONS_FILE} in {data}" if data.is_dir() else f"{data} is not a COCO-style folder"
+    return ds.x, None, f"{len(ds.x)} images ({why}, so no detection labels)"
+
+
+def _loss_line(labels: Any, alpha: float, what: str) -> str:
+    if labels is None:
+        return f"fine-tune: distillation alone (detection distillation loss) on {what}"
+    if alpha >= 1:
+        return f"fine-tune: detection task loss alone (alpha 1) on {what}"
+    if alpha <= 0:
+        return f"fine-tune: detection distillation alone (alpha 0; labels unused) on {what}"
+    return f"fine-tune: detection task loss + distillation (alpha {alpha:g}) on {what}"
+
+
 @click.command("prune")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--channels", type=float, help="Fraction of channels to remove, in [0, 1), e.g. 0.5.")
@@ -77,12 +139,13 @@ def _data(path: Path, model: Any, mean: list[float], std: list[float], color_ord
 @click.option("--protect", multiple=True, metavar="NAME",
               help="Layer whose output channels are never removed (repeatable or comma-separated).")
 @click.option("--data", type=click.Path(path_type=Path),
-              help="Image folder or .npy/.npz (x, optional y) for Taylor scores and fine-tuning.")
+              help="Image folder or .npy/.npz (x, optional y) for Taylor scores and fine-tuning; for a "
+                   "detector, a COCO-style folder (annotations.json + images) gives its task loss.")
 @click.option("--epochs", type=click.IntRange(min=0), help="Fine-tune epochs per step [default: 3 with --data].")
 @click.option("--steps", type=click.IntRange(min=1), default=1, show_default=True,
               help="Prune in this many steps, each followed by a fine-tune.")
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="Weight of the task loss against distillation when --data has labels.")
+              help="Weight of the task loss against distillation when --data has labels (or boxes).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
               help="Fine-tune learning rate (Adam).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
@@ -90,9 +153,12 @@ def _data(path: Path, model: Any, mean: list[float], std: list[float], color_ord
               help="Stop a fine-tune after this many epochs without validation improvement.")
 @click.option("--limit", type=click.IntRange(min=1), default=2000, show_default=True,
               help="At most this many samples from --data.")
-@click.option("--mean", type=FLOAT_LIST, default="0", show_default=True, help="Pixel mean for image --data.")
-@click.option("--std", type=FLOAT_LIST, default="255", show_default=True, help="Pixel std for image --data.")
-@click.option("--color-order", type=click.Choice(["rgb", "bgr", "gray"]), help="Channel order for image --data.")
+@click.option("--mean", type=FLOAT_LIST, default="0", show_default=True,
+              help="Pixel mean for image --data (a detector's sidecar sets its own; another value is an error).")
+@click.option("--std", type=FLOAT_LIST, default="255", show_default=True,
+              help="Pixel std for image --data (a detector's sidecar sets its own; another value is an error).")
+@click.option("--color-order", type=click.Choice(["rgb", "bgr", "gray"]),
+              help="Channel order for image --data (a detector's sidecar sets its own).")
 @click.option("--sparsity", type=float,
               help="Unstructured magnitude pruning: fraction of each kernel zeroed (shrinks the zip, not latency).")
 @click.option("--custom-objects", multiple=True, help="Python file or module registering custom Keras classes.")
@@ -110,12 +176,19 @@ def prune(
     together; layers the channel graph cannot follow are kept whole and listed. Output shapes are
     unchanged. --sparsity instead zeroes weights, which shrinks the zipped file but not latency.
 
+    A detector (MODEL.detector.json next to MODEL) keeps its head output convolutions whole, is
+    normalized as its sidecar says, and is fine-tuned with its own loss (anchor-matched boxes and
+    classes) plus detection distillation when --data is a COCO-style folder, e.g. from
+    `edgegap zoo make-dataset`; on plain images, with detection distillation alone.
+
     \b
     Examples:
       edgegap prune model.keras --channels 0.5 --output pruned.keras
       edgegap prune model.keras --channels 0.5 --importance taylor --data train.npz --epochs 5 \\
           --steps 3 --protect box_head,class_head --output pruned.keras
       edgegap prune model.keras --sparsity 0.8 --data images/ --epochs 2 --output sparse.keras
+      edgegap prune detector.keras --channels 0.5 --data train/ --epochs 3 --steps 2 \\
+          --output pruned.keras
     """
     from converter.pruning import LATENCY_NOTE, magnitude_prune
     from converter.pruning import prune as prune_model
@@ -131,14 +204,33 @@ def prune(
     if importance == "taylor" and data is None:
         raise click.UsageError("--importance taylor needs --data")
     names = tuple(n.strip() for item in protect for n in item.split(",") if n.strip())
-    keras_model = _load(model, custom_objects)
-    x = labels = None
-    if data is not None:
-        x, labels = _data(data, keras_model, mean, std, color_order, limit)
     n_epochs = (3 if data is not None else 0) if epochs is None else epochs
     if n_epochs and data is None:
         raise click.UsageError("--epochs needs --data to fine-tune on")
+    if data is not None and not data.exists():
+        from converter.data import DataError
+
+        raise DataError(f"--data not found: {data}")
+    task = _detector_task(model)
+    if task is not None:
+        _check_detector_options(task, data, importance)
+    keras_model = _load(model, custom_objects)
+    x = labels = None
     tune: dict[str, Any] = {"alpha": alpha, "learning_rate": lr, "batch_size": batch_size, "patience": patience}
+    if task is not None:
+        heads = task.protected_layers(keras_model)
+        names = (*names, *(h for h in heads if h not in names))
+        console.print(f"detector: head output convolutions protected: {', '.join(heads) or 'none found'}")
+        if data is not None:
+            from converter.pruning import detection_distill_loss
+            from converter.zoo.finetune import detection_task_loss
+
+            x, labels, what = _detector_data(task, keras_model, data, limit)
+            tune.update(task_loss=detection_task_loss, distill_loss=detection_distill_loss())
+            if n_epochs:
+                console.print(_loss_line(labels, alpha, what))
+    elif data is not None:
+        x, labels = _data(data, keras_model, mean, std, color_order, limit)
     result = keras_model
     if channels is not None:
         result, report = prune_model(
@@ -174,6 +266,15 @@ def prune(
     result.save(output)
     console.print(f"wrote {output}")
     _copy_sidecar(model, output)
+
+
+def _detector_task(model: Path) -> Any:
+    """The detection task when MODEL has a detector sidecar (read now, so a bad one fails early)."""
+    from converter.tasks.detection import DetectionTask
+
+    if not DetectionTask.applies_to(model):
+        return None
+    return DetectionTask.from_model_path(model)
 
 
 def _copy_sidecar(source: Path, output: Path) -> None:
