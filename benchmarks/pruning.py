@@ -16,6 +16,7 @@ Usage:
   python benchmarks/pruning.py [--size 224] [--iterations 100] [--threads 1] [--skip-arch]
                                [--skip-detector] [--epochs 8] [--steps 2] [--train 4000] [--lr 2e-3]
                                [--freeze-bn auto|yes|no] [--no-labels] [--control]
+                               [--stages] [--round-to 1]
 
 Ratios are printed last, absolute times beside them.
 """
@@ -28,6 +29,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -110,6 +112,7 @@ def detector(iterations: int, threads: int, args: argparse.Namespace) -> list[st
     pruned, report = prune(
         dense, 0.5, data=x_train, labels=targets, task_loss=task_loss, distill_loss=detection_distill_loss(),
         epochs=epochs, steps=steps, patience=2, learning_rate=args.lr, freeze_batchnorm=freeze,
+        round_to=args.round_to,
     )  # fmt: skip
     how = "task loss + distillation" if labels else "distillation alone"
     print(f"detector: 50% of channels removed in {steps} step(s), each fine-tuned {epochs} epoch(s) ({how}), "
@@ -133,6 +136,8 @@ def detector(iterations: int, threads: int, args: argparse.Namespace) -> list[st
             f"detector 50% channels: mAP@0.5 drop {map_control - map_pruned:+.2f} points vs dense float given the same fine-tune"
         ]
     calib = x_train[:8]
+    if args.stages:
+        stage_latency(dense, pruned, calib, iterations, threads)
     flats = [to_int8_tflite(dense, calib), to_int8_tflite(pruned, calib)]
     ms = interleaved_latency(flats, threads=threads, iterations=iterations)
     print(f"detector {size}x{size} int8 (raw head outputs; post-processing excluded), {threads} thread(s), "
@@ -145,6 +150,35 @@ def detector(iterations: int, threads: int, args: argparse.Namespace) -> list[st
         f"detector 50% channels: mAP@0.5 drop {map_dense - map_pruned:+.2f} points vs dense float (goal <= 1.0)",
         *control_line,
     ]
+
+
+# The reference detector's stage ends: the stem, then the last block of each MobileNetV2 stage.
+STAGE_ENDS = ("stem_relu", "block0_project_bn", "block2_add", "block5_add", "block8_add",
+              "block10_add", "block12_add", "block13_project_bn", "top_relu")  # fmt: skip
+
+
+def stage_latency(dense: Any, pruned: Any, calib: np.ndarray, iterations: int, threads: int) -> None:
+    """Where the int8 time goes: each model cut after every stage, converted and timed; a stage's
+    cost is the difference between successive cuts. Shows which stages pruning speeds up."""
+    import keras
+
+    cuts = [n for n in STAGE_ENDS if n in {layer.name for layer in dense.layers}]
+    cuts = [n for n in cuts if n in {layer.name for layer in pruned.layers}]
+    flats = []
+    for name in cuts:
+        for model in (dense, pruned):
+            sub = keras.Model(model.inputs, model.get_layer(name).output)
+            flats.append(to_int8_tflite(sub, calib))
+    ms = interleaved_latency(flats, threads=threads, iterations=iterations)
+    print(f"detector stages (int8, {threads} thread(s), median of {iterations} interleaved invokes of "
+          "models cut after each stage; a stage's cost is the difference between cuts):")  # fmt: skip
+    print(f"  {'stage ends at':20s} {'output (dense)':>16s} {'dense ms':>9s} {'pruned ms':>9s} {'ratio':>6s}")
+    prev = (0.0, 0.0)
+    for i, name in enumerate(cuts):
+        d, p = ms[2 * i] - prev[0], ms[2 * i + 1] - prev[1]
+        shape = "x".join(str(v) for v in dense.get_layer(name).output.shape[1:])
+        print(f"  {name:20s} {shape:>16s} {d:9.3f} {p:9.3f} {p / d if d > 0 else float('nan'):6.2f}")
+        prev = (ms[2 * i], ms[2 * i + 1])
 
 
 def main() -> None:
@@ -162,6 +196,8 @@ def main() -> None:
     ap.add_argument("--no-labels", action="store_true", help="Fine-tune by distillation alone.")
     ap.add_argument("--control", action="store_true", help="Also fine-tune the dense model the same way.")
     ap.add_argument("--test", type=int, default=300)
+    ap.add_argument("--stages", action="store_true", help="Also time the detector stage by stage.")
+    ap.add_argument("--round-to", type=int, default=1, help="Keep channel counts multiples of this.")
     args = ap.parse_args()
     lines = []
     if not args.skip_arch:

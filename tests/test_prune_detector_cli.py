@@ -77,8 +77,9 @@ def test_targets_and_task_loss_fit_the_detector(files: dict[str, Path]) -> None:
 
 def test_prune_detector_with_task_loss_on_a_coco_folder(files: dict[str, Path]) -> None:
     out = files["root"] / "labelled" / "pruned.keras"
+    # Taylor importance scores channels with the same detection loss the fine-tune uses.
     res = run("prune", files["model"], "--channels", "0.5", "--data", files["coco"], "--epochs", "1",
-              "--batch-size", "4", "--output", out)  # fmt: skip
+              "--importance", "taylor", "--batch-size", "4", "--output", out)  # fmt: skip
     assert res.exit_code == 0, res.output
     expected = "fine-tune: detection task loss + distillation (alpha 0.5) on 12 labelled images"
     assert expected in res.output
@@ -116,7 +117,4 @@ def test_prune_detector_bad_inputs(files: dict[str, Path]) -> None:
     line = _one_line_error(run("prune", files["model"], "--channels", "0.5", "--data", files["coco"],
                                "--mean", "127.5", "--output", out))  # fmt: skip
     assert "sidecar sets the input normalization" in line and "--mean" in line
-    line = _one_line_error(run("prune", files["model"], "--channels", "0.5", "--data", files["coco"],
-                               "--importance", "taylor", "--output", out))  # fmt: skip
-    assert "taylor" in line
     assert not out.exists()

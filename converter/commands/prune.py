@@ -86,11 +86,6 @@ def _check_detector_options(task: Any, data: Path | None, importance: str) -> No
                 f"MODEL is a detector: its sidecar sets the input normalization (mean {cfg.mean:g}, std "
                 f"{cfg.std:g}, {cfg.color_order}); drop --{name.replace('_', '-')} or give the same value"
             )
-    if importance == "taylor" and _is_detection_folder(data):
-        raise click.UsageError(
-            "--importance taylor cannot score channels against detection box labels; use l1, l2 or bn "
-            "with an annotated --data folder, or taylor with plain images"
-        )
 
 
 def _detector_data(task: Any, model: Any, data: Path, limit: int) -> tuple[Any, Any, str]:

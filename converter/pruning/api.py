@@ -100,6 +100,7 @@ def prune(
             protected=protect,
             data=data,
             labels=labels,
+            loss_fn=fine_tune.get("task_loss"),
         )
         plan = planner.plan(step_ratio, per_layer if step == 1 else None)
         first_plan = first_plan or plan

@@ -124,6 +124,7 @@ class Planner:
         protected: Sequence[str] = (),
         data: np.ndarray | None = None,
         labels: Any = None,
+        loss_fn: Any = None,
     ) -> None:
         if mode not in MODES:
             raise PruningError(f"unknown mode {mode!r}; choose {' or '.join(MODES)}")
@@ -133,13 +134,16 @@ class Planner:
             protect(self.graph, list(protected))
         self.groups = channel_groups(self.graph)
         self._importance = (importance_method, data, labels)
+        self._loss_fn = loss_fn  # Taylor importance: the task's loss(outputs, labels)
         self._scores: dict[int, float] | None = None
 
     @property
     def scores(self) -> dict[int, float]:
         if self._scores is None:
             method, data, labels = self._importance
-            self._scores = importance(self.graph, self.groups, method, data, labels)
+            self._scores = importance(
+                self.graph, self.groups, method, data, labels, loss_fn=self._loss_fn
+            )
         return self._scores
 
     def plan(self, ratio: float, per_layer: Mapping[str, float] | None = None) -> PrunePlan:
