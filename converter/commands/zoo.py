@@ -34,8 +34,9 @@ def zoo() -> None:
 @click.option("--train-count", type=click.IntRange(64), default=None, help="Generated training images (default: the recipe's).")
 @click.option("--val-count", type=click.IntRange(16), default=300, show_default=True, help="Validation images for the final mAP.")
 @click.option("--input-size", type=click.IntRange(64, 512), default=None,
-              help="Input side in pixels, a multiple of 32 (default: the recipe's, 160).")
-@click.option("--width", type=click.FloatRange(0.25, 1.0), default=None, help="Backbone width multiplier (default: 0.35).")
+              help="Input side in pixels, a multiple of 32 (default: the recipe's, 224).")
+@click.option("--width", type=click.FloatRange(0.25, 1.0), default=None,
+              help="Backbone width multiplier (default: the recipe's, 0.5).")
 def train_detector(
     output: Path, epochs: int | None, seed: int, train_count: int | None, val_count: int,
     input_size: int | None, width: float | None,
@@ -50,7 +51,7 @@ def train_detector(
     Examples:
       edgegap zoo train-detector --output model.keras
       edgegap zoo train-detector --output quick.keras --epochs 1 --train-count 256
-      edgegap zoo train-detector --output big.keras --input-size 224 --width 0.5
+      edgegap zoo train-detector --output big.keras --input-size 320 --width 0.5
     """
     if output.suffix != ".keras":
         raise click.BadParameter("the model file must end in .keras", param_hint="--output")

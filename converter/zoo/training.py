@@ -18,9 +18,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Recipe:
-    input_size: int = 160
-    width: float = 0.35
-    epochs: int = 8
+    input_size: int = 224
+    width: float = 0.5
+    epochs: int = 16
     train_count: int = 4000
     batch_size: int = 16
     learning_rate: float = 3e-3
