@@ -9,6 +9,7 @@ was captured (decoded) to the moment its result was published.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -176,12 +177,14 @@ class Pipeline:
                 if n == 0:
                     started = time.perf_counter()  # waiting for the first frame is not busy time
                 x, transform, picked, pre_s, wait_s = self._prepare(frame)
+                handoff: Callable[[], None] | None = None
                 if pending is not None and worker is not None:
-                    # Handed over only now, so its Python work runs while the interpreter
-                    # (which releases the GIL) works on this frame, not while this one prepares.
-                    worker.submit(pending, True)
+                    # Handed over between set_input and invoke, so the post thread's Python work
+                    # runs while the interpreter (which releases the GIL) works on this frame,
+                    # not while this thread still needs the GIL to prepare and load it.
+                    handoff = functools.partial(worker.submit, pending, True)
                     pending = None
-                job = self._infer(frame, x, transform, picked, pre_s, wait_s)
+                job = self._infer(frame, x, transform, picked, pre_s, wait_s, handoff)
                 n += 1
                 if worker is None:
                     self._post(job)
@@ -219,9 +222,12 @@ class Pipeline:
         picked: float,
         pre_s: float,
         wait_s: float,
+        before_invoke: Callable[[], None] | None = None,
     ) -> _Job:
         t1 = time.perf_counter()
         self.model.set_input(x)
+        if before_invoke is not None:
+            before_invoke()
         self.model.invoke()
         t2 = time.perf_counter()
         raw = {role: self.model.get(spec.index) for role, spec in self._needed}
