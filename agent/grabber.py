@@ -108,6 +108,7 @@ class Grabber:
         self._want_inline = False  # asked by the consumer
         self._parked = False  # the grabber thread is parked, the consumer reads
         self._lost: SourceLost | None = None  # a live source lost during an inline read
+        self._io = threading.Lock()  # a read and the final close never overlap
         self._quick = 0
         self._taken_at: float | None = None
 
@@ -227,7 +228,8 @@ class Grabber:
             self.error = exc
             logger.debug("grabber stopped: %s", exc)
         finally:
-            self.source.close()
+            with self._io:  # a consumer reading inline finishes its read first
+                self.source.close()
             with self._cond:
                 self._done = True
                 self._cond.notify_all()
@@ -289,7 +291,8 @@ class Grabber:
                     return None
             t0 = time.perf_counter()
             try:
-                image = self.source.read()
+                with self._io:
+                    image = self.source.read()
             except SourceLost as exc:
                 if not self.source.live or not reopen:
                     raise
