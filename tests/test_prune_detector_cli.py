@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
+from test_detector import one_line_error
 
 pytest.importorskip("tensorflow")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:keras")
@@ -99,22 +100,13 @@ def test_prune_detector_on_plain_images_distils_alone(files: dict[str, Path]) ->
     _check_pruned(files["model"], out)
 
 
-def _one_line_error(res: Result) -> str:
-    assert res.exit_code != 0, res.output
-    assert "Traceback" not in res.output
-    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
-    lines = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
-    assert len(lines) == 1, res.output
-    return lines[0]
-
-
 def test_prune_detector_bad_inputs(files: dict[str, Path]) -> None:
     out = files["root"] / "bad.keras"
     missing = files["root"] / "nowhere"
-    line = _one_line_error(run("prune", files["model"], "--channels", "0.5", "--data", missing,
+    line = one_line_error(run("prune", files["model"], "--channels", "0.5", "--data", missing,
                                "--output", out))  # fmt: skip
     assert "--data not found" in line and str(missing) in line
-    line = _one_line_error(run("prune", files["model"], "--channels", "0.5", "--data", files["coco"],
+    line = one_line_error(run("prune", files["model"], "--channels", "0.5", "--data", files["coco"],
                                "--mean", "127.5", "--output", out))  # fmt: skip
     assert "sidecar sets the input normalization" in line and "--mean" in line
     assert not out.exists()
