@@ -183,8 +183,9 @@ def prune_for_profile(
     report's `latency["method"]` says which."""
     min_channels = target.min_channels
     planner = Planner(
-        model, importance_method=importance, min_channels=min_channels, protected=protect, data=data, labels=labels
-    )
+        model, importance_method=importance, min_channels=min_channels, protected=protect, data=data,
+        labels=labels, loss_fn=fine_tune.get("task_loss"),
+    )  # fmt: skip
     notes: list[str] = []
     latency: dict[str, Any] = {}
     if target.channels is not None:
