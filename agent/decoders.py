@@ -160,6 +160,14 @@ class OutputDecoder(ABC):
     @abstractmethod
     def __call__(self, outputs: Outputs, transform: FrameTransform | None) -> list[Detection]: ...
 
+    def _same(self, transform: FrameTransform) -> FrameTransform:
+        """A fixed-size source frames every image alike: the last equal transform is reused, so
+        its mapping to source pixels, already computed, is not computed again for each frame."""
+        if transform == self._transform:
+            return self._transform
+        self._transform = transform
+        return transform
+
     def _detections(
         self,
         boxes_norm: np.ndarray,
@@ -171,13 +179,7 @@ class OutputDecoder(ABC):
         if not len(boxes_norm):
             return []
         if transform is not None:
-            # A fixed-size source frames every image alike: reuse the last equal transform, whose
-            # mapping to source pixels is already computed, instead of a fresh one per frame.
-            if transform == self._transform:
-                transform = self._transform
-            else:
-                self._transform = transform
-            px = transform.to_source(boxes_norm)
+            px = self._same(transform).to_source(boxes_norm)
         else:
             px = boxes_norm.astype(np.float32)
         names, known = self._names, len(self._names)
@@ -203,6 +205,8 @@ class SSDPostprocessDecoder(OutputDecoder):
         boxes = outputs[OutputRole.BOXES].reshape(-1, 4)
         scores = outputs[OutputRole.SCORES].reshape(-1)
         n = min(int(outputs[OutputRole.COUNT].reshape(-1)[0]), len(scores), len(boxes))
+        if n <= SMALL_N:
+            return self._small(boxes, scores, outputs[OutputRole.CLASSES].reshape(-1), n, transform)
         keep = np.flatnonzero(scores[:n] >= self.score_threshold)
         if not keep.size:  # nothing above threshold: skip the remaining array work
             return []
@@ -212,6 +216,46 @@ class SSDPostprocessDecoder(OutputDecoder):
         xyxy = np.clip(boxes[keep[:, None], _YXYX_TO_XYXY], 0.0, 1.0)
         classes = outputs[OutputRole.CLASSES].reshape(-1)[keep]
         return self._detections(xyxy, np.rint(classes), scores[keep], transform)
+
+    def _small(
+        self,
+        boxes: np.ndarray,
+        scores: np.ndarray,
+        classes: np.ndarray,
+        n: int,
+        transform: FrameTransform | None,
+    ) -> list[Detection]:
+        """The same answer for the usual handful of rows, in plain Python floats.
+
+        The op emits at most max_detections rows (tens); a dozen NumPy calls on arrays that small
+        cost more than the arithmetic, especially on the cold caches a camera-paced frame meets.
+        """
+        thr = self.score_threshold
+        s = scores[:n].tolist()
+        keep = [i for i in range(n) if s[i] >= thr]
+        if not keep:
+            return []
+        keep.sort(key=s.__getitem__, reverse=True)  # stable, like the array path's argsort
+        del keep[self.max_detections :]
+        rows, cls = boxes[:n].tolist(), classes[:n].tolist()
+        mx, my, ax, ay, hx, hy = self._same(transform).xy_map if transform else _IDENTITY
+        names, known = self._names, len(self._names)
+        out = []
+        for i in keep:
+            y0, x0, y1, x1 = (min(max(v, 0.0), 1.0) for v in rows[i])
+            c = round(cls[i])
+            box = BBox(
+                min(max(x0 * mx + ax, 0.0), hx),
+                min(max(y0 * my + ay, 0.0), hy),
+                min(max(x1 * mx + ax, 0.0), hx),
+                min(max(y1 * my + ay, 0.0), hy),
+            )
+            out.append(Detection(c, names[c] if 0 <= c < known else self.label(c), s[i], box))
+        return out
+
+
+SMALL_N = 32  # rows up to which SSD post-process outputs are read in plain Python
+_IDENTITY = (1.0, 1.0, 0.0, 0.0, 1.0, 1.0)  # no transform: boxes stay normalized
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

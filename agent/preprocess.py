@@ -83,6 +83,12 @@ class FrameTransform:
         return np.clip(out, 0.0, hi, out=out)
 
     @cached_property
+    def xy_map(self) -> tuple[float, float, float, float, float, float]:
+        """to_source() as plain floats: x and y multiplier, x and y offset, x and y upper bound."""
+        (mx, my, _, _), (ax, ay, _, _), (hx, hy, _, _) = (a.tolist() for a in self._affine)
+        return mx, my, ax, ay, hx, hy
+
+    @cached_property
     def _affine(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per-coordinate multiplier, offset and upper clip bound, computed once per transform."""
         mx, my = self.in_w / self.scale_x, self.in_h / self.scale_y

@@ -147,6 +147,51 @@ def test_ssd_postprocess_decoder() -> None:
     assert dets[1].box == BBox(0.0, 0.0, 200.0, 150.0)
 
 
+@pytest.mark.parametrize("count", [0, 1, 7, 32, 33, 60])
+@pytest.mark.parametrize(
+    "transform",
+    [None, FrameTransform(640, 480, 320, 320, 0.5, 0.5, 0.0, 40.0)],
+    ids=["none", "letterbox"],
+)
+def test_ssd_postprocess_small_and_array_paths_agree(
+    count: int, transform: FrameTransform | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Up to SMALL_N rows are read in plain Python; both paths give the same detections."""
+    import agent.decoders as decoders
+
+    rows = 64
+    rng = np.random.default_rng(count)
+    yx = rng.uniform(-0.2, 1.2, (1, rows, 2)).astype(np.float32)  # some outside [0, 1]: clipped
+    hw = rng.uniform(0.0, 0.6, (1, rows, 2)).astype(np.float32)
+    scores = rng.choice([0.2, 0.3, 0.45, 0.5, 0.9], (1, rows)).astype(np.float32)  # ties
+    outs = {
+        R.BOXES: np.concatenate([yx, yx + hw], axis=-1),
+        R.CLASSES: rng.integers(0, 4, (1, rows)).astype(np.float32),  # class 3 has no label
+        R.SCORES: scores,
+        R.COUNT: np.array([count], np.float32),
+    }
+    m = manifest(
+        Decoder.SSD_POSTPROCESS,
+        [(R.SCORES, [1, rows]), (R.BOXES, [1, rows, 4]), (R.COUNT, [1]), (R.CLASSES, [1, rows])],
+    )
+    dec = make_decoder(m, score_threshold=0.3, max_detections=20)
+    small = dec(outs, transform)
+    monkeypatch.setattr(decoders, "SMALL_N", -1)
+    array = dec(outs, transform)
+    assert [(d.class_id, d.label, d.score) for d in small] == [
+        (d.class_id, d.label, d.score) for d in array
+    ]
+    assert len(array) == min(20, int((scores[0, :count] >= 0.3).sum()))
+    for a, b in zip(small, array, strict=True):
+        assert a.box is not None and b.box is not None
+        np.testing.assert_allclose(
+            [a.box.xmin, a.box.ymin, a.box.xmax, a.box.ymax],
+            [b.box.xmin, b.box.ymin, b.box.xmax, b.box.ymax],
+            rtol=1e-6,
+            atol=1e-4,
+        )
+
+
 def test_ssd_raw_decoder_decodes_and_suppresses() -> None:
     anchors = [[0.25, 0.25, 0.5, 0.5], [0.25, 0.25, 0.5, 0.5], [0.75, 0.75, 0.2, 0.4]]
     m = manifest(
