@@ -10,9 +10,11 @@ import logging
 import os
 import re
 import socket
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -23,6 +25,35 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PASSWORD_ENV = "EDGEGAP_MQTT_PASSWORD"
 _TOPIC_LEVEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool
+    username: str | None
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """mqtt://[user@]host[:port] or mqtts://...; a password in the URL is refused (it is a secret)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise ValueError(f"broker URL must start with mqtt:// or mqtts://, got {url!r}")
+    if parts.password is not None:
+        raise ValueError(
+            "broker URL must not carry a password; set EDGEGAP_MQTT_PASSWORD or mqtt.password_file"
+        )
+    if not parts.hostname:
+        raise ValueError(f"broker URL has no host: {url!r}")
+    if parts.path not in ("", "/"):
+        raise ValueError(f"broker URL takes no path: {url!r}")
+    tls = parts.scheme in ("mqtts", "ssl")
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError as exc:
+        raise ValueError(f"broker URL has a bad port: {url!r}") from exc
+    return BrokerAddress(parts.hostname, port, tls, parts.username or None)
 
 
 class ConfigError(EdgegapError, ValueError):
@@ -212,8 +243,6 @@ class MqttConfig(_Strict):
     @classmethod
     def _broker_url(cls, v: str | None) -> str | None:
         if v:
-            from agent.mqtt import parse_broker_url
-
             parse_broker_url(v)
         return v or None
 

@@ -12,50 +12,17 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent.config import MqttConfig, parse_broker_url
 from agent.messages import encode
-
-if TYPE_CHECKING:
-    from agent.config import MqttConfig
 
 logger = logging.getLogger(__name__)
 
 MAX_QUEUED = 100
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    host: str
-    port: int
-    tls: bool
-    username: str | None
-
-
-def parse_broker_url(url: str) -> BrokerAddress:
-    """mqtt://[user@]host[:port] or mqtts://...; a password in the URL is refused (it is a secret)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-        raise ValueError(f"broker URL must start with mqtt:// or mqtts://, got {url!r}")
-    if parts.password is not None:
-        raise ValueError(
-            "broker URL must not carry a password; set EDGEGAP_MQTT_PASSWORD or mqtt.password_file"
-        )
-    if not parts.hostname:
-        raise ValueError(f"broker URL has no host: {url!r}")
-    if parts.path not in ("", "/"):
-        raise ValueError(f"broker URL takes no path: {url!r}")
-    tls = parts.scheme in ("mqtts", "ssl")
-    try:
-        port = parts.port or (8883 if tls else 1883)
-    except ValueError as exc:
-        raise ValueError(f"broker URL has a bad port: {url!r}") from exc
-    return BrokerAddress(parts.hostname, port, tls, parts.username or None)
 
 
 class MqttLink:

@@ -29,7 +29,6 @@ from agent.signing import load_private_key, sign_manifest
 from converter.data import Normalization, default_color_order, load_data
 from converter.fallback import FallbackResult, find_float_layers
 from converter.gates import (
-    GateResult,
     LatencyStats,
     ModelGraph,
     check_accuracy,
@@ -47,6 +46,7 @@ from converter.gates import (
 )
 from converter.loading import SourceModel, describe, load_model, quiet_native_stderr
 from converter.quantize import convert_float, export_saved_model, quantize
+from converter.result import ConvertResult, PruningSummary
 from converter.tasks.base import AccuracyReport, Dataset, Task
 from firmware_profiles import Profile, QuantScheme
 
@@ -103,37 +103,6 @@ class ConvertOptions:
     prune_steps: int = 1
     prune_importance: str = "l1"
     protect: Sequence[str] = ()  # layer names never pruned (the task adds its own)
-
-
-@dataclass
-class ConvertResult:
-    manifest: Manifest
-    passed: bool
-    reason: str
-    gates: list[GateResult]
-    accuracy: AccuracyReport
-    plain_accuracy: AccuracyReport  # before any float fallback
-    fallback: FallbackResult | None
-    latency: dict[str, LatencyStats]  # "float" and "quant"
-    graph: ModelGraph
-    model_bytes: bytes
-    float_bytes: bytes
-    profile: Profile
-    calibration_source: str
-    validation_source: str
-    timings: dict[str, float]
-    bundle: Path | None = None
-    report_path: Path | None = None
-    pruning: PruningSummary | None = None
-
-
-@dataclass
-class PruningSummary:
-    """The original model against the pruned one, for the report; the int8 figures live beside it."""
-
-    report: Any  # converter.pruning.api.PruneReport
-    original_float_bytes: bytes
-    pruned_accuracy: AccuracyReport  # pruned float model against the original float model
 
 
 def default_name(model: Any) -> str:

@@ -6,7 +6,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from rich.console import Group
@@ -14,9 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from converter.console import human_bytes
-
-if TYPE_CHECKING:
-    from converter.pipeline import ConvertResult
+from converter.result import ConvertResult
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from agent.cli import FLAG_KEYS, cli, overrides_from_flags
-from agent.config import AgentConfig, ConfigError, PublishMode, load_config
-from agent.mqtt import parse_broker_url
+from agent.config import AgentConfig, ConfigError, PublishMode, load_config, parse_broker_url
 
 EXAMPLE = """\
 device_id: cam-01
