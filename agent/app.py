@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
+import numpy as np
+
 from agent import __version__
+from agent.affinity import Pinning, new_native_threads, plan_pinning
 from agent.bundle import Bundle, BundleError, load_bundle
 from agent.config import AgentConfig, ConfigError, GoldenPolicy
 from agent.decoders import OutputDecoder, make_decoder
@@ -79,6 +82,15 @@ class RunSummary:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _opened_and_invoked(content: bytes, threads: int, config: AgentConfig) -> LoadedModel:
+    """The model, opened and invoked once on zeros: interpreters start their workers lazily."""
+    model = open_model(content, threads=threads, backend=config.runtime.backend)
+    spec = model.inputs[0]
+    model.set_input(np.zeros(spec.shape, dtype=spec.dtype))
+    model.invoke()
+    return model
+
+
 def resolve_threads(config: AgentConfig, manifest: Manifest) -> int:
     """Threads from the config, else from the bundle's device profile, else 1."""
     if config.runtime.threads:
@@ -137,6 +149,7 @@ class Agent:
         self._status_thread: threading.Thread | None = None
         self._last_status = 0.0
         self.threads = 1
+        self.pinning: Pinning | None = None
         self._closed = False
 
     # ---- startup ------------------------------------------------------------------------
@@ -147,7 +160,16 @@ class Agent:
         bundle = load_bundle(cfg.bundle.path, keys)
         m = bundle.manifest
         threads = self.threads = resolve_threads(cfg, m)
-        model = open_model(bundle.model_bytes(), threads=threads, backend=cfg.runtime.backend)
+        content = bundle.model_bytes()
+        if cfg.runtime.pin_threads and threads > 1:
+            model, workers = new_native_threads(lambda: _opened_and_invoked(content, threads, cfg))
+            self.pinning = plan_pinning(workers)
+            if self.pinning is not None and not self.pinning.pin_workers():
+                self.pinning = None
+        else:
+            if cfg.runtime.pin_threads:
+                logger.info("runtime.pin_threads: one interpreter thread; nothing to pin")
+            model = open_model(content, threads=threads, backend=cfg.runtime.backend)
         logger.info(
             "bundle %s v%d (%s, %s) on %s %s with %d thread(s)%s",
             m.name,
@@ -235,6 +257,7 @@ class Agent:
             self.metrics,
             self.rolling,
             cfg.pipeline.overlap_post,
+            self.pinning,
         )
         if cfg.metrics.enabled:
             with _opening("metrics.port"):

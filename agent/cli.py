@@ -25,6 +25,7 @@ FLAG_KEYS = {
     "fps": "source.fps",
     "backend": "runtime.backend",
     "threads": "runtime.threads",
+    "pin_threads": "runtime.pin_threads",
     "score_threshold": "detection.score_threshold",
     "max_detections": "detection.max_detections",
     "top_k": "detection.top_k",
@@ -136,6 +137,11 @@ def cli(verbose: int, quiet: bool) -> None:
 @click.option("--fps", type=float, help="Frame rate for native pacing when the source has none.")
 @click.option("--backend", help="Runtime backend: litert, tflite-runtime or tf.lite.")
 @click.option("--threads", type=int, help="Interpreter threads (default: the bundle profile's).")
+@click.option(
+    "--pin-threads/--no-pin-threads",
+    default=None,
+    help="Pin the inference and interpreter threads to their own cores (Linux).",
+)
 @click.option("--score-threshold", type=float, help="Minimum detection score.")
 @click.option("--max-detections", type=int, help="Most detections per frame.")
 @click.option("--top-k", type=int, help="Classifiers: classes reported.")

@@ -166,6 +166,13 @@ class RuntimeConfig(_Strict):
         le=64,
         description="Interpreter threads; empty takes the bundle profile's value.",
     )
+    pin_threads: bool = Field(
+        default=False,
+        description=(
+            "Linux: pin the inference thread and each interpreter worker thread to its own core. "
+            "Helps a multi-threaded interpreter on a camera-paced source (docs/agent.md)."
+        ),
+    )
 
 
 class DetectionConfig(_Strict):

@@ -275,6 +275,11 @@ class Grabber:
             self._restart_pacing()
         return True
 
+    def restart_pacing(self) -> None:
+        """A paced file's next frame is due now. For a consumer that paused on purpose (a
+        benchmark between its blocks): the frames that fell due meanwhile are not caught up on."""
+        self._restart_pacing()
+
     def _restart_pacing(self) -> None:
         self._t_start, self._paced = time.perf_counter(), 0
 

@@ -7,7 +7,7 @@ decoding the next frame while the model runs: throughput-bound). Each round has 
 each phase interleaves blocks of agent frames with blocks of bare interpreter.invoke() calls on
 the same interpreter, so machine noise hits both sides alike:
 
-  latency phase:    paced agent block, then paced bare invokes (both idle between frames)
+  latency phase:    paced bare invokes to settle, then agent, bare, bare, agent (ABBA), paced
   throughput phase: a short warm-up of both, then agent, bare, bare, agent (ABBA), back to back
 
   latency ratio = median agent frame latency (captured -> published, camera-paced)
@@ -15,21 +15,11 @@ the same interpreter, so machine noise hits both sides alike:
   fps ratio     = sustained lockstep agent fps (1 / median block frame period)
                   / (1000 / median back-to-back bare invoke ms)
 
-The throughput phase is warmed up and ordered ABBA because a lockstep block that starts right
-after the paced phase runs on a cold CPU (about 10% slower for its first 40 frames here), while
-the bare block after it runs warm: measured that way the ratio was mostly the order of the blocks.
-
-Usage:
-  python benchmarks/agent_overhead.py [--bundle DIR] [--video FILE] [--rounds 12] [--frames 40]
-                                      [--threads N] [--broker mqtt://HOST:PORT]
-
-With --broker the agent also publishes every result to that MQTT broker (the latency then ends
-when paho has handed the message to the socket); without it, results go to a JSONL file only.
-
-Without --bundle it converts the reference detector (converter/zoo/weights/detector.keras) with
-`edgegap convert --profile x86-avx2` (int8, calibrated on 100 train-split images); when that file
-is missing it builds a stand-in of realistic size (MobileNetV2 width 0.5 at 256 px with an SSD
-head and TFLite_Detection_PostProcess, random weights) and says so.
+Both phases are ordered ABBA, so drift over a round hits both sides alike. The lockstep blocks are
+warmed up first because a lockstep block right after the paced phase ran about 10% slower for its
+first 40 frames than a warm one. Each paced agent block restarts the clip's pacing: otherwise the
+frames that fell due while the benchmark ran other blocks were caught up on in a burst (7 to 13
+of each 40, decoded back to back and partly dropped), which is not camera pace.
 """
 
 from __future__ import annotations
@@ -230,7 +220,12 @@ def build_stand_in(work: Path) -> Path:
 
 
 def start_agent(
-    bundle: Path, video: Path, rate: str, threads: int | None, broker: str | None
+    bundle: Path,
+    video: Path,
+    rate: str,
+    threads: int | None,
+    broker: str | None,
+    pin: bool = False,
 ) -> Agent:
     overrides: dict[str, Any] = {
         "bundle.path": str(bundle), "source.uri": str(video), "source.rate": rate, "source.loop": True,
@@ -238,6 +233,8 @@ def start_agent(
     }  # fmt: skip
     if threads:
         overrides["runtime.threads"] = threads
+    if pin:
+        overrides["runtime.pin_threads"] = True
     if broker:
         overrides["mqtt.broker"] = broker
         overrides["device_id"] = f"bench-{rate}"
@@ -258,6 +255,15 @@ def bare_invokes(interp: Any, count: int, period: float = 0.0) -> list[float]:
     return times
 
 
+def paced_block(agent: Agent, frames: int) -> list[float]:
+    """Frame latencies (s) of one camera-paced block of the agent, its clip's pacing restarted."""
+    assert agent.pipeline is not None and agent.grabber is not None
+    agent.grabber.restart_pacing()
+    before = len(agent.pipeline.stats.stages["total"])
+    agent.pipeline.run(agent.stop_event, max_frames=frames)
+    return list(agent.pipeline.stats.stages["total"])[before:]
+
+
 def lockstep_block(agent: Agent, frames: int) -> float:
     """Seconds per frame of one lockstep block of the agent."""
     assert agent.pipeline is not None
@@ -267,12 +273,18 @@ def lockstep_block(agent: Agent, frames: int) -> float:
 
 
 def measure(
-    bundle: Path, video: Path, rounds: int, frames: int, threads: int | None, broker: str | None
+    bundle: Path,
+    video: Path,
+    rounds: int,
+    frames: int,
+    threads: int | None,
+    broker: str | None,
+    pin: bool = False,
 ) -> dict[str, Any]:
     """Rounds of: paced agent | paced bare invokes; warm-up, then lockstep agent and bare ABBA."""
     # latency: frames arrive like a camera's; throughput: every frame, as fast as it goes
-    paced = start_agent(bundle, video, "native", threads, broker)
-    flat = start_agent(bundle, video, "all", threads, broker)
+    paced = start_agent(bundle, video, "native", threads, broker, pin)
+    flat = start_agent(bundle, video, "all", threads, broker, pin)
     assert paced.pipeline is not None and flat.pipeline is not None and flat.model is not None
     assert paced.grabber is not None
     fps_src = paced.grabber.source.fps or 30.0
@@ -282,12 +294,13 @@ def measure(
     bare: list[float] = []
     periods: list[float] = []
     warm = max(frames // 4, 5)
+    period = 1.0 / fps_src
     try:
         for r in range(rounds + 1):  # round 0 warms up and is discarded
-            before = len(paced.pipeline.stats.stages["total"])
-            paced.pipeline.run(paced.stop_event, max_frames=frames)
-            lat = list(paced.pipeline.stats.stages["total"])[before:]
-            bp = bare_invokes(interp, frames, 1.0 / fps_src)
+            bare_invokes(interp, warm, period)  # settle from the busy phase into camera pace
+            lat = paced_block(paced, frames)
+            bp = bare_invokes(interp, frames, period) + bare_invokes(interp, frames, period)
+            lat += paced_block(paced, frames)
             lockstep_block(flat, warm)  # the CPU is cold after the paced phase: warm both up
             bare_invokes(interp, warm)
             p1 = lockstep_block(flat, frames)
@@ -316,9 +329,11 @@ def measure(
         "bare_ms": float(np.median(bare)) * 1000,
         "fps": 1.0 / float(np.median(periods)),
         "frames": (len(latency), len(periods) * frames),
+        "dropped": paced.grabber.stats.dropped,
         "stage_ms": stage_ms,
         "flat_stage_ms": flat_stage_ms,
         "threads": flat.threads,
+        "pinned": flat.pinning is not None,
         "inline": paced.grabber.stats.inline,
     }
 
@@ -341,6 +356,11 @@ def main() -> None:
         "--threads", type=int, help="Interpreter threads (default: the bundle profile's)."
     )
     ap.add_argument("--broker", help="Also publish every result to this MQTT broker.")
+    ap.add_argument(
+        "--pin-threads",
+        action="store_true",
+        help="runtime.pin_threads: inference and interpreter threads on their own cores.",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -368,15 +388,26 @@ def main() -> None:
             ]
         for label, video in videos:
             results.append(
-                (label, measure(bundle, video, args.rounds, args.frames, args.threads, args.broker))
+                (
+                    label,
+                    measure(
+                        bundle,
+                        video,
+                        args.rounds,
+                        args.frames,
+                        args.threads,
+                        args.broker,
+                        args.pin_threads,
+                    ),
+                )
             )
     r0 = results[0][1]
-    print(f"model: {what}; backend {r0['backend']}, {r0['threads']} interpreter thread(s); "
+    print(f"model: {what}; backend {r0['backend']}, {r0['threads']} interpreter thread(s){' pinned' if r0['pinned'] else ''}; "
           f"results to {'MQTT ' + args.broker + ' and ' if args.broker else ''}JSONL")  # fmt: skip
     for label, r in results:
         paced_n, flat_n = r["frames"]
         print(f"[source {label}] frames: {paced_n} camera-paced at {r['source_fps']:.0f} fps "
-              f"({r['inline']} read inline), {flat_n} lockstep in blocks of {args.frames}; medians over all rounds")  # fmt: skip
+              f"({r['inline']} read inline, {r['dropped']} dropped), {flat_n} lockstep in blocks of {args.frames}; medians over all rounds")  # fmt: skip
         stages = "  ".join(f"{k} {v:.3f}" for k, v in r["stage_ms"].items() if v is not None)
         print(f"[source {label}] camera-paced stage medians (ms): {stages}")
         stages = "  ".join(f"{k} {v:.3f}" for k, v in r["flat_stage_ms"].items() if v is not None)

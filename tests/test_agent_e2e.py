@@ -536,3 +536,75 @@ def test_commands_over_mqtt(
         agent.request_stop()
         thread.join(20)
     assert not thread.is_alive()
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="pinning needs Linux and two cores",
+)
+def test_pin_threads_puts_interpreter_workers_on_other_cores(tmp_path: Path) -> None:
+    """runtime.pin_threads: workers pinned apart from the inference thread; the post thread is free."""
+    allowed = os.sched_getaffinity(0)
+    video = write_video(tmp_path / "clip.avi", 12)
+    cfg = load_config(
+        None,
+        {
+            "bundle.path": str(cached_bundle("ssd_postprocess").path),
+            "source.uri": str(video),
+            "source.rate": "all",
+            "outputs.jsonl": str(tmp_path / "out.jsonl"),
+            "runtime.threads": 2,
+            "runtime.pin_threads": True,
+        },
+    )
+    agent = Agent(cfg)
+    agent.start()
+    pinning = agent.pinning
+    assert pinning is not None and pinning.workers
+    assert pinning.inference_cpu in allowed and pinning.allowed == frozenset(allowed)
+    for tid, cpu in pinning.workers.items():
+        assert cpu != pinning.inference_cpu
+        assert os.sched_getaffinity(tid) == {cpu}
+    assert agent.pipeline is not None
+    seen: list[tuple[int, set[int]]] = []
+    publish = agent.pipeline.handle
+
+    def spy(result: Any) -> None:
+        seen.append((threading.get_native_id(), os.sched_getaffinity(0)))
+        time.sleep(0.01)  # a slow output: later frames' decoding moves to the post thread
+        publish(result)
+
+    agent.pipeline.handle = spy
+    inference: list[int] = []
+    summaries: list[RunSummary] = []
+
+    def serve() -> None:  # on its own thread, so pytest's thread is never pinned
+        inference.append(threading.get_native_id())
+        summaries.append(agent.run())
+
+    t = threading.Thread(target=serve)
+    t.start()
+    t.join(60)
+    assert summaries and summaries[0].frames == 12
+    assert os.sched_getaffinity(0) == allowed
+    assert len(seen) == 12
+    assert any(tid != inference[0] for tid, _ in seen)
+    for tid, cpus in seen:  # decoded inline on the inference thread, or on the free post thread
+        assert cpus == ({pinning.inference_cpu} if tid == inference[0] else allowed)
+
+
+def test_pin_threads_with_one_interpreter_thread_pins_nothing(tmp_path: Path) -> None:
+    cfg = load_config(
+        None,
+        {
+            "bundle.path": str(cached_bundle("ssd_postprocess").path),
+            "source.uri": str(write_video(tmp_path / "clip.avi", 3)),
+            "outputs.jsonl": str(tmp_path / "out.jsonl"),
+            "runtime.threads": 1,
+            "runtime.pin_threads": True,
+        },
+    )
+    agent = Agent(cfg)
+    agent.start()
+    assert agent.pinning is None
+    assert agent.run().frames == 3

@@ -240,6 +240,26 @@ def test_consumer_falling_behind_hands_reads_back_to_the_grabber(tmp_path: Path)
     assert g.stats.dropped > 0 and len(seen) + g.stats.dropped == g.stats.read == 60
 
 
+@pytest.mark.parametrize("restart", [False, True])
+def test_pause_catches_up_unless_pacing_restarts(tmp_path: Path, restart: bool) -> None:
+    """A paused consumer of a paced file: the frames due meanwhile come at once (dropped if the
+    consumer is slower than decoding), or, after restart_pacing(), the clip goes on at its pace."""
+    g = grabber_for(write_video(tmp_path / "v.avi", 40, fps=50.0), Rate.NATIVE)
+    g.start()
+    first = [g.next(timeout=5) for _ in range(10)]
+    time.sleep(0.4)  # 20 frame intervals
+    if restart:
+        g.restart_pacing()
+    t0 = time.perf_counter()
+    rest = drain(g)
+    took = time.perf_counter() - t0
+    g.stop()
+    assert [f.index for f in first if f is not None] == list(range(10))
+    assert rest[-1] == 39 and len(rest) + g.stats.dropped == 30
+    if restart:  # 30 frames at 50 fps, none dropped: at least 0.58 s, however busy the machine
+        assert rest == list(range(10, 40)) and took > 0.5
+
+
 def test_inline_reads_can_be_turned_off(tmp_path: Path) -> None:
     source = make_source(SourceConfig(uri=str(write_video(tmp_path / "v.avi", 20, fps=100.0))))
     g = Grabber(source, Rate.NATIVE, inline=False)

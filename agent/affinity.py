@@ -1,0 +1,105 @@
+"""Keeping a multi-threaded interpreter's threads on separate cores (Linux, opt-in).
+
+Between camera frames the inference thread sleeps. When it wakes and invokes the model, the
+scheduler may wake the interpreter's worker threads on the inference thread's own core (the
+other cores being idle), so every parallel operator runs its shares one after another on that
+core until load balancing spreads them again, milliseconds later. With `runtime.pin_threads`
+the inference thread is pinned to one core and each worker to another, so the shares run side
+by side from the first operator on. The interpreter's workers are found as the native threads
+that appear while the model is opened and first invoked.
+
+Pinning does nothing for a one-thread interpreter, and a pinned thread cannot move away from a
+core that something else keeps busy: it is for devices that serve the model and little else.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_TASKS = Path("/proc/self/task")
+
+
+def native_thread_ids() -> set[int]:
+    """Kernel ids of this process's threads; empty where /proc does not list them."""
+    try:
+        return {int(t) for t in os.listdir(_TASKS)}
+    except OSError:
+        return set()
+
+
+def python_thread_ids() -> set[int]:
+    return {t.native_id for t in threading.enumerate() if t.native_id is not None}
+
+
+def new_native_threads(action: Callable[[], T]) -> tuple[T, set[int]]:
+    """Run action; return its result and the threads it started that Python did not."""
+    before = native_thread_ids()
+    result = action()
+    return result, native_thread_ids() - before - python_thread_ids()
+
+
+@dataclass(frozen=True)
+class Pinning:
+    """Where the inference thread and each interpreter worker run; `allowed` for everyone else."""
+
+    inference_cpu: int
+    workers: dict[int, int]  # worker thread id -> cpu
+    allowed: frozenset[int]
+
+    def pin_workers(self) -> bool:
+        try:
+            for tid, cpu in self.workers.items():
+                os.sched_setaffinity(tid, {cpu})
+        except OSError as exc:
+            logger.warning("cannot pin the interpreter's threads (%s); they run unpinned", exc)
+            return False
+        return True
+
+    def pin_inference_thread(self) -> None:
+        """Called on the thread that invokes the model."""
+        try:
+            os.sched_setaffinity(0, {self.inference_cpu})
+        except OSError as exc:
+            logger.warning("cannot pin the inference thread (%s); it runs unpinned", exc)
+
+    def release_current_thread(self) -> None:
+        """For threads started by the pinned inference thread: run anywhere, as before."""
+        try:
+            os.sched_setaffinity(0, self.allowed)
+        except OSError as exc:
+            logger.debug("cannot release a thread's pinning: %s", exc)
+
+
+def plan_pinning(workers: set[int]) -> Pinning | None:
+    """Inference thread on the last allowed core, workers round-robin on the others.
+
+    None (and a log line saying why) when there is nothing to gain: no workers, or one core.
+    """
+    if not hasattr(os, "sched_getaffinity"):
+        logger.warning("runtime.pin_threads: this platform cannot pin threads; ignored")
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    if not workers:
+        logger.info("runtime.pin_threads: the interpreter started no worker threads; nothing pinned")
+        return None
+    if len(allowed) < 2:
+        logger.info("runtime.pin_threads: one core allowed; nothing pinned")
+        return None
+    inference, others = allowed[-1], allowed[:-1]
+    placed = {tid: others[i % len(others)] for i, tid in enumerate(sorted(workers))}
+    logger.info(
+        "runtime.pin_threads: inference thread on cpu %d, %d interpreter worker(s) on cpu %s",
+        inference,
+        len(placed),
+        ",".join(str(c) for c in sorted(set(placed.values()))),
+    )
+    return Pinning(inference, placed, frozenset(allowed))
