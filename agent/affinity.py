@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -26,6 +27,10 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _TASKS = Path("/proc/self/task")
+# The cores this process may use, read at import, before any thread of it is pinned.
+ALLOWED: frozenset[int] = (
+    frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else frozenset()
+)
 
 
 def native_thread_ids() -> set[int]:
@@ -45,6 +50,28 @@ def new_native_threads(action: Callable[[], T]) -> tuple[T, set[int]]:
     before = native_thread_ids()
     result = action()
     return result, native_thread_ids() - before - python_thread_ids()
+
+
+@contextmanager
+def unpinned() -> Iterator[None]:
+    """Let the current thread use every allowed core meanwhile, so the threads it starts (and an
+    interpreter's workers) do not inherit a pinning it got as an inference thread."""
+    if not ALLOWED:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    widened = False
+    if before != ALLOWED:
+        try:
+            os.sched_setaffinity(0, ALLOWED)
+            widened = True
+        except OSError as exc:  # the cores allowed at start are not all allowed now
+            logger.debug("cannot widen the thread's cores: %s", exc)
+    try:
+        yield
+    finally:
+        if widened:
+            os.sched_setaffinity(0, before)
 
 
 @dataclass(frozen=True)
@@ -84,10 +111,10 @@ def plan_pinning(workers: set[int]) -> Pinning | None:
 
     None (and a log line saying why) when there is nothing to gain: no workers, or one core.
     """
-    if not hasattr(os, "sched_getaffinity"):
+    if not ALLOWED:
         logger.warning("runtime.pin_threads: this platform cannot pin threads; ignored")
         return None
-    allowed = sorted(os.sched_getaffinity(0))
+    allowed = sorted(ALLOWED)
     if not workers:
         logger.info("runtime.pin_threads: the interpreter started no worker threads; nothing pinned")
         return None

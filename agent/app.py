@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from agent import __version__
-from agent.affinity import Pinning, new_native_threads, plan_pinning
+from agent.affinity import Pinning, new_native_threads, plan_pinning, unpinned
 from agent.bundle import Bundle, BundleError, load_bundle
 from agent.config import AgentConfig, ConfigError, GoldenPolicy
 from agent.decoders import OutputDecoder, make_decoder
@@ -207,6 +207,10 @@ class Agent:
 
     def start(self) -> None:
         """Load and check the bundle, open source and outputs, connect. Raises EdgegapError subclasses."""
+        with unpinned():  # threads started here run anywhere, even if this thread served pinned
+            self._start()
+
+    def _start(self) -> None:
         cfg = self.config
         self.load_model()
         assert self.bundle is not None and self.model is not None and self.decoder is not None

@@ -578,9 +578,18 @@ def test_pin_threads_puts_interpreter_workers_on_other_cores(tmp_path: Path) -> 
     inference: list[int] = []
     summaries: list[RunSummary] = []
 
+    second: list[tuple[Any, set[int]]] = []
+
     def serve() -> None:  # on its own thread, so pytest's thread is never pinned
         inference.append(threading.get_native_id())
         summaries.append(agent.run())
+        # A second agent started on this (now pinned) thread: its threads are not pinned with it.
+        again = Agent(cfg)
+        again.start()
+        grabber = next(t for t in threading.enumerate() if t.name == "edgegap-grabber")
+        assert grabber.native_id is not None
+        second.append((again.pinning, os.sched_getaffinity(grabber.native_id)))
+        again.close()
 
     t = threading.Thread(target=serve)
     t.start()
@@ -589,6 +598,10 @@ def test_pin_threads_puts_interpreter_workers_on_other_cores(tmp_path: Path) -> 
     assert os.sched_getaffinity(0) == allowed
     assert len(seen) == 12
     assert any(tid != inference[0] for tid, _ in seen)
+    again_pinning, grabber_cpus = second[0]
+    assert again_pinning is not None and grabber_cpus == allowed
+    for tid, cpu in again_pinning.workers.items():
+        assert cpu != again_pinning.inference_cpu and os.sched_getaffinity(tid) == {cpu}
     for tid, cpus in seen:  # decoded inline on the inference thread, or on the free post thread
         assert cpus == ({pinning.inference_cpu} if tid == inference[0] else allowed)
 
