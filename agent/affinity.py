@@ -82,15 +82,6 @@ class Pinning:
     workers: dict[int, int]  # worker thread id -> cpu
     allowed: frozenset[int]
 
-    def pin_workers(self) -> bool:
-        try:
-            for tid, cpu in self.workers.items():
-                os.sched_setaffinity(tid, {cpu})
-        except OSError as exc:
-            logger.warning("cannot pin the interpreter's threads (%s); they run unpinned", exc)
-            return False
-        return True
-
     def pin_inference_thread(self) -> None:
         """Called on the thread that invokes the model."""
         try:
@@ -106,11 +97,10 @@ class Pinning:
             logger.debug("cannot release a thread's pinning: %s", exc)
 
 
-def plan_pinning(workers: set[int]) -> Pinning | None:
-    """Inference thread on the last allowed core, workers round-robin on the others.
-
-    None (and a log line saying why) when there is nothing to gain: no workers, or one core.
-    """
+def pin_workers(workers: set[int]) -> Pinning | None:
+    """Pin the workers round-robin on all allowed cores but the last, which the Pinning returned
+    keeps for the inference thread. None (and a log line saying why) when nothing is pinned: no
+    workers, one core, or the OS refused."""
     if not ALLOWED:
         logger.warning("runtime.pin_threads: this platform cannot pin threads; ignored")
         return None
@@ -123,6 +113,12 @@ def plan_pinning(workers: set[int]) -> Pinning | None:
         return None
     inference, others = allowed[-1], allowed[:-1]
     placed = {tid: others[i % len(others)] for i, tid in enumerate(sorted(workers))}
+    try:
+        for tid, cpu in placed.items():
+            os.sched_setaffinity(tid, {cpu})
+    except OSError as exc:
+        logger.warning("cannot pin the interpreter's threads (%s); they run unpinned", exc)
+        return None
     logger.info(
         "runtime.pin_threads: inference thread on cpu %d, %d interpreter worker(s) on cpu %s",
         inference,

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from agent import __version__
-from agent.affinity import Pinning, new_native_threads, plan_pinning, unpinned
+from agent.affinity import Pinning, new_native_threads, pin_workers, unpinned
 from agent.bundle import Bundle, BundleError, load_bundle
 from agent.config import AgentConfig, ConfigError, GoldenPolicy
 from agent.decoders import OutputDecoder, make_decoder
@@ -161,14 +161,10 @@ class Agent:
         m = bundle.manifest
         threads = self.threads = resolve_threads(cfg, m)
         content = bundle.model_bytes()
-        if cfg.runtime.pin_threads and threads > 1:
+        if cfg.runtime.pin_threads:
             model, workers = new_native_threads(lambda: _opened_and_invoked(content, threads, cfg))
-            self.pinning = plan_pinning(workers)
-            if self.pinning is not None and not self.pinning.pin_workers():
-                self.pinning = None
+            self.pinning = pin_workers(workers)
         else:
-            if cfg.runtime.pin_threads:
-                logger.info("runtime.pin_threads: one interpreter thread; nothing to pin")
             model = open_model(content, threads=threads, backend=cfg.runtime.backend)
         logger.info(
             "bundle %s v%d (%s, %s) on %s %s with %d thread(s)%s",
