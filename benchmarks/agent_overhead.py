@@ -20,6 +20,20 @@ warmed up first because a lockstep block right after the paced phase ran about 1
 first 40 frames than a warm one. Each paced agent block restarts the clip's pacing: otherwise the
 frames that fell due while the benchmark ran other blocks were caught up on in a burst (7 to 13
 of each 40, decoded back to back and partly dropped), which is not camera pace.
+
+Usage:
+  python benchmarks/agent_overhead.py [--bundle DIR] [--video FILE] [--rounds 12] [--frames 40]
+                                      [--threads N] [--pin-threads] [--broker mqtt://HOST:PORT]
+
+With --broker the agent also publishes every result to that MQTT broker (the latency then ends
+when paho has handed the message to the socket); without it, results go to a JSONL file only.
+--pin-threads sets runtime.pin_threads for both agents (and so for the bare invokes, which run on
+the same interpreter and thread).
+
+Without --bundle it converts the reference detector (converter/zoo/weights/detector.keras) with
+`edgegap convert --profile x86-avx2` (int8, calibrated on 100 train-split images); when that file
+is missing it builds a stand-in of realistic size (MobileNetV2 width 0.5 at 256 px with an SSD
+head and TFLite_Detection_PostProcess, random weights) and says so.
 """
 
 from __future__ import annotations
@@ -339,7 +353,9 @@ def measure(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument(
         "--bundle",
         type=Path,
