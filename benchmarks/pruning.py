@@ -14,7 +14,7 @@ trained dense model too. Without the reference detector, part 2 prints "skipped"
 
 Usage:
   python benchmarks/pruning.py [--size 224] [--iterations 100] [--threads 1] [--skip-arch]
-                               [--skip-detector] [--epochs 8] [--steps 2] [--train 4000] [--lr 2e-3]
+                               [--skip-detector] [--epochs 8] [--steps 2] [--train 4000] [--lr 2e-3] [--patience 2]
                                [--freeze-bn auto|yes|no] [--no-labels] [--control]
                                [--stages] [--round-to 1]
 
@@ -111,7 +111,7 @@ def detector(iterations: int, threads: int, args: argparse.Namespace) -> list[st
     freeze = {"auto": None, "yes": True, "no": False}[args.freeze_bn]
     pruned, report = prune(
         dense, 0.5, data=x_train, labels=targets, task_loss=task_loss, distill_loss=detection_distill_loss(),
-        epochs=epochs, steps=steps, patience=2, learning_rate=args.lr, freeze_batchnorm=freeze,
+        epochs=epochs, steps=steps, patience=args.patience, learning_rate=args.lr, freeze_batchnorm=freeze,
         round_to=args.round_to,
     )  # fmt: skip
     how = "task loss + distillation" if labels else "distillation alone"
@@ -192,6 +192,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--train", type=int, default=4000)
     ap.add_argument("--lr", type=float, default=2e-3, help="Fine-tune learning rate (cosine decay).")
+    ap.add_argument("--patience", type=int, default=2, help="Early stop after this many epochs without improvement.")
     ap.add_argument("--freeze-bn", choices=["auto", "yes", "no"], default="no")
     ap.add_argument("--no-labels", action="store_true", help="Fine-tune by distillation alone.")
     ap.add_argument("--control", action="store_true", help="Also fine-tune the dense model the same way.")
