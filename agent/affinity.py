@@ -76,25 +76,19 @@ def unpinned() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Pinning:
-    """Where the inference thread and each interpreter worker run; `allowed` for everyone else."""
+    """Where the inference thread and each interpreter worker run; every other thread may use
+    all of ALLOWED."""
 
     inference_cpu: int
     workers: dict[int, int]  # worker thread id -> cpu
-    allowed: frozenset[int]
 
     def pin_inference_thread(self) -> None:
-        """Called on the thread that invokes the model."""
+        """Called on the thread that invokes the model. Threads it starts later should be
+        started inside unpinned(), so they do not inherit its single core."""
         try:
             os.sched_setaffinity(0, {self.inference_cpu})
         except OSError as exc:
             logger.warning("cannot pin the inference thread (%s); it runs unpinned", exc)
-
-    def release_current_thread(self) -> None:
-        """For threads started by the pinned inference thread: run anywhere, as before."""
-        try:
-            os.sched_setaffinity(0, self.allowed)
-        except OSError as exc:
-            logger.debug("cannot release a thread's pinning: %s", exc)
 
 
 def pin_workers(workers: set[int]) -> Pinning | None:
@@ -125,4 +119,4 @@ def pin_workers(workers: set[int]) -> Pinning | None:
         len(placed),
         ",".join(str(c) for c in sorted(set(placed.values()))),
     )
-    return Pinning(inference, placed, frozenset(allowed))
+    return Pinning(inference, placed)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.affinity import Pinning
+from agent.affinity import Pinning, unpinned
 from agent.decoders import OutputDecoder, needed_roles
 from agent.grabber import Frame, Grabber
 from agent.manifest import Manifest, OutputRole
@@ -84,9 +84,8 @@ class _PostWorker:
     inline and saves a thread hand-off. Results are always published in frame order.
     """
 
-    def __init__(self, fn: Callable[[_Job], None], on_start: Callable[[], None] | None = None) -> None:
+    def __init__(self, fn: Callable[[_Job], None]) -> None:
         self._fn = fn
-        self._on_start = on_start
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=1)
         self._lock = threading.Lock()  # held while a job is processed, on either thread
         self._pending = 0  # jobs queued and not yet finished
@@ -115,8 +114,6 @@ class _PostWorker:
             self.error = exc
 
     def _run(self) -> None:
-        if self._on_start is not None:
-            self._on_start()
         while (job := self._queue.get()) is not None:
             with self._lock:
                 self._process(job)
@@ -164,11 +161,10 @@ class Pipeline:
 
         Returns the number of frames processed; re-raises a source failure or an output bug.
         """
-        release = None
         if self.pinning is not None:
             self.pinning.pin_inference_thread()
-            release = self.pinning.release_current_thread  # the post thread runs anywhere
-        worker = _PostWorker(self._post, release) if self.overlap else None
+        with unpinned():  # the post thread may use every core, however this thread is pinned
+            worker = _PostWorker(self._post) if self.overlap else None
         pending: _Job | None = None  # inferred, its post deferred until the next invoke starts
         n = 0
         started = time.perf_counter()

@@ -36,6 +36,7 @@ from test_agent_kit import (
     write_video,
 )
 
+from agent import affinity
 from agent.app import Agent, RunSummary
 from agent.bundle import write_bundle
 from agent.cli import cli
@@ -561,7 +562,7 @@ def test_pin_threads_puts_interpreter_workers_on_other_cores(tmp_path: Path) -> 
     agent.start()
     pinning = agent.pinning
     assert pinning is not None and pinning.workers
-    assert pinning.inference_cpu in allowed and pinning.allowed == frozenset(allowed)
+    assert pinning.inference_cpu in allowed and frozenset(allowed) == affinity.ALLOWED
     for tid, cpu in pinning.workers.items():
         assert cpu != pinning.inference_cpu
         assert os.sched_getaffinity(tid) == {cpu}
