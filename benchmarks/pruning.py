@@ -115,8 +115,12 @@ def detector(iterations: int, threads: int, args: argparse.Namespace) -> list[st
         round_to=args.round_to,
     )  # fmt: skip
     how = "task loss + distillation" if labels else "distillation alone"
-    print(f"detector: 50% of channels removed in {steps} step(s), each fine-tuned {epochs} epoch(s) ({how}), "
-          f"{time.perf_counter() - t0:.0f} s")  # fmt: skip
+    name = f"detector 50% channels (rounded to x{args.round_to})" if args.round_to > 1 else "detector 50% channels"
+    rounded = f", kept counts rounded up to multiples of {args.round_to}" if args.round_to > 1 else ""
+    removed = report.channels_before - report.channels_after
+    print(f"detector: 50% of channels asked{rounded}: {removed} of {report.channels_before} prunable channels "
+          f"({removed / max(report.channels_before, 1):.1%}) removed in {steps} step(s), each fine-tuned "
+          f"{epochs} epoch(s) ({how}), {time.perf_counter() - t0:.0f} s")  # fmt: skip
     print("  kept whole: " + ", ".join(f"{k.layer} ({k.reason})" for k in report.kept_whole))
     for i, ft in enumerate(report.fine_tune, 1):
         print(f"  fine-tune {i}: validation loss {ft.start_val_loss:.4g} -> {ft.best_val_loss:.4g}, "
@@ -133,7 +137,7 @@ def detector(iterations: int, threads: int, args: argparse.Namespace) -> list[st
         map_control = 100 * evaluate_keras(tuned, cfg, test).map50
         print(f"  control: dense model with the same fine-tune ({time.perf_counter() - t0:.0f} s): mAP@0.5 {map_control:6.2f}")
         control_line = [
-            f"detector 50% channels: mAP@0.5 drop {map_control - map_pruned:+.2f} points vs dense float given the same fine-tune"
+            f"{name}: mAP@0.5 drop {map_control - map_pruned:+.2f} points vs dense float given the same fine-tune"
         ]
     calib = x_train[:8]
     if args.stages:
@@ -145,9 +149,9 @@ def detector(iterations: int, threads: int, args: argparse.Namespace) -> list[st
     print(f"  dense : {report.before.macs / 1e6:8.1f} M MACs  {ms[0]:8.2f} ms  mAP@0.5 {map_dense:6.2f}")
     print(f"  pruned: {report.after.macs / 1e6:8.1f} M MACs  {ms[1]:8.2f} ms  mAP@0.5 {map_pruned:6.2f}")
     return [
-        f"detector 50% channels: MACs ratio {report.macs_ratio:.3f} (goal <= 0.5)",
-        f"detector 50% channels: int8 latency ratio {ms[1] / ms[0]:.3f} (goal <= 0.6)",
-        f"detector 50% channels: mAP@0.5 drop {map_dense - map_pruned:+.2f} points vs dense float (goal <= 1.0)",
+        f"{name}: MACs ratio {report.macs_ratio:.3f} (goal <= 0.5)",
+        f"{name}: int8 latency ratio {ms[1] / ms[0]:.3f} (goal <= 0.6)",
+        f"{name}: mAP@0.5 drop {map_dense - map_pruned:+.2f} points vs dense float (goal <= 1.0)",
         *control_line,
     ]
 
@@ -198,7 +202,7 @@ def main() -> None:
     ap.add_argument("--control", action="store_true", help="Also fine-tune the dense model the same way.")
     ap.add_argument("--test", type=int, default=300)
     ap.add_argument("--stages", action="store_true", help="Also time the detector stage by stage.")
-    ap.add_argument("--round-to", type=int, default=1, help="Keep channel counts multiples of this.")
+    ap.add_argument("--round-to", type=int, default=1, help="Round kept channel counts up to multiples of this.")
     args = ap.parse_args()
     lines = []
     if not args.skip_arch:

@@ -193,6 +193,28 @@ def test_protected_layers_and_unknown_names():
         make_plan(model, 0.5, protected=["dwon"])
 
 
+@pytest.mark.parametrize("mode", ["uniform", "global"])
+def test_round_to_rounds_kept_counts_up_and_says_so(mode, x16):
+    inp = keras.Input((16, 16, 3))
+    a = layers.Conv2D(24, 3, padding="same", activation="relu", name="a")(inp)
+    b = layers.Conv2D(12, 3, padding="same", activation="relu", name="b")(a)
+    c = layers.Conv2D(8, 3, padding="same", activation="relu", name="c")(b)
+    model = keras.Model(inp, layers.Dense(4, name="out")(layers.GlobalAveragePooling2D()(c)))
+    plain = make_plan(model, 0.5, mode=mode, min_channels=1)
+    rounded = make_plan(model, 0.5, mode=mode, min_channels=1, round_to=8)
+    counts = {n: len(rounded.kept_filters(n)) for n in ("a", "b", "c")}
+    assert all(k % 8 == 0 for k in counts.values()), counts
+    for n in ("a", "b", "c"):  # rounding only ever keeps more, and keeps the most important
+        assert set(plain.kept_filters(n)) <= set(rounded.kept_filters(n))
+    assert counts["c"] == 8
+    assert [k.reason for k in rounded.kept_whole() if k.layer == "c"] == [
+        "minimum channels or rounding to multiples of 8"
+    ]
+    pruned = rebuild(rounded)
+    assert count_macs(pruned) == rounded.predicted_macs
+    assert _outputs(pruned, x16)[0].shape == (4, 4)
+
+
 def test_global_mode_and_per_layer_ratio():
     model = toy_model()
     g = make_plan(model, 0.5, mode="global", min_channels=2)

@@ -37,6 +37,7 @@ class PrunePlan:
     removed: set[int] = field(default_factory=set)  # removed class roots
     scores: dict[int, float] = field(default_factory=dict)
     ratio: float = 0.0
+    round_to: int = 1  # kept counts were rounded up to multiples of this
 
     def kept(self, key: str) -> list[int] | None:
         return self.graph.kept_positions(key, self.removed)
@@ -70,7 +71,8 @@ class PrunePlan:
                 continue
             reasons = _main_reasons(set().union(*grp.fixed.values()) if grp.fixed else set())
             if len(grp.fixed) < grp.size:
-                reasons.append("minimum channels")
+                rounding = f" or rounding to multiples of {self.round_to}" if self.round_to > 1 else ""
+                reasons.append(f"minimum channels{rounding}")
             for p in grp.producers:
                 out.append(KeptWhole(p, len(grp.filters_of(p, grp.roots)), "; ".join(reasons)))
         return out
@@ -152,7 +154,7 @@ class Planner:
         own ratio. No group keeps fewer than min_channels."""
         if not 0 <= ratio < 1:
             raise PruningError(f"channel ratio must be in [0, 1), got {ratio}")
-        plan = PrunePlan(self.graph, self.groups, ratio=ratio)
+        plan = PrunePlan(self.graph, self.groups, ratio=ratio, round_to=self.round_to)
         if ratio == 0 and not per_layer:
             return plan
         plan.scores = self.scores
