@@ -211,19 +211,20 @@ class Pipeline:
             raise self.grabber.error
         return n
 
-    def _prepare(self, frame: Frame) -> tuple[np.ndarray, FrameTransform, float, float, float]:
-        """The frame's model input (made now unless the grabber made it), with its timings."""
+    def _prepare(self, frame: Frame) -> tuple[np.ndarray | None, FrameTransform, float, float, float]:
+        """The frame's model input and its timings. The grabber may have made it; otherwise it is
+        written straight into the interpreter's input buffer, and None stands for it."""
         picked = time.perf_counter()
         if frame.prepared is not None:
             (x, transform), pre_s = frame.prepared, frame.pre_s
             return x, transform, picked, pre_s, picked - frame.captured - pre_s
-        x, transform = self.preprocess(frame.image)
-        return x, transform, picked, time.perf_counter() - picked, picked - frame.captured
+        transform = self.model.write_input(lambda buf: self.preprocess(frame.image, buf)[1])
+        return None, transform, picked, time.perf_counter() - picked, picked - frame.captured
 
     def _infer(
         self,
         frame: Frame,
-        x: np.ndarray,
+        x: np.ndarray | None,
         transform: FrameTransform,
         picked: float,
         pre_s: float,
@@ -231,7 +232,8 @@ class Pipeline:
         before_invoke: Callable[[], None] | None = None,
     ) -> _Job:
         t1 = time.perf_counter()
-        self.model.set_input(x)
+        if x is not None:
+            self.model.set_input(x)
         if before_invoke is not None:
             before_invoke()
         self.model.invoke()

@@ -10,7 +10,6 @@ single per-channel affine map p * a + b, applied in one pass over the pixels.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -122,7 +121,7 @@ class Preprocessor:
         norm = Normalizer.from_spec(spec)
         ramp = np.repeat(np.arange(256, dtype=np.uint8).reshape(1, 256, 1), self.channels, axis=2)
         self.lut = np.ascontiguousarray(norm(ramp)[0])  # (1, 256, C) in the input dtype
-        self._pixel_map = _pixel_map(self.lut)
+        self._pixel_map = _PixelMap.of(self.lut)
         self._canvas: np.ndarray | None = None
         self._transforms: dict[tuple[int, int], FrameTransform] = {}
 
@@ -165,39 +164,97 @@ class Preprocessor:
         canvas[y0 : y0 + new_h, x0 : x0 + new_w] = _resize(bgr, new_w, new_h)
         return canvas, t
 
-    def __call__(self, bgr: np.ndarray) -> tuple[np.ndarray, FrameTransform]:
-        """[1, H, W, C] input tensor in the model's dtype, and the transform back to the frame."""
+    def __call__(
+        self, bgr: np.ndarray, out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, FrameTransform]:
+        """[1, H, W, C] input tensor in the model's dtype, and the transform back to the frame.
+
+        With `out` (a [1, H, W, C] array of that dtype, such as the interpreter's own input
+        buffer) the result is written there and `out` is returned. When the pixel map works byte
+        by byte (identity or top-bit flip), the color conversion writes straight into `out` and
+        the map runs in place: two passes, no array allocated.
+        """
         if bgr.ndim == 2:
             bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
         resized, t = self.resize(bgr)
+        shape = (1, self.in_h, self.in_w, self.channels)
+        if out is None:
+            return self._pixel_map(self._color(resized)).reshape(shape), t
+        if out.shape != shape or out.dtype != self.lut.dtype:
+            raise ValueError(
+                f"output buffer is {out.dtype}{list(out.shape)}; the input is {self.lut.dtype}{list(shape)}"
+            )
+        plane = out.reshape(shape[1:] if self.channels > 1 else shape[1:3])
+        if self._pixel_map.bytewise:
+            pixels = self._color(resized, plane.view(np.uint8))
+        else:
+            pixels = self._color(resized)
+        self._pixel_map(pixels, plane)
+        return out, t
+
+    def _color(self, bgr: np.ndarray, dst: np.ndarray | None = None) -> np.ndarray:
+        """The resized frame in the model's color order, written into dst when given."""
         order = self.spec.color_order
         if order is ColorOrder.RGB:
-            resized = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
-        elif order is ColorOrder.GRAY:
-            resized = cv2.cvtColor(resized, cv2.COLOR_BGR2GRAY)
-        x = self._pixel_map(resized)
-        return x.reshape(1, self.in_h, self.in_w, self.channels), t
+            return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=dst)
+        if order is ColorOrder.GRAY:
+            return cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY, dst=dst)
+        if dst is None:
+            return bgr
+        np.copyto(dst, bgr)
+        return dst
 
 
-def _pixel_map(lut: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+@dataclass(frozen=True)
+class _PixelMap:
     """The cheapest exact way to apply a (1, 256, C) table: it is often a plain shift.
 
     Inputs normalized as pixel / 255 and quantized with scale 1/255 map a pixel p to p (uint8)
-    or p - 128 (int8), which is the identity or a flip of the top bit. Equal channels need a
-    1-channel table, which cv2.LUT applies about twice as fast. Each shortcut is taken only when
-    it reproduces the table exactly.
+    or p - 128 (int8), which is the identity or a flip of the top bit; both work byte by byte, so
+    they can run in place. Equal channels need a 1-channel table, which cv2.LUT applies about
+    twice as fast. Each shortcut is taken only when it reproduces the table exactly.
     """
-    ramp = np.arange(256, dtype=np.uint8)
-    columns = lut[0].T  # (C, 256)
-    if all(np.array_equal(col, columns[0]) for col in columns[1:]):
+
+    kind: str  # "identity", "flip" or "lut"
+    table: np.ndarray
+
+    @classmethod
+    def of(cls, lut: np.ndarray) -> _PixelMap:
+        ramp = np.arange(256, dtype=np.uint8)
+        columns = lut[0].T  # (C, 256)
+        if not all(np.array_equal(col, columns[0]) for col in columns[1:]):
+            return cls("lut", lut)
         col = columns[0]
         if col.dtype == np.uint8 and np.array_equal(col, ramp):
-            return lambda pixels: pixels
+            return cls("identity", lut)
         if col.dtype == np.int8 and np.array_equal(col.view(np.uint8), ramp ^ 0x80):
-            return lambda pixels: np.bitwise_xor(pixels, 0x80).view(np.int8)
-        table = np.ascontiguousarray(col.reshape(1, 256, 1))
-        return lambda pixels: cv2.LUT(pixels, table)
-    return lambda pixels: cv2.LUT(pixels, lut)
+            return cls("flip", lut)
+        return cls("lut", np.ascontiguousarray(col.reshape(1, 256, 1)))
+
+    @property
+    def bytewise(self) -> bool:
+        return self.kind != "lut"
+
+    def __call__(self, pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Mapped pixels; written into `out` when given (pixels' shape, the table's dtype). A
+        bytewise map may be given `out` over the very bytes of `pixels`."""
+        if self.kind == "identity":
+            if out is None:
+                return pixels
+            if not np.may_share_memory(pixels, out):
+                np.copyto(out, pixels)
+            return out
+        if self.kind == "flip":
+            if out is None:
+                return np.bitwise_xor(pixels, 0x80).view(np.int8)
+            np.bitwise_xor(pixels, 0x80, out=out.view(np.uint8))
+            return out
+        if out is None:
+            return cv2.LUT(pixels, self.table)
+        result = cv2.LUT(pixels, self.table, dst=out)
+        if not np.may_share_memory(result, out):  # cv2 chose a new array
+            np.copyto(out, result)
+        return out
 
 
 def _resize(img: np.ndarray, w: int, h: int) -> np.ndarray:

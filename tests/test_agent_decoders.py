@@ -89,15 +89,20 @@ def test_frame_transform_stretch_and_letterbox() -> None:
 
 
 @pytest.mark.parametrize(
-    ("dtype", "scale", "zp", "order"),
+    ("dtype", "scale", "zp", "order", "plain"),
     [
-        ("int8", 1 / 255, -128, "rgb"),
-        ("uint8", 0.5, 3, "bgr"),
-        ("float32", 0.0, 0, "rgb"),
-        ("int8", 0.02, 0, "gray"),
+        ("int8", 1 / 255, -128, "rgb", False),
+        ("uint8", 0.5, 3, "bgr", False),
+        ("float32", 0.0, 0, "rgb", False),
+        ("int8", 0.02, 0, "gray", False),
+        ("int8", 1 / 255, -128, "rgb", True),  # the top-bit flip
+        ("uint8", 1 / 255, 0, "bgr", True),  # the identity
+        ("int8", 1 / 255, -127, "bgr", True),  # one-channel table
+        ("uint8", 1 / 255, 0, "rgb", True),
+        ("int8", 1 / 255, -128, "gray", True),
     ],
 )
-def test_preprocessor_matches_normalizer(dtype: str, scale: float, zp: int, order: str) -> None:
+def test_preprocessor_matches_normalizer(dtype: str, scale: float, zp: int, order: str, plain: bool) -> None:
     channels = 1 if order == "gray" else 3
     spec = InputSpec(
         shape=[1, 24, 32, channels],
@@ -105,11 +110,12 @@ def test_preprocessor_matches_normalizer(dtype: str, scale: float, zp: int, orde
         scale=scale,
         zero_point=zp,
         color_order=order,
-        mean=[10.0, 20.0, 30.0][:channels],
-        std=[50.0, 60.0, 70.0][:channels],
+        mean=[0.0] if plain else [10.0, 20.0, 30.0][:channels],
+        std=[255.0] if plain else [50.0, 60.0, 70.0][:channels],
     )
     bgr = np.random.default_rng(1).integers(0, 256, (24, 32, 3), dtype=np.uint8)
-    x, t = Preprocessor(spec)(bgr)
+    pre = Preprocessor(spec)
+    x, t = pre(bgr)
     if order == "rgb":
         pixels = bgr[..., ::-1]
     elif order == "gray":
@@ -122,6 +128,13 @@ def test_preprocessor_matches_normalizer(dtype: str, scale: float, zp: int, orde
     assert x.dtype == want.dtype and x.shape == (1, 24, 32, channels)
     np.testing.assert_array_equal(x, want)
     assert (t.scale_x, t.scale_y) == (1.0, 1.0)
+    # Written into a caller's buffer (the interpreter's input, in the agent): same values, no new array.
+    buf = np.full_like(want, 7)
+    y, _ = pre(bgr, buf)
+    assert y is buf
+    np.testing.assert_array_equal(buf, want)
+    with pytest.raises(ValueError, match="output buffer"):
+        pre(bgr, np.zeros((1, 24, 32, channels), np.float64))
 
 
 def test_ssd_postprocess_decoder() -> None:

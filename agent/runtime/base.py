@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from agent.errors import EdgegapError
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class BackendUnavailable(EdgegapError, RuntimeError):
@@ -82,6 +85,14 @@ class LoadedModel:
 
     def set_input(self, value: np.ndarray, position: int = 0) -> None:
         self._interp.set_tensor(self.inputs[position].index, value)
+
+    def write_input(self, fill: Callable[[np.ndarray], T], position: int = 0) -> T:
+        """Let `fill` write the input tensor in place, saving set_input's copy.
+
+        `fill` gets the interpreter's own buffer and must not keep it: invoke() refuses to run
+        while any view of the buffer is alive.
+        """
+        return fill(self._interp.tensor(self.inputs[position].index)())
 
     def invoke(self) -> None:
         self._interp.invoke()
