@@ -101,6 +101,12 @@ class PruningTarget(_Strict):
     macs: int | None = Field(default=None, gt=0, description="Largest MAC count of the pruned model.")
     latency_ms: float | None = Field(default=None, gt=0, description="Latency the pruned int8 model must meet.")
     min_channels: int = Field(default=8, ge=1, description="Channels always kept in a pruned layer.")
+    round_to: int = Field(
+        default=1,
+        ge=1,
+        description="Round kept channel counts up to multiples of this: the width of the device's "
+        "int8 channel tiles, which benchmarks/channel_rounding.py finds. 1: no rounding.",
+    )
 
     @model_validator(mode="after")
     def _one_target(self) -> PruningTarget:

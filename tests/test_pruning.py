@@ -418,6 +418,10 @@ def test_prune_for_profile_targets(digits):
     )
     assert "cost model" in r3.latency["method"] and r3.latency["pruned_ms"] <= budget_ms
     assert r3.after.macs <= dense / 2
+    rounded, r4 = prune_for_profile(teacher, PruningTarget(channels=0.4, min_channels=4, round_to=8))
+    convs = [layer.filters for layer in rounded.layers if isinstance(layer, layers.Conv2D)]
+    assert convs == [24, 24], convs  # 32 - floor(0.4 * 32) = 20, rounded up to 24
+    assert r4.after.macs > prune_for_profile(teacher, PruningTarget(channels=0.4, min_channels=4))[1].after.macs
 
 
 @pytest.mark.slow

@@ -181,10 +181,10 @@ def prune_for_profile(
     latency budget. For latency, the int8 model is timed on this host when platform.machine() is in
     profile.target.host_match (or measure=True); otherwise a MAC cost model estimates it. The
     report's `latency["method"]` says which."""
-    min_channels = target.min_channels
+    min_channels, round_to = target.min_channels, target.round_to
     planner = Planner(
-        model, importance_method=importance, min_channels=min_channels, protected=protect, data=data,
-        labels=labels, loss_fn=fine_tune.get("task_loss"),
+        model, importance_method=importance, min_channels=min_channels, round_to=round_to, protected=protect,
+        data=data, labels=labels, loss_fn=fine_tune.get("task_loss"),
     )  # fmt: skip
     notes: list[str] = []
     latency: dict[str, Any] = {}
@@ -227,6 +227,7 @@ def prune_for_profile(
         ratio,
         importance=importance,
         min_channels=min_channels,
+        round_to=round_to,
         protect=protect,
         data=data,
         labels=labels,
