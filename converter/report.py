@@ -66,7 +66,8 @@ def pruning_table(result: ConvertResult) -> Table | None:
     acc = result.accuracy
     lat = result.latency
     table = Table(
-        title=f"Pruning: {r.ratio:.0%} of channels removed ({r.importance} importance, target {m['target']})",
+        title=f"Pruning: {r.removed_fraction:.1%} of prunable channels removed ({r.ratio:.0%} asked; "
+        f"{r.importance} importance, target {m['target']})",
         title_justify="left", caption="; ".join([m["latency_method"], *m["notes"]]).strip("; ") or None,
         caption_justify="left",
     )

@@ -55,6 +55,11 @@ class PruneReport:
     def macs_ratio(self) -> float:
         return self.after.macs / self.before.macs if self.before.macs else 1.0
 
+    @property
+    def removed_fraction(self) -> float:
+        """Prunable channels really removed: below `ratio` where minimums or rounding keep more."""
+        return 1 - self.channels_after / self.channels_before if self.channels_before else 0.0
+
 
 def _plan_summary(plan: PrunePlan) -> tuple[int, int]:
     total = sum(grp.size for grp in plan.groups)
