@@ -117,10 +117,9 @@ def detector(iterations: int, threads: int, args: argparse.Namespace) -> list[st
     how = "task loss + distillation" if labels else "distillation alone"
     name = f"detector 50% channels (rounded to x{args.round_to})" if args.round_to > 1 else "detector 50% channels"
     rounded = f", kept counts rounded up to multiples of {args.round_to}" if args.round_to > 1 else ""
-    removed = report.channels_before - report.channels_after
-    print(f"detector: 50% of channels asked{rounded}: {removed} of {report.channels_before} prunable channels "
-          f"({removed / max(report.channels_before, 1):.1%}) removed in {steps} step(s), each fine-tuned "
-          f"{epochs} epoch(s) ({how}), {time.perf_counter() - t0:.0f} s")  # fmt: skip
+    print(f"detector: 50% of channels asked{rounded}: {report.channels_before - report.channels_after} of "
+          f"{report.channels_before} prunable channels ({report.removed_fraction:.1%}) removed in {steps} step(s), "
+          f"each fine-tuned {epochs} epoch(s) ({how}), {time.perf_counter() - t0:.0f} s")  # fmt: skip
     print("  kept whole: " + ", ".join(f"{k.layer} ({k.reason})" for k in report.kept_whole))
     for i, ft in enumerate(report.fine_tune, 1):
         print(f"  fine-tune {i}: validation loss {ft.start_val_loss:.4g} -> {ft.best_val_loss:.4g}, "
