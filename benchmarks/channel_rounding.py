@@ -65,8 +65,7 @@ def main() -> None:
     flats = [to_int8_tflite(dense, calib)]
     for n in args.round_to:
         plan = make_plan(dense, args.ratio, round_to=n)
-        total = sum(grp.size for grp in plan.groups)
-        rows.append((f"round-to {n}", len(plan.removed) / max(total, 1), plan.predicted_macs))
+        rows.append((f"round-to {n}", 1 - plan.kept_channels / max(plan.total_channels, 1), plan.predicted_macs))
         pruned = rebuild(plan)
         assert count_macs(pruned) == plan.predicted_macs
         flats.append(to_int8_tflite(pruned, calib))

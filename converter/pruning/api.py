@@ -61,11 +61,6 @@ class PruneReport:
         return 1 - self.channels_after / self.channels_before if self.channels_before else 0.0
 
 
-def _plan_summary(plan: PrunePlan) -> tuple[int, int]:
-    total = sum(grp.size for grp in plan.groups)
-    return total, total - len(plan.removed)
-
-
 def prune(
     model: Any,
     ratio: float,
@@ -125,8 +120,6 @@ def prune(
                 )
             )
         current = pruned
-        channels_before, _ = _plan_summary(first_plan)
-        _, channels_after = _plan_summary(plan)
         report = PruneReport(
             ratio=ratio,
             before=before,
@@ -137,8 +130,8 @@ def prune(
             kept_whole=first_plan.kept_whole(),
             unsupported=first_plan.unsupported(),
             groups=len(first_plan.groups),
-            channels_before=channels_before,
-            channels_after=channels_after,
+            channels_before=first_plan.total_channels,
+            channels_after=plan.kept_channels,
             fine_tune=results,
         )
     assert report is not None

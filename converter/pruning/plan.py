@@ -47,6 +47,15 @@ class PrunePlan:
         return None if kept is None else len(kept)
 
     @property
+    def total_channels(self) -> int:
+        """Channel classes over all groups, before anything is removed."""
+        return sum(grp.size for grp in self.groups)
+
+    @property
+    def kept_channels(self) -> int:
+        return self.total_channels - len(self.removed)
+
+    @property
     def dense_macs(self) -> int:
         return graph_macs(self.graph)
 
@@ -173,7 +182,7 @@ class Planner:
         logger.info(
             "plan: %d of %d channel classes removed; MACs %d -> %d",
             len(plan.removed),
-            sum(grp.size for grp in self.groups),
+            plan.total_channels,
             plan.dense_macs,
             plan.predicted_macs,
         )
@@ -208,8 +217,7 @@ def make_plan(
 
 
 def _global(plan: PrunePlan, ratio: float, min_channels: int, round_to: int) -> None:
-    total = sum(grp.size for grp in plan.groups)
-    budget = math.floor(ratio * total + 1e-9)
+    budget = math.floor(ratio * plan.total_channels + 1e-9)
     ranked: list[tuple[float, int, ChannelGroup]] = []
     for grp in plan.groups:
         mean = float(np.mean([plan.scores[r] for r in grp.roots])) or 1.0
