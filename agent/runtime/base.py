@@ -98,8 +98,11 @@ class LoadedModel:
         self._interp.invoke()
 
     def get(self, tensor_index: int) -> np.ndarray:
-        """Copy of a tensor by interpreter index (indices are recorded in the manifest)."""
-        return np.array(self._interp.get_tensor(tensor_index))
+        """Copy of a tensor by interpreter index (indices are recorded in the manifest).
+
+        Every backend's get_tensor() already returns a copy, so none is made here.
+        """
+        return self._interp.get_tensor(tensor_index)
 
     def run(self, value: np.ndarray) -> list[np.ndarray]:
         """Set the single input, invoke, and return every output in get_output_details() order."""
