@@ -73,3 +73,22 @@ def test_convert_prune_removes_channels_and_reports(tmp_path: Path) -> None:
     assert (16, 3, 3, 3) in shapes and (32, 3, 3, 3) not in shapes
     probs = model.run(np.zeros(bundle.manifest.input.shape, np.int8))[0]
     assert probs.shape == (1, 3)
+
+
+def test_convert_prune_refuses_a_budget_out_of_reach(tmp_path: Path) -> None:
+    """A MAC budget no pruning can meet is a one-line error before any fine-tune; no bundle."""
+    x, y = pattern_data(60, seed=4, classes=3)
+    _wide_classifier(x, y).save(tmp_path / "wide.keras")
+    np.save(tmp_path / "calib.npy", x)
+    profile = yaml.safe_load((PROFILE_DIR / "x86-avx2.yaml").read_text())
+    profile.update(name="tiny-macs", pruning={"macs": 1000, "min_channels": 4})
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(profile))
+
+    result = CliRunner().invoke(cli, [str(a) for a in (
+        "convert", tmp_path / "wide.keras", "--profile", tmp_path / "tiny.yaml", "--calibration",
+        tmp_path / "calib.npy", "--prune", "--prune-epochs", "2", "--force", "--output", tmp_path / "bundle",
+    )])
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    assert re.search(r"MAC budget 1,000 is out of pruning's reach: with 95% of channels removed", result.output)
+    assert not (tmp_path / "bundle" / "manifest.json").exists()

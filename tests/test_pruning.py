@@ -424,6 +424,25 @@ def test_prune_for_profile_targets(digits):
     assert r4.after.macs > prune_for_profile(teacher, PruningTarget(channels=0.4, min_channels=4))[1].after.macs
 
 
+def test_prune_for_profile_refuses_a_budget_out_of_reach(digits):
+    """An unreachable MAC or latency budget is an error before any fine-tune, naming the floor."""
+    from firmware_profiles import load_profile
+    from firmware_profiles.schema import PruningTarget
+
+    teacher, x, y = digits
+    dense = count_macs(teacher)
+    floor = make_plan(teacher, 0.95, min_channels=4).predicted_macs
+    with pytest.raises(PruningError, match=f"out of pruning's reach.*still has {floor:,} MACs"):
+        prune_for_profile(teacher, PruningTarget(macs=floor - 1, min_channels=4), data=x[:64], labels=y[:64], epochs=1)
+    _, fits = prune_for_profile(teacher, PruningTarget(macs=floor, min_channels=4))
+    assert fits.after.macs <= floor < dense
+
+    pi4 = load_profile("raspberry-pi-4")
+    too_fast = 0.5 * floor / cost_model_macs_per_ms(pi4)
+    with pytest.raises(PruningError, match=r"latency budget .* ms is out of pruning's reach.*MAC cost model"):
+        prune_for_profile(teacher, PruningTarget(latency_ms=too_fast, min_channels=4), profile=pi4, measure=False)
+
+
 @pytest.mark.slow
 def test_prune_for_profile_measures_latency_on_a_matching_host(digits):
     from firmware_profiles import load_profile

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from converter.pruning.distill import FineTuneResult, distill
+from converter.pruning.graph import PruningError
 from converter.pruning.macs import ModelCost, model_cost
 from converter.pruning.plan import KeptWhole, Planner, PrunePlan
 from converter.pruning.rebuild import rebuild
@@ -178,20 +179,26 @@ def prune_for_profile(
     """Prune to a firmware_profiles.schema.PruningTarget: a channel fraction, a MAC budget, or a
     latency budget. For latency, the int8 model is timed on this host when platform.machine() is in
     profile.target.host_match (or measure=True); otherwise a MAC cost model estimates it. The
-    report's `latency["method"]` says which."""
+    report's `latency["method"]` says which. A MAC or latency budget that even the furthest
+    pruning searched cannot meet raises PruningError before any fine-tuning."""
     min_channels, round_to = target.min_channels, target.round_to
     planner = Planner(
         model, importance_method=importance, min_channels=min_channels, round_to=round_to, protected=protect,
         data=data, labels=labels, loss_fn=fine_tune.get("task_loss"),
     )  # fmt: skip
-    notes: list[str] = []
     latency: dict[str, Any] = {}
     if target.channels is not None:
         ratio = float(target.channels)
     elif target.macs is not None:
         ratio = _search_ratio(planner, lambda p: p.predicted_macs <= target.macs)
-        if planner.plan(ratio).predicted_macs > target.macs:
-            notes.append(f"MAC budget {target.macs:,} not reachable: pruned as far as {ratio:.0%}")
+        floor = planner.plan(ratio).predicted_macs
+        if floor > target.macs:
+            raise PruningError(
+                f"MAC budget {target.macs:,} is out of pruning's reach: with {ratio:.0%} of channels "
+                f"removed and {min_channels} kept per layer the model still has {floor:,} MACs "
+                f"(dense {planner.plan(0.0).predicted_macs:,}); raise pruning.macs, lower "
+                "pruning.min_channels, or set pruning.channels instead"
+            )
     else:
         if profile is None:
             raise ValueError("a latency target needs the profile (for host_match, threads and cpu)")
@@ -218,8 +225,13 @@ def prune_for_profile(
                 "dense_ms": dense / rate,
                 "pruned_ms": final / rate,
             }
-        if latency.get("pruned_ms", 0) > target.latency_ms:
-            notes.append(f"latency budget {target.latency_ms} ms not reached at {ratio:.0%} channels")
+        if latency["pruned_ms"] > target.latency_ms:
+            raise PruningError(
+                f"latency budget {target.latency_ms:g} ms is out of pruning's reach: with {ratio:.0%} "
+                f"of channels removed the model still takes {latency['pruned_ms']:.3g} ms (dense "
+                f"{latency['dense_ms']:.3g} ms; {latency['method']}); layers that pruning cannot "
+                "shrink set this floor. Raise pruning.latency_ms or set pruning.channels instead"
+            )
     pruned, report = prune(
         model,
         ratio,
@@ -234,7 +246,6 @@ def prune_for_profile(
         **fine_tune,
     )
     report.latency = latency
-    report.notes.extend(notes)
     return pruned, report
 
 
