@@ -203,6 +203,9 @@ def main() -> None:
     ap.add_argument("--stages", action="store_true", help="Also time the detector stage by stage.")
     ap.add_argument("--round-to", type=int, default=1, help="Round kept channel counts up to multiples of this.")
     args = ap.parse_args()
+    # The fine-tune's per-epoch lines go to stderr, so a long run written to a log shows progress.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("converter.pruning").setLevel(logging.INFO)
     lines = []
     if not args.skip_arch:
         lines += architectures(args.size, args.iterations, args.threads)
