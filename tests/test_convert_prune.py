@@ -40,14 +40,19 @@ def _wide_classifier(x: np.ndarray, y: np.ndarray) -> Any:
     return model
 
 
+def _profile_file(path: Path, pruning: dict[str, Any]) -> None:
+    """The x86-avx2 profile with another pruning target, written to path (named by its stem)."""
+    profile = yaml.safe_load((PROFILE_DIR / "x86-avx2.yaml").read_text())
+    profile.update(name=path.stem, pruning=pruning)
+    path.write_text(yaml.safe_dump(profile))
+
+
 def test_convert_prune_removes_channels_and_reports(tmp_path: Path) -> None:
     x, y = pattern_data(160, seed=3, classes=3)
     _wide_classifier(x[:100], y[:100]).save(tmp_path / "wide.keras")
     np.save(tmp_path / "calib.npy", x[:100])
     np.savez(tmp_path / "val.npz", x=x[100:], y=y[100:])
-    profile = yaml.safe_load((PROFILE_DIR / "x86-avx2.yaml").read_text())
-    profile.update(name="half-channels", pruning={"channels": 0.5, "min_channels": 4})
-    (tmp_path / "half.yaml").write_text(yaml.safe_dump(profile))
+    _profile_file(tmp_path / "half.yaml", pruning={"channels": 0.5, "min_channels": 4})
 
     result = CliRunner().invoke(cli, [str(a) for a in (
         "convert", tmp_path / "wide.keras", "--profile", tmp_path / "half.yaml", "--calibration",
@@ -80,9 +85,7 @@ def test_convert_prune_refuses_a_budget_out_of_reach(tmp_path: Path) -> None:
     x, y = pattern_data(60, seed=4, classes=3)
     _wide_classifier(x, y).save(tmp_path / "wide.keras")
     np.save(tmp_path / "calib.npy", x)
-    profile = yaml.safe_load((PROFILE_DIR / "x86-avx2.yaml").read_text())
-    profile.update(name="tiny-macs", pruning={"macs": 1000, "min_channels": 4})
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(profile))
+    _profile_file(tmp_path / "tiny.yaml", pruning={"macs": 1000, "min_channels": 4})
 
     result = CliRunner().invoke(cli, [str(a) for a in (
         "convert", tmp_path / "wide.keras", "--profile", tmp_path / "tiny.yaml", "--calibration",
