@@ -455,6 +455,10 @@ def test_prune_for_profile_measures_latency_on_a_matching_host(digits):
     )
     assert report.latency["method"].startswith("measured int8 latency")
     assert report.latency["dense_ms"] > 0 and report.after.macs == report.before.macs  # already fast
+    with pytest.raises(PruningError, match=r"with 90% of channels removed .* ms \(dense .* ms; measured int8"):
+        prune_for_profile(
+            teacher, PruningTarget(latency_ms=1e-6, min_channels=4), profile=profile, measure=True, calibration=x[:8]
+        )
 
 
 def test_cli_prune_writes_a_smaller_model(tmp_path, digits):
