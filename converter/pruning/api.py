@@ -191,12 +191,12 @@ def prune_for_profile(
         ratio = float(target.channels)
     elif target.macs is not None:
         ratio = _search_ratio(planner, lambda p: p.predicted_macs <= target.macs)
-        floor = planner.plan(ratio).predicted_macs
-        if floor > target.macs:
+        furthest = planner.plan(ratio)
+        if furthest.predicted_macs > target.macs:
             raise PruningError(
                 f"MAC budget {target.macs:,} is out of pruning's reach: with {ratio:.0%} of channels "
-                f"removed and {min_channels} kept per layer the model still has {floor:,} MACs "
-                f"(dense {planner.plan(0.0).predicted_macs:,}); raise pruning.macs, lower "
+                f"removed and {min_channels} kept per layer the model still has "
+                f"{furthest.predicted_macs:,} MACs (dense {furthest.dense_macs:,}); raise pruning.macs, lower "
                 "pruning.min_channels, or set pruning.channels instead"
             )
     else:
@@ -214,8 +214,8 @@ def prune_for_profile(
             rate = cost_model_macs_per_ms(profile)
             budget = int(target.latency_ms * rate)
             ratio = _search_ratio(planner, lambda p: p.predicted_macs <= budget)
-            dense = planner.plan(0.0).predicted_macs
-            final = planner.plan(ratio).predicted_macs
+            chosen = planner.plan(ratio)
+            dense, final = chosen.dense_macs, chosen.predicted_macs
             latency = {
                 "method": (
                     f"MAC cost model, not measured: host {host} does not match {profile.name} "
