@@ -48,9 +48,8 @@ from agent.sources import make_source
 
 logger = logging.getLogger(__name__)
 
-CONNECT_WAIT_S = (
-    3.0  # at startup, wait this long for the broker so the first frames are not dropped
-)
+# At startup, wait this long for the broker so the first frames are not dropped.
+CONNECT_WAIT_S = 3.0
 
 __all__ = [
     "DETECTIONS_SCHEMA",
