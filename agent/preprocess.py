@@ -170,9 +170,10 @@ class Preprocessor:
         """[1, H, W, C] input tensor in the model's dtype, and the transform back to the frame.
 
         With `out` (a [1, H, W, C] array of that dtype, such as the interpreter's own input
-        buffer) the result is written there and `out` is returned. When the pixel map works byte
-        by byte (identity or top-bit flip), the color conversion writes straight into `out` and
-        the map runs in place: two passes, no array allocated.
+        buffer) the result is written there and `out` is returned. A BGR model (see `edgegap
+        convert --fold-bgr`) takes the resized frame as it is: one pass maps it into `out`. Otherwise,
+        when the pixel map works byte by byte (identity or top-bit flip), the color conversion
+        writes straight into `out` and the map runs in place: two passes, no array allocated.
         """
         if bgr.ndim == 2:
             bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
@@ -185,7 +186,9 @@ class Preprocessor:
                 f"output buffer is {out.dtype}{list(out.shape)}; the input is {self.lut.dtype}{list(shape)}"
             )
         plane = out.reshape(shape[1:] if self.channels > 1 else shape[1:3])
-        if self._pixel_map.bytewise:
+        if self.spec.color_order is ColorOrder.BGR:
+            pixels = resized
+        elif self._pixel_map.bytewise:
             pixels = self._color(resized, plane.view(np.uint8))
         else:
             pixels = self._color(resized)

@@ -50,6 +50,13 @@ class Normalization:
         if channels == 3 and self.color_order is ColorOrder.GRAY:
             raise DataError("the model takes 3 channels; color order must be rgb or bgr, not gray")
 
+    def swapped(self) -> Normalization:
+        """The same map for pixels in the other color order (RGB <-> BGR): per-channel values reversed."""
+        order = {ColorOrder.RGB: ColorOrder.BGR, ColorOrder.BGR: ColorOrder.RGB}.get(self.color_order)
+        if order is None:
+            raise DataError(f"a {self.color_order.value} input has no red and blue to swap")
+        return Normalization(self.mean[::-1], self.std[::-1], order, self.resize)
+
     def apply(self, pixels: np.ndarray) -> np.ndarray:
         """(pixels - mean) / std per channel, as float32."""
         mean = np.asarray(self.mean, np.float32)

@@ -8,12 +8,13 @@ needs it, check every gate, then write model.tflite, manifest.json and report.js
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import re
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,7 @@ class Reporter:
         logger.debug("%s", text)
 
 
-STAGES = ("load model", "load data", "prune", "export", "float model", "quantize", "evaluate", "fallback", "gates",
+STAGES = ("load model", "load data", "prune", "fold bgr", "export", "float model", "quantize", "evaluate", "fallback", "gates",
           "manifest", "write")  # fmt: skip
 
 
@@ -82,9 +83,9 @@ class ConvertOptions:
     calibration: str | Path | Dataset
     output: Path
     validation: str | Path | Dataset | None = None
-    mean: list[float] = field(default_factory=lambda: [0.0])
-    std: list[float] = field(default_factory=lambda: [255.0])
-    color_order: ColorOrder | None = None  # default: gray for 1 channel, else rgb
+    mean: list[float] | None = None  # default: 0, or what the model records (a detector's sidecar)
+    std: list[float] | None = None  # default: 255, or what the model records
+    color_order: ColorOrder | None = None  # default: gray for 1 channel, else rgb; or what the model records
     resize: ResizeMode = ResizeMode.STRETCH
     labels: list[str] | str | Path | None = None
     name: str | None = None
@@ -103,6 +104,7 @@ class ConvertOptions:
     prune_steps: int = 1
     prune_importance: str = "l1"
     protect: Sequence[str] = ()  # layer names never pruned (the task adds its own)
+    fold_bgr: bool = False  # fold the BGR-to-RGB swap into the model (converter.color_fold)
 
 
 def default_name(model: Any) -> str:
@@ -258,8 +260,9 @@ def _convert(opts: ConvertOptions, reporter: Reporter | None) -> ConvertResult:
     else:
         source = describe(opts.model)
     task = make_task(opts.task, source)
-    color = opts.color_order or default_color_order(source.input_shape[-1])
-    norm = Normalization(list(opts.mean), list(opts.std), color, opts.resize)
+    norm = _normalization(opts, source.input_shape[-1], task)
+    if opts.fold_bgr and norm.color_order is not ColorOrder.RGB:
+        raise ConvertError(f"--fold-bgr makes a model that takes RGB take BGR; this one takes {norm.color_order.value}")
 
     stage("load data")
     original = source
@@ -276,6 +279,16 @@ def _convert(opts: ConvertOptions, reporter: Reporter | None) -> ConvertResult:
     if opts.prune:
         stage("prune")
         source, prune_report = _prune(opts, source, task, calibration, rep)
+    reference: Callable[[np.ndarray], Any] = original.predict  # gates measure against the original float model
+    folded: list[str] = []
+    if opts.fold_bgr:
+        stage("fold bgr")
+        source, folded = _fold_bgr(source)
+        norm = norm.swapped()
+        swapped = _swap_channels(calibration)
+        validation = swapped if validation is calibration else _swap_channels(validation)
+        calibration = swapped
+        reference = functools.partial(_on_swapped, original.predict)
 
     with tempfile.TemporaryDirectory(prefix="edgegap-") as tmp:
         saved = Path(tmp) / "saved_model"
@@ -291,7 +304,7 @@ def _convert(opts: ConvertOptions, reporter: Reporter | None) -> ConvertResult:
             export_saved_model(task, original.model, original_saved)
             original_float_bytes = convert_float(original_saved, task)
         stage("evaluate")
-        float_fn = original.predict  # the gate measures against the original float model
+        float_fn = reference
         accuracy = task.accuracy(float_fn, open_converted(model_bytes), validation)
         plain_accuracy = accuracy
         fallback: FallbackResult | None = None
@@ -333,9 +346,11 @@ def _convert(opts: ConvertOptions, reporter: Reporter | None) -> ConvertResult:
     manifest = manifest.model_copy(update={"golden": _golden_tolerance(manifest, golden)})
     metrics = _metrics(profile, model_bytes, float_bytes, accuracy, plain_accuracy, latency, graph, fallback,
                        validation, opts.validation is None)
+    if folded:
+        metrics["bgr_folded_into"] = folded
     pruning = None
     if prune_report is not None:
-        pruned_accuracy = task.accuracy(original.predict, open_converted(float_bytes), validation)
+        pruned_accuracy = task.accuracy(reference, open_converted(float_bytes), validation)
         pruning = PruningSummary(prune_report, original_float_bytes, pruned_accuracy)
         metrics["pruning"] = _pruning_metrics(pruning, latency, profile)
     manifest = manifest.model_copy(update={"metrics": metrics, "gates": verdict(gates, forced=opts.force)})
@@ -374,6 +389,47 @@ def _prune(opts: ConvertOptions, source: SourceModel, task: Task, calibration: D
     for note in report.notes:
         logger.warning("pruning: %s", note)
     return dataclasses.replace(source, model=pruned), report
+
+
+def _normalization(opts: ConvertOptions, channels: int, task: Task) -> Normalization:
+    """The options' normalization, or the one the model records, which options may only repeat."""
+    recorded = task.normalization()
+    if recorded is None:
+        color = opts.color_order or default_color_order(channels)
+        return Normalization(list(opts.mean or [0.0]), list(opts.std or [255.0]), color, opts.resize)
+    given = {"mean": opts.mean, "std": opts.std, "color-order": opts.color_order}
+    wanted: dict[str, Any] = {"mean": recorded.mean, "std": recorded.std, "color-order": recorded.color_order}
+    for flag, value in given.items():
+        if value is None:
+            continue
+        want = wanted[flag]
+        same = value == want if flag == "color-order" else all(float(v) == float(want[0]) for v in value)
+        if not same:
+            raise ConvertError(
+                f"the model's {task.name} sidecar sets its input normalization (mean {recorded.mean[0]:g}, "
+                f"std {recorded.std[0]:g}, {recorded.color_order.value}); drop --{flag} or give the same value"
+            )
+    return dataclasses.replace(recorded, resize=opts.resize)
+
+
+def _fold_bgr(source: SourceModel) -> tuple[SourceModel, list[str]]:
+    """The source model made to take BGR (converter.color_fold); Keras models only."""
+    from converter.color_fold import FoldError, fold_bgr
+
+    if source.kind == "saved_model":
+        raise FoldError("--fold-bgr edits a Keras model's weights; give the .keras or .h5 file, not a SavedModel")
+    model, changed = fold_bgr(source.model)
+    return dataclasses.replace(source, model=model), changed
+
+
+def _on_swapped(predict: Callable[[np.ndarray], Any], x: np.ndarray) -> Any:
+    """The original model's outputs on inputs swapped back to its own color order."""
+    return predict(np.ascontiguousarray(x[..., ::-1]))
+
+
+def _swap_channels(data: Dataset) -> Dataset:
+    """The same samples with their channels reversed (RGB <-> BGR), for the folded model."""
+    return dataclasses.replace(data, x=np.ascontiguousarray(data.x[..., ::-1]))
 
 
 def _pruning_metrics(pruning: PruningSummary, latency: dict[str, LatencyStats], profile: Profile) -> dict[str, Any]:

@@ -124,6 +124,10 @@ def render(result: ConvertResult) -> Group:
     fb = fallback_text(result)
     if fb is not None:
         parts.append(fb)
+    folded = result.manifest.metrics.get("bgr_folded_into")
+    if folded:
+        parts.append(Text(f"input: BGR frames as OpenCV reads them (the channel swap is folded into "
+                          f"{', '.join(folded)}); accuracy is against the original model on RGB"))
     if result.bundle is not None:
         signed = f", signed by {result.manifest.signature.key_id}" if result.manifest.signature else ""
         parts.append(Text(f"bundle: {result.bundle}{signed}"))

@@ -98,6 +98,7 @@ def test_frame_transform_stretch_and_letterbox() -> None:
         ("int8", 1 / 255, -128, "rgb", True),  # the top-bit flip
         ("uint8", 1 / 255, 0, "bgr", True),  # the identity
         ("int8", 1 / 255, -127, "bgr", True),  # one-channel table
+        ("int8", 1 / 255, -128, "bgr", True),  # the flip, straight from the frame
         ("uint8", 1 / 255, 0, "rgb", True),
         ("int8", 1 / 255, -128, "gray", True),
     ],

@@ -122,6 +122,45 @@ def test_op_outside_coral_allowlist_fails_then_force_writes(files: dict[str, Pat
     assert m.gates["passed"] is False and m.gates["failed"] == ["ops"] and m.input.dtype == "uint8"
 
 
+def _answers(bundle_dir: Path, frames: np.ndarray) -> np.ndarray:
+    """Dequantized outputs of a bundle on BGR frames, prepared by the agent's own preprocessing."""
+    from agent.preprocess import Preprocessor, dequantize
+    from agent.runtime import open_model
+
+    bundle = load_bundle(bundle_dir)
+    model, pre, out = open_model(bundle.model_bytes(), 1), Preprocessor(bundle.manifest.input), bundle.manifest.outputs[0]
+    rows = []
+    for frame in frames:
+        model.write_input(lambda buf, f=frame: pre(f, buf))
+        model.invoke()
+        rows.append(dequantize(model.get(out.index), out.scale, out.zero_point)[0])
+    return np.stack(rows)
+
+
+def test_fold_bgr_bundle_answers_bgr_frames_as_the_rgb_bundle_does(files: dict[str, Path]) -> None:
+    root = files["root"]
+    norm = ["--mean", "110,127.5,140", "--std", "60,64,70", "--validation", root / "val.npz"]
+    plain = run(*base_args(root, out="rgb"), *norm)
+    folded = run(*base_args(root, out="bgr"), *norm, "--fold-bgr")
+    assert plain.exit_code == 0, plain.output
+    assert folded.exit_code == 0, folded.output
+    assert "channel swap is folded into conv2d" in folded.output.replace("\n", " ")
+    m = load_bundle(root / "bgr").manifest
+    assert (m.input.color_order.value, m.input.mean, m.input.std) == ("bgr", [140.0, 127.5, 110.0], [70.0, 64.0, 60.0])
+    assert [name[:6] for name in m.metrics["bgr_folded_into"]] == ["conv2d"]  # its only conv, however numbered
+    frames = np.random.default_rng(4).integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
+    want, got = _answers(root / "rgb", frames), _answers(root / "bgr", frames)
+    step = load_bundle(root / "bgr").manifest.outputs[0].scale
+    assert np.abs(got - want).max() <= 2 * step
+    # The check can tell: the same frames with red and blue swapped give other answers.
+    assert np.abs(_answers(root / "rgb", frames[..., ::-1].copy()) - want).max() > 4 * step
+
+
+def test_fold_bgr_refuses_a_model_it_cannot_fold(files: dict[str, Path]) -> None:
+    root = files["root"]
+    assert_one_line_error(run(*base_args(root, out="x"), "--fold-bgr", "--color-order", "bgr"), "takes bgr")
+
+
 def test_help_is_fast_and_does_not_import_tensorflow() -> None:
     code = "import sys, converter.cli; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -304,6 +304,34 @@ def test_convert_pipeline_bundle_and_eval_cli(detector: Any, test_folder: Path, 
     assert len(maps) == 4 and min(maps) > 0.2, out.output
 
 
+def test_a_detector_sidecar_sets_the_input_normalization() -> None:
+    from agent.manifest import ColorOrder
+    from converter.pipeline import ConvertError, ConvertOptions, _normalization
+    from converter.tasks.detection import DetectionTask
+    from converter.zoo.config import DetectorConfig
+    from firmware_profiles import load_profile
+
+    task = DetectionTask(DetectorConfig(mean=127.5, std=64.0))
+
+    def opts(**given: Any) -> ConvertOptions:
+        return ConvertOptions(model="d.keras", profile=load_profile("x86-avx2"), calibration="c", output=Path("o"), **given)
+
+    norm = _normalization(opts(), 3, task)
+    assert (norm.mean, norm.std, norm.color_order) == ([127.5], [64.0], ColorOrder.RGB)
+    assert _normalization(opts(mean=[127.5] * 3, color_order=ColorOrder.RGB), 3, task).std == [64.0]
+    with pytest.raises(ConvertError, match="mean 127.5, std 64, rgb.*drop --mean"):
+        _normalization(opts(mean=[0.0]), 3, task)
+    with pytest.raises(ConvertError, match="drop --color-order"):
+        _normalization(opts(color_order=ColorOrder.BGR), 3, task)
+    assert _normalization(opts(mean=[0.0]), 3, DetectionTask(DetectorConfig())).mean == [0.0]
+
+
+def test_convert_refuses_a_normalization_the_detector_sidecar_contradicts(tmp_path: Path) -> None:
+    out = run("convert", WEIGHTS, "--profile", "x86-avx2", "--calibration", tmp_path, "--std", "127.5",
+              "--output", tmp_path / "b")
+    assert "drop --std" in one_line_error(out)
+
+
 def test_eval_reports_bad_input_in_one_line(tmp_path: Path) -> None:
     line = one_line_error(run("eval", WEIGHTS, "--data", tmp_path / "missing"))
     assert "data folder not found" in line

@@ -43,12 +43,17 @@ class _ProgressReporter:
               help="Image folder (jpg/png) or .npy/.npz array used to calibrate quantization.")
 @click.option("--validation", type=click.Path(path_type=Path),
               help="Held-out data for the accuracy gate (same formats); default: the calibration data.")
-@click.option("--mean", type=FLOAT_LIST, default="0", show_default=True,
-              help="Pixel mean: one value or one per channel, e.g. 127.5 or 123.7,116.3,103.5.")
-@click.option("--std", type=FLOAT_LIST, default="255", show_default=True,
-              help="Pixel std: one value or one per channel. Inputs are (pixel - mean) / std.")
+@click.option("--mean", type=FLOAT_LIST,
+              help="Pixel mean: one value or one per channel, e.g. 127.5 or 123.7,116.3,103.5 "
+                   "[default: 0; a detector's sidecar sets its own].")
+@click.option("--std", type=FLOAT_LIST,
+              help="Pixel std: one value or one per channel. Inputs are (pixel - mean) / std "
+                   "[default: 255; a detector's sidecar sets its own].")
 @click.option("--color-order", type=click.Choice(["rgb", "bgr", "gray"]),
               help="Channel order the model expects [default: gray for 1 channel, else rgb].")
+@click.option("--fold-bgr", is_flag=True,
+              help="Make an RGB model take BGR frames as OpenCV gives them, by reversing its first layers' "
+                   "input channels: the device skips a pass over each frame. Other TFLite tools then need BGR too.")
 @click.option("--resize", type=click.Choice(["stretch", "letterbox"]), default="stretch", show_default=True,
               help="How images are fitted to the model input (recorded for the device).")
 @click.option("--labels", type=click.Path(path_type=Path), help="Text file, one class label per line.")
@@ -76,8 +81,9 @@ class _ProgressReporter:
 @click.option("--output", type=click.Path(path_type=Path, file_okay=False), required=True,
               help="Bundle directory: model.tflite, manifest.json and report.json.")
 def convert(
-    model: Path, profile: Profile, calibration: Path, validation: Path | None, mean: list[float], std: list[float],
-    color_order: str | None, resize: str, labels: Path | None, task: str, sign_key: Path | None, name: str | None,
+    model: Path, profile: Profile, calibration: Path, validation: Path | None, mean: list[float] | None,
+    std: list[float] | None,
+    color_order: str | None, fold_bgr: bool, resize: str, labels: Path | None, task: str, sign_key: Path | None, name: str | None,
     version: int | None, force: bool, no_fallback: bool, calibration_samples: int, validation_samples: int,
     latency_runs: int, custom_objects: tuple[str, ...], do_prune: bool, prune_epochs: int, protect: tuple[str, ...],
     output: Path,
@@ -96,6 +102,7 @@ def convert(
           --sign-key keys/edgegap.key --name fridge-cam --version 7 --output bundle/
       edgegap convert model.keras --profile raspberry-pi-4 --calibration train.npz \\
           --prune --prune-epochs 3 --validation val.npz --output bundle/
+      edgegap convert detector.keras --profile x86-avx2 --calibration images/ --fold-bgr --output bundle/
     """
     from agent.manifest import ColorOrder, ResizeMode
     from converter.pipeline import STAGES, ConvertOptions
@@ -108,7 +115,7 @@ def convert(
         resize=ResizeMode(resize), labels=labels, name=name, version=version, task=task, sign_key=sign_key,
         force=force, fallback=not no_fallback, calibration_samples=calibration_samples,
         validation_samples=validation_samples, latency_runs=latency_runs, custom_objects=custom_objects,
-        prune=do_prune, prune_epochs=prune_epochs, protect=protect,
+        prune=do_prune, prune_epochs=prune_epochs, protect=protect, fold_bgr=fold_bgr,
     )
     with progress() as bar:
         reporter = _ProgressReporter(bar, STAGES)

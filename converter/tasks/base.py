@@ -11,12 +11,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from agent.manifest import Decoder, OutputRole
 from agent.runtime import LoadedModel, TensorInfo
+
+if TYPE_CHECKING:
+    from converter.data import Normalization
 
 logger = logging.getLogger(__name__)
 
@@ -68,3 +71,8 @@ class Task(ABC):
     def manifest_extra(self) -> dict[str, Any]:
         """Decoder parameters for the manifest's `extra` field."""
         return {}
+
+    def normalization(self) -> Normalization | None:
+        """The input normalization the model itself records (a detector's sidecar); None when the
+        user gives it (--mean, --std, --color-order)."""
+        return None

@@ -17,8 +17,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from agent.manifest import Decoder, OutputRole
+from agent.manifest import ColorOrder, Decoder, OutputRole
 from agent.runtime import LoadedModel, TensorInfo
+from converter.data import Normalization
 from converter.evaluation import Detections, coco_map
 from converter.tasks.base import AccuracyReport, Dataset, FloatFn, Task
 from converter.zoo import detection_data
@@ -92,6 +93,9 @@ class DetectionTask(Task):
     @property
     def color_order(self) -> str:
         return self.cfg.color_order
+
+    def normalization(self) -> Normalization:
+        return Normalization([self.cfg.mean], [self.cfg.std], ColorOrder(self.cfg.color_order))
 
     def export_saved_model(self, model: Any, out_dir: Path) -> None:
         from converter.zoo.detector_export import export_saved_model

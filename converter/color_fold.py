@@ -1,0 +1,96 @@
+"""Folding the camera's BGR channel order into a model, so the device feeds frames as they come.
+
+OpenCV delivers BGR frames; a model trained on RGB needs each frame's channels swapped before
+inference, one more pass over the pixels on every frame. Where the input's channels reach only
+layers that treat every channel alike (padding, scalar rescaling, activations, pooling) or keep
+them apart (batch normalization, depthwise convolution), and then convolutions or dense layers,
+reversing those layers' weights along their input channels gives a model that takes BGR and
+computes what the original computes on RGB. Quantization is unaffected: the weight scales are per
+output channel, and the input's scale is one number.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from agent.errors import EdgegapError
+from converter.pruning.graph import GraphNode, Kind, build_graph
+
+logger = logging.getLogger(__name__)
+
+
+class FoldError(EdgegapError, ValueError):
+    """The model's input cannot take BGR by a change of weights; the message says why."""
+
+
+_HINT = "convert without --fold-bgr (the device then swaps the channels of each frame)"
+
+
+def fold_bgr(model: Any) -> tuple[Any, list[str]]:
+    """A copy of `model` that takes BGR where `model` takes RGB, and the layers whose weights
+    were reversed along their input channels (or the other way round: the swap is its own
+    inverse). The original model is not changed."""
+    import keras
+
+    from converter.pruning.graph import PruningError
+
+    if len(getattr(model, "inputs", None) or []) != 1:
+        raise FoldError(f"--fold-bgr needs a model with one image input; {_HINT}")
+    channels = model.inputs[0].shape[-1]
+    if channels != 3:
+        raise FoldError(f"--fold-bgr needs a 3-channel input; this model takes {channels} channel(s)")
+    try:
+        folded = keras.models.clone_model(model)
+        folded.set_weights(model.get_weights())
+        graph = build_graph(folded)
+    except PruningError as exc:
+        raise FoldError(f"cannot fold the channel swap: {exc}") from exc
+    except Exception as exc:  # a layer that cannot be cloned from its config
+        raise FoldError(f"cannot copy the model to fold the channel swap ({exc}); {_HINT}") from exc
+    calls = Counter(node.layer_id for node in graph.nodes)
+    reached = set(graph.input_keys)  # tensors whose channels are still in the input's order
+    changed: list[str] = []
+    for node in graph.nodes:
+        hit = [k in reached for k in node.inputs]
+        if not any(hit):
+            continue
+        if calls[node.layer_id] > 1:
+            raise FoldError(f"cannot fold the channel swap: layer {node.name!r} is shared; {_HINT}")
+        if node.kind in (Kind.CONV, Kind.DENSE):
+            _reverse(node, "kernel", axis=-2)
+            changed.append(node.name)
+            continue
+        if node.kind is Kind.BN:
+            for name in ("gamma", "beta", "moving_mean", "moving_variance"):
+                _reverse(node, name, axis=-1, optional=True)
+        elif node.kind is Kind.DEPTHWISE and getattr(node.op, "depth_multiplier", 1) == 1:
+            _reverse(node, "kernel", axis=-2)
+            _reverse(node, "bias", axis=-1, optional=True)
+        elif node.kind is Kind.PRELU:
+            if np.shape(node.op.alpha)[-1] != 1:
+                _reverse(node, "alpha", axis=-1)
+        elif not (node.kind is Kind.PASS or (node.kind is Kind.MERGE and all(hit))):
+            raise FoldError(
+                f"cannot fold the channel swap: the input's channels reach {node.name!r} "
+                f"({node.type_name}), which does not keep them apart; {_HINT}"
+            )
+        if node.kind is not Kind.PASS:
+            changed.append(node.name)
+        reached.update(node.outputs)
+    if reached & set(graph.output_keys):
+        raise FoldError(f"cannot fold the channel swap: the input's channels reach an output; {_HINT}")
+    logger.info("BGR folded into %s", ", ".join(changed))
+    return folded, changed
+
+
+def _reverse(node: GraphNode, name: str, axis: int, optional: bool = False) -> None:
+    var = getattr(node.op, name, None)
+    if var is None:
+        if optional:
+            return
+        raise FoldError(f"cannot fold the channel swap: {node.name!r} has no {name}")
+    var.assign(np.flip(var.numpy(), axis=axis))
