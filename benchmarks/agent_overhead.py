@@ -24,6 +24,7 @@ of each 40, decoded back to back and partly dropped), which is not camera pace.
 Usage:
   python benchmarks/agent_overhead.py [--bundle DIR] [--video FILE] [--rounds 12] [--frames 40]
                                       [--threads N] [--pin-threads] [--broker mqtt://HOST:PORT]
+                                      [--fold-bgr]
 
 With --broker the agent also publishes every result to that MQTT broker (the latency then ends
 when paho has handed the message to the socket); without it, results go to a JSONL file only.
@@ -31,9 +32,10 @@ when paho has handed the message to the socket); without it, results go to a JSO
 the same interpreter and thread).
 
 Without --bundle it converts the reference detector (converter/zoo/weights/detector.keras) with
-`edgegap convert --profile x86-avx2` (int8, calibrated on 100 train-split images); when that file
-is missing it builds a stand-in of realistic size (MobileNetV2 width 0.5 at 256 px with an SSD
-head and TFLite_Detection_PostProcess, random weights) and says so.
+`edgegap convert --profile x86-avx2` (int8, calibrated on 100 train-split images; with --fold-bgr
+too, so frames need no channel swap); when that file is missing it builds a stand-in of realistic
+size (MobileNetV2 width 0.5 at 256 px with an SSD head and TFLite_Detection_PostProcess, random
+weights) and says so.
 """
 
 from __future__ import annotations
@@ -97,9 +99,9 @@ def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
 
 
-def convert_reference(work: Path) -> Path | None:
-    """Convert the reference detector with `edgegap convert` (int8, x86-avx2), calibrated on the
-    train split; None (with the reason) on failure."""
+def convert_reference(work: Path, fold_bgr: bool = False) -> Path | None:
+    """Convert the reference detector with `edgegap convert` (int8, x86-avx2, and --fold-bgr when
+    asked), calibrated on the train split; None (with the reason) on failure."""
     from converter.zoo.detection_data import generate, write_folder
 
     calib = work / "calib"
@@ -112,7 +114,7 @@ def convert_reference(work: Path) -> Path | None:
     out = work / "reference-bundle"
     cmd = [sys.executable, "-m", "converter", "convert", str(REFERENCE), "--profile", "x86-avx2",
            "--calibration", str(calib), "--validation", str(val), "--task", "auto",
-           "--output", str(out)]  # fmt: skip
+           "--output", str(out), *(["--fold-bgr"] if fold_bgr else [])]  # fmt: skip
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if res.returncode != 0 or not (out / "manifest.json").is_file():
         tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -373,6 +375,11 @@ def main() -> None:
     )
     ap.add_argument("--broker", help="Also publish every result to this MQTT broker.")
     ap.add_argument(
+        "--fold-bgr",
+        action="store_true",
+        help="Convert the reference detector with --fold-bgr, so frames need no channel swap.",
+    )
+    ap.add_argument(
         "--pin-threads",
         action="store_true",
         help="runtime.pin_threads: inference and interpreter threads on their own cores.",
@@ -386,8 +393,10 @@ def main() -> None:
         bundle, what = args.bundle, "given bundle"
         if bundle is None and REFERENCE.is_file():
             bundle, what = (
-                convert_reference(work),
-                "reference detector, int8 x86-avx2 (converted now)",
+                convert_reference(work, args.fold_bgr),
+                "reference detector, int8 x86-avx2"
+                + (", BGR folded in" if args.fold_bgr else "")
+                + " (converted now)",
             )
         if bundle is None:
             print(
