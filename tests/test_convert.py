@@ -260,6 +260,17 @@ def test_select_fewest_finds_a_non_prefix_minimum() -> None:
     assert select_fewest(ranked, needs_a_and_d, max_tries=2) is None  # budget spent before passing
 
 
+def test_the_report_says_when_the_converted_model_is_slower_than_float() -> None:
+    from converter.report import speed_note
+
+    note = speed_note("int8", 1.068, 1.326, 0.413, "device-class host (x86_64)")
+    assert note is not None and "int8 ran 1.24x slower than float32 (device-class host (x86_64))" in note
+    assert "size (0.41x), not speed" in note
+    assert speed_note("int8", 1.068, 1.10, 0.413, "host") is None  # within a short run's noise
+    assert speed_note("int8", 2.0, 1.0, 0.3, "host") is None
+    assert speed_note("int8", 0.0, 1.0, 0.3, "host") is None
+
+
 def test_image_folder_is_resized_normalized_and_color_ordered(tmp_path: Path) -> None:
     img = np.zeros((20, 10, 3), np.uint8)
     img[..., 2] = 200  # red, in OpenCV's BGR order
