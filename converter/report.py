@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from converter.console import human_bytes
+from converter.gates import host_measured, latency_label
 from converter.result import ConvertResult
 
 logger = logging.getLogger(__name__)
@@ -61,8 +62,9 @@ SLOWER_THAN_FLOAT = 1.10  # p50 ratios closer to 1 than this are within a short 
 
 
 def speed_note(scheme: str, float_ms: float, quant_ms: float, size_ratio: float, where: str) -> str | None:
-    """Says so when the converted model ran clearly slower than float: on some CPUs the int8
-    kernels lose to the float ones, and then the scheme buys size, not speed."""
+    """Says so when the converted model ran clearly slower than float on a host that stands for
+    the device: on some CPUs the int8 kernels lose to the float ones, and then the scheme buys
+    size, not speed."""
     if float_ms <= 0 or quant_ms <= SLOWER_THAN_FLOAT * float_ms:
         return None
     return (f"note: {scheme} ran {quant_ms / float_ms:.2f}x slower than float32 ({where}): there it buys size "
@@ -137,10 +139,11 @@ def render(result: ConvertResult) -> Group:
     if fb is not None:
         parts.append(fb)
     lat_f, lat_q = result.latency["float"], result.latency["quant"]
-    slow = speed_note(_quant_label(result), lat_f.p50, lat_q.p50, len(result.model_bytes) / len(result.float_bytes),
-                      str(result.manifest.metrics.get("latency_measured", "this host")))
-    if slow is not None:
-        parts.append(Text(slow, style="yellow"))
+    if not host_measured(result.profile):  # only where this host stands for the device
+        slow = speed_note(_quant_label(result), lat_f.p50, lat_q.p50, len(result.model_bytes) / len(result.float_bytes),
+                          latency_label(result.profile))
+        if slow is not None:
+            parts.append(Text(slow, style="yellow"))
     folded = result.manifest.metrics.get("bgr_folded_into")
     if folded:
         parts.append(Text(f"input: BGR frames as OpenCV reads them (the channel swap is folded into "
