@@ -1,0 +1,122 @@
+"""What one convolution costs in int8 and in float32 on this CPU, by shape: why channel pruning of
+a narrow network's early layers saves little time, and why int8 can lose to float32 here.
+
+Each case is a single Conv2D + ReLU6 Keras model, converted to float32 TFLite and to int8 TFLite
+(int8 input and output, the way edgegap's int8 profiles convert), run with LiteRT's default
+delegate (XNNPACK) on 1 thread. All models are invoked interleaved, round after round, and the
+medians are compared.
+
+Usage:
+  python benchmarks/conv_cost.py [--rounds 200]
+
+The per-case times and int8/float32 ratios are printed first; the ratios last: for each kind of
+layer, its int8 time at each width divided by its int8 time at width 16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agent.runtime import LoadedModel, open_model  # noqa: E402
+
+# (kind, input channels, output channels, input size, stride): the reference detector's stem, then
+# each kind of layer its stages are made of, at 56 px, over the widths pruning moves between (a
+# depthwise convolution has as many outputs as inputs). Cases shared by two sweeps run once.
+Case = tuple[str, int, int, int, int]
+WIDTHS = (8, 16, 32, 48, 64, 96, 128)
+SWEEPS: dict[str, list[Case]] = {
+    "conv3x3, output channels": [("conv3x3", 16, c, 56, 1) for c in WIDTHS],
+    "conv1x1, output channels": [("conv1x1", 16, c, 56, 1) for c in WIDTHS],
+    "conv1x1, input channels": [("conv1x1", c, 16, 56, 1) for c in WIDTHS],
+    "depthwise3x3, channels": [("depthwise3x3", c, c, 56, 1) for c in WIDTHS],
+}
+CASES: list[Case] = [("conv3x3", 3, 16, 224, 2), *dict.fromkeys(c for sweep in SWEEPS.values() for c in sweep)]
+
+
+def _label(case: Case) -> str:
+    kind, cin, cout, size, stride = case
+    return f"{kind:>12} {cin:>3}->{cout:<3} at {size} px" + (f", stride {stride}" if stride != 1 else "")
+
+
+def _layer(case: Case) -> Any:
+    import keras
+
+    kind, _, cout, _, stride = case
+    if kind == "depthwise3x3":
+        return keras.layers.DepthwiseConv2D(3, strides=stride, padding="same")
+    return keras.layers.Conv2D(cout, 3 if kind == "conv3x3" else 1, strides=stride, padding="same")
+
+
+def _convert(case: Case, quantized: bool, work: Path) -> bytes:
+    import keras
+    import tensorflow as tf
+
+    _, cin, _, size, _ = case
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((size, size, cin))
+    model = keras.Model(inp, keras.layers.ReLU(6.0)(_layer(case)(inp)))
+    saved = work / "_".join(map(str, case))
+    model.export(str(saved), format="tf_saved_model", verbose=False)
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+    if quantized:
+        rng = np.random.default_rng(0)
+
+        def calibration() -> Any:
+            for _ in range(16):
+                yield [rng.random((1, size, size, cin), dtype=np.float32)]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = calibration
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    return bytes(converter.convert())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=200, help="Interleaved invokes of every model.")
+    args = ap.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    models: dict[tuple[Case, str], LoadedModel] = {}
+    with tempfile.TemporaryDirectory(prefix="edgegap-conv-") as tmp:
+        for case in CASES:
+            for kind in ("float32", "int8"):
+                model = open_model(_convert(case, kind == "int8", Path(tmp)), 1)
+                inp = model.inputs[0]
+                model.set_input(np.zeros(inp.shape, inp.dtype))
+                model.invoke()
+                models[(case, kind)] = model
+    times: dict[tuple[Case, str], list[float]] = {k: [] for k in models}
+    for _ in range(args.rounds):
+        for key, model in models.items():
+            t0 = time.perf_counter()
+            model.invoke()
+            times[key].append(time.perf_counter() - t0)
+    ms = {k: 1000.0 * statistics.median(v) for k, v in times.items()}
+    any_model = next(iter(models.values()))
+    print(f"{any_model.backend} {any_model.backend_version}, 1 thread, median of {args.rounds} interleaved invokes")
+    for case in CASES:
+        f, q = ms[(case, "float32")], ms[(case, "int8")]
+        print(f"{_label(case)}: float32 {f:.3f} ms, int8 {q:.3f} ms, int8/float32 {q / f:.2f}")
+    print("int8 time at each width / int8 time at width 16 (56 px):")
+    for name, sweep in SWEEPS.items():
+        base = ms[(sweep[WIDTHS.index(16)], "int8")]
+        cells = "  ".join(f"{w}: {ms[(c, 'int8')] / base:.2f}" for w, c in zip(WIDTHS, sweep, strict=True))
+        print(f"  {name} (16: {base:.3f} ms): {cells}")
+
+
+if __name__ == "__main__":
+    main()
