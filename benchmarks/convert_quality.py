@@ -67,11 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dense", type=int, default=256, help="Units of the hidden dense layer.")
     args = parser.parse_args(argv)
 
+    from converter.data import Dataset
     from converter.gates import host_arch, host_threads
     from converter.loading import describe, import_tf, quiet_native_stderr
     from converter.pipeline import ConvertOptions, convert, open_converted
     from converter.quantize import convert_float, export_saved_model
-    from converter.tasks.base import Dataset
     from converter.tasks.classification import ClassificationTask
     from converter.tasks.tensor import run_model
     from converter.zoo.digits import train_digits_cnn

@@ -16,7 +16,6 @@ import numpy as np
 
 from agent.errors import EdgegapError
 from agent.manifest import ColorOrder, ResizeMode
-from converter.tasks.base import Dataset
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +23,15 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 NPZ_INPUT_KEYS = ("x", "images", "inputs", "data")
 NPZ_LABEL_KEYS = ("y", "labels")
 LETTERBOX_FILL = 0  # pixel value of the letterbox bars, before normalization
+
+
+@dataclass
+class Dataset:
+    """Normalized model inputs (N, H, W, C) float32, with optional labels (task specific)."""
+
+    x: np.ndarray
+    labels: Any = None
+    source: str = ""
 
 
 class DataError(EdgegapError, ValueError):

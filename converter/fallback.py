@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from converter.data import Dataset
 from converter.quantize import make_converter, quiet_native_stderr, representative, requantize
-from converter.tasks.base import AccuracyReport, Dataset, Task
+from converter.tasks.base import AccuracyReport, Task
 from firmware_profiles import Profile
 
 logger = logging.getLogger(__name__)

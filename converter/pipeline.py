@@ -27,7 +27,7 @@ from agent.golden import record_golden
 from agent.manifest import ColorOrder, InputSpec, Manifest, ModelFile, OutputSpec, ResizeMode
 from agent.runtime import LoadedModel, open_model
 from agent.signing import load_private_key, sign_manifest
-from converter.data import Normalization, default_color_order, load_data
+from converter.data import Dataset, Normalization, default_color_order, load_data
 from converter.fallback import FallbackResult, find_float_layers
 from converter.gates import (
     LatencyStats,
@@ -48,7 +48,7 @@ from converter.gates import (
 from converter.loading import SourceModel, describe, load_model, quiet_native_stderr
 from converter.quantize import convert_float, export_saved_model, quantize
 from converter.result import ConvertResult, PruningSummary
-from converter.tasks.base import AccuracyReport, Dataset, Task
+from converter.tasks.base import AccuracyReport, Task
 from firmware_profiles import Profile, QuantScheme
 
 logger = logging.getLogger(__name__)

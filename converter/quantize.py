@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 
 from agent.errors import EdgegapError
+from converter.data import Dataset
 from converter.loading import import_tf, one_line, quiet_native_stderr
-from converter.tasks.base import Dataset, Task
+from converter.tasks.base import Task
 from firmware_profiles import IODtype, Profile, QuantScheme
 
 logger = logging.getLogger(__name__)

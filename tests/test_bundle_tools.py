@@ -19,8 +19,8 @@ from agent.bundle import MANIFEST_FILE, MODEL_FILE  # noqa: E402
 from agent.manifest import parse_manifest  # noqa: E402
 from agent.signing import generate_keypair, load_private_key, sign_manifest  # noqa: E402
 from converter.cli import cli  # noqa: E402
+from converter.data import Dataset  # noqa: E402
 from converter.pipeline import ConvertOptions, convert  # noqa: E402
-from converter.tasks.base import Dataset  # noqa: E402
 from firmware_profiles import load_profile  # noqa: E402
 
 

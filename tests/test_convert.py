@@ -25,11 +25,10 @@ from agent.bundle import load_bundle  # noqa: E402
 from agent.golden import check_golden  # noqa: E402
 from agent.manifest import ColorOrder, OutputRole, ResizeMode  # noqa: E402
 from agent.runtime import open_model  # noqa: E402
-from converter.data import DataError, Normalization, load_data, resize_pixels  # noqa: E402
+from converter.data import DataError, Dataset, Normalization, load_data, resize_pixels  # noqa: E402
 from converter.fallback import select_fewest  # noqa: E402
 from converter.loading import ModelLoadError, load_model  # noqa: E402
 from converter.pipeline import ConvertOptions, ConvertResult, convert, open_converted  # noqa: E402
-from converter.tasks.base import Dataset  # noqa: E402
 from converter.tasks.tensor import run_model  # noqa: E402
 from firmware_profiles import Profile, load_profile, parse_profile, shipped_profile_names  # noqa: E402
 

@@ -11,26 +11,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from agent.manifest import Decoder, OutputRole
 from agent.runtime import LoadedModel, TensorInfo
-
-if TYPE_CHECKING:
-    from converter.data import Normalization
+from converter.data import Dataset, Normalization
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Dataset:
-    """Normalized model inputs (N, H, W, C) float32, with optional labels (task specific)."""
-
-    x: np.ndarray
-    labels: Any = None
-    source: str = ""
 
 
 @dataclass

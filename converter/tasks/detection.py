@@ -19,9 +19,9 @@ import numpy as np
 
 from agent.manifest import ColorOrder, Decoder, OutputRole
 from agent.runtime import LoadedModel, TensorInfo
-from converter.data import Normalization
+from converter.data import Dataset, Normalization
 from converter.evaluation import Detections, coco_map
-from converter.tasks.base import AccuracyReport, Dataset, FloatFn, Task
+from converter.tasks.base import AccuracyReport, FloatFn, Task
 from converter.zoo import detection_data
 from converter.zoo.config import DetectorConfig, SidecarError, has_sidecar, read_sidecar
 from converter.zoo.detector_export import OUTPUT_KEYS, POSTPROCESS_OP, ROLES

@@ -16,8 +16,9 @@ import numpy as np
 from agent.manifest import Decoder, OutputRole
 from agent.preprocess import dequantize
 from agent.runtime import LoadedModel, TensorInfo
+from converter.data import Dataset
 from converter.loading import SourceModel, describe
-from converter.tasks.base import AccuracyReport, Dataset, FloatFn, Task
+from converter.tasks.base import AccuracyReport, FloatFn, Task
 
 logger = logging.getLogger(__name__)
 
