@@ -304,6 +304,32 @@ def test_convert_pipeline_bundle_and_eval_cli(detector: Any, test_folder: Path, 
     assert len(maps) == 4 and min(maps) > 0.2, out.output
 
 
+def test_a_detector_converted_with_fold_bgr_takes_bgr_and_scores_the_same(detector: Any, test_folder: Path, tmp_path: Path) -> None:
+    from agent.bundle import load_bundle
+    from converter.pipeline import ConvertOptions, convert
+    from converter.tasks.detection import DetectionTask
+    from firmware_profiles import load_profile
+
+    _, cfg, _ = detector
+    dd.write_folder(tmp_path / "train", list(dd.generate("train", 60, seed=0, size=cfg.input_size)))
+    opts = ConvertOptions(
+        model=WEIGHTS, profile=load_profile("x86-avx2"), calibration=tmp_path / "train" / dd.IMAGES_DIR,
+        validation=DetectionTask(cfg).dataset(None, split="val", count=40), output=tmp_path / "bundle",
+        fold_bgr=True, force=True, fallback=False, latency_runs=3, calibration_samples=60,
+    )  # fmt: skip
+    result = convert(opts)
+    m = load_bundle(tmp_path / "bundle").manifest
+    assert m.input.color_order.value == "bgr" and m.metrics["bgr_folded_into"] == ["stem_conv"]
+    # The gate compares against the original model on RGB; the folded int8 model keeps up with it.
+    assert abs(result.accuracy.drop) < 0.05 and result.accuracy.quant_value > 0.3
+    # eval feeds a BGR bundle BGR pixels; with them it scores what the float model scores.
+    out = run("eval", WEIGHTS, tmp_path / "bundle", "--data", test_folder, "--count", "40")
+    assert out.exit_code == 0, out.output
+    rows = [ln for ln in out.output.splitlines() if "detector.keras" in ln or "TFLite" in ln]
+    map50 = [float([v for v in ln.replace("│", " ").split() if v.startswith("0.")][0]) for ln in rows]
+    assert len(map50) == 2 and abs(map50[0] - map50[1]) < 0.05, out.output
+
+
 def test_a_detector_sidecar_sets_the_input_normalization() -> None:
     from agent.manifest import ColorOrder
     from converter.pipeline import ConvertError, ConvertOptions, _normalization
