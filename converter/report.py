@@ -59,13 +59,14 @@ def summary_table(result: ConvertResult) -> Table:
 
 
 SLOWER_THAN_FLOAT = 1.10  # p50 ratios closer to 1 than this are within a short run's noise
+SLOWER_BY_MS = 0.05  # and differences this small are call overhead, not the model
 
 
 def speed_note(scheme: str, float_ms: float, quant_ms: float, size_ratio: float, where: str) -> str | None:
     """Says so when the converted model ran clearly slower than float on a host that stands for
     the device: on some CPUs the int8 kernels lose to the float ones, and then the scheme buys
     size, not speed."""
-    if float_ms <= 0 or quant_ms <= SLOWER_THAN_FLOAT * float_ms:
+    if float_ms <= 0 or quant_ms <= SLOWER_THAN_FLOAT * float_ms or quant_ms - float_ms < SLOWER_BY_MS:
         return None
     return (f"note: {scheme} ran {quant_ms / float_ms:.2f}x slower than float32 ({where}): there it buys size "
             f"({size_ratio:.2f}x), not speed; measure on the device (`edgegap bench`) before choosing")

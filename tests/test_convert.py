@@ -268,6 +268,7 @@ def test_the_report_says_when_the_converted_model_is_slower_than_float() -> None
     assert speed_note("int8", 1.068, 1.10, 0.413, "host") is None  # within a short run's noise
     assert speed_note("int8", 2.0, 1.0, 0.3, "host") is None
     assert speed_note("int8", 0.0, 1.0, 0.3, "host") is None
+    assert speed_note("int8", 0.002, 0.004, 0.9, "host") is None  # microseconds: call overhead
 
 
 def test_image_folder_is_resized_normalized_and_color_ordered(tmp_path: Path) -> None:
