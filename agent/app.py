@@ -90,17 +90,22 @@ def _opened_and_invoked(content: bytes, threads: int, config: AgentConfig) -> Lo
     return model
 
 
-def resolve_threads(config: AgentConfig, manifest: Manifest) -> int:
-    """Threads from the config, else from the bundle's device profile, else 1."""
+def resolve_threads(config: AgentConfig, manifest: Manifest, cpus: int | None = None) -> int:
+    """Threads from the config, else from the bundle's device profile (at most one per CPU of this
+    machine: more would only take turns), else 1."""
     if config.runtime.threads:
         return config.runtime.threads
     try:
         from firmware_profiles import ProfileError, load_profile
 
-        return load_profile(manifest.profile).runtime.threads
+        wanted = load_profile(manifest.profile).runtime.threads
     except (ProfileError, ImportError) as exc:
         logger.info("profile %s not found here (%s); using 1 thread", manifest.profile, exc)
         return 1
+    cpus = cpus or os.cpu_count() or wanted
+    if wanted > cpus:
+        logger.info("profile %s asks for %d threads; this machine has %d CPUs", manifest.profile, wanted, cpus)
+    return min(wanted, cpus)
 
 
 def check_model_io(model: LoadedModel, manifest: Manifest) -> None:

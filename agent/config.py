@@ -164,7 +164,7 @@ class RuntimeConfig(_Strict):
         default=None,
         ge=1,
         le=64,
-        description="Interpreter threads; empty takes the bundle profile's value.",
+        description="Interpreter threads; empty takes the bundle profile's value, at most one per CPU.",
     )
     pin_threads: bool = Field(
         default=False,

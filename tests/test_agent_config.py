@@ -133,3 +133,23 @@ def test_run_without_bundle_or_source_is_a_config_error() -> None:
     res = CliRunner().invoke(cli, ["run", "--source", "0"])
     assert res.exit_code == 78
     assert "bundle.path: required" in res.output and "Traceback" not in res.output
+
+
+def test_threads_come_from_the_config_else_the_profile_capped_at_this_machines_cpus() -> None:
+    from agent.app import resolve_threads
+    from agent.manifest import Decoder, InputSpec, Manifest, ModelFile, OutputRole, OutputSpec
+
+    def manifest(profile: str) -> Manifest:
+        return Manifest(
+            name="m", version=1, profile=profile, created="2026-01-01T00:00:00Z", task="classification",
+            decoder=Decoder.CLASSIFICATION, model=ModelFile(sha256="0" * 64, size=1),
+            input=InputSpec(shape=[1, 8, 8, 1], dtype="int8", scale=0.004, zero_point=-128, mean=[0], std=[255]),
+            outputs=[OutputSpec(name="out", index=5, role=OutputRole.LOGITS, shape=[1, 3], dtype="int8")],
+        )  # fmt: skip
+
+    plain = AgentConfig()
+    assert resolve_threads(plain, manifest("raspberry-pi-4"), cpus=8) == 4  # the profile's 4
+    assert resolve_threads(plain, manifest("raspberry-pi-4"), cpus=2) == 2  # one per CPU at most
+    assert resolve_threads(plain, manifest("no-such-board"), cpus=8) == 1
+    given = AgentConfig.model_validate({"runtime": {"threads": 3}})
+    assert resolve_threads(given, manifest("raspberry-pi-4"), cpus=2) == 3  # asked for: as asked
