@@ -72,7 +72,7 @@ class Reporter:
         logger.debug("%s", text)
 
 
-STAGES = ("load model", "load data", "prune", "fold bgr", "export", "float model", "quantize", "evaluate", "fallback", "gates",
+STAGES = ("load model", "fold bgr", "load data", "prune", "export", "float model", "quantize", "evaluate", "fallback", "gates",
           "manifest", "write")  # fmt: skip
 
 
@@ -261,11 +261,17 @@ def _convert(opts: ConvertOptions, reporter: Reporter | None) -> ConvertResult:
         source = describe(opts.model)
     task = make_task(opts.task, source)
     norm = _normalization(opts, source.input_shape[-1], task)
-    if opts.fold_bgr and norm.color_order is not ColorOrder.RGB:
-        raise ConvertError(f"--fold-bgr makes a model that takes RGB take BGR; this one takes {norm.color_order.value}")
-
-    stage("load data")
     original = source
+    reference: Callable[[np.ndarray], Any] = original.predict  # gates measure against the original float model
+    folded: list[str] = []
+    if opts.fold_bgr:
+        stage("fold bgr")
+        if norm.color_order is not ColorOrder.RGB:
+            raise ConvertError(f"--fold-bgr makes a model that takes RGB take BGR; this one takes {norm.color_order.value}")
+        source, folded = _fold_bgr(source)
+        reference = functools.partial(_on_swapped, original.predict)
+
+    stage("load data")  # read in the original model's color order
     calibration = _dataset(opts.calibration, source, norm, opts.calibration_samples, "calibration data")
     if task.name == "detection" and not isinstance(opts.validation, Dataset):
         validation = task.validation_data(opts.validation, opts.validation_samples)  # type: ignore[attr-defined]
@@ -274,21 +280,16 @@ def _convert(opts: ConvertOptions, reporter: Reporter | None) -> ConvertResult:
     else:
         validation = calibration
         logger.warning("no --validation data: accuracy is measured on the calibration data")
+    if folded:  # from here on, everything feeds the folded model
+        norm = norm.swapped()
+        swapped = _swap_channels(calibration)
+        validation = swapped if validation is calibration else _swap_channels(validation)
+        calibration = swapped
     labels = read_labels(opts.labels) or list(getattr(task, "labels", []))
     prune_report = None
     if opts.prune:
         stage("prune")
         source, prune_report = _prune(opts, source, task, calibration, rep)
-    reference: Callable[[np.ndarray], Any] = original.predict  # gates measure against the original float model
-    folded: list[str] = []
-    if opts.fold_bgr:
-        stage("fold bgr")
-        source, folded = _fold_bgr(source)
-        norm = norm.swapped()
-        swapped = _swap_channels(calibration)
-        validation = swapped if validation is calibration else _swap_channels(validation)
-        calibration = swapped
-        reference = functools.partial(_on_swapped, original.predict)
 
     with tempfile.TemporaryDirectory(prefix="edgegap-") as tmp:
         saved = Path(tmp) / "saved_model"

@@ -63,6 +63,21 @@ def test_folding_twice_gives_back_the_original() -> None:
         np.testing.assert_array_equal(w, b)
 
 
+def test_pruning_a_folded_model_removes_the_same_channels() -> None:
+    """convert --fold-bgr --prune folds first: the pruned folded model on BGR must be the pruned
+    original on RGB (filter importance does not depend on the order of a filter's inputs)."""
+    from converter.pruning import prune
+
+    model = _branchy(seed=5)
+    folded, _ = fold_bgr(model)
+    pruned, _ = prune(model, 0.5, min_channels=2)
+    pruned_folded, _ = prune(folded, 0.5, min_channels=2)
+    assert pruned.count_params() < model.count_params()
+    rgb = np.random.default_rng(6).uniform(0, 255, (4, 12, 12, 3)).astype(np.float32)
+    want = pruned.predict(rgb, verbose=0)
+    np.testing.assert_allclose(pruned_folded.predict(np.ascontiguousarray(rgb[..., ::-1]), verbose=0), want, rtol=1e-4, atol=1e-4)
+
+
 def _model(build: Any, shape: tuple[int, ...] = (8, 8, 3)) -> Any:
     inp = keras.Input(shape)
     return keras.Model(inp, build(inp))

@@ -48,6 +48,7 @@ def _profile_file(path: Path, pruning: dict[str, Any]) -> None:
 
 
 def test_convert_prune_removes_channels_and_reports(tmp_path: Path) -> None:
+    """Pruning, with the BGR swap folded in too: the fold comes first and pruning keeps it."""
     x, y = pattern_data(160, seed=3, classes=3)
     _wide_classifier(x[:100], y[:100]).save(tmp_path / "wide.keras")
     np.save(tmp_path / "calib.npy", x[:100])
@@ -57,7 +58,7 @@ def test_convert_prune_removes_channels_and_reports(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, [str(a) for a in (
         "convert", tmp_path / "wide.keras", "--profile", tmp_path / "half.yaml", "--calibration",
         tmp_path / "calib.npy", "--validation", tmp_path / "val.npz", "--prune", "--prune-epochs", "2",
-        "--latency-runs", "5", "--force", "--output", tmp_path / "bundle",
+        "--latency-runs", "5", "--fold-bgr", "--force", "--output", tmp_path / "bundle",
     )])
     assert result.exit_code == 0, result.output
     title = re.search(r"Pruning: ([\d.]+)% of prunable channels removed \(50% asked", result.output)
@@ -78,6 +79,8 @@ def test_convert_prune_removes_channels_and_reports(tmp_path: Path) -> None:
     assert (16, 3, 3, 3) in shapes and (32, 3, 3, 3) not in shapes
     probs = model.run(np.zeros(bundle.manifest.input.shape, np.int8))[0]
     assert probs.shape == (1, 3)
+    # Folded before pruning (tests/test_color_fold.py checks that the two commute).
+    assert bundle.manifest.input.color_order.value == "bgr" and bundle.manifest.metrics["bgr_folded_into"] == ["conv1"]
 
 
 def test_convert_prune_refuses_a_budget_out_of_reach(tmp_path: Path) -> None:
