@@ -82,11 +82,10 @@ class _ProgressReporter:
               help="Bundle directory: model.tflite, manifest.json and report.json.")
 def convert(
     model: Path, profile: Profile, calibration: Path, validation: Path | None, mean: list[float] | None,
-    std: list[float] | None,
-    color_order: str | None, fold_bgr: bool, resize: str, labels: Path | None, task: str, sign_key: Path | None, name: str | None,
-    version: int | None, force: bool, no_fallback: bool, calibration_samples: int, validation_samples: int,
-    latency_runs: int, custom_objects: tuple[str, ...], do_prune: bool, prune_epochs: int, protect: tuple[str, ...],
-    output: Path,
+    std: list[float] | None, color_order: str | None, fold_bgr: bool, resize: str, labels: Path | None, task: str,
+    sign_key: Path | None, name: str | None, version: int | None, force: bool, no_fallback: bool,
+    calibration_samples: int, validation_samples: int, latency_runs: int, custom_objects: tuple[str, ...],
+    do_prune: bool, prune_epochs: int, protect: tuple[str, ...], output: Path,
 ) -> None:
     """Quantize MODEL (.keras, .h5 or SavedModel dir) for a device profile and write a bundle.
 

@@ -73,26 +73,10 @@ class DetectionTask(Task):
         task._cfg, task._doc = read_sidecar(Path(model_path))
         return task
 
-    # What the pipeline needs for the manifest's input spec and labels.
+    # What the pipeline takes from the sidecar for the manifest: labels and the input normalization.
     @property
     def labels(self) -> list[str]:
         return list(self.cfg.classes)
-
-    @property
-    def input_shape(self) -> list[int]:
-        return [1, self.cfg.input_size, self.cfg.input_size, 3]
-
-    @property
-    def mean(self) -> list[float]:
-        return [self.cfg.mean]
-
-    @property
-    def std(self) -> list[float]:
-        return [self.cfg.std]
-
-    @property
-    def color_order(self) -> str:
-        return self.cfg.color_order
 
     def normalization(self) -> Normalization:
         return Normalization([self.cfg.mean], [self.cfg.std], ColorOrder(self.cfg.color_order))
