@@ -56,6 +56,28 @@ def test_folded_model_on_bgr_matches_the_original_on_rgb() -> None:
     assert np.abs(model.predict(bgr, verbose=0) - want).max() > 1e-2
 
 
+@pytest.mark.parametrize("adapted", [True, False], ids=["adapted-normalization", "constant-normalization"])
+def test_per_channel_preprocessing_layers_are_reversed_too(adapted: bool) -> None:
+    keras.utils.set_random_seed(2)
+    stats = {"mean": [0.2, 0.5, 0.9], "variance": [0.01, 0.09, 0.25]}
+    inp = keras.Input((10, 10, 3))
+    x = keras.layers.Rescaling([1 / 255, 1 / 128, 1 / 64], offset=[0.0, -0.5, -1.0], name="scale")(inp)
+    norm = keras.layers.Normalization(axis=-1, name="norm", **({} if adapted else stats))
+    x = norm(x)
+    out = keras.layers.Dense(2, name="logits")(keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, name="conv")(x)))
+    model = keras.Model(inp, out)
+    if adapted:
+        norm.adapt_mean.assign(stats["mean"])
+        norm.adapt_variance.assign(stats["variance"])
+        norm.finalize_state()
+    folded, changed = fold_bgr(model)
+    assert changed == ["scale", "norm", "conv"]
+    rgb = np.random.default_rng(3).uniform(0, 255, (3, 10, 10, 3)).astype(np.float32)
+    want = model.predict(rgb, verbose=0)
+    np.testing.assert_allclose(folded.predict(np.ascontiguousarray(rgb[..., ::-1]), verbose=0), want, rtol=1e-4, atol=1e-4)
+    assert np.abs(model.predict(np.ascontiguousarray(rgb[..., ::-1]), verbose=0) - want).max() > 1e-2
+
+
 def test_folding_twice_gives_back_the_original() -> None:
     model = _branchy(seed=3)
     twice, _ = fold_bgr(fold_bgr(model)[0])
