@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,13 +31,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from agent.bundle import Bundle, load_bundle  # noqa: E402
 from agent.decoders import BBox, make_decoder  # noqa: E402
 from agent.preprocess import Preprocessor, dequantize  # noqa: E402
 from agent.runtime import LoadedModel, open_model  # noqa: E402
-
-REFERENCE = ROOT / "converter" / "zoo" / "weights" / "detector.keras"
 
 
 def _sizes(text: str) -> list[tuple[int, int]]:
@@ -49,23 +47,17 @@ def _sizes(text: str) -> list[tuple[int, int]]:
 
 
 def convert_both(work: Path) -> tuple[Path, Path]:
-    """The reference detector converted twice with `edgegap convert`, plain and with --fold-bgr."""
-    from converter.zoo.detection_data import generate, write_folder
+    """The reference detector converted twice the way agent_overhead.py converts it, plain and
+    with --fold-bgr; each lands in work/<rgb|bgr>/reference-bundle."""
+    from agent_overhead import convert_reference
 
-    calib = work / "calib"
-    calib.mkdir()
-    for i, s in enumerate(generate("train", 100, size=224)):
-        cv2.imwrite(str(calib / f"{i:03d}.png"), cv2.cvtColor(s.image, cv2.COLOR_RGB2BGR))
-    write_folder(work / "val", list(generate("val", 100, size=224)))
     out = []
-    for name, extra in (("rgb", []), ("bgr", ["--fold-bgr"])):
-        cmd = [sys.executable, "-m", "converter", "convert", str(REFERENCE), "--profile", "x86-avx2",
-               "--calibration", str(calib), "--validation", str(work / "val"), "--output", str(work / name),
-               *extra]  # fmt: skip
-        res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        if res.returncode != 0:
-            sys.exit(f"converting the {name} bundle failed: {(res.stderr or res.stdout).strip()[-400:]}")
-        out.append(work / name)
+    for name, fold in (("rgb", False), ("bgr", True)):
+        (work / name).mkdir(parents=True, exist_ok=True)
+        bundle = convert_reference(work / name, fold_bgr=fold)
+        if bundle is None:
+            sys.exit(f"converting the {name} bundle failed")
+        out.append(bundle)
     return out[0], out[1]
 
 
@@ -115,7 +107,7 @@ def main() -> None:
     ap.add_argument("--bgr", type=Path, help="The same model converted with --fold-bgr.")
     ap.add_argument("--sizes", type=_sizes, default=[(224, 224), (640, 480)], help="Source frame sizes.")
     ap.add_argument("--iterations", type=int, default=300)
-    ap.add_argument("--keep", type=Path, help="Convert into this folder and keep the bundles (rgb/, bgr/).")
+    ap.add_argument("--keep", type=Path, help="Convert into this folder and keep the bundles there.")
     ap.add_argument("--fps", type=float, default=30.0)
     args = ap.parse_args()
     if (args.rgb is None) != (args.bgr is None):
