@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from agent.errors import EdgegapError
-from converter.pruning.graph import GraphNode, Kind, build_graph
+from converter.pruning.graph import GraphNode, Kind, PruningError, build_graph
 
 logger = logging.getLogger(__name__)
 
@@ -32,12 +32,10 @@ _HINT = "convert without --fold-bgr (the device then swaps the channels of each 
 
 
 def fold_bgr(model: Any) -> tuple[Any, list[str]]:
-    """A copy of `model` that takes BGR where `model` takes RGB, and the layers whose weights
-    were reversed along their input channels (or the other way round: the swap is its own
-    inverse). The original model is not changed."""
+    """A copy of `model` that takes BGR where `model` takes RGB (or the other way round: the swap
+    is its own inverse), and the layers whose weights or constants were reversed. The original
+    model is not changed."""
     import keras
-
-    from converter.pruning.graph import PruningError
 
     if len(getattr(model, "inputs", None) or []) != 1:
         raise FoldError(f"--fold-bgr needs a model with one image input; {_HINT}")
