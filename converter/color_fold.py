@@ -6,8 +6,8 @@ layers that treat every channel alike (padding, scalar rescaling, activations, p
 them apart (batch normalization, depthwise convolution, PReLU, per-channel rescaling and
 normalization), and then convolutions or dense layers, reversing those layers' per-channel
 weights and constants, and the first convolutions' kernels along their input channels, gives a
-model that takes BGR and computes what the original computes on RGB. Quantization is unaffected: the weight scales are per
-output channel, and the input's scale is one number.
+model that takes BGR and computes what the original computes on RGB. Quantization is unaffected:
+the weight scales are per output channel, and the input's scale is one number.
 """
 
 from __future__ import annotations

@@ -58,6 +58,19 @@ class Normalization:
         if channels == 3 and self.color_order is ColorOrder.GRAY:
             raise DataError("the model takes 3 channels; color order must be rgb or bgr, not gray")
 
+    def contradicted_by(
+        self, mean: list[float] | None, std: list[float] | None, color_order: ColorOrder | str | None
+    ) -> str | None:
+        """The first option given (None: not given) that says otherwise than this normalization, as
+        its flag name (mean, std, color-order); None when every given one agrees. One value stands
+        for every channel."""
+        for flag, given, recorded in (("mean", mean, self.mean), ("std", std, self.std)):
+            if given is not None and not _same_values(given, recorded):
+                return flag
+        if color_order is not None and ColorOrder(color_order) is not self.color_order:
+            return "color-order"
+        return None
+
     def swapped(self) -> Normalization:
         """The same map for pixels in the other color order (RGB <-> BGR): per-channel values reversed."""
         order = {ColorOrder.RGB: ColorOrder.BGR, ColorOrder.BGR: ColorOrder.RGB}.get(self.color_order)
@@ -70,6 +83,14 @@ class Normalization:
         mean = np.asarray(self.mean, np.float32)
         std = np.asarray(self.std, np.float32)
         return ((pixels.astype(np.float32) - mean) / std).astype(np.float32)
+
+
+def _same_values(a: list[float], b: list[float]) -> bool:
+    try:
+        x, y = np.broadcast_arrays(np.asarray(a, np.float64), np.asarray(b, np.float64))
+    except ValueError:  # 2 values against 3, say
+        return False
+    return bool(np.array_equal(x, y))
 
 
 def default_color_order(channels: int) -> ColorOrder:

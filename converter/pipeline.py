@@ -398,18 +398,12 @@ def _normalization(opts: ConvertOptions, channels: int, task: Task) -> Normaliza
     if recorded is None:
         color = opts.color_order or default_color_order(channels)
         return Normalization(list(opts.mean or [0.0]), list(opts.std or [255.0]), color, opts.resize)
-    given = {"mean": opts.mean, "std": opts.std, "color-order": opts.color_order}
-    wanted: dict[str, Any] = {"mean": recorded.mean, "std": recorded.std, "color-order": recorded.color_order}
-    for flag, value in given.items():
-        if value is None:
-            continue
-        want = wanted[flag]
-        same = value == want if flag == "color-order" else all(float(v) == float(want[0]) for v in value)
-        if not same:
-            raise ConvertError(
-                f"the model's {task.name} sidecar sets its input normalization (mean {recorded.mean[0]:g}, "
-                f"std {recorded.std[0]:g}, {recorded.color_order.value}); drop --{flag} or give the same value"
-            )
+    flag = recorded.contradicted_by(opts.mean, opts.std, opts.color_order)
+    if flag is not None:
+        raise ConvertError(
+            f"the model's {task.name} sidecar sets its input normalization (mean {recorded.mean[0]:g}, "
+            f"std {recorded.std[0]:g}, {recorded.color_order.value}); drop --{flag} or give the same value"
+        )
     return dataclasses.replace(recorded, resize=opts.resize)
 
 

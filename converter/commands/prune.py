@@ -75,24 +75,23 @@ def _check_detector_options(task: Any, data: Path | None, importance: str) -> No
     from click.core import ParameterSource
 
     ctx = click.get_current_context()
-    cfg = task.cfg
-    expected: dict[str, Any] = {"mean": [cfg.mean], "std": [cfg.std], "color_order": cfg.color_order}
-    for name, want in expected.items():
-        if ctx.get_parameter_source(name) in (None, ParameterSource.DEFAULT):
-            continue
-        got = ctx.params[name]
-        if (got != want) if name == "color_order" else any(v != want[0] for v in got):
-            raise click.UsageError(
-                f"MODEL is a detector: its sidecar sets the input normalization (mean {cfg.mean:g}, std "
-                f"{cfg.std:g}, {cfg.color_order}); drop --{name.replace('_', '-')} or give the same value"
-            )
+    given = {
+        name: None if ctx.get_parameter_source(name) in (None, ParameterSource.DEFAULT) else ctx.params[name]
+        for name in ("mean", "std", "color_order")
+    }
+    flag = task.normalization().contradicted_by(given["mean"], given["std"], given["color_order"])
+    if flag is not None:
+        cfg = task.cfg
+        raise click.UsageError(
+            f"MODEL is a detector: its sidecar sets the input normalization (mean {cfg.mean:g}, std "
+            f"{cfg.std:g}, {cfg.color_order}); drop --{flag} or give the same value"
+        )
 
 
 def _detector_data(task: Any, model: Any, data: Path, limit: int) -> tuple[Any, Any, str]:
     """Inputs normalized as the sidecar says, anchor-matched targets when the folder has COCO
     annotations (else none), and a description of what the fine-tune will see."""
-    from agent.manifest import ColorOrder
-    from converter.data import Normalization, load_data
+    from converter.data import load_data
     from converter.zoo.detection_data import ANNOTATIONS_FILE, DatasetError, read_folder
     from converter.zoo.finetune import detection_targets
 
@@ -104,8 +103,7 @@ def _detector_data(task: Any, model: Any, data: Path, limit: int) -> tuple[Any, 
         targets = detection_targets(cfg, ds.labels.boxes, ds.labels.classes)
         return ds.x, targets, f"{len(ds.x)} labelled images"
     shape = tuple(int(d) for d in model.inputs[0].shape[1:])
-    norm = Normalization(mean=[cfg.mean], std=[cfg.std], color_order=ColorOrder(cfg.color_order))
-    ds = load_data(data, shape, norm, limit=limit, what="--data")
+    ds = load_data(data, shape, task.normalization(), limit=limit, what="--data")
     why = f"no {ANNOTATIONS_FILE} in {data}" if data.is_dir() else f"{data} is not a COCO-style folder"
     return ds.x, None, f"{len(ds.x)} images ({why}, so no detection labels)"
 
