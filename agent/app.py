@@ -43,6 +43,7 @@ from agent.pipeline import Pipeline
 from agent.preprocess import Preprocessor
 from agent.preview import PreviewServer
 from agent.runtime import LoadedModel, open_model
+from agent.runtime.amx import amx_label, amx_state, withhold_amx
 from agent.signing import load_public_key
 from agent.sources import make_source
 
@@ -74,6 +75,7 @@ class RunSummary:
     p99_total_ms: float | None
     backend: str
     backend_version: str
+    amx: str = ""  # amx_label(): "AMX in use", "AMX withheld", "no AMX", ...
     published: int = 0
     publish_dropped: int = 0
     reconnects: int = 0
@@ -165,13 +167,15 @@ class Agent:
         m = bundle.manifest
         threads = self.threads = resolve_threads(cfg, m)
         content = bundle.model_bytes()
+        if cfg.runtime.withhold_amx:
+            withhold_amx()
         if cfg.runtime.pin_threads:
             model, workers = new_native_threads(lambda: _opened_and_invoked(content, threads, cfg))
             self.pinning = pin_workers(workers)
         else:
             model = open_model(content, threads=threads, backend=cfg.runtime.backend)
         logger.info(
-            "bundle %s v%d (%s, %s) on %s %s with %d thread(s)%s",
+            "bundle %s v%d (%s, %s) on %s %s with %d thread(s), %s%s",
             m.name,
             m.version,
             m.profile,
@@ -179,6 +183,7 @@ class Agent:
             model.backend,
             model.backend_version,
             threads,
+            amx_label(),
             ", signature verified" if keys else "",
         )
         check_model_io(model, m)
@@ -324,6 +329,7 @@ class Agent:
             p99_total_ms=s["p99_total_ms"],
             backend=self.model.backend,
             backend_version=self.model.backend_version,
+            amx=amx_label(),
             published=self.mqtt.published if self.mqtt else 0,
             publish_dropped=self.mqtt.dropped if self.mqtt else 0,
             reconnects=self.grabber.stats.reconnects,
@@ -385,7 +391,11 @@ class Agent:
                 "sha256": m.model.sha256,
                 "profile": m.profile,
             }
-            out["backend"] = {"name": self.model.backend, "version": self.model.backend_version}
+            out["backend"] = {
+                "name": self.model.backend,
+                "version": self.model.backend_version,
+                "amx": amx_state().value,
+            }
         if self.grabber is not None:
             out["source"] = self.grabber.source.describe()
             out["dropped"] = self.grabber.stats.dropped

@@ -26,6 +26,7 @@ FLAG_KEYS = {
     "backend": "runtime.backend",
     "threads": "runtime.threads",
     "pin_threads": "runtime.pin_threads",
+    "withhold_amx": "runtime.withhold_amx",
     "score_threshold": "detection.score_threshold",
     "max_detections": "detection.max_detections",
     "top_k": "detection.top_k",
@@ -142,6 +143,11 @@ def cli(verbose: int, quiet: bool) -> None:
     default=None,
     help="Pin the inference and interpreter threads to their own cores (Linux).",
 )
+@click.option(
+    "--withhold-amx/--no-withhold-amx",
+    default=None,
+    help="Keep int8 kernels off Intel AMX (faster for narrow models; docs/runtime.md).",
+)
 @click.option("--score-threshold", type=float, help="Minimum detection score.")
 @click.option("--max-detections", type=int, help="Most detections per frame.")
 @click.option("--top-k", type=int, help="Classifiers: classes reported.")
@@ -236,8 +242,9 @@ def print_summary(summary: Any) -> None:
     console.print(
         f"fps {summary.fps:.1f}  p99 total {summary.p99_total_ms} ms  dropped {summary.dropped}  "
         f"published {summary.published} (dropped {summary.publish_dropped})  "
-        f"source reopened {summary.reconnects}x  backend {summary.backend} {summary.backend_version}"
+        f"source reopened {summary.reconnects}x"
     )
+    console.print(f"backend {summary.backend} {summary.backend_version}, {summary.amx}")
 
 
 @cli.command("validate-config")

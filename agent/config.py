@@ -173,6 +173,13 @@ class RuntimeConfig(_Strict):
             "Helps a multi-threaded interpreter on a camera-paced source (docs/agent.md)."
         ),
     )
+    withhold_amx: bool = Field(
+        default=False,
+        description=(
+            "x86 CPUs with Intel AMX: keep XNNPACK's int8 kernels off AMX. Its AMX kernels work "
+            "64 channels at a time, so narrow models run faster without it (docs/runtime.md)."
+        ),
+    )
 
 
 class DetectionConfig(_Strict):

@@ -144,6 +144,7 @@ class DetectionsMessage(_Schema):
 class BackendInfo(_Schema):
     name: str = Field(description="litert, tflite-runtime or tf.lite.")
     version: str
+    amx: str = Field(description="Intel AMX for int8 kernels: in use, available, withheld or absent.")
 
 
 class StatusModel(_Schema):

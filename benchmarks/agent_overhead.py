@@ -24,12 +24,13 @@ of each 40, decoded back to back and partly dropped), which is not camera pace.
 Usage:
   python benchmarks/agent_overhead.py [--bundle DIR] [--video FILE] [--rounds 12] [--frames 40]
                                       [--threads N] [--pin-threads] [--broker mqtt://HOST:PORT]
-                                      [--fold-bgr]
+                                      [--fold-bgr] [--withhold-amx]
 
 With --broker the agent also publishes every result to that MQTT broker (the latency then ends
 when paho has handed the message to the socket); without it, results go to a JSONL file only.
 --pin-threads sets runtime.pin_threads for both agents (and so for the bare invokes, which run on
-the same interpreter and thread).
+the same interpreter and thread). --withhold-amx keeps XNNPACK off Intel AMX for the whole run
+(runtime.withhold_amx; docs/agent.md, "Intel AMX"), agent and bare invokes alike.
 
 Without --bundle it converts the reference detector (converter/zoo/weights/detector.keras) with
 `edgegap convert --profile x86-avx2` (int8, calibrated on 100 train-split images; with --fold-bgr
@@ -64,6 +65,7 @@ from agent.config import load_config  # noqa: E402
 from agent.golden import record_golden  # noqa: E402
 from agent.manifest import Decoder, InputSpec, Manifest, ModelFile, OutputRole, OutputSpec  # noqa: E402
 from agent.runtime import open_model  # noqa: E402
+from agent.runtime.amx import WITHHOLD_HELP, amx_label, withhold_amx  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -384,7 +386,10 @@ def main() -> None:
         action="store_true",
         help="runtime.pin_threads: inference and interpreter threads on their own cores.",
     )
+    ap.add_argument("--withhold-amx", action="store_true", help=WITHHOLD_HELP)
     args = ap.parse_args()
+    if args.withhold_amx:
+        withhold_amx()  # for the agent and the bare interpreter alike, before either opens a model
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     results: list[tuple[str, dict[str, Any]]] = []
@@ -427,7 +432,7 @@ def main() -> None:
                 )
             )
     r0 = results[0][1]
-    print(f"model: {what}; backend {r0['backend']}, {r0['threads']} interpreter thread(s){' pinned' if r0['pinned'] else ''}; "
+    print(f"model: {what}; backend {r0['backend']}, {r0['threads']} interpreter thread(s){' pinned' if r0['pinned'] else ''}, {amx_label()}; "
           f"results to {'MQTT ' + args.broker + ' and ' if args.broker else ''}JSONL")  # fmt: skip
     for label, r in results:
         paced_n, flat_n = r["frames"]

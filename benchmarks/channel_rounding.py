@@ -27,6 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agent.runtime.amx import WITHHOLD_HELP, amx_label, withhold_amx  # noqa: E402
 from converter.pruning import count_macs, make_plan, rebuild  # noqa: E402
 from converter.pruning.latency import interleaved_latency, to_int8_tflite  # noqa: E402
 
@@ -50,7 +51,10 @@ def main() -> None:
     ap.add_argument("--round-to", type=_multiples, default=[1, 8, 16, 32], help="Multiples to compare.")
     ap.add_argument("--iterations", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--withhold-amx", action="store_true", help=WITHHOLD_HELP)
     args = ap.parse_args()
+    if args.withhold_amx:
+        withhold_amx()
     if not args.model.is_file():
         ap.error(f"model not found: {args.model}")
     if not 0 < args.ratio < 1:
@@ -71,7 +75,7 @@ def main() -> None:
         flats.append(to_int8_tflite(pruned, calib))
     ms = interleaved_latency(flats, threads=args.threads, iterations=args.iterations)
 
-    print(f"{args.model.name}, {args.ratio:.0%} of channels asked to go; int8, {args.threads} thread(s), "
+    print(f"{args.model.name}, {args.ratio:.0%} of channels asked to go; int8, {args.threads} thread(s), {amx_label()}, "
           f"median of {args.iterations} interleaved invokes:")  # fmt: skip
     print(f"  {'':12} {'removed':>8} {'MACs':>10} {'int8 ms':>8}")
     for (name, removed, macs), t in zip(rows, ms, strict=True):

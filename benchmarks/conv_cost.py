@@ -19,7 +19,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent.runtime import LoadedModel, open_model  # noqa: E402
+from agent.runtime.amx import WITHHOLD_HELP, amx_label, withhold_amx  # noqa: E402
 
 # (kind, input channels, output channels, input size, stride): the reference detector's stem, then
 # each kind of layer its stages are made of, at 56 px, over the widths pruning moves between (a
@@ -59,12 +59,11 @@ def _layer(case: Case) -> Any:
     return keras.layers.Conv2D(cout, 3 if kind == "conv3x3" else 1, strides=stride, padding="same")
 
 
-def _convert(case: Case, quantized: bool, work: Path) -> bytes:
+def _convert(case: Case, quantized: bool) -> bytes:
     """float32 TFLite, or int8 through the pruning code's own int8 conversion (int8 input and output)."""
     import keras
-    import tensorflow as tf
 
-    from converter.pruning.latency import to_int8_tflite
+    from converter.pruning.latency import to_float_tflite, to_int8_tflite
 
     _, cin, _, size, _ = case
     keras.utils.set_random_seed(0)
@@ -73,25 +72,25 @@ def _convert(case: Case, quantized: bool, work: Path) -> bytes:
     if quantized:
         samples = np.random.default_rng(0).random((16, size, size, cin), dtype=np.float32)
         return to_int8_tflite(model, samples, calibration_steps=16)
-    saved = work / "_".join(map(str, case))
-    model.export(str(saved), format="tf_saved_model", verbose=False)
-    return bytes(tf.lite.TFLiteConverter.from_saved_model(str(saved)).convert())
+    return to_float_tflite(model)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=200, help="Interleaved invokes of every model.")
+    ap.add_argument("--withhold-amx", action="store_true", help=WITHHOLD_HELP)
     args = ap.parse_args()
+    if args.withhold_amx:
+        withhold_amx()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     models: dict[tuple[Case, str], LoadedModel] = {}
-    with tempfile.TemporaryDirectory(prefix="edgegap-conv-") as tmp:
-        for case in CASES:
-            for kind in ("float32", "int8"):
-                model = open_model(_convert(case, kind == "int8", Path(tmp)), 1)
-                inp = model.inputs[0]
-                model.set_input(np.zeros(inp.shape, inp.dtype))
-                model.invoke()
-                models[(case, kind)] = model
+    for case in CASES:
+        for kind in ("float32", "int8"):
+            model = open_model(_convert(case, kind == "int8"), 1)
+            inp = model.inputs[0]
+            model.set_input(np.zeros(inp.shape, inp.dtype))
+            model.invoke()
+            models[(case, kind)] = model
     times: dict[tuple[Case, str], list[float]] = {k: [] for k in models}
     for _ in range(args.rounds):
         for key, model in models.items():
@@ -100,7 +99,7 @@ def main() -> None:
             times[key].append(time.perf_counter() - t0)
     ms = {k: 1000.0 * statistics.median(v) for k, v in times.items()}
     any_model = next(iter(models.values()))
-    print(f"{any_model.backend} {any_model.backend_version}, 1 thread, median of {args.rounds} interleaved invokes")
+    print(f"{any_model.backend} {any_model.backend_version}, 1 thread, {amx_label()}, median of {args.rounds} interleaved invokes")
     for case in CASES:
         f, q = ms[(case, "float32")], ms[(case, "int8")]
         print(f"{_label(case)}: float32 {f:.3f} ms, int8 {q:.3f} ms, int8/float32 {q / f:.2f}")

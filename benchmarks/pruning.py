@@ -37,6 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agent.runtime.amx import WITHHOLD_HELP, amx_label, withhold_amx  # noqa: E402
 from converter.pruning import count_macs, detection_distill_loss, make_plan, prune, rebuild  # noqa: E402
 from converter.pruning.latency import interleaved_latency, to_int8_tflite  # noqa: E402
 
@@ -66,7 +67,7 @@ def architectures(size: int, iterations: int, threads: int) -> list[str]:
             assert macs[-1] == plan.predicted_macs
             flats.append(to_int8_tflite(pruned, calib))
         ms = interleaved_latency(flats, threads=threads, iterations=iterations)
-        print(f"{name} {size}x{size} int8, {threads} thread(s), median of {iterations} interleaved invokes:")
+        print(f"{name} {size}x{size} int8, {threads} thread(s), {amx_label()}, median of {iterations} interleaved invokes:")
         print(f"  dense         : {macs[0] / 1e6:8.1f} M MACs  {ms[0]:8.2f} ms  {len(flats[0]) / 1e6:6.2f} MB")
         for r, m, t, f in zip(RATIOS, macs[1:], ms[1:], flats[1:], strict=True):
             print(f"  {r:.0%} removed   : {m / 1e6:8.1f} M MACs  {t:8.2f} ms  {len(f) / 1e6:6.2f} MB")
@@ -143,7 +144,7 @@ def detector(iterations: int, threads: int, args: argparse.Namespace) -> list[st
         stage_latency(dense, pruned, calib, iterations, threads)
     flats = [to_int8_tflite(dense, calib), to_int8_tflite(pruned, calib)]
     ms = interleaved_latency(flats, threads=threads, iterations=iterations)
-    print(f"detector {size}x{size} int8 (raw head outputs; post-processing excluded), {threads} thread(s), "
+    print(f"detector {size}x{size} int8 (raw head outputs; post-processing excluded), {threads} thread(s), {amx_label()}, "
           f"median of {iterations} interleaved invokes; mAP@0.5 (COCO 101-point) of the float models on {n_test} test images:")  # fmt: skip
     print(f"  dense : {report.before.macs / 1e6:8.1f} M MACs  {ms[0]:8.2f} ms  mAP@0.5 {map_dense:6.2f}")
     print(f"  pruned: {report.after.macs / 1e6:8.1f} M MACs  {ms[1]:8.2f} ms  mAP@0.5 {map_pruned:6.2f}")
@@ -202,7 +203,10 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=300)
     ap.add_argument("--stages", action="store_true", help="Also time the detector stage by stage.")
     ap.add_argument("--round-to", type=int, default=1, help="Round kept channel counts up to multiples of this.")
+    ap.add_argument("--withhold-amx", action="store_true", help=WITHHOLD_HELP)
     args = ap.parse_args()
+    if args.withhold_amx:
+        withhold_amx()
     # The fine-tune's per-epoch lines go to stderr, so a long run written to a log shows progress.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("converter.pruning").setLevel(logging.INFO)

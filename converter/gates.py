@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from functools import cache
@@ -18,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from agent.runtime import BackendUnavailable, LoadedModel, get_backend, open_model
+from agent.runtime import BackendUnavailable, get_backend
+from agent.runtime.amx import cpu_has_amx
+from agent.runtime.timing import time_interleaved
 from converter.tasks.base import AccuracyReport
 from firmware_profiles import Profile, QuantScheme
 
@@ -233,8 +234,23 @@ def host_measured(profile: Profile) -> bool:
     return host_arch() not in profile.target.host_match
 
 
+def withholds_amx(profile: Profile) -> bool:
+    """True where this host, standing for a device without AMX, has AMX itself: latency for the
+    profile is then measured with AMX withheld (agent/runtime/timing.py), on kernels the device has."""
+    return not profile.target.amx and not host_measured(profile) and cpu_has_amx()
+
+
+def host_cpu(profile: Profile | None = None) -> str:
+    """The host's arch, and on a CPU with AMX whether latency for `profile` is measured with it."""
+    if not cpu_has_amx():
+        return host_arch()
+    withheld = profile is not None and withholds_amx(profile)
+    return f"{host_arch()}, AMX {'withheld' if withheld else 'in use'}"
+
+
 def latency_label(profile: Profile) -> str:
-    return f"host-measured ({host_arch()})" if host_measured(profile) else f"device-class host ({host_arch()})"
+    where = "host-measured" if host_measured(profile) else "device-class host"
+    return f"{where} ({host_cpu(profile)})"
 
 
 @dataclass
@@ -246,6 +262,7 @@ class LatencyStats:
     runs: int
     threads: int
     backend: str
+    amx: str = ""  # amx_label() where the models ran: "AMX withheld", "AMX in use", "no AMX"
     samples: list[float] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -258,43 +275,26 @@ def host_threads(wanted: int) -> int:
     return max(1, min(wanted, os.cpu_count() or 1))
 
 
-def _bench_input(model: LoadedModel, seed: int = 0) -> np.ndarray:
-    info = model.inputs[0]
-    rng = np.random.default_rng(seed)
-    dt = np.dtype(info.dtype)
-    if np.issubdtype(dt, np.integer):
-        lim = np.iinfo(dt)
-        return rng.integers(lim.min, lim.max, size=info.shape, endpoint=True).astype(dt)
-    return rng.normal(size=info.shape).astype(dt)
-
-
 def measure_latency(
-    models: dict[str, bytes], threads: int = 1, runs: int = 50, warmup: int = 5, backend: str | None = "litert"
+    models: dict[str, bytes],
+    threads: int = 1,
+    runs: int = 50,
+    warmup: int = 5,
+    backend: str | None = "litert",
+    withhold_amx: bool = False,
 ) -> dict[str, LatencyStats]:
-    """Invoke latency of each model, interleaved run by run so they share the host's noise."""
+    """Invoke latency of each model, interleaved run by run so they share the host's noise; with
+    `withhold_amx` (see withholds_amx), in a child process that keeps XNNPACK off AMX."""
     if backend is not None:
         try:
             get_backend(backend)
         except BackendUnavailable:
             logger.warning("runtime backend %s is not available; measuring with the default one", backend)
             backend = None
-    loaded = {k: open_model(b, threads, backend) for k, b in models.items()}
-    inputs = {k: _bench_input(m) for k, m in loaded.items()}
-    for k, m in loaded.items():
-        m.set_input(inputs[k])
-        for _ in range(warmup):
-            m.invoke()
-    times: dict[str, list[float]] = {k: [] for k in loaded}
-    for _ in range(runs):
-        for k, m in loaded.items():
-            m.set_input(inputs[k])
-            t0 = time.perf_counter()
-            m.invoke()
-            times[k].append((time.perf_counter() - t0) * 1000.0)
+    timed = time_interleaved(list(models.values()), threads, runs, warmup, backend, withhold_amx)
     out = {}
-    for k, t in times.items():
+    for k, t in zip(models, timed.samples, strict=True):
         arr = np.asarray(t)
-        m = loaded[k]
         out[k] = LatencyStats(
             p50=float(np.percentile(arr, 50)),
             p90=float(np.percentile(arr, 90)),
@@ -302,7 +302,8 @@ def measure_latency(
             mean=float(arr.mean()),
             runs=runs,
             threads=threads,
-            backend=f"{m.backend} {m.backend_version}",
+            backend=timed.backend,
+            amx=timed.amx,
             samples=t,
         )
     return out

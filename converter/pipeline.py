@@ -44,6 +44,7 @@ from converter.gates import (
     measure_latency,
     read_graph,
     verdict,
+    withholds_amx,
 )
 from converter.loading import SourceModel, describe, load_model, quiet_native_stderr
 from converter.quantize import convert_float, export_saved_model, quantize
@@ -327,7 +328,7 @@ def _convert(opts: ConvertOptions, reporter: Reporter | None) -> ConvertResult:
     timed = {"float": float_bytes, "quant": model_bytes}
     if prune_report is not None:
         timed["original"] = original_float_bytes
-    latency = measure_latency(timed, threads=threads, runs=opts.latency_runs)
+    latency = measure_latency(timed, threads=threads, runs=opts.latency_runs, withhold_amx=withholds_amx(profile))
     gates = [
         check_ops(graph, profile),
         check_size(len(model_bytes), profile),

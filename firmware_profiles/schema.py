@@ -43,6 +43,14 @@ class Target(_Strict):
         default_factory=list,
         description="platform.machine() values of hosts whose measured latency stands for this device.",
     )
+    amx: bool = Field(
+        default=False,
+        description=(
+            "The device's CPU has Intel AMX. When false, a host with AMX that stands for the device "
+            "keeps XNNPACK off AMX while it measures latency: its AMX int8 kernels behave unlike "
+            "any other CPU's."
+        ),
+    )
 
 
 class Runtime(_Strict):

@@ -43,6 +43,7 @@ from agent.cli import cli
 from agent.config import load_config
 from agent.decoders import BBox
 from agent.messages import DetectionsMessage, StatusMessage
+from agent.runtime.amx import cpu_has_amx
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -236,6 +237,8 @@ def test_mqtt_detections_status_metrics_preview_and_last_will(
             and status.backend.name == "litert"
             and status.backend.version
         )
+        # XNNPACK takes AMX where the CPU has it, unless runtime.withhold_amx says otherwise.
+        assert status.backend.amx == ("in use" if cpu_has_amx() else "absent")
         metrics = (
             urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
             .read()
@@ -306,6 +309,37 @@ def test_sigterm_shuts_down_cleanly(
     wait_until(lambda: live.on("/status")[-1]["state"] == "offline", what="offline status")
     final = StatusMessage.model_validate(live.on("/status")[-1])
     assert final.reason == "shutdown" and final.health == "stopped" and (final.frames or 0) > 0
+
+
+@pytest.mark.skipif(not cpu_has_amx(), reason="this CPU has no AMX to withhold")
+def test_withheld_amx_gives_the_same_detections_and_is_reported(
+    mosquitto: Broker, subscribe: Callable[[str], Subscriber], tmp_path: Path
+) -> None:
+    """--withhold-amx: XNNPACK's other int8 kernels compute the very same outputs; status says so."""
+    video = write_video(tmp_path / "clip.avi", 20)
+    live = subscribe("edgegap/default/devices/cam-amx/#")
+    runs = {}
+    for flag in ("--no-withhold-amx", "--withhold-amx"):
+        out = tmp_path / f"{flag}.jsonl"
+        proc = agent_process(
+            ["run", "--bundle", str(cached_bundle("yolo").path), "--source", str(video),
+             "--rate", "all", "--jsonl", str(out), flag,
+             "--broker", mosquitto.url, "--device-id", "cam-amx"],
+            tmp_path,
+        )  # fmt: skip
+        summary, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, (tmp_path / "agent.log").read_text()
+        runs[flag] = [json.loads(line) for line in out.read_text().splitlines()]
+        label = "AMX withheld" if flag == "--withhold-amx" else "AMX in use"
+        assert label in summary and label in (tmp_path / "agent.log").read_text()
+    plain, withheld = runs["--no-withhold-amx"], runs["--withhold-amx"]
+    assert len(plain) == len(withheld) == 20
+    for a, b in zip(plain, withheld, strict=True):
+        check_frame(b)
+        assert a["detections"] == b["detections"]
+    wait_until(lambda: len(live.on("/status")) >= 4, what="status of both runs")
+    amx = [m["backend"]["amx"] for m in live.on("/status") if m.get("backend")]
+    assert amx[0] == "in use" and amx[-1] == "withheld", amx
 
 
 def test_broker_outage_does_not_stop_inference(

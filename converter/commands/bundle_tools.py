@@ -229,7 +229,13 @@ def bench(bundle: Path, threads: int | None, runs: int, warmup: int) -> None:
       edgegap bench bundle/
       edgegap bench bundle/ --threads 4 --runs 500
     """
-    from converter.gates import host_arch, host_measured, host_threads, measure_latency
+    from converter.gates import (
+        host_cpu,
+        host_measured,
+        host_threads,
+        measure_latency,
+        withholds_amx,
+    )
     from firmware_profiles import ProfileError, load_profile
 
     manifest = read_manifest(bundle)
@@ -242,9 +248,10 @@ def bench(bundle: Path, threads: int | None, runs: int, warmup: int) -> None:
     wanted = threads or (profile.runtime.threads if profile else 1)
     with quiet_native_stderr():
         stats = measure_latency({"model": (bundle / MODEL_FILE).read_bytes()}, threads=host_threads(wanted),
-                                runs=runs, warmup=warmup)["model"]
+                                runs=runs, warmup=warmup,
+                                withhold_amx=profile is not None and withholds_amx(profile))["model"]
     where = "host-measured" if profile is None or host_measured(profile) else "device-class host"
-    t = Table(title=f"bench {manifest.name} v{manifest.version} ({manifest.profile}), {where} on {host_arch()}",
+    t = Table(title=f"bench {manifest.name} v{manifest.version} ({manifest.profile}), {where} on {host_cpu(profile)}",
               title_justify="left")
     for col in ("runtime", "threads", "runs", "p50 ms", "p90 ms", "p99 ms", "mean ms", "fps (p50)"):
         t.add_column(col, justify="right")

@@ -206,10 +206,15 @@ def prune_for_profile(
         if measure is None:
             measure = host in profile.target.host_match
         if measure:
+            from converter.gates import host_cpu, withholds_amx
+
             ratio, latency = _search_latency(
-                model, planner, target.latency_ms, profile.runtime.threads, calibration
+                model, planner, target.latency_ms, profile.runtime.threads, calibration,
+                withholds_amx(profile),
             )
-            latency["method"] = f"measured int8 latency on this host ({host}, {profile.runtime.threads} threads)"
+            latency["method"] = (
+                f"measured int8 latency on this host ({host_cpu(profile)}, {profile.runtime.threads} threads)"
+            )
         else:
             rate = cost_model_macs_per_ms(profile)
             budget = int(target.latency_ms * rate)
@@ -250,7 +255,12 @@ def prune_for_profile(
 
 
 def _search_latency(
-    model: Any, planner: Planner, budget_ms: float, threads: int, calibration: np.ndarray | None
+    model: Any,
+    planner: Planner,
+    budget_ms: float,
+    threads: int,
+    calibration: np.ndarray | None,
+    withhold_amx: bool = False,
 ) -> tuple[float, dict[str, Any]]:
     """Bisect the ratio on measured int8 latency; each candidate is timed interleaved with dense."""
     from converter.pruning.latency import interleaved_latency, to_int8_tflite
@@ -261,12 +271,16 @@ def _search_latency(
     def pruned_ms(ratio: float) -> float:
         if ratio not in cache:
             candidate = to_int8_tflite(rebuild(planner.plan(ratio)), calibration)
-            dense_ms, cand_ms = interleaved_latency([dense, candidate], threads=threads, iterations=30)
+            dense_ms, cand_ms = interleaved_latency(
+                [dense, candidate], threads=threads, iterations=30, withhold_amx=withhold_amx
+            )
             cache[ratio] = cand_ms
             logger.info("latency search: %.0f%% channels removed: %.2f ms (dense %.2f ms)", 100 * ratio, cand_ms, dense_ms)
         return cache[ratio]
 
-    (dense_ms,) = interleaved_latency([dense], threads=threads, iterations=30)
+    (dense_ms,) = interleaved_latency(
+        [dense], threads=threads, iterations=30, withhold_amx=withhold_amx
+    )
     info: dict[str, Any] = {"budget_ms": budget_ms, "dense_ms": dense_ms}
     if dense_ms <= budget_ms:
         info["pruned_ms"] = dense_ms

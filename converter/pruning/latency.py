@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import statistics
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -59,30 +58,27 @@ def to_int8_tflite(
         return bytes(converter.convert())
 
 
-def _input_for(loaded: Any) -> np.ndarray:
-    info = loaded.inputs[0]
-    rng = np.random.default_rng(1)
-    if np.issubdtype(info.dtype, np.integer):
-        lim = np.iinfo(info.dtype)
-        return rng.integers(lim.min, lim.max, size=info.shape, endpoint=True).astype(info.dtype)
-    return rng.uniform(-1, 1, size=info.shape).astype(info.dtype)
+def to_float_tflite(model: Any) -> bytes:
+    """float32 TFLite of the same model, the baseline int8 is weighed against."""
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory(prefix="edgegap-prune-") as tmp:
+        path = str(Path(tmp) / "saved")
+        model.export(path, format="tf_saved_model", verbose=False)
+        return bytes(tf.lite.TFLiteConverter.from_saved_model(path).convert())
 
 
 def interleaved_latency(
-    models: Sequence[bytes], *, threads: int = 1, iterations: int = 50, warmup: int = 5
+    models: Sequence[bytes],
+    *,
+    threads: int = 1,
+    iterations: int = 50,
+    warmup: int = 5,
+    withhold_amx: bool = False,
 ) -> list[float]:
-    """Median ms per invoke of each model, measured round-robin so noise hits all alike."""
-    from agent.runtime import open_model
+    """Median ms per invoke of each model, measured round-robin so noise hits all alike; with
+    `withhold_amx`, on XNNPACK's kernels without AMX (agent/runtime/timing.py)."""
+    from agent.runtime.timing import time_interleaved
 
-    loaded = [open_model(m, threads=threads) for m in models]
-    for lm in loaded:
-        lm.set_input(_input_for(lm))
-        for _ in range(warmup):
-            lm.invoke()
-    times: list[list[float]] = [[] for _ in loaded]
-    for _ in range(iterations):
-        for i, lm in enumerate(loaded):
-            t0 = time.perf_counter()
-            lm.invoke()
-            times[i].append((time.perf_counter() - t0) * 1000)
-    return [statistics.median(t) for t in times]
+    timed = time_interleaved(models, threads, iterations, warmup, withhold=withhold_amx)
+    return [statistics.median(t) for t in timed.samples]

@@ -1,0 +1,139 @@
+"""What Intel AMX does to XNNPACK's speed on this host: the same models timed with AMX in use and
+with it withheld (`edgegap-agent run --withhold-amx`), side by side in one run.
+
+Withholding cannot be undone in a process, so two worker processes hold the same interpreters,
+one of them with AMX withheld before its first model. They take turns: a block of invokes of
+every model in one worker, then the same block in the other, the order alternating round by
+round; only one worker runs at a time. Medians over all blocks are compared.
+
+The models are the reference detector (raw head outputs, 224x224) and the same detector with
+50% of its channels pruned (kept counts rounded to 16, not fine-tuned: weights do not change
+speed), each as int8 and as float32 TFLite.
+
+Usage:
+  python benchmarks/amx.py [--rounds 30] [--block 10] [--threads 1]
+
+Per-model medians are printed first; ratios last: pruned/dense in each mode, then withheld/in use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agent.runtime.amx import amx_label, cpu_has_amx, withhold_amx  # noqa: E402
+
+REFERENCE = ROOT / "converter" / "zoo" / "weights" / "detector.keras"
+NAMES = ("dense int8", "pruned int8", "dense float32", "pruned float32")
+MODES = ("in use", "withheld")
+
+
+def worker(paths: list[str], withhold: bool, threads: int) -> None:
+    """Open the models, then answer each 'N' on stdin with N timed invokes of every model (ms)."""
+    if withhold:
+        withhold_amx()
+    from agent.runtime import open_model
+    from agent.runtime.timing import bench_input
+
+    models = [open_model(Path(p), threads) for p in paths]
+    for m in models:
+        m.set_input(bench_input(m))
+        for _ in range(5):
+            m.invoke()
+    print(json.dumps({"amx": amx_label(), "backend": f"{models[0].backend} {models[0].backend_version}"}), flush=True)
+    for line in sys.stdin:
+        times: list[list[float]] = [[] for _ in models]
+        for _ in range(int(line)):
+            for i, m in enumerate(models):
+                t0 = time.perf_counter()
+                m.invoke()
+                times[i].append((time.perf_counter() - t0) * 1000.0)
+        print(json.dumps(times), flush=True)
+
+
+def build(work: Path) -> list[Path]:
+    import keras
+
+    from converter.pruning import make_plan, rebuild
+    from converter.pruning.latency import to_float_tflite, to_int8_tflite
+
+    dense = keras.models.load_model(REFERENCE, compile=False)
+    pruned = rebuild(make_plan(dense, 0.5, round_to=16))
+    shape = tuple(int(d) for d in dense.inputs[0].shape[1:])
+    calib = np.random.default_rng(0).uniform(0, 1, (8, *shape)).astype(np.float32)
+    blobs = [to_int8_tflite(dense, calib), to_int8_tflite(pruned, calib), to_float_tflite(dense), to_float_tflite(pruned)]
+    paths = []
+    for name, blob in zip(NAMES, blobs, strict=True):
+        paths.append(work / (name.replace(" ", "_") + ".tflite"))
+        paths[-1].write_bytes(blob)
+    return paths
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=30, help="Blocks per worker.")
+    ap.add_argument("--block", type=int, default=10, help="Invokes of every model per block.")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    ap.add_argument("--withhold", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args.worker, args.withhold, args.threads)
+        return
+    if not cpu_has_amx():
+        sys.exit("this CPU has no AMX: there is nothing to withhold, and nothing to compare")
+    with tempfile.TemporaryDirectory(prefix="edgegap-amx-") as tmp:
+        paths = [str(p) for p in build(Path(tmp))]
+        procs = {}
+        for mode in MODES:
+            cmd = [sys.executable, __file__, "--threads", str(args.threads), "--worker", *paths]
+            procs[mode] = subprocess.Popen(
+                cmd + (["--withhold"] if mode == "withheld" else []),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            )  # fmt: skip
+        hello = {mode: json.loads(p.stdout.readline()) for mode, p in procs.items()}  # type: ignore[union-attr]
+        times = {mode: [[] for _ in NAMES] for mode in MODES}
+        for r in range(args.rounds):
+            for mode in MODES if r % 2 == 0 else MODES[::-1]:
+                p = procs[mode]
+                p.stdin.write(f"{args.block}\n")  # type: ignore[union-attr]
+                p.stdin.flush()  # type: ignore[union-attr]
+                for acc, got in zip(times[mode], json.loads(p.stdout.readline()), strict=True):  # type: ignore[union-attr]
+                    acc.extend(got)
+        for p in procs.values():
+            p.stdin.close()  # type: ignore[union-attr]
+            p.wait(30)
+    ms = {mode: [statistics.median(t) for t in times[mode]] for mode in MODES}
+    n = args.rounds * args.block
+    print(f"reference detector 224x224 (raw head outputs), {hello['in use']['backend']}, {args.threads} thread(s), "
+          f"median of {n} invokes per model and mode (blocks of {args.block}, modes alternating)")  # fmt: skip
+    print(f"workers: {hello['in use']['amx']} | {hello['withheld']['amx']}")
+    print(f"  {'model':16} {'AMX in use':>11} {'AMX withheld':>13}")
+    for i, name in enumerate(NAMES):
+        print(f"  {name:16} {ms['in use'][i]:8.3f} ms {ms['withheld'][i]:10.3f} ms")
+    print()
+    print("ratios:")
+    for mode in MODES:
+        for kind, (d, p) in (("int8", (0, 1)), ("float32", (2, 3))):
+            print(f"  pruned/dense {kind}, AMX {mode}: {ms[mode][p] / ms[mode][d]:.3f}  "
+                  f"({ms[mode][p]:.3f} ms vs {ms[mode][d]:.3f} ms)")  # fmt: skip
+    for i, name in enumerate(NAMES):
+        print(f"  {name}, AMX withheld/in use: {ms['withheld'][i] / ms['in use'][i]:.3f}  "
+              f"({ms['withheld'][i]:.3f} ms vs {ms['in use'][i]:.3f} ms)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
