@@ -146,7 +146,7 @@ def cli(verbose: int, quiet: bool) -> None:
 @click.option(
     "--withhold-amx/--no-withhold-amx",
     default=None,
-    help="Keep int8 kernels off Intel AMX (faster for narrow models; docs/runtime.md).",
+    help="Keep int8 kernels off Intel AMX (faster for narrow models; docs/agent.md).",
 )
 @click.option("--score-threshold", type=float, help="Minimum detection score.")
 @click.option("--max-detections", type=int, help="Most detections per frame.")

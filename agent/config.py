@@ -177,7 +177,7 @@ class RuntimeConfig(_Strict):
         default=False,
         description=(
             "x86 CPUs with Intel AMX: keep XNNPACK's int8 kernels off AMX. Its AMX kernels work "
-            "64 channels at a time, so narrow models run faster without it (docs/runtime.md)."
+            "64 channels at a time, so narrow models run faster without it (docs/agent.md, Intel AMX)."
         ),
     )
 

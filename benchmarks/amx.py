@@ -8,10 +8,11 @@ round; only one worker runs at a time. Medians over all blocks are compared.
 
 The models are the reference detector (raw head outputs, 224x224) and the same detector with
 50% of its channels pruned (kept counts rounded to 16, not fine-tuned: weights do not change
-speed), each as int8 and as float32 TFLite.
+speed), each as int8 and as float32 TFLite; then, for wide layers, keras.applications'
+MobileNetV2 and ResNet50 (224x224, random weights) in int8 (--skip-arch leaves them out).
 
 Usage:
-  python benchmarks/amx.py [--rounds 30] [--block 10] [--threads 1]
+  python benchmarks/amx.py [--rounds 30] [--block 10] [--threads 1] [--skip-arch]
 
 Per-model medians are printed first; ratios last: pruned/dense in each mode, then withheld/in use.
 """
@@ -37,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from agent.runtime.amx import amx_label, cpu_has_amx, withhold_amx  # noqa: E402
 
 REFERENCE = ROOT / "converter" / "zoo" / "weights" / "detector.keras"
-NAMES = ("dense int8", "pruned int8", "dense float32", "pruned float32")
+DETECTOR = ("dense int8", "pruned int8", "dense float32", "pruned float32")
 MODES = ("in use", "withheld")
 
 
@@ -64,7 +65,7 @@ def worker(paths: list[str], withhold: bool, threads: int) -> None:
         print(json.dumps(times), flush=True)
 
 
-def build(work: Path) -> list[Path]:
+def build(work: Path, arch: bool) -> dict[str, Path]:
     import keras
 
     from converter.pruning import make_plan, rebuild
@@ -72,13 +73,17 @@ def build(work: Path) -> list[Path]:
 
     dense = keras.models.load_model(REFERENCE, compile=False)
     pruned = rebuild(make_plan(dense, 0.5, round_to=16))
-    shape = tuple(int(d) for d in dense.inputs[0].shape[1:])
-    calib = np.random.default_rng(0).uniform(0, 1, (8, *shape)).astype(np.float32)
+    calib = np.random.default_rng(0).uniform(0, 1, (8, 224, 224, 3)).astype(np.float32)
     blobs = [to_int8_tflite(dense, calib), to_int8_tflite(pruned, calib), to_float_tflite(dense), to_float_tflite(pruned)]
-    paths = []
-    for name, blob in zip(NAMES, blobs, strict=True):
-        paths.append(work / (name.replace(" ", "_") + ".tflite"))
-        paths[-1].write_bytes(blob)
+    models = dict(zip(DETECTOR, blobs, strict=True))
+    if arch:
+        for name in ("MobileNetV2", "ResNet50"):
+            app = getattr(keras.applications, name)(weights=None, input_shape=(224, 224, 3))
+            models[f"{name} int8"] = to_int8_tflite(app, calib * 2 - 1)
+    paths = {}
+    for name, blob in models.items():
+        paths[name] = work / (name.replace(" ", "_") + ".tflite")
+        paths[name].write_bytes(blob)
     return paths
 
 
@@ -87,6 +92,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=30, help="Blocks per worker.")
     ap.add_argument("--block", type=int, default=10, help="Invokes of every model per block.")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--skip-arch", action="store_true", help="Time the reference detector only.")
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     ap.add_argument("--withhold", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -96,7 +102,8 @@ def main() -> None:
     if not cpu_has_amx():
         sys.exit("this CPU has no AMX: there is nothing to withhold, and nothing to compare")
     with tempfile.TemporaryDirectory(prefix="edgegap-amx-") as tmp:
-        paths = [str(p) for p in build(Path(tmp))]
+        built = build(Path(tmp), not args.skip_arch)
+        names, paths = list(built), [str(p) for p in built.values()]
         procs = {}
         for mode in MODES:
             cmd = [sys.executable, __file__, "--threads", str(args.threads), "--worker", *paths]
@@ -105,7 +112,7 @@ def main() -> None:
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             )  # fmt: skip
         hello = {mode: json.loads(p.stdout.readline()) for mode, p in procs.items()}  # type: ignore[union-attr]
-        times = {mode: [[] for _ in NAMES] for mode in MODES}
+        times: dict[str, list[list[float]]] = {mode: [[] for _ in names] for mode in MODES}
         for r in range(args.rounds):
             for mode in MODES if r % 2 == 0 else MODES[::-1]:
                 p = procs[mode]
@@ -118,19 +125,19 @@ def main() -> None:
             p.wait(30)
     ms = {mode: [statistics.median(t) for t in times[mode]] for mode in MODES}
     n = args.rounds * args.block
-    print(f"reference detector 224x224 (raw head outputs), {hello['in use']['backend']}, {args.threads} thread(s), "
+    print(f"224x224 models (detector: raw head outputs), {hello['in use']['backend']}, {args.threads} thread(s), "
           f"median of {n} invokes per model and mode (blocks of {args.block}, modes alternating)")  # fmt: skip
     print(f"workers: {hello['in use']['amx']} | {hello['withheld']['amx']}")
-    print(f"  {'model':16} {'AMX in use':>11} {'AMX withheld':>13}")
-    for i, name in enumerate(NAMES):
-        print(f"  {name:16} {ms['in use'][i]:8.3f} ms {ms['withheld'][i]:10.3f} ms")
+    print(f"  {'model':18} {'AMX in use':>11} {'AMX withheld':>13}")
+    for i, name in enumerate(names):
+        print(f"  {name:18} {ms['in use'][i]:8.3f} ms {ms['withheld'][i]:10.3f} ms")
     print()
     print("ratios:")
     for mode in MODES:
-        for kind, (d, p) in (("int8", (0, 1)), ("float32", (2, 3))):
-            print(f"  pruned/dense {kind}, AMX {mode}: {ms[mode][p] / ms[mode][d]:.3f}  "
-                  f"({ms[mode][p]:.3f} ms vs {ms[mode][d]:.3f} ms)")  # fmt: skip
-    for i, name in enumerate(NAMES):
+        for kind, (d, q) in (("int8", (0, 1)), ("float32", (2, 3))):
+            print(f"  pruned/dense {kind}, AMX {mode}: {ms[mode][q] / ms[mode][d]:.3f}  "
+                  f"({ms[mode][q]:.3f} ms vs {ms[mode][d]:.3f} ms)")  # fmt: skip
+    for i, name in enumerate(names):
         print(f"  {name}, AMX withheld/in use: {ms['withheld'][i] / ms['in use'][i]:.3f}  "
               f"({ms['withheld'][i]:.3f} ms vs {ms['in use'][i]:.3f} ms)")  # fmt: skip
 
