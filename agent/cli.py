@@ -26,7 +26,7 @@ FLAG_KEYS = {
     "backend": "runtime.backend",
     "threads": "runtime.threads",
     "pin_threads": "runtime.pin_threads",
-    "withhold_amx": "runtime.withhold_amx",
+    "amx": "runtime.amx",
     "score_threshold": "detection.score_threshold",
     "max_detections": "detection.max_detections",
     "top_k": "detection.top_k",
@@ -144,9 +144,9 @@ def cli(verbose: int, quiet: bool) -> None:
     help="Pin the inference and interpreter threads to their own cores (Linux).",
 )
 @click.option(
-    "--withhold-amx/--no-withhold-amx",
-    default=None,
-    help="Keep int8 kernels off Intel AMX (faster for narrow models; docs/agent.md).",
+    "--amx",
+    type=click.Choice(["auto", "use", "withhold"]),
+    help="Intel AMX for int8 kernels: auto times both at start and keeps the faster (docs/agent.md).",
 )
 @click.option("--score-threshold", type=float, help="Minimum detection score.")
 @click.option("--max-detections", type=int, help="Most detections per frame.")

@@ -74,6 +74,12 @@ class GoldenPolicy(str, Enum):
     SKIP = "skip"  # never run it (not recommended)
 
 
+class AmxPolicy(str, Enum):
+    AUTO = "auto"  # on a CPU with AMX, time the model both ways at start and keep the faster
+    USE = "use"  # let XNNPACK use AMX (its own choice)
+    WITHHOLD = "withhold"  # keep XNNPACK off AMX
+
+
 class BundleConfig(_Strict):
     path: Path | None = Field(
         default=None, description="Bundle directory holding model.tflite and manifest.json."
@@ -173,11 +179,13 @@ class RuntimeConfig(_Strict):
             "Helps a multi-threaded interpreter on a camera-paced source (docs/agent.md)."
         ),
     )
-    withhold_amx: bool = Field(
-        default=False,
+    amx: AmxPolicy = Field(
+        default=AmxPolicy.AUTO,
         description=(
-            "x86 CPUs with Intel AMX: keep XNNPACK's int8 kernels off AMX. Its AMX kernels work "
-            "64 channels at a time, so narrow models run faster without it (docs/agent.md, Intel AMX)."
+            "x86 CPUs with Intel AMX: auto times the model with XNNPACK's AMX int8 kernels and "
+            "without them when it starts, and keeps the faster (AMX kernels work 64 channels at a "
+            "time: narrow models run faster without); use or withhold decide outright. No effect "
+            "on other CPUs (docs/agent.md, Intel AMX)."
         ),
     )
 

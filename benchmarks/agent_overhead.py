@@ -24,13 +24,13 @@ of each 40, decoded back to back and partly dropped), which is not camera pace.
 Usage:
   python benchmarks/agent_overhead.py [--bundle DIR] [--video FILE] [--rounds 12] [--frames 40]
                                       [--threads N] [--pin-threads] [--broker mqtt://HOST:PORT]
-                                      [--fold-bgr] [--withhold-amx]
+                                      [--fold-bgr] [--amx auto|use|withhold]
 
 With --broker the agent also publishes every result to that MQTT broker (the latency then ends
 when paho has handed the message to the socket); without it, results go to a JSONL file only.
 --pin-threads sets runtime.pin_threads for both agents (and so for the bare invokes, which run on
-the same interpreter and thread). --withhold-amx keeps XNNPACK off Intel AMX for the whole run
-(runtime.withhold_amx; docs/agent.md, "Intel AMX"), agent and bare invokes alike.
+the same interpreter and thread). --amx sets runtime.amx (docs/agent.md, "Intel AMX"); the
+first agent's choice holds for the whole process, bare invokes included.
 
 Without --bundle it converts the reference detector (converter/zoo/weights/detector.keras) with
 `edgegap convert --profile x86-avx2` (int8, calibrated on 100 train-split images; with --fold-bgr
@@ -65,7 +65,7 @@ from agent.config import load_config  # noqa: E402
 from agent.golden import record_golden  # noqa: E402
 from agent.manifest import Decoder, InputSpec, Manifest, ModelFile, OutputRole, OutputSpec  # noqa: E402
 from agent.runtime import open_model  # noqa: E402
-from agent.runtime.amx import WITHHOLD_HELP, amx_label, withhold_amx  # noqa: E402
+from agent.runtime.amx import amx_label  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -244,10 +244,11 @@ def start_agent(
     threads: int | None,
     broker: str | None,
     pin: bool = False,
+    amx: str = "auto",
 ) -> Agent:
     overrides: dict[str, Any] = {
         "bundle.path": str(bundle), "source.uri": str(video), "source.rate": rate, "source.loop": True,
-        "outputs.jsonl": os.devnull, "detection.score_threshold": 0.3,
+        "outputs.jsonl": os.devnull, "detection.score_threshold": 0.3, "runtime.amx": amx,
     }  # fmt: skip
     if threads:
         overrides["runtime.threads"] = threads
@@ -298,11 +299,12 @@ def measure(
     threads: int | None,
     broker: str | None,
     pin: bool = False,
+    amx: str = "auto",
 ) -> dict[str, Any]:
     """Rounds of: paced agent | paced bare invokes; warm-up, then lockstep agent and bare ABBA."""
     # latency: frames arrive like a camera's; throughput: every frame, as fast as it goes
-    paced = start_agent(bundle, video, "native", threads, broker, pin)
-    flat = start_agent(bundle, video, "all", threads, broker, pin)
+    paced = start_agent(bundle, video, "native", threads, broker, pin, amx)
+    flat = start_agent(bundle, video, "all", threads, broker, pin, amx)
     assert paced.pipeline is not None and flat.pipeline is not None and flat.model is not None
     assert paced.grabber is not None
     fps_src = paced.grabber.source.fps or 30.0
@@ -386,10 +388,11 @@ def main() -> None:
         action="store_true",
         help="runtime.pin_threads: inference and interpreter threads on their own cores.",
     )
-    ap.add_argument("--withhold-amx", action="store_true", help=WITHHOLD_HELP)
+    ap.add_argument(
+        "--amx", choices=["auto", "use", "withhold"], default="auto",
+        help="runtime.amx of the agents (Intel AMX for int8 kernels); the bare invokes share it.",
+    )  # fmt: skip
     args = ap.parse_args()
-    if args.withhold_amx:
-        withhold_amx()  # for the agent and the bare interpreter alike, before either opens a model
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     results: list[tuple[str, dict[str, Any]]] = []
@@ -428,6 +431,7 @@ def main() -> None:
                         args.threads,
                         args.broker,
                         args.pin_threads,
+                        args.amx,
                     ),
                 )
             )

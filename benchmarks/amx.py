@@ -2,9 +2,10 @@
 with it withheld (`edgegap-agent run --withhold-amx`), side by side in one run.
 
 Withholding cannot be undone in a process, so two worker processes hold the same interpreters,
-one of them with AMX withheld before its first model. They take turns: a block of invokes of
-every model in one worker, then the same block in the other, the order alternating round by
-round; only one worker runs at a time. Medians over all blocks are compared.
+one of them with AMX withheld before its first model (agent.runtime.timing.compare_amx, which the
+agent's `runtime.amx: auto` uses too). They take turns: a block of invokes of every model in one
+worker, then the same block in the other, the order alternating round by round; only one worker
+runs at a time. Medians over all blocks are compared.
 
 The models are the reference detector (raw head outputs, 224x224) and the same detector with
 50% of its channels pruned (kept counts rounded to 16, not fine-tuned: weights do not change
@@ -20,13 +21,9 @@ Per-model medians are printed first; ratios last: pruned/dense in each mode, the
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,34 +32,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.runtime.amx import amx_label, cpu_has_amx, withhold_amx  # noqa: E402
+from agent.runtime.amx import cpu_has_amx  # noqa: E402
+from agent.runtime.timing import compare_amx  # noqa: E402
 
 REFERENCE = ROOT / "converter" / "zoo" / "weights" / "detector.keras"
 DETECTOR = ("dense int8", "pruned int8", "dense float32", "pruned float32")
 MODES = ("in use", "withheld")
-
-
-def worker(paths: list[str], withhold: bool, threads: int) -> None:
-    """Open the models, then answer each 'N' on stdin with N timed invokes of every model (ms)."""
-    if withhold:
-        withhold_amx()
-    from agent.runtime import open_model
-    from agent.runtime.timing import bench_input
-
-    models = [open_model(Path(p), threads) for p in paths]
-    for m in models:
-        m.set_input(bench_input(m))
-        for _ in range(5):
-            m.invoke()
-    print(json.dumps({"amx": amx_label(), "backend": f"{models[0].backend} {models[0].backend_version}"}), flush=True)
-    for line in sys.stdin:
-        times: list[list[float]] = [[] for _ in models]
-        for _ in range(int(line)):
-            for i, m in enumerate(models):
-                t0 = time.perf_counter()
-                m.invoke()
-                times[i].append((time.perf_counter() - t0) * 1000.0)
-        print(json.dumps(times), flush=True)
 
 
 def build(work: Path, arch: bool) -> dict[str, Path]:
@@ -93,44 +68,21 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=10, help="Invokes of every model per block.")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-arch", action="store_true", help="Time the reference detector only.")
-    ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
-    ap.add_argument("--withhold", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.worker:
-        worker(args.worker, args.withhold, args.threads)
-        return
     if not cpu_has_amx():
         sys.exit("this CPU has no AMX: there is nothing to withhold, and nothing to compare")
     with tempfile.TemporaryDirectory(prefix="edgegap-amx-") as tmp:
         built = build(Path(tmp), not args.skip_arch)
-        names, paths = list(built), [str(p) for p in built.values()]
-        procs = {}
-        for mode in MODES:
-            cmd = [sys.executable, __file__, "--threads", str(args.threads), "--worker", *paths]
-            procs[mode] = subprocess.Popen(
-                cmd + (["--withhold"] if mode == "withheld" else []),
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            )  # fmt: skip
-        hello = {mode: json.loads(p.stdout.readline()) for mode, p in procs.items()}  # type: ignore[union-attr]
-        times: dict[str, list[list[float]]] = {mode: [[] for _ in names] for mode in MODES}
-        for r in range(args.rounds):
-            for mode in MODES if r % 2 == 0 else MODES[::-1]:
-                p = procs[mode]
-                p.stdin.write(f"{args.block}\n")  # type: ignore[union-attr]
-                p.stdin.flush()  # type: ignore[union-attr]
-                for acc, got in zip(times[mode], json.loads(p.stdout.readline()), strict=True):  # type: ignore[union-attr]
-                    acc.extend(got)
-        for p in procs.values():
-            p.stdin.close()  # type: ignore[union-attr]
-            p.wait(30)
-    ms = {mode: [statistics.median(t) for t in times[mode]] for mode in MODES}
+        names = list(built)
+        cmp = compare_amx([p.read_bytes() for p in built.values()], args.threads, args.rounds, args.block, warmup=5)
+    in_use, withheld = cmp.medians()
+    ms = {"in use": in_use, "withheld": withheld}
     n = args.rounds * args.block
-    print(f"224x224 models (detector: raw head outputs), {hello['in use']['backend']}, {args.threads} thread(s), "
+    print(f"224x224 models (detector: raw head outputs), {cmp.backend}, {args.threads} thread(s), "
           f"median of {n} invokes per model and mode (blocks of {args.block}, modes alternating)")  # fmt: skip
-    print(f"workers: {hello['in use']['amx']} | {hello['withheld']['amx']}")
     print(f"  {'model':18} {'AMX in use':>11} {'AMX withheld':>13}")
     for i, name in enumerate(names):
-        print(f"  {name:18} {ms['in use'][i]:8.3f} ms {ms['withheld'][i]:10.3f} ms")
+        print(f"  {name:18} {in_use[i]:8.3f} ms {withheld[i]:10.3f} ms")
     print()
     print("ratios:")
     for mode in MODES:
@@ -138,8 +90,8 @@ def main() -> None:
             print(f"  pruned/dense {kind}, AMX {mode}: {ms[mode][q] / ms[mode][d]:.3f}  "
                   f"({ms[mode][q]:.3f} ms vs {ms[mode][d]:.3f} ms)")  # fmt: skip
     for i, name in enumerate(names):
-        print(f"  {name}, AMX withheld/in use: {ms['withheld'][i] / ms['in use'][i]:.3f}  "
-              f"({ms['withheld'][i]:.3f} ms vs {ms['in use'][i]:.3f} ms)")  # fmt: skip
+        print(f"  {name}, AMX withheld/in use: {withheld[i] / in_use[i]:.3f}  "
+              f"({withheld[i]:.3f} ms vs {in_use[i]:.3f} ms)")  # fmt: skip
 
 
 if __name__ == "__main__":

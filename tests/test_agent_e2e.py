@@ -237,8 +237,13 @@ def test_mqtt_detections_status_metrics_preview_and_last_will(
             and status.backend.name == "litert"
             and status.backend.version
         )
-        # XNNPACK takes AMX where the CPU has it, unless runtime.withhold_amx says otherwise.
-        assert status.backend.amx == ("in use" if cpu_has_amx() else "absent")
+        # runtime.amx auto: on a CPU with AMX the agent timed the model both ways and said which won.
+        log = (tmp_path / "agent.log").read_text()
+        if not cpu_has_amx():
+            assert status.backend.amx == "absent" and "AMX auto" not in log
+        else:
+            assert "AMX auto: invoke" in log
+            assert status.backend.amx == ("withheld" if "withholding it" in log else "in use")
         metrics = (
             urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
             .read()
@@ -315,24 +320,25 @@ def test_sigterm_shuts_down_cleanly(
 def test_withheld_amx_gives_the_same_detections_and_is_reported(
     mosquitto: Broker, subscribe: Callable[[str], Subscriber], tmp_path: Path
 ) -> None:
-    """--withhold-amx: XNNPACK's other int8 kernels compute the very same outputs; status says so."""
+    """--amx withhold: XNNPACK's other int8 kernels compute the very same outputs; status says so."""
     video = write_video(tmp_path / "clip.avi", 20)
     live = subscribe("edgegap/default/devices/cam-amx/#")
     runs = {}
-    for flag in ("--no-withhold-amx", "--withhold-amx"):
-        out = tmp_path / f"{flag}.jsonl"
+    for policy in ("use", "withhold"):
+        out = tmp_path / f"{policy}.jsonl"
         proc = agent_process(
             ["run", "--bundle", str(cached_bundle("yolo").path), "--source", str(video),
-             "--rate", "all", "--jsonl", str(out), flag,
+             "--rate", "all", "--jsonl", str(out), "--amx", policy,
              "--broker", mosquitto.url, "--device-id", "cam-amx"],
             tmp_path,
         )  # fmt: skip
         summary, _ = proc.communicate(timeout=60)
-        assert proc.returncode == 0, (tmp_path / "agent.log").read_text()
-        runs[flag] = [json.loads(line) for line in out.read_text().splitlines()]
-        label = "AMX withheld" if flag == "--withhold-amx" else "AMX in use"
-        assert label in summary and label in (tmp_path / "agent.log").read_text()
-    plain, withheld = runs["--no-withhold-amx"], runs["--withhold-amx"]
+        log = (tmp_path / "agent.log").read_text()
+        assert proc.returncode == 0, log
+        runs[policy] = [json.loads(line) for line in out.read_text().splitlines()]
+        label = "AMX withheld" if policy == "withhold" else "AMX in use"
+        assert label in summary and label in log and "AMX auto" not in log
+    plain, withheld = runs["use"], runs["withhold"]
     assert len(plain) == len(withheld) == 20
     for a, b in zip(plain, withheld, strict=True):
         check_frame(b)

@@ -1,14 +1,17 @@
 """Models timed side by side: each invoked in turn, round after round, so host noise hits all alike.
 
-Asked to withhold AMX (agent/runtime/amx.py) on a CPU whose AMX this process may still use, the
-timing runs in a child process that withholds it before opening the models: withholding cannot be
-undone, and the caller (the converter, a notebook) keeps its own kernels.
+Withholding AMX (agent/runtime/amx.py) cannot be undone in a process, so timing with AMX withheld,
+or comparing AMX in use against withheld, runs in child processes ("workers") that hold the
+models and time blocks of invokes on request: the caller (the converter, the agent before it opens
+its model, a notebook) keeps its own kernels. Two workers, one of them without AMX, take turns
+block by block, so the comparison is interleaved like any other here.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -16,6 +19,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
 
 import numpy as np
 
@@ -34,7 +39,7 @@ class Timings:
 
 
 class TimingError(EdgegapError):
-    """The child process that times models with AMX withheld failed."""
+    """A child process that times models failed."""
 
 
 def bench_input(model: LoadedModel, seed: int = 0) -> np.ndarray:
@@ -48,24 +53,89 @@ def bench_input(model: LoadedModel, seed: int = 0) -> np.ndarray:
     return rng.normal(size=info.shape).astype(dt)
 
 
-def _time_here(
-    models: Sequence[bytes], threads: int, runs: int, warmup: int, backend: str | None
-) -> Timings:
-    loaded = [open_model(m, threads, backend) for m in models]
-    inputs = [bench_input(m) for m in loaded]
-    for m, x in zip(loaded, inputs, strict=True):
-        m.set_input(x)
-        for _ in range(warmup):
-            m.invoke()
-    samples: list[list[float]] = [[] for _ in loaded]
-    for _ in range(runs):
-        for i, m in enumerate(loaded):
-            m.set_input(inputs[i])
-            t0 = time.perf_counter()
-            m.invoke()
-            samples[i].append((time.perf_counter() - t0) * 1000.0)
-    first = loaded[0]
-    return Timings(samples, f"{first.backend} {first.backend_version}", amx_label())
+class _Bench:
+    """Opened, warmed-up models that time blocks of interleaved invokes."""
+
+    def __init__(self, models: Sequence[bytes], threads: int, warmup: int, backend: str | None) -> None:
+        self.loaded = [open_model(m, threads, backend) for m in models]
+        self.inputs = [bench_input(m) for m in self.loaded]
+        for m, x in zip(self.loaded, self.inputs, strict=True):
+            m.set_input(x)
+            for _ in range(warmup):
+                m.invoke()
+        first = self.loaded[0]
+        self.backend = f"{first.backend} {first.backend_version}"
+
+    def block(self, runs: int) -> list[list[float]]:
+        samples: list[list[float]] = [[] for _ in self.loaded]
+        for _ in range(runs):
+            for i, m in enumerate(self.loaded):
+                m.set_input(self.inputs[i])
+                t0 = time.perf_counter()
+                m.invoke()
+                samples[i].append((time.perf_counter() - t0) * 1000.0)
+        return samples
+
+
+class Worker:
+    """A child process holding the models (AMX withheld or not) that times blocks on request.
+    It starts at once; wait_ready() waits for it to have opened and warmed up the models."""
+
+    def __init__(
+        self, models: Sequence[bytes], threads: int, warmup: int, backend: str | None, withhold: bool
+    ) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="edgegap-timing-")
+        paths = []
+        for i, blob in enumerate(models):
+            paths.append(Path(self._tmp.name) / f"{i}.tflite")
+            paths[-1].write_bytes(blob)
+        spec = {"models": [str(p) for p in paths], "threads": threads, "warmup": warmup,
+                "backend": backend, "withhold": withhold}  # fmt: skip
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "agent.runtime.timing", json.dumps(spec)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.backend = ""
+        self.amx = ""
+
+    def wait_ready(self) -> Worker:
+        hello = self._answer()
+        self.backend, self.amx = hello["backend"], hello["amx"]
+        return self
+
+    def _answer(self) -> Any:
+        out: IO[str] = self._proc.stdout  # type: ignore[assignment]
+        line = out.readline()
+        if not line:
+            self._proc.wait(30)
+            err = self._proc.stderr.read() if self._proc.stderr else ""
+            last = (err.strip().splitlines() or ["no output"])[-1]
+            raise TimingError(f"timing process failed: {last}")
+        return json.loads(line)
+
+    def block(self, runs: int) -> list[list[float]]:
+        stdin: IO[str] = self._proc.stdin  # type: ignore[assignment]
+        stdin.write(f"{runs}\n")
+        stdin.flush()
+        return self._answer()  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()
+        try:
+            self._proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+        for stream in (self._proc.stdout, self._proc.stderr):
+            if stream is not None:
+                stream.close()
+        self._tmp.cleanup()
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
 
 
 def time_interleaved(
@@ -82,33 +152,62 @@ def time_interleaved(
     if backend is not None:
         get_backend(backend)  # an unknown or missing backend fails here, in this process
     if not withhold or amx_state() in (AmxState.ABSENT, AmxState.WITHHELD):
-        return _time_here(models, threads, runs, warmup, backend)
-    with tempfile.TemporaryDirectory(prefix="edgegap-timing-") as tmp:
-        paths = []
-        for i, blob in enumerate(models):
-            paths.append(Path(tmp) / f"{i}.tflite")
-            paths[-1].write_bytes(blob)
-        spec = {"models": [str(p) for p in paths], "threads": threads, "runs": runs,
-                "warmup": warmup, "backend": backend}  # fmt: skip
-        done = subprocess.run(
-            [sys.executable, "-m", "agent.runtime.timing"],
-            input=json.dumps(spec), capture_output=True, text=True, timeout=3600,
-        )  # fmt: skip
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise TimingError(f"timing with AMX withheld failed in its child process: {last}")
-    answer = json.loads(done.stdout.strip().splitlines()[-1])
-    return Timings(answer["samples"], answer["backend"], answer["amx"])
+        bench = _Bench(models, threads, warmup, backend)
+        return Timings(bench.block(runs), bench.backend, amx_label())
+    with Worker(models, threads, warmup, backend, withhold=True) as worker:
+        worker.wait_ready()
+        return Timings(worker.block(runs), worker.backend, worker.amx)
 
 
-def _child() -> None:
-    """python -m agent.runtime.timing: read a spec on stdin, withhold AMX, time, answer in JSON."""
-    spec = json.loads(sys.stdin.read())
-    withhold_amx()
-    blobs = [Path(p).read_bytes() for p in spec["models"]]
-    t = _time_here(blobs, spec["threads"], spec["runs"], spec["warmup"], spec["backend"])
-    print(json.dumps({"samples": t.samples, "backend": t.backend, "amx": t.amx}))
+def prefers_withheld(in_use_ms: float, withheld_ms: float, margin: float = 0.05) -> bool:
+    """Withhold AMX only when that is faster by more than `margin`; a tie keeps XNNPACK's choice."""
+    return withheld_ms < in_use_ms * (1.0 - margin)
+
+
+@dataclass
+class AmxComparison:
+    in_use: list[list[float]]  # ms per invoke, per model
+    withheld: list[list[float]]
+    backend: str
+
+    def medians(self) -> tuple[list[float], list[float]]:
+        return [statistics.median(t) for t in self.in_use], [statistics.median(t) for t in self.withheld]
+
+
+def compare_amx(
+    models: Sequence[bytes],
+    threads: int = 1,
+    rounds: int = 6,
+    block: int = 3,
+    warmup: int = 3,
+    backend: str | None = None,
+) -> AmxComparison:
+    """The same models timed with AMX in use and withheld, in two workers taking turns block by
+    block (the order alternating round by round); only one worker runs at a time."""
+    with (
+        Worker(models, threads, warmup, backend, withhold=False) as using,
+        Worker(models, threads, warmup, backend, withhold=True) as without,
+    ):
+        using.wait_ready()  # both started at once: they open their models side by side
+        without.wait_ready()
+        samples: dict[bool, list[list[float]]] = {False: [[] for _ in models], True: [[] for _ in models]}
+        for r in range(rounds):
+            for withheld in (False, True) if r % 2 == 0 else (True, False):
+                got = (without if withheld else using).block(block)
+                for acc, more in zip(samples[withheld], got, strict=True):
+                    acc.extend(more)
+        return AmxComparison(samples[False], samples[True], using.backend)
+
+
+def _worker_main(spec: dict[str, Any]) -> None:
+    """python -m agent.runtime.timing SPEC: open the models, say hello, then time blocks on request."""
+    if spec["withhold"]:
+        withhold_amx()
+    bench = _Bench([Path(p).read_bytes() for p in spec["models"]], spec["threads"], spec["warmup"], spec["backend"])
+    print(json.dumps({"backend": bench.backend, "amx": amx_label()}), flush=True)
+    for line in sys.stdin:
+        print(json.dumps(bench.block(int(line))), flush=True)
 
 
 if __name__ == "__main__":
-    _child()
+    _worker_main(json.loads(sys.argv[1]))
