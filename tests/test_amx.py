@@ -158,3 +158,11 @@ def test_compare_amx_times_both_ways_in_child_processes_taking_turns() -> None:
     assert min(min(t) for t in cmp.in_use + cmp.withheld) > 0
     assert cmp.backend.startswith("litert")
     assert amx.amx_state() is before  # this process was left as it was
+
+
+def test_a_timing_child_that_fails_says_why() -> None:
+    with (
+        timing.Worker([b"not a model"], 1, 1, None, withhold=True) as worker,
+        pytest.raises(timing.TimingError, match="not a valid Flatbuffer"),
+    ):
+        worker.wait_ready()

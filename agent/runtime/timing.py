@@ -91,10 +91,13 @@ class Worker:
             paths[-1].write_bytes(blob)
         spec = {"models": [str(p) for p in paths], "threads": threads, "warmup": warmup,
                 "backend": backend, "withhold": withhold}  # fmt: skip
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.runtime.timing", json.dumps(spec)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        # stderr goes to a file: an unread pipe could fill up and stall the child.
+        self._errors = Path(self._tmp.name) / "stderr.txt"
+        with self._errors.open("w") as err:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "agent.runtime.timing", json.dumps(spec)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
+            )  # fmt: skip
         self.backend = ""
         self.amx = ""
 
@@ -108,8 +111,7 @@ class Worker:
         line = out.readline()
         if not line:
             self._proc.wait(30)
-            err = self._proc.stderr.read() if self._proc.stderr else ""
-            last = (err.strip().splitlines() or ["no output"])[-1]
+            last = (self._errors.read_text(errors="replace").strip().splitlines() or ["no output"])[-1]
             raise TimingError(f"timing process failed: {last}")
         return json.loads(line)
 
@@ -126,9 +128,8 @@ class Worker:
             self._proc.wait(30)
         except subprocess.TimeoutExpired:
             self._proc.kill()
-        for stream in (self._proc.stdout, self._proc.stderr):
-            if stream is not None:
-                stream.close()
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
         self._tmp.cleanup()
 
     def __enter__(self) -> Worker:
