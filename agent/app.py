@@ -23,7 +23,7 @@ import numpy as np
 from agent import __version__
 from agent.affinity import Pinning, new_native_threads, pin_workers, unpinned
 from agent.bundle import Bundle, BundleError, load_bundle
-from agent.config import AgentConfig, AmxPolicy, ConfigError, GoldenPolicy
+from agent.config import AgentConfig, ConfigError, GoldenPolicy
 from agent.decoders import OutputDecoder, make_decoder
 from agent.golden import check_golden
 from agent.grabber import Grabber
@@ -43,8 +43,8 @@ from agent.pipeline import Pipeline
 from agent.preprocess import Preprocessor
 from agent.preview import PreviewServer
 from agent.runtime import LoadedModel, open_model
-from agent.runtime.amx import AmxState, amx_label, amx_state, withhold_amx
-from agent.runtime.timing import TimingError, compare_amx, prefers_withheld
+from agent.runtime.amx import amx_label, amx_state
+from agent.runtime.timing import apply_amx_policy
 from agent.signing import load_public_key
 from agent.sources import make_source
 
@@ -91,33 +91,6 @@ def _opened_and_invoked(content: bytes, threads: int, config: AgentConfig) -> Lo
     model.set_input(np.zeros(spec.shape, dtype=spec.dtype))
     model.invoke()
     return model
-
-
-def apply_amx_policy(policy: AmxPolicy, content: bytes, threads: int, backend: str | None) -> None:
-    """Before this process opens the model: Intel AMX for XNNPACK as runtime.amx says. `auto`
-    times the model with and without AMX in two child processes and withholds it if that is faster."""
-    state = amx_state()
-    if policy is AmxPolicy.USE or state is AmxState.ABSENT:
-        return
-    if policy is AmxPolicy.WITHHOLD:
-        withhold_amx()
-        return
-    if state is not AmxState.AVAILABLE:
-        logger.info("AMX auto: AMX is already %s in this process; left as it is", state.value)
-        return
-    try:
-        cmp = compare_amx([content], threads, backend=backend)
-    except TimingError as exc:
-        logger.warning("AMX auto: could not time the model both ways (%s); AMX left to XNNPACK", exc)
-        return
-    (with_ms,), (without_ms,) = cmp.medians()
-    withhold = prefers_withheld(with_ms, without_ms)
-    logger.info(
-        "AMX auto: invoke %.3f ms with AMX, %.3f ms without (medians of %d each): %s",
-        with_ms, without_ms, len(cmp.in_use[0]), "withholding it" if withhold else "using it",
-    )  # fmt: skip
-    if withhold:
-        withhold_amx()
 
 
 def resolve_threads(config: AgentConfig, manifest: Manifest, cpus: int | None = None) -> int:

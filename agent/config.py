@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.errors import EdgegapError
+from agent.runtime.amx import AmxPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -72,12 +73,6 @@ class GoldenPolicy(str, Enum):
     REQUIRE = "require"  # a bundle without a golden check is refused
     CHECK = "check"  # run it when present, warn when absent
     SKIP = "skip"  # never run it (not recommended)
-
-
-class AmxPolicy(str, Enum):
-    AUTO = "auto"  # on a CPU with AMX, time the model both ways at start and keep the faster
-    USE = "use"  # let XNNPACK use AMX (its own choice)
-    WITHHOLD = "withhold"  # keep XNNPACK off AMX
 
 
 class BundleConfig(_Strict):

@@ -26,7 +26,7 @@ import numpy as np
 
 from agent.errors import EdgegapError
 from agent.runtime import LoadedModel, get_backend, open_model
-from agent.runtime.amx import AmxState, amx_label, amx_state, withhold_amx
+from agent.runtime.amx import AmxPolicy, AmxState, amx_label, amx_state, withhold_amx
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +198,33 @@ def compare_amx(
                 for acc, more in zip(samples[withheld], got, strict=True):
                     acc.extend(more)
         return AmxComparison(samples[False], samples[True], using.backend)
+
+
+def apply_amx_policy(policy: AmxPolicy, content: bytes, threads: int, backend: str | None) -> None:
+    """Before this process opens the model: Intel AMX for XNNPACK as runtime.amx says. `auto`
+    times the model with and without AMX in two child processes and withholds it if that is faster."""
+    state = amx_state()
+    if policy is AmxPolicy.USE or state is AmxState.ABSENT:
+        return
+    if policy is AmxPolicy.WITHHOLD:
+        withhold_amx()
+        return
+    if state is not AmxState.AVAILABLE:
+        logger.info("AMX auto: AMX is already %s in this process; left as it is", state.value)
+        return
+    try:
+        cmp = compare_amx([content], threads, backend=backend)
+    except TimingError as exc:
+        logger.warning("AMX auto: could not time the model both ways (%s); AMX left to XNNPACK", exc)
+        return
+    (with_ms,), (without_ms,) = cmp.medians()
+    withhold = prefers_withheld(with_ms, without_ms)
+    logger.info(
+        "AMX auto: invoke %.3f ms with AMX, %.3f ms without (medians of %d each): %s",
+        with_ms, without_ms, len(cmp.in_use[0]), "withholding it" if withhold else "using it",
+    )  # fmt: skip
+    if withhold:
+        withhold_amx()
 
 
 def _worker_main(spec: dict[str, Any]) -> None:
