@@ -1,5 +1,5 @@
 """What Intel AMX does to XNNPACK's speed on this host: the same models timed with AMX in use and
-with it withheld (`edgegap-agent run --withhold-amx`), side by side in one run.
+with it withheld (`edgegap-agent run --amx withhold`), side by side in one run.
 
 Withholding cannot be undone in a process, so two worker processes hold the same interpreters,
 one of them with AMX withheld before its first model (agent.runtime.timing.compare_amx, which the

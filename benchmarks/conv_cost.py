@@ -19,7 +19,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.runtime import LoadedModel, open_model  # noqa: E402
-from agent.runtime.amx import WITHHOLD_HELP, amx_label, withhold_amx  # noqa: E402
+from agent.runtime.amx import WITHHOLD_HELP, withhold_amx  # noqa: E402
+from agent.runtime.timing import time_interleaved  # noqa: E402
 
 # (kind, input channels, output channels, input size, stride): the reference detector's stem, then
 # each kind of layer its stages are made of, at 56 px, over the widths pruning moves between (a
@@ -83,23 +82,10 @@ def main() -> None:
     if args.withhold_amx:
         withhold_amx()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    models: dict[tuple[Case, str], LoadedModel] = {}
-    for case in CASES:
-        for kind in ("float32", "int8"):
-            model = open_model(_convert(case, kind == "int8"), 1)
-            inp = model.inputs[0]
-            model.set_input(np.zeros(inp.shape, inp.dtype))
-            model.invoke()
-            models[(case, kind)] = model
-    times: dict[tuple[Case, str], list[float]] = {k: [] for k in models}
-    for _ in range(args.rounds):
-        for key, model in models.items():
-            t0 = time.perf_counter()
-            model.invoke()
-            times[key].append(time.perf_counter() - t0)
-    ms = {k: 1000.0 * statistics.median(v) for k, v in times.items()}
-    any_model = next(iter(models.values()))
-    print(f"{any_model.backend} {any_model.backend_version}, 1 thread, {amx_label()}, median of {args.rounds} interleaved invokes")
+    keys = [(case, kind) for case in CASES for kind in ("float32", "int8")]
+    timed = time_interleaved([_convert(case, kind == "int8") for case, kind in keys], runs=args.rounds, warmup=1)
+    ms = {k: statistics.median(t) for k, t in zip(keys, timed.samples, strict=True)}
+    print(f"{timed.backend}, 1 thread, {timed.amx}, median of {args.rounds} interleaved invokes")
     for case in CASES:
         f, q = ms[(case, "float32")], ms[(case, "int8")]
         print(f"{_label(case)}: float32 {f:.3f} ms, int8 {q:.3f} ms, int8/float32 {q / f:.2f}")
