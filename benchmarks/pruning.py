@@ -117,7 +117,7 @@ def detector(iterations: int, threads: int, args: argparse.Namespace) -> list[st
     )  # fmt: skip
     how = "task loss + distillation" if labels else "distillation alone"
     name = f"detector 50% channels (rounded to x{args.round_to})" if args.round_to > 1 else "detector 50% channels"
-    rounded = f", kept counts rounded up to multiples of {args.round_to}" if args.round_to > 1 else ""
+    rounded = f", kept counts rounded to multiples of {args.round_to}" if args.round_to > 1 else ""
     print(f"detector: 50% of channels asked{rounded}: {report.channels_before - report.channels_after} of "
           f"{report.channels_before} prunable channels ({report.removed_fraction:.1%}) removed in {steps} step(s), "
           f"each fine-tuned {epochs} epoch(s) ({how}), {time.perf_counter() - t0:.0f} s")  # fmt: skip
@@ -202,7 +202,7 @@ def main() -> None:
     ap.add_argument("--control", action="store_true", help="Also fine-tune the dense model the same way.")
     ap.add_argument("--test", type=int, default=300)
     ap.add_argument("--stages", action="store_true", help="Also time the detector stage by stage.")
-    ap.add_argument("--round-to", type=int, default=1, help="Round kept channel counts up to multiples of this.")
+    ap.add_argument("--round-to", type=int, default=1, help="Round kept channel counts to multiples of this.")
     ap.add_argument("--withhold-amx", action="store_true", help=WITHHOLD_HELP)
     args = ap.parse_args()
     if args.withhold_amx:

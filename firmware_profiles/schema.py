@@ -112,8 +112,9 @@ class PruningTarget(_Strict):
     round_to: int = Field(
         default=1,
         ge=1,
-        description="Round kept channel counts up to multiples of this: the width of the device's "
-        "int8 channel tiles, which benchmarks/channel_rounding.py finds. 1: no rounding.",
+        description="Round kept channel counts to multiples of this (up, or down where that keeps "
+        "the total removed closer to the target): the width of the device's int8 channel tiles, "
+        "which benchmarks/channel_rounding.py finds. 1: no rounding.",
     )
 
     @model_validator(mode="after")

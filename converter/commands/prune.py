@@ -128,8 +128,9 @@ def _loss_line(labels: Any, alpha: float, what: str) -> str:
 @click.option("--min-channels", type=click.IntRange(min=1), default=8, show_default=True,
               help="Channels always kept per group.")
 @click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Round kept channel counts up to a multiple of this: int8 kernels work in channel tiles, "
-                   "so a multiple can cost no latency (benchmarks/channel_rounding.py finds it).")
+              help="Round kept channel counts to multiples of this, up or down so the total removed stays "
+                   "closest to --channels: int8 kernels work in channel tiles, so a multiple can cost no "
+                   "latency (benchmarks/channel_rounding.py finds it).")
 @click.option("--protect", multiple=True, metavar="NAME",
               help="Layer whose output channels are never removed (repeatable or comma-separated).")
 @click.option("--data", type=click.Path(path_type=Path),

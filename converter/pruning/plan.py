@@ -37,7 +37,7 @@ class PrunePlan:
     removed: set[int] = field(default_factory=set)  # removed class roots
     scores: dict[int, float] = field(default_factory=dict)
     ratio: float = 0.0
-    round_to: int = 1  # kept counts were rounded up to multiples of this
+    round_to: int = 1  # kept counts were rounded to multiples of this
 
     def kept(self, key: str) -> list[int] | None:
         return self.graph.kept_positions(key, self.removed)
@@ -113,12 +113,36 @@ def _main_reasons(reasons: set[str]) -> list[str]:
     return order[:2]
 
 
-def _keep_count(size: int, ratio: float, min_channels: int, round_to: int) -> int:
-    keep = size - math.floor(ratio * size + 1e-9)
-    keep = max(keep, min(min_channels, size))
-    if round_to > 1:
-        keep = min(size, int(math.ceil(keep / round_to) * round_to))
-    return keep
+def _exact_keep(grp: ChannelGroup, ratio: float, min_channels: int) -> int:
+    keep = grp.size - math.floor(ratio * grp.size + 1e-9)
+    return max(keep, min(min_channels, grp.size), grp.size - len(grp.prunable))
+
+
+def _round_keeps(
+    groups: Sequence[ChannelGroup],
+    keeps: Mapping[int, int],
+    cost: Mapping[int, int],
+    min_channels: int,
+    round_to: int,
+) -> dict[int, int]:
+    """Kept counts as multiples of `round_to`. Every group is rounded up first; then, where a
+    channel costs the most MACs (`cost`), groups are rounded down instead while that brings the
+    total removed closer to what was asked. Rounding up alone would remove less than asked."""
+    out: dict[int, int] = {}
+    down: dict[int, int] = {}
+    for grp in groups:
+        keep = keeps[grp.index]
+        out[grp.index] = keep if keep >= grp.size else min(grp.size, math.ceil(keep / round_to) * round_to)
+        lower = (keep // round_to) * round_to
+        floor = max(round_to, min(min_channels, grp.size), grp.size - len(grp.prunable))
+        if floor <= lower < out[grp.index]:
+            down[grp.index] = lower
+    asked, kept = sum(keeps.values()), sum(out.values())
+    for index in sorted(down, key=lambda i: -cost.get(i, 0)):
+        lowered = kept - (out[index] - down[index])
+        if abs(lowered - asked) < abs(kept - asked):
+            out[index], kept = down[index], lowered
+    return out
 
 
 class Planner:
@@ -147,6 +171,20 @@ class Planner:
         self._importance = (importance_method, data, labels)
         self._loss_fn = loss_fn  # Taylor importance: the task's loss(outputs, labels)
         self._scores: dict[int, float] | None = None
+        self._cost: dict[int, int] | None = None
+
+    @property
+    def channel_cost(self) -> dict[int, int]:
+        """MACs one channel class of each group costs: what removing it alone would save."""
+        if self._cost is None:
+            plan = PrunePlan(self.graph, self.groups)
+            dense = plan.dense_macs
+            self._cost = {}
+            for grp in self.groups:
+                if grp.prunable:
+                    plan.removed = {grp.prunable[0]}
+                    self._cost[grp.index] = dense - plan.predicted_macs
+        return self._cost
 
     @property
     def scores(self) -> dict[int, float]:
@@ -160,7 +198,8 @@ class Planner:
     def plan(self, ratio: float, per_layer: Mapping[str, float] | None = None) -> PrunePlan:
         """Remove `ratio` of the channels: from every group ("uniform"), or the least important
         overall, normalized within each group ("global"). `per_layer` maps a producer's name to its
-        own ratio. No group keeps fewer than min_channels."""
+        own ratio. No group keeps fewer than min_channels. With round_to, kept counts are
+        multiples of it, rounded so the total removed stays closest to what was asked."""
         if not 0 <= ratio < 1:
             raise PruningError(f"channel ratio must be in [0, 1), got {ratio}")
         plan = PrunePlan(self.graph, self.groups, ratio=ratio, round_to=self.round_to)
@@ -172,13 +211,19 @@ class Planner:
         if unknown:
             raise PruningError(f"per-layer ratio for unknown or non-prunable layer(s): {', '.join(unknown)}")
         if self.mode == "uniform" or overrides:
+            keeps = {}
             for grp in self.groups:
                 r = max([overrides[p] for p in grp.producers if p in overrides], default=ratio)
-                keep = _keep_count(grp.size, r, self.min_channels, self.round_to)
-                candidates = sorted(grp.prunable, key=lambda root: plan.scores[root])
-                plan.removed.update(candidates[: max(0, grp.size - keep)])
+                keeps[grp.index] = _exact_keep(grp, r, self.min_channels)
         else:
-            _global(plan, ratio, self.min_channels, self.round_to)
+            _global(plan, ratio, self.min_channels)
+            keeps = {grp.index: grp.size - sum(r in plan.removed for r in grp.roots) for grp in self.groups}
+        if self.round_to > 1:
+            keeps = _round_keeps(self.groups, keeps, self.channel_cost, self.min_channels, self.round_to)
+        for grp in self.groups:  # the least important go; a global pick is kept where it fits
+            ranked = sorted(grp.prunable, key=lambda root: (root not in plan.removed, plan.scores[root]))
+            plan.removed.difference_update(grp.roots)
+            plan.removed.update(ranked[: max(0, grp.size - keeps[grp.index])])
         logger.info(
             "plan: %d of %d channel classes removed; MACs %d -> %d",
             len(plan.removed),
@@ -216,7 +261,7 @@ def make_plan(
     return planner.plan(ratio, per_layer)
 
 
-def _global(plan: PrunePlan, ratio: float, min_channels: int, round_to: int) -> None:
+def _global(plan: PrunePlan, ratio: float, min_channels: int) -> None:
     budget = math.floor(ratio * plan.total_channels + 1e-9)
     ranked: list[tuple[float, int, ChannelGroup]] = []
     for grp in plan.groups:
@@ -232,10 +277,3 @@ def _global(plan: PrunePlan, ratio: float, min_channels: int, round_to: int) -> 
         plan.removed.add(root)
         left[grp.index] -= 1
         budget -= 1
-    if round_to > 1:
-        for grp in plan.groups:
-            removed = sorted((r for r in grp.roots if r in plan.removed), key=lambda r: -plan.scores[r])
-            keep = grp.size - len(removed)
-            target = min(grp.size, int(math.ceil(keep / round_to) * round_to))
-            for r in removed[: target - keep]:
-                plan.removed.discard(r)
