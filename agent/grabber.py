@@ -177,7 +177,7 @@ class Grabber:
                 return None
         frame: Frame | None = None
         try:
-            frame = self._read_one(reopen=False)
+            frame = self._read_one(reopen=False, prepare=False)
         except SourceLost as exc:  # the grabber thread reopens a live source, with backoff
             if not self.source.live:
                 self.error = exc
@@ -283,10 +283,12 @@ class Grabber:
     def _restart_pacing(self) -> None:
         self._t_start, self._paced = time.perf_counter(), 0
 
-    def _read_one(self, reopen: bool) -> Frame | None:
+    def _read_one(self, reopen: bool, prepare: bool = True) -> Frame | None:
         """The source's next frame, once it is due; None when the source has ended.
 
-        A lost live source is reopened here (reopen=True) or raises SourceLost.
+        A lost live source is reopened here (reopen=True) or raises SourceLost. With prepare,
+        the model input is made too; an inline read leaves that to the consumer, which writes it
+        straight into the interpreter's input buffer instead of copying it there.
         """
         fps = self._pace_fps()
         while not self._stop.is_set():
@@ -316,7 +318,7 @@ class Grabber:
             self._paced += 1
             self._note_arrival(t1)
             prepared, t2 = None, t1
-            if self.prepare is not None:
+            if prepare and self.prepare is not None:
                 prepared = self.prepare(image)
                 t2 = time.perf_counter()
             frame = Frame(image, self.stats.read, time.time(), t1, t1 - t0, prepared, t2 - t1)

@@ -223,6 +223,30 @@ def test_quick_consumer_reads_inline_and_keeps_every_frame(tmp_path: Path) -> No
     assert g.done
 
 
+def test_inline_reads_leave_the_model_input_to_the_consumer(tmp_path: Path) -> None:
+    """The grabber thread prepares each frame's input; an inline read does not, so the consumer
+    writes the input in place (Pipeline._prepare) instead of copying a prepared one."""
+    source = make_source(SourceConfig(uri=str(write_video(tmp_path / "v.avi", 30, fps=100.0))))
+    prepared_by: list[str] = []
+
+    def prepare(image: object) -> str:
+        prepared_by.append(threading.current_thread().name)
+        return "input"
+
+    g = Grabber(source, Rate.NATIVE, prepare=prepare)
+    g.start()
+    on_grabber = inline = 0
+    while (f := g.next(timeout=5)) is not None:
+        if f.prepared is None:
+            inline += 1
+        else:
+            on_grabber += 1
+            assert f.prepared == "input"
+    g.stop()
+    assert inline == g.stats.inline >= 30 - INLINE_AFTER - 2 and on_grabber + inline == 30
+    assert len(prepared_by) == on_grabber and threading.main_thread().name not in prepared_by
+
+
 def test_consumer_falling_behind_hands_reads_back_to_the_grabber(tmp_path: Path) -> None:
     """Inline while quick; once frames keep the consumer busy, stale frames are dropped again."""
     g = grabber_for(write_video(tmp_path / "v.avi", 60, fps=50.0), Rate.NATIVE)
