@@ -155,6 +155,8 @@ class Pipeline:
             manifest.name, manifest.version, manifest.model.sha256, manifest.profile, manifest.task
         )
         self._needed = [(role, manifest.output(role)) for role in needed_roles(decoder)]
+        # float32 outputs reach the decoder as they come: the agent checked their dtypes at load
+        self._convert = {role: spec.dtype != "float32" for role, spec in self._needed}
 
     def run(self, stop: threading.Event, max_frames: int = 0) -> int:
         """Process frames until stop is set, the source ends, or max_frames (0: no limit) are done.
@@ -249,7 +251,8 @@ class Pipeline:
         t0 = time.perf_counter()
         outs = {}
         for role, spec in self._needed:
-            outs[role] = dequantize(job.raw[role], spec.scale, spec.zero_point)
+            raw = job.raw[role]
+            outs[role] = dequantize(raw, spec.scale, spec.zero_point) if self._convert[role] else raw
         detections = self.decoder(outs, job.transform)
         t1 = time.perf_counter()
         job.timings["post"] += t1 - t0
