@@ -81,6 +81,8 @@ class RunSummary:
     publish_dropped: int = 0
     reconnects: int = 0
     stopped_by: str = "end of source"
+    prewarms: int = 0  # pipeline.prewarm_ms passes run, off the frame path
+    prewarm_ms: float | None = None  # their median duration
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -267,6 +269,8 @@ class Agent:
             self.rolling,
             cfg.pipeline.overlap_post,
             self.pinning,
+            cfg.pipeline.prewarm_ms / 1000.0,
+            self._message,
         )
         if cfg.metrics.enabled:
             with _opening("metrics.port"):
@@ -294,10 +298,13 @@ class Agent:
         return spare
 
     # ---- serving ------------------------------------------------------------------------
-    def _publish(self, result: FrameResult) -> None:
-        payload = encode(
+    def _message(self, result: FrameResult) -> bytes:
+        return encode(
             detections_payload(result, self.config.device_id, self.config.fleet, time.time())
         )
+
+    def _publish(self, result: FrameResult) -> None:
+        payload = self._message(result)
         assert self.outputs is not None
         self.outputs.write(result, payload)
         if self.health != "ok" and (self.grabber is None or self.grabber.stats.lost_since is None):
@@ -334,6 +341,8 @@ class Agent:
             publish_dropped=self.mqtt.dropped if self.mqtt else 0,
             reconnects=self.grabber.stats.reconnects,
             stopped_by=stopped_by,
+            prewarms=s["prewarms"],
+            prewarm_ms=s["prewarm_ms"],
         )
 
     def request_stop(self) -> None:

@@ -47,6 +47,7 @@ FLAG_KEYS = {
     "preview_port": "preview.port",
     "preview_bind": "preview.bind",
     "max_frames": "pipeline.max_frames",
+    "prewarm_ms": "pipeline.prewarm_ms",
 }
 
 
@@ -184,6 +185,11 @@ def cli(verbose: int, quiet: bool) -> None:
 @click.option("--preview-port", type=int, help="Port of the preview page (implies --preview).")
 @click.option("--preview-bind", help="Address for the preview (default 127.0.0.1).")
 @click.option("--max-frames", type=int, help="Stop after this many frames (0: run until stopped).")
+@click.option(
+    "--prewarm-ms",
+    type=float,
+    help="Redo the last frame's pre/post work this long before the next is due (0: off; default 2).",
+)
 def run(config_file: Path | None, preview: bool | None, **flags: Any) -> None:
     """Serve a bundle on a camera, stream, video file or image folder.
 
@@ -244,6 +250,10 @@ def print_summary(summary: Any) -> None:
         f"published {summary.published} (dropped {summary.publish_dropped})  "
         f"source reopened {summary.reconnects}x"
     )
+    if summary.prewarms:
+        console.print(
+            f"prewarm (off the frame path): {summary.prewarms} passes, median {summary.prewarm_ms} ms"
+        )
     console.print(f"backend {summary.backend} {summary.backend_version}, {summary.amx}")
 
 

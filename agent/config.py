@@ -363,6 +363,17 @@ class PipelineConfig(_Strict):
             "again as soon as the model falls behind."
         ),
     )
+    prewarm_ms: float = Field(
+        default=2.0,
+        ge=0.0,
+        le=50.0,
+        description=(
+            "While frames are read inline, redo the last frame's pre- and post-processing on "
+            "scratch buffers this many ms before the next frame is due (a paced file's schedule, "
+            "or a live source's measured interval), so the new frame's own pass runs on warm "
+            "caches. It costs one such pass of CPU per frame; 0 turns it off."
+        ),
+    )
 
 
 class AgentConfig(_Strict):

@@ -12,6 +12,12 @@ source on the consumer's own thread: the frame it returns is still the newest, b
 can queue up behind a consumer that is idle when the frame arrives. As soon as one frame keeps
 the consumer busy for most of an interval, the grabber thread takes over again and stale frames
 are dropped as before. A live source lost during an inline read is reopened by the grabber thread.
+
+Prewarming. A consumer that reads inline sits idle between frames, and its per-frame code and
+data go cold meanwhile. Given a prewarm function, next() calls it shortly before the next frame
+is due, so the frame's own pass finds them in cache: `lead` seconds before a paced file's frame
+falls due, and for a live source a quarter of its interval (plus `lead`) before the frame it
+predicts from the measured interval, and only while that interval is steady.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ DEFAULT_FOLDER_FPS = 10.0
 INLINE_AFTER = 5  # consecutive quick frames before reads move to the consumer's thread
 INLINE_SHARE = 0.5  # quick: the consumer was busy for at most this share of a frame interval
 THREAD_SHARE = 0.8  # one frame busier than this share of an interval brings the thread back
+LIVE_MARGIN = 0.25  # share of a live source's interval to prewarm ahead of its predicted frame
+STEADY_JITTER = 0.1  # a live source is steady while its intervals vary by at most this share
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,6 +69,7 @@ class GrabberStats:
     dropped: int = 0
     reconnects: int = 0
     inline: int = 0  # frames read on the consumer's thread
+    prewarmed: int = 0  # prewarm calls made before inline reads
     lost_since: float | None = field(
         default=None
     )  # monotonic time the source went down, if it is down
@@ -103,6 +112,9 @@ class Grabber:
         self._paced = 0
         self._last_arrival: float | None = None
         self._arrival_s: float | None = None  # a live source's frame interval (moving average)
+        self._jitter_s = 0.0  # ... and how much its intervals vary (moving mean abs. deviation)
+        self._prewarm: Callable[[], None] | None = None
+        self._prewarm_lead = 0.0
         # Inline reads (see the module docstring); the consumer's side of the hand-shake.
         self._inline_ok = inline and self.rate is not Rate.ALL
         self._want_inline = False  # asked by the consumer
@@ -129,6 +141,10 @@ class Grabber:
         if frame is not None:
             self._taken_at = time.perf_counter()
         return frame
+
+    def set_prewarm(self, fn: Callable[[], None] | None, lead_s: float = 0.0) -> None:
+        """Call fn on the consumer's thread, lead_s before each inline read's frame is due."""
+        self._prewarm, self._prewarm_lead = fn, lead_s
 
     @property
     def reading_inline(self) -> bool:
@@ -175,6 +191,7 @@ class Grabber:
             if delay > timeout:  # come back later: the caller checks its stop flag meanwhile
                 self._stop.wait(timeout)
                 return None
+        self._maybe_prewarm(timeout)
         frame: Frame | None = None
         try:
             frame = self._read_one(reopen=False, prepare=False)
@@ -195,6 +212,32 @@ class Grabber:
             return None
         self.stats.inline += 1
         return frame
+
+    def _maybe_prewarm(self, timeout: float) -> None:
+        """Wait until shortly before the next frame is due, then prewarm; skipped when that
+        time is unknown, already past, or further off than timeout."""
+        if self._prewarm is None:
+            return
+        at = self._prewarm_at()
+        if at is None:
+            return
+        wait = at - time.perf_counter()
+        if wait <= 0 or wait > timeout or self._stop.wait(wait):
+            return
+        self.stats.prewarmed += 1
+        self._prewarm()
+
+    def _prewarm_at(self) -> float | None:
+        """perf_counter() time to prewarm for the next frame, when it can be told."""
+        fps = self._pace_fps()
+        if fps is not None:
+            return self._t_start + self._paced / fps - self._prewarm_lead
+        interval, last = self._arrival_s, self._last_arrival
+        if not self.source.live or interval is None or last is None:
+            return None
+        if self._jitter_s > STEADY_JITTER * interval:
+            return None
+        return last + (1.0 - LIVE_MARGIN) * interval - self._prewarm_lead
 
     def _end_inline(self) -> None:
         """The source ended (or failed) during an inline read; the parked thread exits."""
@@ -329,7 +372,11 @@ class Grabber:
     def _note_arrival(self, now: float) -> None:
         if self._last_arrival is not None:
             gap = now - self._last_arrival
-            self._arrival_s = gap if self._arrival_s is None else 0.8 * self._arrival_s + 0.2 * gap
+            if self._arrival_s is None:
+                self._arrival_s = gap
+            else:
+                self._jitter_s = 0.8 * self._jitter_s + 0.2 * abs(gap - self._arrival_s)
+                self._arrival_s = 0.8 * self._arrival_s + 0.2 * gap
         self._last_arrival = now
 
     def _put(self, frame: Frame) -> None:

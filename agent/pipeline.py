@@ -5,6 +5,11 @@ prepared here), runs the interpreter, then copies out only the outputs the decod
 Decoding and publishing run on a second thread, so frame N is decoded and published while frame
 N+1 is inferred (overlap_post). A frame's end-to-end latency ("total") runs from the moment it
 was captured (decoded) to the moment its result was published.
+
+While frames are read inline, the inference thread idles between them and the Python work it
+does for each frame goes cold. Shortly before the next frame is due (Grabber.set_prewarm) it
+therefore redoes the last frame's pre-processing, decoding and message building on scratch
+buffers, publishing nothing and leaving the interpreter alone (prewarm_s, 0: off).
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ class PipelineStats:
     stages: dict[str, deque[float]] = field(
         default_factory=lambda: {s: deque(maxlen=HISTORY) for s in (*STAGES, "total")}
     )
+    prewarms: int = 0
+    prewarm: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))  # off the path
 
     def median_ms(self, stage: str) -> float | None:
         values = self.stages[stage]
@@ -72,7 +79,12 @@ class PipelineStats:
             "fps": round(self.fps, 2),
             "median_ms": {s: self.median_ms(s) for s in (*STAGES, "total")},
             "p99_total_ms": self.percentile_ms("total", 99),
+            "prewarms": self.prewarms,
+            "prewarm_ms": self.median_prewarm_ms(),
         }
+
+    def median_prewarm_ms(self) -> float | None:
+        return round(float(np.median(self.prewarm)) * 1000.0, 3) if self.prewarm else None
 
 
 class _PostWorker:
@@ -104,6 +116,18 @@ class _PostWorker:
         with self._lock:
             self._pending += 1
         self._queue.put(job)
+
+    def run_if_idle(self, fn: Callable[[], None]) -> bool:
+        """Run fn on the caller's thread, unless a job is being processed or waits; True if run."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if self._pending:
+                return False
+            fn()
+            return True
+        finally:
+            self._lock.release()
 
     def _process(self, job: _Job) -> None:
         if self.error is not None:
@@ -139,6 +163,8 @@ class Pipeline:
         rolling: RollingStats | None = None,
         overlap: bool = True,
         pinning: Pinning | None = None,
+        prewarm_s: float = 0.0,
+        build_message: Callable[[FrameResult], object] | None = None,
     ) -> None:
         self.model = model
         self.manifest = manifest
@@ -150,6 +176,8 @@ class Pipeline:
         self.rolling = rolling or RollingStats()
         self.overlap = overlap
         self.pinning = pinning
+        self.prewarm_s = prewarm_s
+        self.build_message = build_message  # what handle() sends, built without sending it
         self.stats = PipelineStats()
         self.model_ref = ModelRef(
             manifest.name, manifest.version, manifest.model.sha256, manifest.profile, manifest.task
@@ -157,6 +185,9 @@ class Pipeline:
         self._needed = [(role, manifest.output(role)) for role in needed_roles(decoder)]
         # float32 outputs reach the decoder as they come: the agent checked their dtypes at load
         self._convert = {role: spec.dtype != "float32" for role, spec in self._needed}
+        self._last: _Job | None = None  # the last published frame, redone by _prewarm
+        self._worker: _PostWorker | None = None
+        self._scratch: np.ndarray | None = None
 
     def run(self, stop: threading.Event, max_frames: int = 0) -> int:
         """Process frames until stop is set, the source ends, or max_frames (0: no limit) are done.
@@ -166,7 +197,9 @@ class Pipeline:
         if self.pinning is not None:
             self.pinning.pin_inference_thread()
         with unpinned():  # the post thread may use every core, however this thread is pinned
-            worker = _PostWorker(self._post) if self.overlap else None
+            worker = self._worker = _PostWorker(self._post) if self.overlap else None
+        if self.prewarm_s > 0:
+            self.grabber.set_prewarm(self._prewarm, self.prewarm_s)
         pending: _Job | None = None  # inferred, its post deferred until the next invoke starts
         n = 0
         started = time.perf_counter()
@@ -201,10 +234,12 @@ class Pipeline:
                 else:
                     worker.submit(job, False)
         finally:
+            self.grabber.set_prewarm(None)
             if worker is not None:
                 if pending is not None:
                     worker.submit(pending, False)
                 worker.close()
+            self._worker = None
             if n:
                 self.stats.busy_s += time.perf_counter() - started
         if worker is not None and worker.error is not None:
@@ -247,13 +282,16 @@ class Pipeline:
         }  # fmt: skip
         return _Job(frame, transform, raw, timings, picked)
 
-    def _post(self, job: _Job) -> None:
-        t0 = time.perf_counter()
+    def _outputs(self, job: _Job) -> dict[OutputRole, np.ndarray]:
         outs = {}
         for role, spec in self._needed:
             raw = job.raw[role]
             outs[role] = dequantize(raw, spec.scale, spec.zero_point) if self._convert[role] else raw
-        detections = self.decoder(outs, job.transform)
+        return outs
+
+    def _post(self, job: _Job) -> None:
+        t0 = time.perf_counter()
+        detections = self.decoder(self._outputs(job), job.transform)
         t1 = time.perf_counter()
         job.timings["post"] += t1 - t0
         result = FrameResult(job.frame, detections, self.model_ref, job.timings, job.picked)
@@ -262,6 +300,36 @@ class Pipeline:
         job.timings["publish"] = t2 - t1
         total = t2 - job.frame.captured
         self._record(job.timings, total, len(detections))
+        self._last = job
+
+    def _prewarm(self) -> None:
+        """Redo the last frame's work off the frame path (see the module docstring)."""
+        job, worker = self._last, self._worker
+        if job is None:
+            return
+        if worker is None:
+            self._rehearse(job)
+        else:  # the decoder is not shared with a post thread that is busy
+            worker.run_if_idle(functools.partial(self._rehearse, job))
+
+    def _rehearse(self, job: _Job) -> None:
+        t0 = time.perf_counter()
+        try:
+            if self._scratch is None:
+                self._scratch = self.preprocess.new_input()
+            self.preprocess(job.frame.image, self._scratch)
+            detections = self.decoder(self._outputs(job), job.transform)
+            if self.build_message is not None:
+                self.build_message(
+                    FrameResult(job.frame, detections, self.model_ref, job.timings, job.picked)
+                )
+        except Exception:
+            logger.warning("prewarm failed; turned off (frames are served as before)", exc_info=True)
+            self.prewarm_s = 0.0
+            self.grabber.set_prewarm(None)
+            return
+        self.stats.prewarms += 1
+        self.stats.prewarm.append(time.perf_counter() - t0)
 
     def _record(self, timings: dict[str, float], total: float, detections: int) -> None:
         s = self.stats

@@ -125,6 +125,10 @@ class Preprocessor:
         self._canvas: np.ndarray | None = None
         self._transforms: dict[tuple[int, int], FrameTransform] = {}
 
+    def new_input(self) -> np.ndarray:
+        """An uninitialized [1, H, W, C] array of the input dtype, to pass as `out`."""
+        return np.empty((1, self.in_h, self.in_w, self.channels), self.lut.dtype)
+
     def transform_for(self, src_w: int, src_h: int) -> FrameTransform:
         """The (immutable) transform for a source size; made once per size."""
         t = self._transforms.get((src_w, src_h))

@@ -24,13 +24,15 @@ of each 40, decoded back to back and partly dropped), which is not camera pace.
 Usage:
   python benchmarks/agent_overhead.py [--bundle DIR] [--video FILE] [--rounds 12] [--frames 40]
                                       [--threads N] [--pin-threads] [--broker mqtt://HOST:PORT]
-                                      [--fold-bgr] [--amx auto|use|withhold]
+                                      [--fold-bgr] [--amx auto|use|withhold] [--prewarm-ms MS]
 
 With --broker the agent also publishes every result to that MQTT broker (the latency then ends
 when paho has handed the message to the socket); without it, results go to a JSONL file only.
 --pin-threads sets runtime.pin_threads for both agents (and so for the bare invokes, which run on
 the same interpreter and thread). --amx sets runtime.amx (docs/agent.md, "Intel AMX"); the
-first agent's choice holds for the whole process, bare invokes included.
+first agent's choice holds for the whole process, bare invokes included. --prewarm-ms sets
+pipeline.prewarm_ms (default: the config's); the paced agent's prewarm passes run off its frame
+path, and their count and median time are printed beside the stages.
 
 Without --bundle it converts the reference detector (converter/zoo/weights/detector.keras) with
 `edgegap convert --profile x86-avx2` (int8, calibrated on 100 train-split images; with --fold-bgr
@@ -245,6 +247,7 @@ def start_agent(
     broker: str | None,
     pin: bool = False,
     amx: str = "auto",
+    prewarm_ms: float | None = None,
 ) -> Agent:
     overrides: dict[str, Any] = {
         "bundle.path": str(bundle), "source.uri": str(video), "source.rate": rate, "source.loop": True,
@@ -254,6 +257,8 @@ def start_agent(
         overrides["runtime.threads"] = threads
     if pin:
         overrides["runtime.pin_threads"] = True
+    if prewarm_ms is not None:
+        overrides["pipeline.prewarm_ms"] = prewarm_ms
     if broker:
         overrides["mqtt.broker"] = broker
         overrides["device_id"] = f"bench-{rate}"
@@ -300,11 +305,12 @@ def measure(
     broker: str | None,
     pin: bool = False,
     amx: str = "auto",
+    prewarm_ms: float | None = None,
 ) -> dict[str, Any]:
     """Rounds of: paced agent | paced bare invokes; warm-up, then lockstep agent and bare ABBA."""
     # latency: frames arrive like a camera's; throughput: every frame, as fast as it goes
-    paced = start_agent(bundle, video, "native", threads, broker, pin, amx)
-    flat = start_agent(bundle, video, "all", threads, broker, pin, amx)
+    paced = start_agent(bundle, video, "native", threads, broker, pin, amx, prewarm_ms)
+    flat = start_agent(bundle, video, "all", threads, broker, pin, amx, prewarm_ms)
     assert paced.pipeline is not None and flat.pipeline is not None and flat.model is not None
     assert paced.grabber is not None
     fps_src = paced.grabber.source.fps or 30.0
@@ -355,6 +361,8 @@ def measure(
         "threads": flat.threads,
         "pinned": flat.pinning is not None,
         "inline": paced.grabber.stats.inline,
+        "prewarms": stats.prewarms,
+        "prewarm_ms": stats.median_prewarm_ms(),
     }
 
 
@@ -391,6 +399,10 @@ def main() -> None:
     ap.add_argument(
         "--amx", choices=["auto", "use", "withhold"], default="auto",
         help="runtime.amx of the agents (Intel AMX for int8 kernels); the bare invokes share it.",
+    )  # fmt: skip
+    ap.add_argument(
+        "--prewarm-ms", type=float,
+        help="pipeline.prewarm_ms of the agents (0: off; default: the config's).",
     )  # fmt: skip
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -432,6 +444,7 @@ def main() -> None:
                         args.broker,
                         args.pin_threads,
                         args.amx,
+                        args.prewarm_ms,
                     ),
                 )
             )
@@ -444,6 +457,9 @@ def main() -> None:
               f"({r['inline']} read inline, {r['dropped']} dropped), {flat_n} lockstep in blocks of {args.frames}; medians over all rounds")  # fmt: skip
         stages = "  ".join(f"{k} {v:.3f}" for k, v in r["stage_ms"].items() if v is not None)
         print(f"[source {label}] camera-paced stage medians (ms): {stages}")
+        if r["prewarms"]:
+            print(f"[source {label}] camera-paced prewarm (off the frame path): {r['prewarms']} passes, "
+                  f"median {r['prewarm_ms']:.3f} ms")  # fmt: skip
         stages = "  ".join(f"{k} {v:.3f}" for k, v in r["flat_stage_ms"].items() if v is not None)
         print(f"[source {label}] lockstep stage medians (ms): {stages}")
     for label, r in results:

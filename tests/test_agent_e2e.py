@@ -662,3 +662,55 @@ def test_pin_threads_with_one_interpreter_thread_pins_nothing(tmp_path: Path) ->
     agent.start()
     assert agent.pinning is None
     assert agent.run().frames == 3
+
+
+def _detections_by_frame(path: Path) -> dict[int, list[Any]]:
+    out = {}
+    for line in path.read_text().splitlines():
+        msg = json.loads(line)
+        out[msg["frame"]["index"]] = msg["detections"]
+    return out
+
+
+def test_prewarm_changes_no_result_and_a_failing_one_turns_itself_off(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At camera pace the agent prewarms between frames, off the frame path: the detections are
+    those of an agent that does not. A prewarm that fails is turned off; serving goes on."""
+    bundle = cached_bundle("ssd_postprocess")
+    video = write_video(tmp_path / "clip.avi", 24, fps=50.0)
+
+    def run(name: str, prewarm_ms: float, break_it: bool = False) -> tuple[RunSummary, Path]:
+        out = tmp_path / f"{name}.jsonl"
+        agent = Agent(
+            load_config(
+                None,
+                {
+                    "bundle.path": str(bundle.path),
+                    "source.uri": str(video),
+                    "source.rate": "native",
+                    "outputs.jsonl": str(out),
+                    "pipeline.prewarm_ms": prewarm_ms,
+                },
+            )
+        )
+        agent.start()
+        if break_it:  # a scratch input of the wrong shape: the first prewarm raises
+            assert agent.pipeline is not None
+            agent.pipeline._scratch = np.zeros((1, 2, 2, 3), np.float32)
+        return agent.run(), out
+
+    on, on_out = run("on", 2.0)
+    off, off_out = run("off", 0.0)
+    assert on.frames == off.frames == 24
+    assert off.prewarms == 0 and off.prewarm_ms is None
+    assert on.prewarms > 0 and on.prewarm_ms is not None and on.prewarm_ms > 0
+    with_prewarm, without = _detections_by_frame(on_out), _detections_by_frame(off_out)
+    assert list(with_prewarm) == list(range(24)) and with_prewarm == without
+    assert sum(len(d) for d in without.values()) >= 24  # the clip has squares in every frame
+
+    with caplog.at_level("WARNING", logger="agent.pipeline"):
+        broken, broken_out = run("broken", 2.0, break_it=True)
+    assert broken.frames == 24 and broken.prewarms == 0
+    assert _detections_by_frame(broken_out) == without
+    assert sum("prewarm failed; turned off" in r.getMessage() for r in caplog.records) == 1

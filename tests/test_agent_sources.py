@@ -314,3 +314,39 @@ def test_live_stream_lost_during_inline_reads_is_reopened(
     assert g.next(timeout=10) is not None
     assert g.error is None
     g.stop()
+
+
+def test_prewarm_runs_on_the_consumer_thread_before_inline_reads(tmp_path: Path) -> None:
+    """Before each inline read of a paced file (at most once per frame) the prewarm function runs
+    on the consumer's own thread; every frame still arrives, in order."""
+    g = grabber_for(write_video(tmp_path / "v.avi", 30, fps=50.0), Rate.NATIVE)
+    calls: list[tuple[str, int]] = []
+    g.set_prewarm(lambda: calls.append((threading.current_thread().name, g.stats.read)), 0.002)
+    g.start()
+    seen = drain(g)
+    g.stop()
+    assert seen == list(range(30)) and g.stats.dropped == 0
+    assert {name for name, _ in calls} == {threading.current_thread().name}
+    before_frame = [read for _, read in calls]
+    assert before_frame == sorted(set(before_frame))
+    assert len(calls) == g.stats.prewarmed <= g.stats.inline + 1  # + the read that found the end
+    assert len(calls) >= g.stats.inline // 2 > 0
+
+
+def test_prewarm_time_of_a_live_source_follows_its_steady_interval() -> None:
+    """A live source's next frame is predicted from its measured interval; prewarming starts a
+    quarter interval plus the lead ahead of it, and not at all while the interval is unsteady."""
+    g = Grabber(make_source(SourceConfig(uri="rtsp://cam/x")), Rate.AUTO)
+    g.set_prewarm(lambda: None, 0.002)
+    assert g._prewarm_at() is None  # no interval measured yet
+    t = 100.0
+    for _ in range(10):
+        g._note_arrival(t)
+        t += 0.040
+    last = t - 0.040
+    at = g._prewarm_at()
+    assert at is not None and at == pytest.approx(last + 0.75 * 0.040 - 0.002, abs=1e-6)
+    for gap in (0.010, 0.070, 0.015, 0.060):  # frames arriving in bursts and gaps
+        t += gap
+        g._note_arrival(t)
+    assert g._prewarm_at() is None
