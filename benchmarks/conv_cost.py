@@ -10,7 +10,9 @@ Usage:
   python benchmarks/conv_cost.py [--rounds 200]
 
 The per-case times and int8/float32 ratios are printed first; the ratios last: for each kind of
-layer, its int8 time at each width divided by its int8 time at width 16.
+layer, its int8 time at each width divided by its int8 time at width 16; then, for layers of equal
+MACs at the detector's 56, 28 and 14 px stages, the int8 time at each size divided by that at
+14 px: what a MAC costs where in the network, which MAC counts alone do not say.
 """
 
 from __future__ import annotations
@@ -41,7 +43,19 @@ SWEEPS: dict[str, list[Case]] = {
     "conv1x1, input channels": [("conv1x1", c, 16, 56, 1) for c in WIDTHS],
     "depthwise3x3, channels": [("depthwise3x3", c, c, 56, 1) for c in WIDTHS],
 }
-CASES: list[Case] = [("conv3x3", 3, 16, 224, 2), *dict.fromkeys(c for sweep in SWEEPS.values() for c in sweep)]
+# Equal MACs at each stage's resolution, the channels growing as the map shrinks, as they do in
+# the detector: a 1x1 convolution of 7.2 M MACs and a depthwise one of 0.68 M.
+SIZES = (56, 28, 14)
+BY_SIZE: dict[str, list[Case]] = {
+    "conv1x1, 7.2 M MACs": [("conv1x1", 24 * 56 // s, 96 * 56 // s, s, 1) for s in SIZES],
+    "depthwise3x3, 0.68 M MACs": [
+        ("depthwise3x3", 24 * (56 // s) ** 2, 24 * (56 // s) ** 2, s, 1) for s in SIZES
+    ],
+}
+CASES: list[Case] = [
+    ("conv3x3", 3, 16, 224, 2),
+    *dict.fromkeys(c for sweep in (*SWEEPS.values(), *BY_SIZE.values()) for c in sweep),
+]
 
 
 def _label(case: Case) -> str:
@@ -94,6 +108,11 @@ def main() -> None:
         base = ms[(sweep[WIDTHS.index(16)], "int8")]
         cells = "  ".join(f"{w}: {ms[(c, 'int8')] / base:.2f}" for w, c in zip(WIDTHS, sweep, strict=True))
         print(f"  {name} (16: {base:.3f} ms): {cells}")
+    print("int8 time at each size / int8 time at 14 px (equal MACs):")
+    for name, sweep in BY_SIZE.items():
+        base = ms[(sweep[-1], "int8")]
+        cells = "  ".join(f"{s} px: {ms[(c, 'int8')] / base:.2f}" for s, c in zip(SIZES, sweep, strict=True))
+        print(f"  {name} (14 px: {base:.3f} ms): {cells}")
 
 
 if __name__ == "__main__":
