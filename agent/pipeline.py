@@ -106,13 +106,8 @@ class _PostWorker:
         self._thread.start()
 
     def submit(self, job: _Job, next_frame_waiting: bool) -> None:
-        if not next_frame_waiting and self._lock.acquire(blocking=False):
-            try:
-                if self._pending == 0:
-                    self._process(job)
-                    return
-            finally:
-                self._lock.release()
+        if not next_frame_waiting and self.run_if_idle(functools.partial(self._process, job)):
+            return
         with self._lock:
             self._pending += 1
         self._queue.put(job)
