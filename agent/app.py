@@ -28,7 +28,12 @@ from agent.decoders import OutputDecoder, make_decoder
 from agent.golden import check_golden
 from agent.grabber import Grabber
 from agent.manifest import Manifest
-from agent.messages import DETECTIONS_SCHEMA, STATUS_SCHEMA, FrameResult, detections_payload, encode
+from agent.messages import (
+    DETECTIONS_SCHEMA,
+    STATUS_SCHEMA,
+    DetectionsEncoder,
+    FrameResult,
+)
 from agent.metrics import AgentMetrics, RollingStats
 from agent.mqtt import MqttLink
 from agent.outputs import (
@@ -160,6 +165,7 @@ class Agent:
         self.threads = 1
         self.pinning: Pinning | None = None
         self._closed = False
+        self._detections_json: DetectionsEncoder | None = None
 
     # ---- startup ------------------------------------------------------------------------
     def load_model(self) -> None:
@@ -272,6 +278,7 @@ class Agent:
             cfg.pipeline.prewarm_ms / 1000.0,
             self._message,
         )
+        self._detections_json = DetectionsEncoder(cfg.device_id, cfg.fleet, self.pipeline.model_ref)
         if cfg.metrics.enabled:
             with _opening("metrics.port"):
                 self.metrics.serve(cfg.metrics.bind, cfg.metrics.port)
@@ -299,9 +306,8 @@ class Agent:
 
     # ---- serving ------------------------------------------------------------------------
     def _message(self, result: FrameResult) -> bytes:
-        return encode(
-            detections_payload(result, self.config.device_id, self.config.fleet, time.time())
-        )
+        assert self._detections_json is not None
+        return self._detections_json(result, time.time())
 
     def _publish(self, result: FrameResult) -> None:
         payload = self._message(result)

@@ -163,7 +163,7 @@ class OutputDecoder(ABC):
     def _same(self, transform: FrameTransform) -> FrameTransform:
         """A fixed-size source frames every image alike: the last equal transform is reused, so
         its mapping to source pixels, already computed, is not computed again for each frame."""
-        if transform == self._transform:
+        if transform is self._transform or transform == self._transform:
             return self._transform
         self._transform = transform
         return transform
@@ -178,6 +178,9 @@ class OutputDecoder(ABC):
         """boxes_norm [N, 4] xyxy on the model input in [0, 1] -> Detections in source pixels."""
         if not len(boxes_norm):
             return []
+        finite = np.isfinite(scores) & np.isfinite(classes) & np.isfinite(boxes_norm).all(axis=1)
+        if not finite.all():  # a broken model's NaN or inf is no detection, nor valid JSON
+            boxes_norm, classes, scores = boxes_norm[finite], classes[finite], scores[finite]
         if transform is not None:
             px = self._same(transform).to_source(boxes_norm)
         else:
@@ -242,7 +245,9 @@ class SSDPostprocessDecoder(OutputDecoder):
         names, known = self._names, len(self._names)
         out = []
         for i in keep:
-            y0, x0, y1, x1 = (min(max(v, 0.0), 1.0) for v in rows[i])
+            y0, x0, y1, x1 = (min(max(v, 0.0), 1.0) for v in rows[i])  # NaN stays NaN
+            if not math.isfinite(s[i] + cls[i] + y0 + x0 + y1 + x1):  # as _detections drops
+                continue
             c = round(cls[i])
             box = BBox(
                 min(max(x0 * mx + ax, 0.0), hx),
@@ -449,6 +454,7 @@ class ClassificationDecoder(OutputDecoder):
         p = self.activation(outputs[self.role].reshape(-1).astype(np.float32))
         k = min(self.top_k, len(p))
         top = np.argsort(-p, kind="stable")[:k]
+        top = top[np.isfinite(p[top])]  # NaN sorts last, but top-k can still reach it
         return [Detection(int(i), self.label(int(i)), float(p[i])) for i in top]
 
 

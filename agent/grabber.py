@@ -69,7 +69,6 @@ class GrabberStats:
     dropped: int = 0
     reconnects: int = 0
     inline: int = 0  # frames read on the consumer's thread
-    prewarmed: int = 0  # prewarm calls made before inline reads
     lost_since: float | None = field(
         default=None
     )  # monotonic time the source went down, if it is down
@@ -224,7 +223,6 @@ class Grabber:
         wait = at - time.perf_counter()
         if wait <= 0 or wait > timeout or self._stop.wait(wait):
             return
-        self.stats.prewarmed += 1
         self._prewarm()
 
     def _prewarm_at(self) -> float | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -43,38 +44,76 @@ class FrameResult:
     picked: float = 0.0  # perf_counter() when the inference thread took the frame
 
 
-def detections_payload(
-    result: FrameResult, device_id: str, fleet: str, sent: float
-) -> dict[str, Any]:
-    f, m = result.frame, result.model
-    t = result.timings
-    latency: dict[str, float] = {
-        s: round(t[s] * 1000.0, 3) for s in ("grab", "pre", "wait", "invoke", "post") if s in t
-    }
-    latency["total"] = round(sum(latency.values()), 3)
-    return {
-        "schema": DETECTIONS_SCHEMA,
-        "device_id": device_id,
-        "fleet": fleet,
-        "frame": {
-            "index": f.index,
-            "timestamp": round(f.timestamp, 6),
-            "width": f.width,
-            "height": f.height,
-        },
-        "model": {"name": m.name, "version": m.version, "task": m.task},
-        "detections": [
-            {
-                "label": d.label,
-                "class_id": d.class_id,
-                "score": round(d.score, 4),
-                "box": d.box.as_list() if d.box is not None else None,
-            }
-            for d in result.detections
-        ],
-        "latency_ms": latency,
-        "sent": round(sent, 6),
-    }
+class DetectionsEncoder:
+    """Writes a frame's detections message as JSON text, straight from the result.
+
+    The message has a fixed shape, so it is formatted rather than built as a dict and handed to
+    a JSON encoder: the constant parts (schema, device, fleet, model) are encoded once, with the
+    json module, and each frame fills in only its numbers, with fixed decimals (box 0.1 px,
+    score 4, latency 3, times 6). This runs on every frame's latency path, right after an invoke
+    that has pushed Python's code and data out of the CPU caches, where it costs about half of
+    the dict and json route (benchmarks/message_encode.py; docs/agent.md, "Performance").
+    Strings (labels included) still go through json.dumps, so escaping is the json module's. A
+    non-finite number raises ValueError, as the json module does with allow_nan=False.
+    """
+
+    MAX_LABELS = 1024  # label strings kept encoded; class ids come from the model, so bound them
+
+    def __init__(self, device_id: str, fleet: str, model: ModelRef) -> None:
+        head = _json({"schema": DETECTIONS_SCHEMA, "device_id": device_id, "fleet": fleet})
+        info = _json({"name": model.name, "version": model.version, "task": model.task})
+        self._head = (
+            _literal(head[:-1])
+            + ',"frame":{"index":%d,"timestamp":%.6f,"width":%d,"height":%d},"model":'
+            + _literal(info)
+            + ',"detections":['
+        )
+        self._labels: dict[str, str] = {}
+
+    def __call__(self, result: FrameResult, sent: float) -> bytes:
+        f, t = result.frame, result.timings
+        parts = [self._head % (f.index, f.timestamp, f.width, f.height)]
+        comma = ""
+        for d in result.detections:
+            label = self._labels.get(d.label) or self._label(d.label)
+            b = d.box
+            if b is None:
+                if not math.isfinite(d.score):
+                    raise ValueError(f"detection score {d.score} is not a JSON number")
+                parts.append(_NO_BOX % (comma, label, d.class_id, d.score))
+            else:
+                if not math.isfinite(d.score + b.xmin + b.ymin + b.xmax + b.ymax):
+                    raise ValueError(f"detection {d} has a value that is not a JSON number")
+                row = (comma, label, d.class_id, d.score, b.xmin, b.ymin, b.xmax, b.ymax)
+                parts.append(_BOX % row)
+            comma = ","
+        g, p, w, i, o = (t.get(s, 0.0) * 1000.0 for s in LATENCY_STAGES)
+        parts.append(_TAIL % (g, p, w, i, o, g + p + w + i + o, sent))
+        return "".join(parts).encode()
+
+    def _label(self, label: str) -> str:
+        text = json.dumps(label)
+        if len(self._labels) < self.MAX_LABELS:
+            self._labels[label] = text
+        return text
+
+
+LATENCY_STAGES = ("grab", "pre", "wait", "invoke", "post")  # in latency_ms; total is their sum
+_BOX = '%s{"label":%s,"class_id":%d,"score":%.4f,"box":[%.1f,%.1f,%.1f,%.1f]}'
+_NO_BOX = '%s{"label":%s,"class_id":%d,"score":%.4f,"box":null}'
+_TAIL = (
+    '],"latency_ms":{"grab":%.3f,"pre":%.3f,"wait":%.3f,"invoke":%.3f,"post":%.3f,"total":%.3f},'
+    '"sent":%.6f}'
+)
+
+
+def _json(value: dict[str, Any]) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def _literal(text: str) -> str:
+    """Text that %-formatting leaves as it is."""
+    return text.replace("%", "%%")
 
 
 # One encoder for every message: json.dumps with options builds a new encoder on each call.

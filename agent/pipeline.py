@@ -106,20 +106,21 @@ class _PostWorker:
         self._thread.start()
 
     def submit(self, job: _Job, next_frame_waiting: bool) -> None:
-        if not next_frame_waiting and self.run_if_idle(functools.partial(self._process, job)):
+        if not next_frame_waiting and self.run_if_idle(self._process, job):
             return
         with self._lock:
             self._pending += 1
         self._queue.put(job)
 
-    def run_if_idle(self, fn: Callable[[], None]) -> bool:
-        """Run fn on the caller's thread, unless a job is being processed or waits; True if run."""
+    def run_if_idle(self, fn: Callable[[_Job], None], job: _Job) -> bool:
+        """Run fn(job) on the caller's thread, unless a job is being processed or waits; True if
+        run."""
         if not self._lock.acquire(blocking=False):
             return False
         try:
             if self._pending:
                 return False
-            fn()
+            fn(job)
             return True
         finally:
             self._lock.release()
@@ -305,7 +306,7 @@ class Pipeline:
         if worker is None:
             self._rehearse(job)
         else:  # the decoder is not shared with a post thread that is busy
-            worker.run_if_idle(functools.partial(self._rehearse, job))
+            worker.run_if_idle(self._rehearse, job)
 
     def _rehearse(self, job: _Job) -> None:
         t0 = time.perf_counter()

@@ -206,6 +206,41 @@ def test_ssd_postprocess_small_and_array_paths_agree(
         )
 
 
+@pytest.mark.parametrize("small", [True, False], ids=["small", "array"])
+def test_non_finite_outputs_never_become_detections(
+    small: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broken model's NaN or inf is dropped (it is no detection, nor a JSON number), the same
+    way on both SSD post-process paths; infinite box corners are clipped like finite ones."""
+    import agent.decoders as decoders
+
+    if not small:
+        monkeypatch.setattr(decoders, "SMALL_N", -1)
+    nan, inf = float("nan"), float("inf")
+    boxes = [[0.1, 0.1, 0.5, 0.5], [nan, 0.1, 0.5, 0.5], [0.1, 0.1, 0.5, 0.5], [0.1, 0.1, 0.5, 0.5],
+             [0.2, -inf, 0.6, inf], [0.1, 0.1, 0.5, 0.5]]  # fmt: skip
+    m = manifest(
+        Decoder.SSD_POSTPROCESS,
+        [(R.SCORES, [1, 6]), (R.BOXES, [1, 6, 4]), (R.COUNT, [1]), (R.CLASSES, [1, 6])],
+    )
+    outs = {
+        R.BOXES: np.array([boxes], np.float32),
+        R.CLASSES: np.array([[0, 1, nan, 1, 2, 0]], np.float32),
+        R.SCORES: np.array([[0.9, 0.8, 0.7, inf, 0.6, nan]], np.float32),
+        R.COUNT: np.array([6], np.float32),
+    }
+    dets = make_decoder(m, score_threshold=0.3)(outs, None)
+    assert [(d.label, d.score) for d in dets] == [("cat", pytest.approx(0.9)), ("bird", pytest.approx(0.6))]
+    assert dets[1].box == BBox(0.0, pytest.approx(0.2), 1.0, pytest.approx(0.6))
+    # The array decoders and the classifier drop them too.
+    y = np.array([[[0.5, 0.5, 0.2, nan, 0.9, 0.0], [0.2, 0.2, 0.1, 0.1, 0.0, 0.8]]], np.float32)
+    yolo = make_decoder(manifest(Decoder.YOLO, [(R.YOLO, [1, 2, 6])]), score_threshold=0.5)
+    assert [d.label for d in yolo({R.YOLO: y}, None)] == ["dog"]
+    cls = manifest(Decoder.CLASSIFICATION, [(R.PROBABILITIES, [1, 3])], task="classification")
+    top = make_decoder(cls, top_k=3)({R.PROBABILITIES: np.array([[0.2, nan, 0.7]], np.float32)}, None)
+    assert [d.label for d in top] == ["bird", "cat"]
+
+
 def test_ssd_raw_decoder_decodes_and_suppresses() -> None:
     anchors = [[0.25, 0.25, 0.5, 0.5], [0.25, 0.25, 0.5, 0.5], [0.75, 0.75, 0.2, 0.4]]
     m = manifest(
