@@ -207,7 +207,8 @@ class SSDPostprocessDecoder(OutputDecoder):
     def __call__(self, outputs: Outputs, transform: FrameTransform | None) -> list[Detection]:
         boxes = outputs[OutputRole.BOXES].reshape(-1, 4)
         scores = outputs[OutputRole.SCORES].reshape(-1)
-        n = min(int(outputs[OutputRole.COUNT].reshape(-1)[0]), len(scores), len(boxes))
+        # max(0, nan) is 0 and min(inf, ...) the row count: a broken count cannot raise here
+        n = int(min(max(0, outputs[OutputRole.COUNT].item(0)), len(scores), len(boxes)))
         if n <= SMALL_N:
             return self._small(boxes, scores, outputs[OutputRole.CLASSES].reshape(-1), n, transform)
         keep = np.flatnonzero(scores[:n] >= self.score_threshold)
@@ -245,7 +246,9 @@ class SSDPostprocessDecoder(OutputDecoder):
         names, known = self._names, len(self._names)
         out = []
         for i in keep:
-            y0, x0, y1, x1 = (min(max(v, 0.0), 1.0) for v in rows[i])  # NaN stays NaN
+            y0, x0, y1, x1 = rows[i]
+            y0, x0 = min(max(y0, 0.0), 1.0), min(max(x0, 0.0), 1.0)  # NaN stays NaN
+            y1, x1 = min(max(y1, 0.0), 1.0), min(max(x1, 0.0), 1.0)
             if not math.isfinite(s[i] + cls[i] + y0 + x0 + y1 + x1):  # as _detections drops
                 continue
             c = round(cls[i])

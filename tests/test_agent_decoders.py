@@ -232,6 +232,9 @@ def test_non_finite_outputs_never_become_detections(
     dets = make_decoder(m, score_threshold=0.3)(outs, None)
     assert [(d.label, d.score) for d in dets] == [("cat", pytest.approx(0.9)), ("bird", pytest.approx(0.6))]
     assert dets[1].box == BBox(0.0, pytest.approx(0.2), 1.0, pytest.approx(0.6))
+    for count, expected in ((nan, 0), (-3.0, 0), (inf, 2)):  # a broken count: 0, or every row
+        outs[R.COUNT] = np.array([count], np.float32)
+        assert len(make_decoder(m, score_threshold=0.3)(outs, None)) == expected
     # The array decoders and the classifier drop them too.
     y = np.array([[[0.5, 0.5, 0.2, nan, 0.9, 0.0], [0.2, 0.2, 0.1, 0.1, 0.0, 0.8]]], np.float32)
     yolo = make_decoder(manifest(Decoder.YOLO, [(R.YOLO, [1, 2, 6])]), score_threshold=0.5)
