@@ -88,6 +88,7 @@ class RunSummary:
     stopped_by: str = "end of source"
     prewarms: int = 0  # pipeline.prewarm_ms passes run, off the frame path
     prewarm_ms: float | None = None  # their median duration
+    failed: int = 0  # frames whose decoding or publishing raised (skipped)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -349,6 +350,7 @@ class Agent:
             stopped_by=stopped_by,
             prewarms=s["prewarms"],
             prewarm_ms=s["prewarm_ms"],
+            failed=s["failed"],
         )
 
     def request_stop(self) -> None:
@@ -416,6 +418,7 @@ class Agent:
             out["dropped"] = self.grabber.stats.dropped
         if self.pipeline is not None:
             out["frames"] = self.pipeline.stats.frames
+            out["failed"] = self.pipeline.stats.failed
         p50, p99 = self.rolling.percentiles_ms()
         out["fps"] = round(self.rolling.fps(), 2)
         out["latency_ms"] = {"p50": p50, "p99": p99}
@@ -439,7 +442,8 @@ class Agent:
                     self.mqtt.publish_status()
 
     def _refresh_health(self) -> None:
-        if self.grabber is not None and self.grabber.stats.lost_since is not None:
+        lost = self.grabber is not None and self.grabber.stats.lost_since is not None
+        if lost or (self.pipeline is not None and self.pipeline.stats.failing):
             self.health = "degraded"
 
     # ---- shutdown -----------------------------------------------------------------------

@@ -250,6 +250,10 @@ def print_summary(summary: Any) -> None:
         f"published {summary.published} (dropped {summary.publish_dropped})  "
         f"source reopened {summary.reconnects}x"
     )
+    if summary.failed:
+        console.print(
+            f"failed frames (decoding or publishing raised; skipped, see the log): {summary.failed}"
+        )
     if summary.prewarms:
         console.print(
             f"prewarm (off the frame path): {summary.prewarms} passes, median {summary.prewarm_ms} ms"

@@ -221,6 +221,10 @@ class StatusMessage(_Schema):
     fps: float | None = None
     latency_ms: StatusLatency | None = None
     frames: int | None = Field(default=None, description="Frames processed since start.")
+    failed: int | None = Field(
+        default=None,
+        description="Frames whose decoding or publishing failed since start; each was skipped.",
+    )
     dropped: int | None = Field(default=None, description="Frames dropped as stale since start.")
 
 

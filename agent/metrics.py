@@ -93,6 +93,11 @@ class AgentMetrics:
             registry=r,
         )
         self.detections = Counter("edgegap_detections", "Detections reported.", registry=r)
+        self.failed = Counter(
+            "edgegap_failed_frames",
+            "Frames whose decoding or publishing raised; each was skipped.",
+            registry=r,
+        )
         self.published = Gauge(
             "edgegap_mqtt_published", "Detection messages published.", registry=r
         )

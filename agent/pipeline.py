@@ -60,6 +60,8 @@ class PipelineStats:
     )
     prewarms: int = 0
     prewarm: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))  # off the path
+    failed: int = 0  # frames whose decoding or publishing raised: skipped, serving went on
+    failing: int = 0  # ... of them in a row, up to the last frame (0 once one succeeds)
 
     def median_ms(self, stage: str) -> float | None:
         values = self.stages[stage]
@@ -81,6 +83,7 @@ class PipelineStats:
             "p99_total_ms": self.percentile_ms("total", 99),
             "prewarms": self.prewarms,
             "prewarm_ms": self.median_prewarm_ms(),
+            "failed": self.failed,
         }
 
     def median_prewarm_ms(self) -> float | None:
@@ -188,7 +191,8 @@ class Pipeline:
     def run(self, stop: threading.Event, max_frames: int = 0) -> int:
         """Process frames until stop is set, the source ends, or max_frames (0: no limit) are done.
 
-        Returns the number of frames processed; re-raises a source failure or an output bug.
+        Returns the number of frames inferred; re-raises a source failure. A frame whose decoding
+        or publishing raises is logged and skipped (stats.failed), and serving goes on.
         """
         if self.pinning is not None:
             self.pinning.pin_inference_thread()
@@ -287,11 +291,15 @@ class Pipeline:
 
     def _post(self, job: _Job) -> None:
         t0 = time.perf_counter()
-        detections = self.decoder(self._outputs(job), job.transform)
-        t1 = time.perf_counter()
-        job.timings["post"] += t1 - t0
-        result = FrameResult(job.frame, detections, self.model_ref, job.timings, job.picked)
-        self.handle(result)
+        try:
+            detections = self.decoder(self._outputs(job), job.transform)
+            t1 = time.perf_counter()
+            job.timings["post"] += t1 - t0
+            result = FrameResult(job.frame, detections, self.model_ref, job.timings, job.picked)
+            self.handle(result)
+        except Exception as exc:  # one frame's bad outputs (or a bug they hit) must not stop serving
+            self._failed(job, exc)
+            return
         t2 = time.perf_counter()
         job.timings["publish"] = t2 - t1
         total = t2 - job.frame.captured
@@ -327,8 +335,25 @@ class Pipeline:
         self.stats.prewarms += 1
         self.stats.prewarm.append(time.perf_counter() - t0)
 
+    def _failed(self, job: _Job, exc: Exception) -> None:
+        """Count a frame whose decoding or publishing raised; log the first of each run of them."""
+        s = self.stats
+        s.failed += 1
+        s.failing += 1
+        if s.failing == 1:
+            logger.error(
+                "frame %d: decoding or publishing failed; the frame is skipped and serving goes on",
+                job.frame.index,
+                exc_info=exc,
+            )
+        if self.metrics is not None:
+            self.metrics.failed.inc()
+
     def _record(self, timings: dict[str, float], total: float, detections: int) -> None:
         s = self.stats
+        if s.failing:
+            logger.info("outputs work again after %d failed frame(s)", s.failing)
+            s.failing = 0
         s.frames += 1
         for stage in STAGES:
             s.stages[stage].append(timings[stage])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import shutil
@@ -714,3 +715,44 @@ def test_prewarm_changes_no_result_and_a_failing_one_turns_itself_off(
     assert broken.frames == 24 and broken.prewarms == 0
     assert _detections_by_frame(broken_out) == without
     assert sum("prewarm failed; turned off" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize("rate", ["native", "all"])
+def test_a_frame_whose_outputs_fail_is_skipped_and_serving_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, rate: str
+) -> None:
+    """Decoding that raises on some frames (outputs a decoder cannot read, or a bug they hit)
+    skips those frames only: the rest are published, and the failures are counted and logged
+    once per run of them. Camera pace decodes inline; lockstep on the post thread."""
+    bundle = cached_bundle("ssd_postprocess")
+    video = write_video(tmp_path / "clip.avi", 24, fps=50.0)
+    out = tmp_path / "out.jsonl"
+    overrides = {
+        "bundle.path": str(bundle.path), "source.uri": str(video), "source.rate": rate,
+        "outputs.jsonl": str(out), "pipeline.prewarm_ms": 0,  # prewarm passes decode too
+    }  # fmt: skip
+    agent = Agent(load_config(None, overrides))
+    agent.start()
+    assert agent.pipeline is not None
+    decode, calls, bad = agent.pipeline.decoder, itertools.count(), {5, 6, 7, 15}
+
+    def flaky(outputs: Any, transform: Any) -> Any:
+        if next(calls) in bad:  # frames are decoded in order, one call each
+            raise ValueError("outputs this decoder cannot read")
+        return decode(outputs, transform)
+
+    agent.pipeline.decoder = flaky  # type: ignore[assignment]
+    with caplog.at_level("INFO", logger="agent.pipeline"):
+        summary = agent.run()
+    assert summary.dropped == 0 and summary.frames == 20 and summary.failed == 4
+    assert list(_detections_by_frame(out)) == [i for i in range(24) if i not in bad]
+    logged = [r.getMessage() for r in caplog.records]
+    failed = [m for m in logged if "decoding or publishing failed" in m]
+    assert [m.split(":")[0] for m in failed] == ["frame 5", "frame 15"]
+    assert [m for m in logged if "work again" in m] == [
+        "outputs work again after 3 failed frame(s)",
+        "outputs work again after 1 failed frame(s)",
+    ]
+    assert agent.metrics.registry.get_sample_value("edgegap_failed_frames_total") == 4.0
+    status = StatusMessage.model_validate(agent.status())
+    assert status.failed == 4 and status.frames == 20
