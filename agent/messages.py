@@ -44,6 +44,10 @@ class FrameResult:
     picked: float = 0.0  # perf_counter() when the inference thread took the frame
 
 
+# One encoder for every message: json.dumps with options builds a new encoder on each call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 class DetectionsEncoder:
     """Writes a frame's detections message as JSON text, straight from the result.
 
@@ -53,15 +57,16 @@ class DetectionsEncoder:
     score 4, latency 3, times 6). This runs on every frame's latency path, right after an invoke
     that has pushed Python's code and data out of the CPU caches, where it costs about half of
     the dict and json route (benchmarks/message_encode.py; docs/agent.md, "Performance").
-    Strings (labels included) still go through json.dumps, so escaping is the json module's. A
-    non-finite number raises ValueError, as the json module does with allow_nan=False.
+    Strings (labels included) still go through the json module's encoder, so escaping is its own.
+    A non-finite number raises ValueError, as that encoder does (allow_nan=False).
     """
 
     MAX_LABELS = 1024  # label strings kept encoded; class ids come from the model, so bound them
 
     def __init__(self, device_id: str, fleet: str, model: ModelRef) -> None:
-        head = _json({"schema": DETECTIONS_SCHEMA, "device_id": device_id, "fleet": fleet})
-        info = _json({"name": model.name, "version": model.version, "task": model.task})
+        json_text = _ENCODER.encode
+        head = json_text({"schema": DETECTIONS_SCHEMA, "device_id": device_id, "fleet": fleet})
+        info = json_text({"name": model.name, "version": model.version, "task": model.task})
         self._head = (
             _literal(head[:-1])
             + ',"frame":{"index":%d,"timestamp":%.6f,"width":%d,"height":%d},"model":'
@@ -92,13 +97,14 @@ class DetectionsEncoder:
         return "".join(parts).encode()
 
     def _label(self, label: str) -> str:
-        text = json.dumps(label)
+        text = _ENCODER.encode(label)
         if len(self._labels) < self.MAX_LABELS:
             self._labels[label] = text
         return text
 
 
-LATENCY_STAGES = ("grab", "pre", "wait", "invoke", "post")  # in latency_ms; total is their sum
+# latency_ms holds every stage but publish, which cannot time itself; total is their sum
+LATENCY_STAGES = tuple(s for s in STAGES if s != "publish")
 _BOX = '%s{"label":%s,"class_id":%d,"score":%.4f,"box":[%.1f,%.1f,%.1f,%.1f]}'
 _NO_BOX = '%s{"label":%s,"class_id":%d,"score":%.4f,"box":null}'
 _TAIL = (
@@ -107,17 +113,9 @@ _TAIL = (
 )
 
 
-def _json(value: dict[str, Any]) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
-
-
 def _literal(text: str) -> str:
     """Text that %-formatting leaves as it is."""
     return text.replace("%", "%%")
-
-
-# One encoder for every message: json.dumps with options builds a new encoder on each call.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def encode(payload: dict[str, Any]) -> bytes:

@@ -33,9 +33,8 @@ from agent.messages import (  # noqa: E402
     DetectionsEncoder,
     FrameResult,
     ModelRef,
+    encode,
 )
-
-JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def as_dict(result: FrameResult, device_id: str, fleet: str, sent: float) -> bytes:
@@ -58,7 +57,7 @@ def as_dict(result: FrameResult, device_id: str, fleet: str, sent: float) -> byt
         "latency_ms": latency,
         "sent": round(sent, 6),
     }  # fmt: skip
-    return JSON.encode(payload).encode()
+    return encode(payload)
 
 
 def sample(detections: int, rng: np.random.Generator) -> FrameResult:
@@ -81,7 +80,9 @@ def main() -> None:
     )
     ap.add_argument("--rounds", type=int, default=150, help="dict/format/format/dict rounds.")
     ap.add_argument("--detections", type=int, default=3, help="Detections per message.")
-    ap.add_argument("--evict-mb", type=float, default=8.0, help="Buffer passed over before a cold call.")
+    ap.add_argument(
+        "--evict-mb", type=float, default=8.0, help="Buffer passed over before a cold call."
+    )
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     result = sample(args.detections, rng)
@@ -114,6 +115,7 @@ def main() -> None:
     for cold, label in ((False, "warm (back to back)"), (True, "cold (after sleep and eviction)")):
         f, d = med[("format", cold)], med[("dict", cold)]
         print(f"{label}: ratio formatted / dict+json {f / d:.3f}  ({f:.1f} us / {d:.1f} us)")
+
 
 if __name__ == "__main__":
     main()
