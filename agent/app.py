@@ -22,12 +22,13 @@ import numpy as np
 
 from agent import __version__
 from agent.affinity import Pinning, new_native_threads, pin_workers, unpinned
+from agent.bgr_fold import FoldedModel, FoldRefused, bgr_input, fold_bgr
 from agent.bundle import Bundle, BundleError, load_bundle
 from agent.config import AgentConfig, ConfigError, GoldenPolicy
 from agent.decoders import OutputDecoder, make_decoder
 from agent.golden import check_golden
 from agent.grabber import Grabber
-from agent.manifest import Manifest
+from agent.manifest import ColorOrder, InputSpec, Manifest
 from agent.messages import (
     DETECTIONS_SCHEMA,
     STATUS_SCHEMA,
@@ -167,6 +168,8 @@ class Agent:
         self.pinning: Pinning | None = None
         self._closed = False
         self._detections_json: DetectionsEncoder | None = None
+        self.input_spec: InputSpec | None = None  # the manifest's, or BGR when the swap is folded
+        self.color_swap = "none"  # for an RGB model: "folded" into it at load, or "per frame"
 
     # ---- startup ------------------------------------------------------------------------
     def load_model(self) -> None:
@@ -178,11 +181,8 @@ class Agent:
         threads = self.threads = resolve_threads(cfg, m)
         content = bundle.model_bytes()
         apply_amx_policy(cfg.runtime.amx, content, threads, cfg.runtime.backend)
-        if cfg.runtime.pin_threads:
-            model, workers = new_native_threads(lambda: _opened_and_invoked(content, threads, cfg))
-            self.pinning = pin_workers(workers)
-        else:
-            model = open_model(content, threads=threads, backend=cfg.runtime.backend)
+        folded = self._folded(content, m)
+        model = self._open(folded.content if folded else content, threads)
         logger.info(
             "bundle %s v%d (%s, %s) on %s %s with %d thread(s), %s%s",
             m.name,
@@ -196,27 +196,73 @@ class Agent:
             ", signature verified" if keys else "",
         )
         check_model_io(model, m)
-        policy = cfg.bundle.golden
-        if policy is not GoldenPolicy.SKIP:
-            if m.golden is None:
-                if policy is GoldenPolicy.REQUIRE:
-                    raise GoldenCheckFailed(
-                        f"{bundle.path}: bundle has no golden check and bundle.golden is require"
-                    )
-                logger.warning("bundle has no golden check; serving it unchecked")
-            else:
-                result = check_golden(model, m)
-                if not result.passed:
-                    raise GoldenCheckFailed(f"{bundle.path}: golden check failed: {result.reason}")
-                logger.info(
-                    "golden check passed (max error %s)",
-                    ", ".join(f"{e:.3g}" for e in result.max_error),
-                )
+        try:
+            self._check_golden(bundle, model, reverse_channels=folded is not None)
+        except GoldenCheckFailed as exc:
+            if folded is None:
+                raise
+            model = self._open(content, threads)
+            self._check_golden(bundle, model, reverse_channels=False)
+            logger.warning(
+                "with the color swap folded in, the model failed its golden check (%s); serving "
+                "it as shipped and swapping every frame",
+                exc,
+            )
+            folded = None
+        if m.input.color_order is ColorOrder.RGB:
+            self.color_swap = "folded" if folded else "per frame"
+        self.input_spec = bgr_input(m.input) if folded else m.input
         det = cfg.detection
         self.decoder = make_decoder(m, det.score_threshold, det.max_detections, det.top_k)
         self.bundle, self.model = bundle, model
         self.metrics.set_model(
             m.name, m.version, m.model.sha256, model.backend, model.backend_version
+        )
+
+    def _folded(self, content: bytes, m: Manifest) -> FoldedModel | None:
+        """The model with the BGR->RGB swap folded in, when it takes RGB and the fold is exact."""
+        if m.input.color_order is not ColorOrder.RGB:
+            return None
+        if not self.config.runtime.fold_bgr:
+            logger.info("color swap: every frame (runtime.fold_bgr is off)")
+            return None
+        try:
+            folded = fold_bgr(content)
+        except FoldRefused as exc:
+            logger.info("color swap: every frame, as it cannot be folded into the model: %s", exc)
+            return None
+        logger.info(
+            "color swap: folded into the model's %d first convolution(s); frames go in as BGR",
+            folded.convolutions,
+        )
+        return folded
+
+    def _open(self, content: bytes, threads: int) -> LoadedModel:
+        cfg = self.config
+        if not cfg.runtime.pin_threads:
+            return open_model(content, threads=threads, backend=cfg.runtime.backend)
+        model, workers = new_native_threads(lambda: _opened_and_invoked(content, threads, cfg))
+        self.pinning = pin_workers(workers)
+        return model
+
+    def _check_golden(self, bundle: Bundle, model: LoadedModel, reverse_channels: bool) -> None:
+        """Apply bundle.golden; raises GoldenCheckFailed. reverse_channels: the model takes BGR."""
+        m = bundle.manifest
+        policy = self.config.bundle.golden
+        if policy is GoldenPolicy.SKIP:
+            return
+        if m.golden is None:
+            if policy is GoldenPolicy.REQUIRE:
+                raise GoldenCheckFailed(
+                    f"{bundle.path}: bundle has no golden check and bundle.golden is require"
+                )
+            logger.warning("bundle has no golden check; serving it unchecked")
+            return
+        result = check_golden(model, m, reverse_channels)
+        if not result.passed:
+            raise GoldenCheckFailed(f"{bundle.path}: golden check failed: {result.reason}")
+        logger.info(
+            "golden check passed (max error %s)", ", ".join(f"{e:.3g}" for e in result.max_error)
         )
 
     def start(self) -> None:
@@ -228,8 +274,9 @@ class Agent:
         cfg = self.config
         self.load_model()
         assert self.bundle is not None and self.model is not None and self.decoder is not None
+        assert self.input_spec is not None
         m = self.bundle.manifest
-        pre = Preprocessor(m.input, pad_value=int(m.extra.get("pad_value", 0)))
+        pre = Preprocessor(self.input_spec, pad_value=int(m.extra.get("pad_value", 0)))
         source = make_source(cfg.source)
         self.grabber = Grabber(
             source,
@@ -407,6 +454,7 @@ class Agent:
                 "version": m.version,
                 "sha256": m.model.sha256,
                 "profile": m.profile,
+                "color_swap": self.color_swap,
             }
             out["backend"] = {
                 "name": self.model.backend,

@@ -27,6 +27,7 @@ FLAG_KEYS = {
     "threads": "runtime.threads",
     "pin_threads": "runtime.pin_threads",
     "amx": "runtime.amx",
+    "fold_bgr": "runtime.fold_bgr",
     "score_threshold": "detection.score_threshold",
     "max_detections": "detection.max_detections",
     "top_k": "detection.top_k",
@@ -148,6 +149,11 @@ def cli(verbose: int, quiet: bool) -> None:
     "--amx",
     type=click.Choice(["auto", "use", "withhold"]),
     help="Intel AMX for int8 kernels: auto times both at start and keeps the faster (docs/agent.md).",
+)
+@click.option(
+    "--fold-bgr/--no-fold-bgr",
+    default=None,
+    help="Fold an RGB model's color swap into its first convolutions at load (default on).",
 )
 @click.option("--score-threshold", type=float, help="Minimum detection score.")
 @click.option("--max-detections", type=int, help="Most detections per frame.")

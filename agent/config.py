@@ -183,6 +183,14 @@ class RuntimeConfig(_Strict):
             "on other CPUs (docs/agent.md, Intel AMX)."
         ),
     )
+    fold_bgr: bool = Field(
+        default=True,
+        description=(
+            "For a model that takes RGB: reverse the input channels of its first convolutions when "
+            "it loads, so frames go in as OpenCV reads them (BGR) with no swap per frame. Exact; "
+            "done only where the graph allows it, and checked by the golden check (docs/agent.md)."
+        ),
+    )
 
 
 class DetectionConfig(_Strict):

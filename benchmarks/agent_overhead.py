@@ -24,7 +24,7 @@ of each 40, decoded back to back and partly dropped), which is not camera pace.
 Usage:
   python benchmarks/agent_overhead.py [--bundle DIR] [--video FILE] [--rounds 12] [--frames 40]
                                       [--threads N] [--pin-threads] [--broker mqtt://HOST:PORT]
-                                      [--fold-bgr] [--amx auto|use|withhold] [--prewarm-ms MS]
+                                      [--no-fold-bgr] [--amx auto|use|withhold] [--prewarm-ms MS]
 
 With --broker the agent also publishes every result to that MQTT broker (the latency then ends
 when paho has handed the message to the socket); without it, results go to a JSONL file only.
@@ -32,11 +32,12 @@ when paho has handed the message to the socket); without it, results go to a JSO
 the same interpreter and thread). --amx sets runtime.amx (docs/agent.md, "Intel AMX"); the
 first agent's choice holds for the whole process, bare invokes included. --prewarm-ms sets
 pipeline.prewarm_ms (default: the config's); the paced agent's prewarm passes run off its frame
-path, and their count and median time are printed beside the stages.
+path, and their count and median time are printed beside the stages. --no-fold-bgr sets
+runtime.fold_bgr off: an RGB model then gets its frames' channels swapped every frame instead of
+having the swap folded into its first convolution when it loads (the header says which).
 
 Without --bundle it converts the reference detector (converter/zoo/weights/detector.keras) with
-`edgegap convert --profile x86-avx2` (int8, calibrated on 100 train-split images; with --fold-bgr
-too, so frames need no channel swap); when that file is missing it builds a stand-in of realistic
+`edgegap convert --profile x86-avx2` (int8, RGB, calibrated on 100 train-split images); when that file is missing it builds a stand-in of realistic
 size (MobileNetV2 width 0.5 at 256 px with an SSD head and TFLite_Detection_PostProcess, random
 weights) and says so.
 """
@@ -103,9 +104,9 @@ def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
 
 
-def convert_reference(work: Path, fold_bgr: bool = False) -> Path | None:
-    """Convert the reference detector with `edgegap convert` (int8, x86-avx2, and --fold-bgr when
-    asked), calibrated on the train split; None (with the reason) on failure."""
+def convert_reference(work: Path) -> Path | None:
+    """Convert the reference detector with `edgegap convert` (int8, x86-avx2), calibrated on the
+    train split; None (with the reason) on failure."""
     from converter.zoo.detection_data import generate, write_folder
 
     calib = work / "calib"
@@ -118,7 +119,7 @@ def convert_reference(work: Path, fold_bgr: bool = False) -> Path | None:
     out = work / "reference-bundle"
     cmd = [sys.executable, "-m", "converter", "convert", str(REFERENCE), "--profile", "x86-avx2",
            "--calibration", str(calib), "--validation", str(val), "--task", "auto",
-           "--output", str(out), *(["--fold-bgr"] if fold_bgr else [])]  # fmt: skip
+           "--output", str(out)]  # fmt: skip
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if res.returncode != 0 or not (out / "manifest.json").is_file():
         tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -248,10 +249,12 @@ def start_agent(
     pin: bool = False,
     amx: str = "auto",
     prewarm_ms: float | None = None,
+    fold_bgr: bool = True,
 ) -> Agent:
     overrides: dict[str, Any] = {
         "bundle.path": str(bundle), "source.uri": str(video), "source.rate": rate, "source.loop": True,
         "outputs.jsonl": os.devnull, "detection.score_threshold": 0.3, "runtime.amx": amx,
+        "runtime.fold_bgr": fold_bgr,
     }  # fmt: skip
     if threads:
         overrides["runtime.threads"] = threads
@@ -306,11 +309,12 @@ def measure(
     pin: bool = False,
     amx: str = "auto",
     prewarm_ms: float | None = None,
+    fold_bgr: bool = True,
 ) -> dict[str, Any]:
     """Rounds of: paced agent | paced bare invokes; warm-up, then lockstep agent and bare ABBA."""
     # latency: frames arrive like a camera's; throughput: every frame, as fast as it goes
-    paced = start_agent(bundle, video, "native", threads, broker, pin, amx, prewarm_ms)
-    flat = start_agent(bundle, video, "all", threads, broker, pin, amx, prewarm_ms)
+    paced = start_agent(bundle, video, "native", threads, broker, pin, amx, prewarm_ms, fold_bgr)
+    flat = start_agent(bundle, video, "all", threads, broker, pin, amx, prewarm_ms, fold_bgr)
     assert paced.pipeline is not None and flat.pipeline is not None and flat.model is not None
     assert paced.grabber is not None
     fps_src = paced.grabber.source.fps or 30.0
@@ -363,6 +367,7 @@ def measure(
         "inline": paced.grabber.stats.inline,
         "prewarms": stats.prewarms,
         "prewarm_ms": stats.median_prewarm_ms(),
+        "color_swap": flat.color_swap,
     }
 
 
@@ -387,9 +392,10 @@ def main() -> None:
     )
     ap.add_argument("--broker", help="Also publish every result to this MQTT broker.")
     ap.add_argument(
-        "--fold-bgr",
-        action="store_true",
-        help="Convert the reference detector with --fold-bgr, so frames need no channel swap.",
+        "--no-fold-bgr",
+        dest="fold_bgr",
+        action="store_false",
+        help="runtime.fold_bgr off: swap an RGB model's frame channels every frame.",
     )
     ap.add_argument(
         "--pin-threads",
@@ -412,12 +418,7 @@ def main() -> None:
         work = Path(tmp)
         bundle, what = args.bundle, "given bundle"
         if bundle is None and REFERENCE.is_file():
-            bundle, what = (
-                convert_reference(work, args.fold_bgr),
-                "reference detector, int8 x86-avx2"
-                + (", BGR folded in" if args.fold_bgr else "")
-                + " (converted now)",
-            )
+            bundle, what = convert_reference(work), "reference detector, int8 x86-avx2 (converted now)"
         if bundle is None:
             print(
                 "note: STAND-IN MODEL: MobileNetV2 width 0.5 at 256 px + SSD head + TFLite_Detection_PostProcess,"
@@ -445,12 +446,13 @@ def main() -> None:
                         args.pin_threads,
                         args.amx,
                         args.prewarm_ms,
+                        args.fold_bgr,
                     ),
                 )
             )
     r0 = results[0][1]
     print(f"model: {what}; backend {r0['backend']}, {r0['threads']} interpreter thread(s){' pinned' if r0['pinned'] else ''}, {amx_label()}; "
-          f"results to {'MQTT ' + args.broker + ' and ' if args.broker else ''}JSONL")  # fmt: skip
+          f"color swap: {r0['color_swap']}; results to {'MQTT ' + args.broker + ' and ' if args.broker else ''}JSONL")  # fmt: skip
     for label, r in results:
         paced_n, flat_n = r["frames"]
         print(f"[source {label}] frames: {paced_n} camera-paced at {r['source_fps']:.0f} fps "

@@ -4,6 +4,7 @@ from the held-out test split, and score what it publishes (JSONL and MQTT) again
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -18,10 +19,14 @@ from click.testing import CliRunner
 from conftest import Broker
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent import app
+from agent.app import Agent
+from agent.bgr_fold import FoldedModel
 from agent.bundle import load_bundle
 from agent.cli import cli as agent_cli
-from agent.manifest import InputSpec
-from agent.messages import DetectionsMessage
+from agent.config import load_config
+from agent.manifest import ColorOrder, InputSpec
+from agent.messages import DetectionsMessage, StatusMessage
 from agent.preprocess import Normalizer, Preprocessor
 from converter.cli import cli as convert_cli
 from converter.evaluation import Detections, coco_map
@@ -194,3 +199,66 @@ def test_preprocessing_shortcuts_equal_the_normalizer(
     want = Normalizer.from_spec(spec)(np.ascontiguousarray(bgr[..., ::-1]))
     assert x.dtype == want.dtype
     np.testing.assert_array_equal(x, want)
+
+
+def _serve(bundle: Path, video: Path, out: Path, fold: bool) -> tuple[Agent, dict[str, Any]]:
+    """Run the agent over the whole clip; returns it (closed) and the status it reported."""
+    cfg = load_config(
+        None,
+        {
+            "bundle.path": str(bundle), "source.uri": str(video), "source.rate": "all",
+            "outputs.jsonl": str(out), "runtime.fold_bgr": fold, "detection.score_threshold": 0.05,
+        },
+    )  # fmt: skip
+    agent = Agent(cfg)
+    agent.start()
+    status = agent.status()
+    summary = agent.run()
+    assert summary.frames == FRAMES and summary.failed == 0
+    return agent, status
+
+
+def _detections(path: Path) -> list[list[dict[str, Any]]]:
+    return [json.loads(line)["detections"] for line in path.read_text().splitlines()]
+
+
+def test_the_color_swap_folded_at_load_changes_no_detection(
+    bundle: Path,
+    clip: tuple[Path, list[np.ndarray], list[np.ndarray]],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The reference detector takes RGB: folded into its first convolution, or swapped on every
+    frame, the agent publishes the very same detections (int8 sums do not depend on order)."""
+    assert load_bundle(bundle).manifest.input.color_order is ColorOrder.RGB
+    caplog.set_level(logging.INFO, logger="agent.app")
+    folded, status = _serve(bundle, clip[0], tmp_path / "folded.jsonl", fold=True)
+    assert folded.color_swap == "folded" and folded.input_spec is not None
+    assert folded.input_spec.color_order is ColorOrder.BGR
+    assert "color swap: folded into the model's 1 first convolution(s)" in caplog.text
+    assert StatusMessage.model_validate(status).model is not None
+    assert status["model"]["color_swap"] == "folded"
+    swapped, status = _serve(bundle, clip[0], tmp_path / "swapped.jsonl", fold=False)
+    assert swapped.color_swap == status["model"]["color_swap"] == "per frame"
+    want = _detections(tmp_path / "swapped.jsonl")
+    assert sum(len(d) for d in want) >= FRAMES  # the detector does find the digits
+    assert _detections(tmp_path / "folded.jsonl") == want
+
+
+def test_a_fold_that_fails_the_golden_check_is_dropped_and_serving_goes_on(
+    bundle: Path,
+    clip: tuple[Path, list[np.ndarray], list[np.ndarray]],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A wrong fold (here: one that reorders nothing, so the model reads BGR as RGB) fails the
+    golden check, which then runs on BGR inputs; the agent reopens the model as shipped."""
+    monkeypatch.setattr(app, "fold_bgr", lambda content: FoldedModel(content, 1))
+    caplog.set_level(logging.INFO, logger="agent.app")
+    agent, status = _serve(bundle, clip[0], tmp_path / "fallback.jsonl", fold=True)
+    assert "with the color swap folded in, the model failed its golden check" in caplog.text
+    assert agent.color_swap == status["model"]["color_swap"] == "per frame"
+    monkeypatch.undo()
+    _serve(bundle, clip[0], tmp_path / "swapped.jsonl", fold=False)
+    assert _detections(tmp_path / "fallback.jsonl") == _detections(tmp_path / "swapped.jsonl")
