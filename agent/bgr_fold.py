@@ -76,6 +76,8 @@ def _input_filters(graph: Graph) -> tuple[dict[int, tuple[tuple[int, ...], np.dt
     main = graph.subgraphs[0]
     if len(main.inputs) != 1:
         raise FoldRefused(f"the model has {len(main.inputs)} inputs")
+    if main.inputs[0] < 0:
+        raise FoldRefused("the model's input is not a tensor")
     image = main.tensors[main.inputs[0]]
     if len(image.shape) != 4 or image.shape[-1] != 3:
         raise FoldRefused(f"the input is {list(image.shape)}, not [1, H, W, 3]")
@@ -91,6 +93,8 @@ def _input_filters(graph: Graph) -> tuple[dict[int, tuple[tuple[int, ...], np.dt
         if op.opcode != CONV_2D or op.inputs[0] != image.index or image.index in op.inputs[1:]:
             name = _OP_NAMES.get(op.opcode, f"operator {op.opcode}")
             raise FoldRefused(f"the input is read by {name}, not only by convolutions")
+        if len(op.inputs) < 2 or op.inputs[1] < 0:
+            raise FoldRefused("a first convolution has no filter")
         f = main.tensors[op.inputs[1]]
         dtype = TENSOR_DTYPES.get(f.type)
         if len(f.shape) != 4 or f.shape[-1] != 3:

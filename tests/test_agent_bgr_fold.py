@@ -176,10 +176,14 @@ def test_corrupt_bytes_are_refused_and_never_crash(models: dict[str, bytes]) -> 
             fold_bgr(content[:cut])
     rng = np.random.default_rng(3)
     refused = 0
-    for _ in range(300):
+    for i in range(1000):
         broken = bytearray(content)
-        for pos in rng.integers(0, len(broken), 4):
-            broken[pos] = int(rng.integers(0, 256))
+        if i % 2:  # random bytes anywhere
+            for pos in rng.integers(0, len(broken), 4):
+                broken[pos] = int(rng.integers(0, 256))
+        else:  # a random 32-bit value over an aligned word: offsets, counts and indexes go wrong
+            pos = 4 * int(rng.integers(0, len(broken) // 4))
+            broken[pos : pos + 4] = int(rng.integers(0, 2**32)).to_bytes(4, "little")
         try:
             fold_bgr(bytes(broken))
         except FoldRefused:
