@@ -83,6 +83,7 @@ class RunSummary:
     backend: str
     backend_version: str
     amx: str = ""  # amx_label(): "AMX in use", "AMX withheld", "no AMX", ...
+    color_swap: str = "none"  # Agent.color_swap: "folded", "per frame" or "none"
     published: int = 0
     publish_dropped: int = 0
     reconnects: int = 0
@@ -391,6 +392,7 @@ class Agent:
             backend=self.model.backend,
             backend_version=self.model.backend_version,
             amx=amx_label(),
+            color_swap=self.color_swap,
             published=self.mqtt.published if self.mqtt else 0,
             publish_dropped=self.mqtt.dropped if self.mqtt else 0,
             reconnects=self.grabber.stats.reconnects,

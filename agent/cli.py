@@ -264,7 +264,8 @@ def print_summary(summary: Any) -> None:
         console.print(
             f"prewarm (off the frame path): {summary.prewarms} passes, median {summary.prewarm_ms} ms"
         )
-    console.print(f"backend {summary.backend} {summary.backend_version}, {summary.amx}")
+    swap = "" if summary.color_swap == "none" else f", color swap {summary.color_swap}"
+    console.print(f"backend {summary.backend} {summary.backend_version}, {summary.amx}{swap}")
 
 
 @cli.command("validate-config")

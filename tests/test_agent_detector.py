@@ -150,6 +150,7 @@ def test_reference_detector_through_the_agent_matches_ground_truth(
          "--score-threshold", "0.05", "--max-detections", "20"],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
+    assert "color swap folded" in res.output  # the model takes RGB: its swap is folded at load
 
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert [m["frame"]["index"] for m in lines] == list(range(FRAMES))  # lockstep: none dropped
@@ -215,6 +216,7 @@ def _serve(bundle: Path, video: Path, out: Path, fold: bool) -> tuple[Agent, dic
     status = agent.status()
     summary = agent.run()
     assert summary.frames == FRAMES and summary.failed == 0
+    assert summary.color_swap == agent.color_swap
     return agent, status
 
 
