@@ -292,10 +292,9 @@ class Pipeline:
     def _post(self, job: _Job) -> None:
         t0 = time.perf_counter()
         try:
-            detections = self.decoder(self._outputs(job), job.transform)
+            result = self._result(job)
             t1 = time.perf_counter()
             job.timings["post"] += t1 - t0
-            result = FrameResult(job.frame, detections, self.model_ref, job.timings, job.picked)
             self.handle(result)
         except Exception as exc:  # one frame's bad outputs (or a bug they hit) must not stop serving
             self._failed(job, exc)
@@ -303,8 +302,13 @@ class Pipeline:
         t2 = time.perf_counter()
         job.timings["publish"] = t2 - t1
         total = t2 - job.frame.captured
-        self._record(job.timings, total, len(detections))
+        self._record(job.timings, total, len(result.detections))
         self._last = job
+
+    def _result(self, job: _Job) -> FrameResult:
+        """The frame's outputs decoded into its result (the message is built by `handle`)."""
+        detections = self.decoder(self._outputs(job), job.transform)
+        return FrameResult(job.frame, detections, self.model_ref, job.timings, job.picked)
 
     def _prewarm(self) -> None:
         """Redo the last frame's work off the frame path (see the module docstring)."""
@@ -322,11 +326,9 @@ class Pipeline:
             if self._scratch is None:
                 self._scratch = self.preprocess.new_input()
             self.preprocess(job.frame.image, self._scratch)
-            detections = self.decoder(self._outputs(job), job.transform)
+            result = self._result(job)
             if self.build_message is not None:
-                self.build_message(
-                    FrameResult(job.frame, detections, self.model_ref, job.timings, job.picked)
-                )
+                self.build_message(result)
         except Exception:
             logger.warning("prewarm failed; turned off (frames are served as before)", exc_info=True)
             self.prewarm_s = 0.0
