@@ -22,6 +22,8 @@ IDENTIFIER = b"TFL3"
 
 # BuiltinOperator values used here (schema.fbs).
 CONV_2D = 3
+DEQUANTIZE = 6
+QUANTIZE = 114
 
 # TensorType -> numpy dtype, for the element types whose bytes can be reordered as arrays.
 TENSOR_DTYPES: dict[int, np.dtype] = {

@@ -7,6 +7,7 @@ with the reason, and corrupt bytes never raise anything but FoldRefused.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from agent.bgr_fold import FoldRefused, bgr_input, fold_bgr  # noqa: E402
 from agent.bundle import load_bundle  # noqa: E402
 from agent.manifest import ColorOrder, InputSpec  # noqa: E402
 from agent.runtime import LoadedModel, open_model  # noqa: E402
-from agent.tflite_graph import read_graph  # noqa: E402
+from agent.tflite_graph import DEQUANTIZE, read_graph  # noqa: E402
 from converter.pipeline import ConvertOptions, convert  # noqa: E402
 from firmware_profiles import Profile, load_profile  # noqa: E402
 
@@ -49,12 +50,45 @@ def depthwise_first(seed: int = 5) -> Any:
     return keras.Model(inp, keras.layers.Dense(4, name="out")(x), name="dw_first")
 
 
+def shared_first_conv(seed: int = 6) -> Any:
+    """One Conv2D layer applied to the input and again to its own output: the two operators
+    share a filter, so reversing it for the first would break the second."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input(SHAPE, name="image")
+    conv = keras.layers.Conv2D(3, 1, name="shared")
+    x = conv(keras.layers.ReLU()(conv(inp)))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inp, keras.layers.Dense(4, name="out")(x), name="shared_conv")
+
+
+def first_conv_in_float(root: Path) -> bytes:
+    """tiny_tensor_model in int8 with its convolution kept in float, as the converter's float
+    fallback does it: the int8 input reaches the convolution through a DEQUANTIZE."""
+    from converter.data import Normalization, load_data
+    from converter.fallback import layer_errors
+    from converter.loading import load_model
+    from converter.pipeline import make_task
+    from converter.quantize import export_saved_model, requantize
+
+    tiny_tensor_model().save(root / "tiny.keras")
+    source = load_model(root / "tiny.keras")
+    task = make_task("tensor", source)
+    export_saved_model(task, source.model, root / "saved")
+    profile = load_profile("x86-avx2")
+    calibration = load_data(root / "calib.npy", source.input_shape, Normalization())
+    calibrated, errors = layer_errors(root / "saved", profile, task, calibration)
+    convs = [e.node for e in errors if e.op.upper() == "CONV_2D"]
+    assert len(convs) == 1, errors
+    return requantize(calibrated, profile, convs)
+
+
 MODELS = {
     "int8": (tiny_tensor_model, "x86-avx2"),
     "int8-two-convs": (two_first_convs, "x86-avx2"),
     "dynamic-range": (tiny_tensor_model, "x86-dynamic-range"),
     "float16": (tiny_tensor_model, "x86-float16"),
     "int8-depthwise-first": (depthwise_first, "x86-avx2"),
+    "int8-two-convs-shared-filter": (shared_first_conv, "x86-avx2"),
 }
 
 
@@ -80,6 +114,14 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
         )  # fmt: skip
         assert result.passed, result.reason
         out[name] = load_bundle(root / name).model_bytes()
+    out["int8-first-conv-float"] = first_conv_in_float(root)
+    # The graphs these names promise: the input dequantized for a float convolution, and float16
+    # weights dequantized at run time.
+    g = read_graph(out["int8-first-conv-float"]).subgraphs[0]
+    assert [op.opcode for op in g.operators if g.inputs[0] in op.inputs] == [DEQUANTIZE]
+    g = read_graph(out["float16"]).subgraphs[0]
+    conv = next(op for op in g.operators if g.inputs[0] in op.inputs)
+    assert any(conv.inputs[1] in op.outputs and op.opcode == DEQUANTIZE for op in g.operators)
     return out
 
 
@@ -130,7 +172,10 @@ def test_the_graph_reader_agrees_with_the_tflite_schema(models: dict[str, bytes]
                 assert op.inputs == tuple(rop.InputsAsNumpy()) and op.outputs == tuple(rop.OutputsAsNumpy())
 
 
-@pytest.mark.parametrize(("name", "convs"), [("int8", 1), ("int8-two-convs", 2), ("dynamic-range", 1)])
+@pytest.mark.parametrize(
+    ("name", "convs"),
+    [("int8", 1), ("int8-two-convs", 2), ("int8-first-conv-float", 1), ("dynamic-range", 1), ("float16", 1)],
+)
 def test_the_folded_model_on_bgr_computes_the_original_on_rgb(
     models: dict[str, bytes], name: str, convs: int
 ) -> None:
@@ -142,7 +187,7 @@ def test_the_folded_model_on_bgr_computes_the_original_on_rgb(
         bgr = np.ascontiguousarray(rgb[..., ::-1])
         want = _run(original, rgb)
         got = _run(bgr_model, bgr)
-        if name.startswith("int8"):
+        if name.startswith("int8") and name != "int8-first-conv-float":
             np.testing.assert_array_equal(got, want)  # integer sums: the same in any order
         else:
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -156,7 +201,7 @@ def test_the_folded_model_on_bgr_computes_the_original_on_rgb(
     ("name", "needle"),
     [
         ("int8-depthwise-first", "read by DEPTHWISE_CONV_2D"),
-        ("float16", "not a constant stored in the model"),  # float16 weights go through DEQUANTIZE
+        ("int8-two-convs-shared-filter", "shared with another operator"),
     ],
 )
 def test_graphs_that_cannot_be_folded_are_refused_with_the_reason(
