@@ -128,6 +128,20 @@ def convert_reference(work: Path) -> Path | None:
     return out
 
 
+def bundle_to_serve(given: Path | None, work: Path) -> tuple[Path, str]:
+    """The given bundle, else the reference detector converted now, else the stand-in (said
+    loudly); with what it is, for the report."""
+    if given is not None:
+        return given, "given bundle"
+    if REFERENCE.is_file():
+        converted = convert_reference(work)
+        if converted is not None:
+            return converted, "reference detector, int8 x86-avx2 (converted now)"
+    print("note: STAND-IN MODEL: MobileNetV2 width 0.5 at 256 px + SSD head + TFLite_Detection_PostProcess,")
+    print("      int8, random weights (the reference detector is not available)")
+    return build_stand_in(work), "stand-in MobileNetV2-SSD (random weights)"
+
+
 def _postprocess_stub(tf: Any, anchors: int) -> Any:
     attrs = {
         "max_detections": "i: 20", "max_classes_per_detection": "i: 1", "detections_per_class": "i: 100",
@@ -416,15 +430,7 @@ def main() -> None:
     results: list[tuple[str, dict[str, Any]]] = []
     with tempfile.TemporaryDirectory(prefix="edgegap-bench-") as tmp:
         work = Path(tmp)
-        bundle, what = args.bundle, "given bundle"
-        if bundle is None and REFERENCE.is_file():
-            bundle, what = convert_reference(work), "reference detector, int8 x86-avx2 (converted now)"
-        if bundle is None:
-            print(
-                "note: STAND-IN MODEL: MobileNetV2 width 0.5 at 256 px + SSD head + TFLite_Detection_PostProcess,"
-            )
-            print("      int8, random weights (the reference detector is not available)")
-            bundle, what = build_stand_in(work), "stand-in MobileNetV2-SSD (random weights)"
+        bundle, what = bundle_to_serve(args.bundle, work)
         if args.video:
             videos = [(f"{args.video.name}", args.video)]
         else:

@@ -32,9 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from agent_overhead import (  # noqa: E402
-    REFERENCE,
-    build_stand_in,
-    convert_reference,
+    bundle_to_serve,
     model_size,
     paced_block,
     render_video,
@@ -96,11 +94,7 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with tempfile.TemporaryDirectory(prefix="edgegap-bench-") as tmp:
         work = Path(tmp)
-        bundle, what = args.bundle, "given bundle"
-        if bundle is None and REFERENCE.is_file():
-            bundle, what = convert_reference(work), "reference detector, int8 x86-avx2"
-        if bundle is None:
-            bundle, what = build_stand_in(work), "STAND-IN MobileNetV2-SSD (random weights)"
+        bundle, what = bundle_to_serve(args.bundle, work)
         size = model_size()
         video = args.video or render_video(work / "clip.avi", (size, size))
         r = measure(args, bundle, video)
