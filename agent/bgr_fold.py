@@ -26,6 +26,7 @@ from agent.manifest import ColorOrder, InputSpec
 from agent.tflite_graph import (
     CONV_2D,
     DEQUANTIZE,
+    OP_NAMES,
     QUANTIZE,
     TENSOR_DTYPES,
     Graph,
@@ -36,23 +37,6 @@ from agent.tflite_graph import (
 )
 
 logger = logging.getLogger(__name__)
-
-_OP_NAMES = {
-    0: "ADD",
-    1: "AVERAGE_POOL_2D",
-    2: "CONCATENATION",
-    3: "CONV_2D",
-    4: "DEPTHWISE_CONV_2D",
-    6: "DEQUANTIZE",
-    9: "FULLY_CONNECTED",
-    17: "MAX_POOL_2D",
-    18: "MUL",
-    22: "RESHAPE",
-    32: "CUSTOM",
-    34: "PAD",
-    41: "SUB",
-    114: "QUANTIZE",
-}
 
 
 class FoldRefused(ValueError):
@@ -88,8 +72,8 @@ class _Fold:
 
     def __init__(self, graph: Graph) -> None:
         self.graph = graph
-        self.main = main = self._main()
-        image = main.tensors[main.inputs[0]]
+        main, image = self._main_and_input()
+        self.main = main
         self.filters: dict[int, tuple[tuple[int, ...], np.dtype]] = {}  # buffer -> shape, dtype
         self.convolutions = 0
         # Tensors this fold owns, with the operators (by position) allowed to read each.
@@ -109,7 +93,7 @@ class _Fold:
                         pending.append(out.index)
                     continue
                 if op.opcode != CONV_2D or op.inputs[0] != t or carriers & set(op.inputs[1:]):
-                    name = _OP_NAMES.get(op.opcode, f"operator {op.opcode}")
+                    name = OP_NAMES.get(op.opcode, f"operator {op.opcode}")
                     raise FoldRefused(f"the input is read by {name}, not only by convolutions")
                 if len(op.inputs) < 2 or op.inputs[1] < 0:
                     raise FoldRefused("a first convolution has no filter")
@@ -117,7 +101,7 @@ class _Fold:
                 self.convolutions += 1
         self._check_sharing()
 
-    def _main(self) -> Subgraph:
+    def _main_and_input(self) -> tuple[Subgraph, Tensor]:
         if not self.graph.subgraphs:
             raise FoldRefused("the model has no subgraph")
         main = self.graph.subgraphs[0]
@@ -132,7 +116,7 @@ class _Fold:
             raise FoldRefused("the input is quantized per channel")
         if image.index in main.outputs:
             raise FoldRefused("the input is also an output")
-        return main
+        return main, image
 
     def _filter(self, index: int, reader: int) -> None:
         """Own a convolution's filter: a stored constant, or one DEQUANTIZE of a stored constant."""

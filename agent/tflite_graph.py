@@ -20,10 +20,26 @@ logger = logging.getLogger(__name__)
 
 IDENTIFIER = b"TFL3"
 
-# BuiltinOperator values used here (schema.fbs).
+# BuiltinOperator values used here (schema.fbs), and the names of those likely to read an input.
 CONV_2D = 3
 DEQUANTIZE = 6
 QUANTIZE = 114
+OP_NAMES = {
+    0: "ADD",
+    1: "AVERAGE_POOL_2D",
+    2: "CONCATENATION",
+    CONV_2D: "CONV_2D",
+    4: "DEPTHWISE_CONV_2D",
+    DEQUANTIZE: "DEQUANTIZE",
+    9: "FULLY_CONNECTED",
+    17: "MAX_POOL_2D",
+    18: "MUL",
+    22: "RESHAPE",
+    32: "CUSTOM",
+    34: "PAD",
+    41: "SUB",
+    QUANTIZE: "QUANTIZE",
+}
 
 # TensorType -> numpy dtype, for the element types whose bytes can be reordered as arrays.
 TENSOR_DTYPES: dict[int, np.dtype] = {
