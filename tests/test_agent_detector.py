@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import Broker
 from paho.mqtt.enums import CallbackAPIVersion
+from test_agent_kit import detections_by_frame
 
 from agent import app
 from agent.app import Agent
@@ -220,10 +221,6 @@ def _serve(bundle: Path, video: Path, out: Path, fold: bool) -> tuple[Agent, dic
     return agent, status
 
 
-def _detections(path: Path) -> list[list[dict[str, Any]]]:
-    return [json.loads(line)["detections"] for line in path.read_text().splitlines()]
-
-
 def test_the_color_swap_folded_at_load_changes_no_detection(
     bundle: Path,
     clip: tuple[Path, list[np.ndarray], list[np.ndarray]],
@@ -242,9 +239,10 @@ def test_the_color_swap_folded_at_load_changes_no_detection(
     assert status["model"]["color_swap"] == "folded"
     swapped, status = _serve(bundle, clip[0], tmp_path / "swapped.jsonl", fold=False)
     assert swapped.color_swap == status["model"]["color_swap"] == "per frame"
-    want = _detections(tmp_path / "swapped.jsonl")
-    assert sum(len(d) for d in want) >= FRAMES  # the detector does find the digits
-    assert _detections(tmp_path / "folded.jsonl") == want
+    want = detections_by_frame(tmp_path / "swapped.jsonl")
+    assert list(want) == list(range(FRAMES))
+    assert sum(len(d) for d in want.values()) >= FRAMES  # the detector does find the digits
+    assert detections_by_frame(tmp_path / "folded.jsonl") == want
 
 
 def test_a_fold_that_fails_the_golden_check_is_dropped_and_serving_goes_on(
@@ -263,4 +261,4 @@ def test_a_fold_that_fails_the_golden_check_is_dropped_and_serving_goes_on(
     assert agent.color_swap == status["model"]["color_swap"] == "per frame"
     monkeypatch.undo()
     _serve(bundle, clip[0], tmp_path / "swapped.jsonl", fold=False)
-    assert _detections(tmp_path / "fallback.jsonl") == _detections(tmp_path / "swapped.jsonl")
+    assert detections_by_frame(tmp_path / "fallback.jsonl") == detections_by_frame(tmp_path / "swapped.jsonl")

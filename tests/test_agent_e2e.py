@@ -31,6 +31,7 @@ from test_agent_kit import (
     SRC_W,
     cached_bundle,
     cell_box,
+    detections_by_frame,
     render_frame,
     scene,
     write_images,
@@ -665,14 +666,6 @@ def test_pin_threads_with_one_interpreter_thread_pins_nothing(tmp_path: Path) ->
     assert agent.run().frames == 3
 
 
-def _detections_by_frame(path: Path) -> dict[int, list[Any]]:
-    out = {}
-    for line in path.read_text().splitlines():
-        msg = json.loads(line)
-        out[msg["frame"]["index"]] = msg["detections"]
-    return out
-
-
 def test_prewarm_changes_no_result_and_a_failing_one_turns_itself_off(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -706,14 +699,14 @@ def test_prewarm_changes_no_result_and_a_failing_one_turns_itself_off(
     assert on.frames == off.frames == 24
     assert off.prewarms == 0 and off.prewarm_ms is None
     assert on.prewarms > 0 and on.prewarm_ms is not None and on.prewarm_ms > 0
-    with_prewarm, without = _detections_by_frame(on_out), _detections_by_frame(off_out)
+    with_prewarm, without = detections_by_frame(on_out), detections_by_frame(off_out)
     assert list(with_prewarm) == list(range(24)) and with_prewarm == without
     assert sum(len(d) for d in without.values()) >= 24  # the clip has squares in every frame
 
     with caplog.at_level("WARNING", logger="agent.pipeline"):
         broken, broken_out = run("broken", 2.0, break_it=True)
     assert broken.frames == 24 and broken.prewarms == 0
-    assert _detections_by_frame(broken_out) == without
+    assert detections_by_frame(broken_out) == without
     assert sum("prewarm failed; turned off" in r.getMessage() for r in caplog.records) == 1
 
 
@@ -745,7 +738,7 @@ def test_a_frame_whose_outputs_fail_is_skipped_and_serving_goes_on(
     with caplog.at_level("INFO", logger="agent.pipeline"):
         summary = agent.run()
     assert summary.dropped == 0 and summary.frames == 20 and summary.failed == 4
-    assert list(_detections_by_frame(out)) == [i for i in range(24) if i not in bad]
+    assert list(detections_by_frame(out)) == [i for i in range(24) if i not in bad]
     logged = [r.getMessage() for r in caplog.records]
     failed = [m for m in logged if "decoding or publishing failed" in m]
     assert [m.split(":")[0] for m in failed] == ["frame 5", "frame 15"]

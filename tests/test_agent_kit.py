@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import json
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -357,3 +358,12 @@ def test_write_input_fills_the_interpreter_buffer_in_place() -> None:
         assert model.write_input(lambda buf, x=x: np.copyto(buf, x)) is None
         model.invoke()
         np.testing.assert_array_equal(model.get(model.outputs[0].index), want)
+
+
+def detections_by_frame(path: Path) -> dict[int, list[Any]]:
+    """A JSONL file of detections messages: frame index -> that frame's detections."""
+    out = {}
+    for line in path.read_text().splitlines():
+        msg = json.loads(line)
+        out[msg["frame"]["index"]] = msg["detections"]
+    return out
