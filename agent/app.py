@@ -1,8 +1,9 @@
-"""The agent: wires config -> bundle -> interpreter -> pipeline -> outputs, and shuts down cleanly.
+"""The agent: wires config -> source -> served model -> pipeline -> outputs, and shuts down cleanly.
 
-Startup order: load and verify the bundle, open the interpreter, check the model matches its
-manifest, run the golden check, then open the source and outputs, connect to the broker, and
-serve until stopped (SIGTERM/SIGINT), the source ends, or max_frames are done.
+Startup order: check the source can be opened at all (a missing file is reported before anything
+slow), load the bundle into a ServedModel (verify, open, fold, golden-check), open the outputs,
+connect to the broker, and serve until stopped (SIGTERM/SIGINT), the source ends, or max_frames
+are done.
 """
 
 from __future__ import annotations
@@ -14,30 +15,15 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-import numpy as np
-
-from agent import __version__
-from agent.affinity import Pinning, new_native_threads, pin_workers, unpinned
-from agent.bgr_fold import FoldedModel, FoldRefused, bgr_input, fold_bgr
-from agent.bundle import Bundle, BundleError, load_bundle
-from agent.config import AgentConfig, ConfigError, GoldenPolicy
-from agent.decoders import OutputDecoder, make_decoder
-from agent.golden import check_golden
-from agent.grabber import Grabber
-from agent.manifest import ColorOrder, InputSpec, Manifest
-from agent.messages import (
-    DETECTIONS_SCHEMA,
-    STATUS_SCHEMA,
-    DetectionsEncoder,
-    FrameResult,
-)
+from agent.bundle.signing import load_public_key
+from agent.config import AgentConfig, ConfigError
 from agent.metrics import AgentMetrics, RollingStats
 from agent.mqtt import MqttLink
-from agent.outputs import (
+from agent.outputs.preview import PreviewServer
+from agent.outputs.sinks import (
     AnnotatedFramesSink,
     JsonlSink,
     MqttSink,
@@ -46,102 +32,17 @@ from agent.outputs import (
     PublishPolicy,
 )
 from agent.pipeline import Pipeline
-from agent.preprocess import Preprocessor
-from agent.preview import PreviewServer
-from agent.runtime import LoadedModel, open_model
-from agent.runtime.amx import amx_label, amx_state
-from agent.runtime.timing import apply_amx_policy
-from agent.signing import load_public_key
-from agent.sources import make_source
+from agent.served import GoldenCheckFailed, ServedModel, load_served_model
+from agent.sources.grabber import Grabber
+from agent.sources.readers import make_source
+from agent.status import RunSummary, run_summary, status_message
 
 logger = logging.getLogger(__name__)
 
 # At startup, wait this long for the broker so the first frames are not dropped.
 CONNECT_WAIT_S = 3.0
 
-__all__ = [
-    "DETECTIONS_SCHEMA",
-    "STATUS_SCHEMA",
-    "Agent",
-    "GoldenCheckFailed",
-    "RunSummary",
-    "run_agent",
-]
-
-
-class GoldenCheckFailed(BundleError):
-    """The bundle's model does not reproduce its golden outputs on this device's runtime."""
-
-
-@dataclass
-class RunSummary:
-    frames: int
-    fps: float
-    dropped: int
-    median_ms: dict[str, float | None]
-    p99_total_ms: float | None
-    backend: str
-    backend_version: str
-    amx: str = ""  # amx_label(): "AMX in use", "AMX withheld", "no AMX", ...
-    color_swap: str = "none"  # Agent.color_swap: "folded", "per frame" or "none"
-    published: int = 0
-    publish_dropped: int = 0
-    reconnects: int = 0
-    stopped_by: str = "end of source"
-    prewarms: int = 0  # pipeline.prewarm_ms passes run, off the frame path
-    prewarm_ms: float | None = None  # their median duration
-    failed: int = 0  # frames whose decoding or publishing raised (skipped)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _opened_and_invoked(content: bytes, threads: int, config: AgentConfig) -> LoadedModel:
-    """The model, opened and invoked once on zeros: interpreters start their workers lazily."""
-    model = open_model(content, threads=threads, backend=config.runtime.backend)
-    spec = model.inputs[0]
-    model.set_input(np.zeros(spec.shape, dtype=spec.dtype))
-    model.invoke()
-    return model
-
-
-def resolve_threads(config: AgentConfig, manifest: Manifest, cpus: int | None = None) -> int:
-    """Threads from the config, else from the bundle's device profile (at most one per CPU of this
-    machine: more would only take turns), else 1."""
-    if config.runtime.threads:
-        return config.runtime.threads
-    try:
-        from firmware_profiles import ProfileError, load_profile
-
-        wanted = load_profile(manifest.profile).runtime.threads
-    except (ProfileError, ImportError) as exc:
-        logger.info("profile %s not found here (%s); using 1 thread", manifest.profile, exc)
-        return 1
-    cpus = cpus or os.cpu_count() or wanted
-    if wanted > cpus:
-        logger.info("profile %s asks for %d threads; this machine has %d CPUs", manifest.profile, wanted, cpus)
-    return min(wanted, cpus)
-
-
-def check_model_io(model: LoadedModel, manifest: Manifest) -> None:
-    """The interpreter's tensors must be the ones the manifest describes, by index."""
-    inp = model.inputs[0]
-    if list(inp.shape) != manifest.input.shape or inp.dtype.name != manifest.input.dtype:
-        raise BundleError(
-            f"model input is {list(inp.shape)} {inp.dtype.name} but the manifest says "
-            f"{manifest.input.shape} {manifest.input.dtype}"
-        )
-    by_index = {o.index: o for o in model.outputs}
-    for spec in manifest.outputs:
-        got = by_index.get(spec.index)
-        if got is None:
-            raise BundleError(
-                f"manifest output {spec.name!r} (index {spec.index}) is not an output of the model"
-            )
-        if got.dtype.name != spec.dtype or (
-            list(got.shape) != spec.shape and all(d > 0 for d in got.shape)
-        ):
-            raise BundleError(
-                f"output {spec.name!r} is {list(got.shape)} {got.dtype.name}, manifest says {spec.shape} {spec.dtype}"
-            )
+__all__ = ["Agent", "GoldenCheckFailed", "RunSummary", "run_agent"]
 
 
 class Agent:
@@ -153,181 +54,61 @@ class Agent:
         self.stop_event = threading.Event()
         self.metrics = AgentMetrics()
         self.rolling = RollingStats()
-        self.bundle: Bundle | None = None
-        self.model: LoadedModel | None = None
-        self.decoder: OutputDecoder | None = None
+        self.served: ServedModel | None = None
         self.grabber: Grabber | None = None
         self.pipeline: Pipeline | None = None
         self.outputs: Outputs | None = None
         self.mqtt: MqttLink | None = None
         self.preview: PreviewServer | None = None
         self.health = "starting"
-        self.started = time.time()
         self._status_thread: threading.Thread | None = None
         self._last_status = 0.0
-        self.threads = 1
-        self.pinning: Pinning | None = None
         self._closed = False
-        self._detections_json: DetectionsEncoder | None = None
-        self.input_spec: InputSpec | None = None  # the manifest's, or BGR when the swap is folded
-        self.color_swap = "none"  # for an RGB model: "folded" into it at load, or "per frame"
 
     # ---- startup ------------------------------------------------------------------------
-    def load_model(self) -> None:
+    def load_model(self) -> ServedModel:
+        """Load the configured bundle as a ServedModel (the pipeline serves it once started)."""
         cfg = self.config
         assert cfg.bundle.path is not None
         keys = [load_public_key(p) for p in cfg.bundle.trusted_keys]
-        bundle = load_bundle(cfg.bundle.path, keys)
-        m = bundle.manifest
-        threads = self.threads = resolve_threads(cfg, m)
-        content = bundle.model_bytes()
-        apply_amx_policy(cfg.runtime.amx, content, threads, cfg.runtime.backend)
-        folded = self._folded(content, m)
-        model = self._open(folded.content if folded else content, threads)
-        logger.info(
-            "bundle %s v%d (%s, %s) on %s %s with %d thread(s), %s%s",
-            m.name,
-            m.version,
-            m.profile,
-            m.decoder.value,
-            model.backend,
-            model.backend_version,
-            threads,
-            amx_label(),
-            ", signature verified" if keys else "",
-        )
-        check_model_io(model, m)
-        try:
-            self._check_golden(bundle, model, reverse_channels=folded is not None)
-        except GoldenCheckFailed as exc:
-            if folded is None:
-                raise
-            model = self._open(content, threads)
-            self._check_golden(bundle, model, reverse_channels=False)
+        if not keys:
             logger.warning(
-                "with the color swap folded in, the model failed its golden check (%s); serving "
-                "it as shipped and swapping every frame",
-                exc,
+                "no trusted keys (bundle.trusted_keys / --trusted-key): the bundle's signature "
+                "is not checked"
             )
-            folded = None
-        if m.input.color_order is ColorOrder.RGB:
-            self.color_swap = "folded" if folded else "per frame"
-        self.input_spec = bgr_input(m.input) if folded else m.input
-        det = cfg.detection
-        self.decoder = make_decoder(m, det.score_threshold, det.max_detections, det.top_k)
-        self.bundle, self.model = bundle, model
+        served = load_served_model(cfg.bundle.path, cfg, keys)
+        m = served.manifest
         self.metrics.set_model(
-            m.name, m.version, m.model.sha256, model.backend, model.backend_version
+            m.name, m.version, m.model.sha256, served.model.backend, served.model.backend_version
         )
-
-    def _folded(self, content: bytes, m: Manifest) -> FoldedModel | None:
-        """The model with the BGR->RGB swap folded in, when it takes RGB and the fold is exact."""
-        if m.input.color_order is not ColorOrder.RGB:
-            return None
-        if not self.config.runtime.fold_bgr:
-            logger.info("color swap: every frame (runtime.fold_bgr is off)")
-            return None
-        try:
-            folded = fold_bgr(content)
-        except FoldRefused as exc:
-            logger.info("color swap: every frame, as it cannot be folded into the model: %s", exc)
-            return None
-        logger.info(
-            "color swap: folded into the model's %d first convolution(s); frames go in as BGR",
-            folded.convolutions,
-        )
-        return folded
-
-    def _open(self, content: bytes, threads: int) -> LoadedModel:
-        cfg = self.config
-        if not cfg.runtime.pin_threads:
-            return open_model(content, threads=threads, backend=cfg.runtime.backend)
-        model, workers = new_native_threads(lambda: _opened_and_invoked(content, threads, cfg))
-        self.pinning = pin_workers(workers)
-        return model
-
-    def _check_golden(self, bundle: Bundle, model: LoadedModel, reverse_channels: bool) -> None:
-        """Apply bundle.golden; raises GoldenCheckFailed. reverse_channels: the model takes BGR."""
-        m = bundle.manifest
-        policy = self.config.bundle.golden
-        if policy is GoldenPolicy.SKIP:
-            return
-        if m.golden is None:
-            if policy is GoldenPolicy.REQUIRE:
-                raise GoldenCheckFailed(
-                    f"{bundle.path}: bundle has no golden check and bundle.golden is require"
-                )
-            logger.warning("bundle has no golden check; serving it unchecked")
-            return
-        result = check_golden(model, m, reverse_channels)
-        if not result.passed:
-            raise GoldenCheckFailed(f"{bundle.path}: golden check failed: {result.reason}")
-        logger.info(
-            "golden check passed (max error %s)", ", ".join(f"{e:.3g}" for e in result.max_error)
-        )
+        self.served = served
+        return served
 
     def start(self) -> None:
         """Load and check the bundle, open source and outputs, connect. Raises EdgegapError subclasses."""
-        with unpinned():  # threads started here run anywhere, even if this thread served pinned
-            self._start()
-
-    def _start(self) -> None:
         cfg = self.config
-        self.load_model()
-        assert self.bundle is not None and self.model is not None and self.decoder is not None
-        assert self.input_spec is not None
-        m = self.bundle.manifest
-        pre = Preprocessor(self.input_spec, pad_value=int(m.extra.get("pad_value", 0)))
         source = make_source(cfg.source)
+        served = self.load_model()
+        m = served.manifest
         self.grabber = Grabber(
             source,
             cfg.source.rate,
             cfg.source.fps,
             cfg.source.loop,
             cfg.source.reconnect,
-            prepare=pre if self._prepare_on_grab() else None,
+            prepare=served.preprocess if self._prepare_on_grab(served.threads) else None,
             inline=cfg.pipeline.inline_reads,
         )
-        self.outputs = Outputs([])
-        sinks = self.outputs.sinks  # filled as each output opens, so close() releases them all
-        if cfg.outputs.jsonl is not None:
-            with _opening("outputs.jsonl"):
-                sinks.append(JsonlSink(cfg.outputs.jsonl))
-        if cfg.outputs.annotated_dir is not None:
-            with _opening("outputs.annotated_dir"):
-                sinks.append(
-                    AnnotatedFramesSink(cfg.outputs.annotated_dir, cfg.outputs.annotated_every)
-                )
-        if cfg.mqtt.broker:
-            self.mqtt = MqttLink(cfg.mqtt, cfg.device_id, cfg.fleet, self.status, self.on_command)
-            sinks.append(MqttSink(self.mqtt, PublishPolicy(cfg.publish)))
-        else:
-            logger.info("no broker configured: local outputs only")
-        if cfg.preview.enabled:
-            with _opening("preview.port"):
-                self.preview = PreviewServer(
-                    cfg.preview.bind,
-                    cfg.preview.port,
-                    cfg.preview.max_fps,
-                    cfg.preview.jpeg_quality,
-                    f"{cfg.device_id}: {m.name} v{m.version}",
-                )
-            sinks.append(PreviewSink(self.preview))
+        self.outputs = self._open_outputs(f"{cfg.device_id}: {m.name} v{m.version}")
         self.pipeline = Pipeline(
-            self.model,
-            m,
-            pre,
-            self.decoder,
+            served,
             self.grabber,
-            self._publish,
+            self.outputs,
             self.metrics,
             self.rolling,
             cfg.pipeline.overlap_post,
-            self.pinning,
             cfg.pipeline.prewarm_ms / 1000.0,
-            self._message,
         )
-        self._detections_json = DetectionsEncoder(cfg.device_id, cfg.fleet, self.pipeline.model_ref)
         if cfg.metrics.enabled:
             with _opening("metrics.port"):
                 self.metrics.serve(cfg.metrics.bind, cfg.metrics.port)
@@ -345,26 +126,41 @@ class Agent:
         )
         self._status_thread.start()
 
-    def _prepare_on_grab(self) -> bool:
+    def _open_outputs(self, title: str) -> Outputs:
+        """Every configured output; one that cannot be opened is a config error."""
+        cfg = self.config
+        outputs = Outputs([], cfg.device_id, cfg.fleet)
+        self.outputs = outputs  # set first, so close() releases whatever did open
+        sinks = outputs.sinks
+        if cfg.outputs.jsonl is not None:
+            with _opening("outputs.jsonl"):
+                sinks.append(JsonlSink(cfg.outputs.jsonl))
+        if cfg.outputs.annotated_dir is not None:
+            with _opening("outputs.annotated_dir"):
+                sinks.append(
+                    AnnotatedFramesSink(cfg.outputs.annotated_dir, cfg.outputs.annotated_every)
+                )
+        if cfg.mqtt.broker:
+            self.mqtt = MqttLink(cfg.mqtt, cfg.device_id, cfg.fleet, self.status, self.on_command)
+            sinks.append(MqttSink(self.mqtt, PublishPolicy(cfg.publish)))
+        else:
+            logger.info("no broker configured: local outputs only")
+        if cfg.preview.enabled:
+            p = cfg.preview
+            with _opening("preview.port"):
+                self.preview = PreviewServer(p.bind, p.port, p.max_fps, p.jpeg_quality, title)
+            sinks.append(PreviewSink(self.preview))
+        return outputs
+
+    def _prepare_on_grab(self, threads: int) -> bool:
         """Preparing on the grabber thread pays off only with a core to spare for it."""
         if self.config.pipeline.prepare_on_grab is not None:
             return self.config.pipeline.prepare_on_grab
-        spare = (os.cpu_count() or 1) > self.threads
+        spare = (os.cpu_count() or 1) > threads
         logger.info("model input prepared on the %s thread", "grabber" if spare else "inference")
         return spare
 
     # ---- serving ------------------------------------------------------------------------
-    def _message(self, result: FrameResult) -> bytes:
-        assert self._detections_json is not None
-        return self._detections_json(result, time.time())
-
-    def _publish(self, result: FrameResult) -> None:
-        payload = self._message(result)
-        assert self.outputs is not None
-        self.outputs.write(result, payload)
-        if self.health != "ok" and (self.grabber is None or self.grabber.stats.lost_since is None):
-            self.health = "ok"
-
     def run(self, max_frames: int | None = None) -> RunSummary:
         """Serve until stopped, the source ends, or max_frames; then shut down. Returns the summary."""
         assert self.pipeline is not None
@@ -381,25 +177,10 @@ class Agent:
         return self.summary(stopped_by)
 
     def summary(self, stopped_by: str = "") -> RunSummary:
-        assert self.pipeline is not None and self.model is not None and self.grabber is not None
-        s = self.pipeline.stats.summary()
-        return RunSummary(
-            frames=s["frames"],
-            fps=s["fps"],
-            dropped=self.grabber.stats.dropped,
-            median_ms=s["median_ms"],
-            p99_total_ms=s["p99_total_ms"],
-            backend=self.model.backend,
-            backend_version=self.model.backend_version,
-            amx=amx_label(),
-            color_swap=self.color_swap,
-            published=self.mqtt.published if self.mqtt else 0,
-            publish_dropped=self.mqtt.dropped if self.mqtt else 0,
-            reconnects=self.grabber.stats.reconnects,
-            stopped_by=stopped_by,
-            prewarms=s["prewarms"],
-            prewarm_ms=s["prewarm_ms"],
-            failed=s["failed"],
+        assert self.pipeline is not None and self.grabber is not None
+        published = (self.mqtt.published, self.mqtt.dropped) if self.mqtt else (0, 0)
+        return run_summary(
+            self.pipeline.served, self.pipeline.stats, self.grabber, published, stopped_by
         )
 
     def request_stop(self) -> None:
@@ -408,28 +189,20 @@ class Agent:
     def on_command(self, cmd: dict[str, Any]) -> None:
         """Commands on devices/<id>/cmd. set_threshold and status; others are reported as rejected."""
         name = cmd.get("cmd")
-        if (
-            name == "set_threshold"
-            and isinstance(cmd.get("value"), int | float)
-            and 0 <= cmd["value"] <= 1
-        ):
-            if self.decoder is not None:
-                self.decoder.score_threshold = float(cmd["value"])
-            logger.info("score threshold set to %s by command", cmd["value"])
+        value = cmd.get("value")
+        if name == "set_threshold" and isinstance(value, int | float) and 0 <= value <= 1:
+            self.config.detection.score_threshold = float(value)
+            if self.pipeline is not None:
+                self.pipeline.served.decoder.score_threshold = float(value)
+            logger.info("score threshold set to %s by command", value)
             self._event({"event": "command", "cmd": name, "ok": True})
         elif name == "status":
             if self.mqtt is not None:
                 self.mqtt.publish_status()
         else:
             logger.warning("ignored command %r", name)
-            self._event(
-                {
-                    "event": "command",
-                    "cmd": str(name),
-                    "ok": False,
-                    "reason": "unknown or malformed command",
-                }
-            )
+            reason = "unknown or malformed command"
+            self._event({"event": "command", "cmd": str(name), "ok": False, "reason": reason})
 
     def _event(self, event: dict[str, Any]) -> None:
         if self.mqtt is not None:
@@ -439,40 +212,16 @@ class Agent:
 
     def status(self) -> dict[str, Any]:
         """The retained status message (state online)."""
-        cfg = self.config
-        out: dict[str, Any] = {
-            "schema": STATUS_SCHEMA,
-            "state": "online",
-            "device_id": cfg.device_id,
-            "fleet": cfg.fleet,
-            "agent_version": __version__,
-            "ts": round(time.time(), 3),
-            "health": self.health,
-        }
-        if self.bundle is not None and self.model is not None:
-            m = self.bundle.manifest
-            out["model"] = {
-                "name": m.name,
-                "version": m.version,
-                "sha256": m.model.sha256,
-                "profile": m.profile,
-                "color_swap": self.color_swap,
-            }
-            out["backend"] = {
-                "name": self.model.backend,
-                "version": self.model.backend_version,
-                "amx": amx_state().value,
-            }
-        if self.grabber is not None:
-            out["source"] = self.grabber.source.describe()
-            out["dropped"] = self.grabber.stats.dropped
-        if self.pipeline is not None:
-            out["frames"] = self.pipeline.stats.frames
-            out["failed"] = self.pipeline.stats.failed
-        p50, p99 = self.rolling.percentiles_ms()
-        out["fps"] = round(self.rolling.fps(), 2)
-        out["latency_ms"] = {"p50": p50, "p99": p99}
-        return out
+        p = self.pipeline
+        return status_message(
+            self.config.device_id,
+            self.config.fleet,
+            self.health,
+            p.served if p is not None else self.served,
+            self.grabber,
+            p.stats if p is not None else None,
+            self.rolling,
+        )
 
     def _status_loop(self) -> None:
         interval = self.config.mqtt.status_interval_s
@@ -492,9 +241,13 @@ class Agent:
                     self.mqtt.publish_status()
 
     def _refresh_health(self) -> None:
+        """degraded while the source is lost or frames fail; ok once frames flow again."""
         lost = self.grabber is not None and self.grabber.stats.lost_since is not None
-        if lost or (self.pipeline is not None and self.pipeline.stats.failing):
+        stats = self.pipeline.stats if self.pipeline is not None else None
+        if lost or (stats is not None and stats.failing):
             self.health = "degraded"
+        elif stats is not None and stats.frames:
+            self.health = "ok"
 
     # ---- shutdown -----------------------------------------------------------------------
     def close(self, reason: str = "shutdown") -> None:

@@ -25,8 +25,6 @@ FLAG_KEYS = {
     "fps": "source.fps",
     "backend": "runtime.backend",
     "threads": "runtime.threads",
-    "pin_threads": "runtime.pin_threads",
-    "amx": "runtime.amx",
     "fold_bgr": "runtime.fold_bgr",
     "score_threshold": "detection.score_threshold",
     "max_detections": "detection.max_detections",
@@ -54,12 +52,12 @@ FLAG_KEYS = {
 
 def permanent_errors() -> tuple[type[BaseException], ...]:
     """Errors a restart will not fix: systemd is told so by exit code 78 (no crash loop)."""
-    from agent.bundle import BundleError
+    from agent.bundle.loading import BundleError
+    from agent.bundle.signing import SignatureError
     from agent.config import ConfigError
-    from agent.decoders import DecoderError
+    from agent.decoders.base import DecoderError
     from agent.runtime import BackendUnavailable, ModelLoadError
-    from agent.signing import SignatureError
-    from agent.sources import SourceError
+    from agent.sources.readers import SourceError
 
     return (
         BundleError,
@@ -140,16 +138,6 @@ def cli(verbose: int, quiet: bool) -> None:
 @click.option("--fps", type=float, help="Frame rate for native pacing when the source has none.")
 @click.option("--backend", help="Runtime backend: litert, tflite-runtime or tf.lite.")
 @click.option("--threads", type=int, help="Interpreter threads (default: the bundle profile's).")
-@click.option(
-    "--pin-threads/--no-pin-threads",
-    default=None,
-    help="Pin the inference and interpreter threads to their own cores (Linux).",
-)
-@click.option(
-    "--amx",
-    type=click.Choice(["auto", "use", "withhold"]),
-    help="Intel AMX for int8 kernels: auto times both at start and keeps the faster (docs/agent.md).",
-)
 @click.option(
     "--fold-bgr/--no-fold-bgr",
     default=None,
@@ -265,7 +253,7 @@ def print_summary(summary: Any) -> None:
             f"prewarm (off the frame path): {summary.prewarms} passes, median {summary.prewarm_ms} ms"
         )
     swap = "" if summary.color_swap == "none" else f", color swap {summary.color_swap}"
-    console.print(f"backend {summary.backend} {summary.backend_version}, {summary.amx}{swap}")
+    console.print(f"backend {summary.backend} {summary.backend_version}{swap}")
 
 
 @cli.command("validate-config")

@@ -20,7 +20,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.errors import EdgegapError
-from agent.runtime.amx import AmxPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -166,22 +165,6 @@ class RuntimeConfig(_Strict):
         ge=1,
         le=64,
         description="Interpreter threads; empty takes the bundle profile's value, at most one per CPU.",
-    )
-    pin_threads: bool = Field(
-        default=False,
-        description=(
-            "Linux: pin the inference thread and each interpreter worker thread to its own core. "
-            "Helps a multi-threaded interpreter on a camera-paced source (docs/agent.md)."
-        ),
-    )
-    amx: AmxPolicy = Field(
-        default=AmxPolicy.AUTO,
-        description=(
-            "x86 CPUs with Intel AMX: auto times the model with XNNPACK's AMX int8 kernels and "
-            "without them when it starts, and keeps the faster (AMX kernels work 64 channels at a "
-            "time: narrow models run faster without); use or withhold decide outright. No effect "
-            "on other CPUs (docs/agent.md, Intel AMX)."
-        ),
     )
     fold_bgr: bool = Field(
         default=True,

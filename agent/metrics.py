@@ -10,12 +10,13 @@ import logging
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
-from agent.messages import STAGES
+from agent.outputs.messages import STAGES
 
 logger = logging.getLogger(__name__)
 
@@ -152,3 +153,47 @@ class AgentMetrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+HISTORY = 20_000  # per-stage samples kept for the run summary
+
+
+@dataclass
+class PipelineStats:
+    """Per-stage times of recent frames, and the busy time used for sustained fps."""
+
+    frames: int = 0
+    busy_s: float = 0.0  # wall time spent inside run() while frames were flowing
+    stages: dict[str, deque[float]] = field(
+        default_factory=lambda: {s: deque(maxlen=HISTORY) for s in (*STAGES, "total")}
+    )
+    prewarms: int = 0
+    prewarm: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))  # off the path
+    failed: int = 0  # frames whose decoding or publishing raised: skipped, serving went on
+    failing: int = 0  # ... of them in a row, up to the last frame (0 once one succeeds)
+
+    def median_ms(self, stage: str) -> float | None:
+        values = self.stages[stage]
+        return round(float(np.median(values)) * 1000.0, 3) if values else None
+
+    def percentile_ms(self, stage: str, q: float) -> float | None:
+        values = self.stages[stage]
+        return round(float(np.percentile(values, q)) * 1000.0, 3) if values else None
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.busy_s if self.busy_s > 0 else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "frames": self.frames,
+            "fps": round(self.fps, 2),
+            "median_ms": {s: self.median_ms(s) for s in (*STAGES, "total")},
+            "p99_total_ms": self.percentile_ms("total", 99),
+            "prewarms": self.prewarms,
+            "prewarm_ms": self.median_prewarm_ms(),
+            "failed": self.failed,
+        }
+
+    def median_prewarm_ms(self) -> float | None:
+        return round(float(np.median(self.prewarm)) * 1000.0, 3) if self.prewarm else None

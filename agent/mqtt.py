@@ -18,7 +18,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import MqttConfig, parse_broker_url
-from agent.messages import encode
+from agent.outputs.messages import encode
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class MqttLink:
         self.dropped = 0
         self.connects = 0
         self._was_connected = False
+        self._stopping = False  # a disconnect we asked for is not news
         self.client = self._make_client(fleet)
 
     def _make_client(self, fleet: str) -> paho.Client:
@@ -121,7 +122,7 @@ class MqttLink:
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, props: Any
     ) -> None:
-        if self._connected.is_set():
+        if self._connected.is_set() and not self._stopping:
             logger.warning(
                 "mqtt: disconnected (%s); detections are dropped until it is back", reason_code
             )
@@ -171,6 +172,7 @@ class MqttLink:
                 info.wait_for_publish(timeout)
         except (RuntimeError, ValueError) as exc:
             logger.warning("mqtt: final status not delivered: %s", exc)
+        self._stopping = True
         self.client.disconnect()
         self.client.loop_stop()
         self._connected.clear()

@@ -1,10 +1,13 @@
 """The frame loop: grab -> pre -> invoke -> post -> publish, timed per stage.
 
 The inference thread takes the newest frame (already prepared by the grabber thread, or
-prepared here), runs the interpreter, then copies out only the outputs the decoder needs.
-Decoding and publishing run on a second thread, so frame N is decoded and published while frame
-N+1 is inferred (overlap_post). A frame's end-to-end latency ("total") runs from the moment it
-was captured (decoded) to the moment its result was published.
+prepared here), runs the served model's interpreter, then copies out only the outputs its decoder
+needs. Decoding and publishing run on a second thread, so frame N is decoded and published while
+frame N+1 is inferred (overlap_post). A frame's end-to-end latency ("total") runs from the moment
+it was captured (decoded) to the moment its result was published.
+
+The pipeline serves one `ServedModel` at a time. `swap()` hands it another, which takes over at
+the next frame: the frame in flight finishes, decoded by the model that inferred it.
 
 While frames are read inline, the inference thread idles between them and the Python work it
 does for each frame goes cold. Shortly before the next frame is due (Grabber.set_prewarm) it
@@ -19,75 +22,30 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
-from agent.affinity import Pinning, unpinned
-from agent.decoders import OutputDecoder, needed_roles
-from agent.grabber import Frame, Grabber
-from agent.manifest import Manifest, OutputRole
-from agent.messages import STAGES, FrameResult, ModelRef
-from agent.metrics import AgentMetrics, RollingStats
-from agent.preprocess import FrameTransform, Preprocessor, dequantize
-from agent.runtime import LoadedModel
+from agent.bundle.manifest import OutputRole
+from agent.metrics import AgentMetrics, PipelineStats, RollingStats
+from agent.outputs.messages import STAGES, FrameResult
+from agent.outputs.sinks import Outputs
+from agent.preprocess import FrameTransform, dequantize
+from agent.served import ServedModel
+from agent.sources.grabber import Frame, Grabber
 
 logger = logging.getLogger(__name__)
-
-HISTORY = 20_000  # per-stage samples kept for the run summary
 
 
 @dataclass
 class _Job:
+    served: ServedModel  # the model that inferred the frame, which also decodes it
     frame: Frame
     transform: FrameTransform
     raw: dict[OutputRole, np.ndarray]
     timings: dict[str, float]
     picked: float
-
-
-@dataclass
-class PipelineStats:
-    """Per-stage times of recent frames, and the busy time used for sustained fps."""
-
-    frames: int = 0
-    busy_s: float = 0.0  # wall time spent inside run() while frames were flowing
-    stages: dict[str, deque[float]] = field(
-        default_factory=lambda: {s: deque(maxlen=HISTORY) for s in (*STAGES, "total")}
-    )
-    prewarms: int = 0
-    prewarm: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))  # off the path
-    failed: int = 0  # frames whose decoding or publishing raised: skipped, serving went on
-    failing: int = 0  # ... of them in a row, up to the last frame (0 once one succeeds)
-
-    def median_ms(self, stage: str) -> float | None:
-        values = self.stages[stage]
-        return round(float(np.median(values)) * 1000.0, 3) if values else None
-
-    def percentile_ms(self, stage: str, q: float) -> float | None:
-        values = self.stages[stage]
-        return round(float(np.percentile(values, q)) * 1000.0, 3) if values else None
-
-    @property
-    def fps(self) -> float:
-        return self.frames / self.busy_s if self.busy_s > 0 else 0.0
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "frames": self.frames,
-            "fps": round(self.fps, 2),
-            "median_ms": {s: self.median_ms(s) for s in (*STAGES, "total")},
-            "p99_total_ms": self.percentile_ms("total", 99),
-            "prewarms": self.prewarms,
-            "prewarm_ms": self.median_prewarm_ms(),
-            "failed": self.failed,
-        }
-
-    def median_prewarm_ms(self) -> float | None:
-        return round(float(np.median(self.prewarm)) * 1000.0, 3) if self.prewarm else None
 
 
 class _PostWorker:
@@ -148,45 +106,34 @@ class _PostWorker:
 
 
 class Pipeline:
-    """Serves one loaded model on frames from a grabber; `handle` publishes each result."""
+    """Serves a ServedModel on frames from a grabber and publishes each result to the outputs."""
 
     def __init__(
         self,
-        model: LoadedModel,
-        manifest: Manifest,
-        preprocess: Preprocessor,
-        decoder: OutputDecoder,
+        served: ServedModel,
         grabber: Grabber,
-        handle: Callable[[FrameResult], None],
+        outputs: Outputs,
         metrics: AgentMetrics | None = None,
         rolling: RollingStats | None = None,
         overlap: bool = True,
-        pinning: Pinning | None = None,
         prewarm_s: float = 0.0,
-        build_message: Callable[[FrameResult], object] | None = None,
     ) -> None:
-        self.model = model
-        self.manifest = manifest
-        self.preprocess = preprocess
-        self.decoder = decoder
+        self.served = served
         self.grabber = grabber
-        self.handle = handle
+        self.outputs = outputs
         self.metrics = metrics
         self.rolling = rolling or RollingStats()
         self.overlap = overlap
-        self.pinning = pinning
         self.prewarm_s = prewarm_s
-        self.build_message = build_message  # what handle() sends, built without sending it
         self.stats = PipelineStats()
-        self.model_ref = ModelRef(
-            manifest.name, manifest.version, manifest.model.sha256, manifest.profile, manifest.task
-        )
-        self._needed = [(role, manifest.output(role)) for role in needed_roles(decoder)]
-        # float32 outputs reach the decoder as they come: the agent checked their dtypes at load
-        self._convert = {role: spec.dtype != "float32" for role, spec in self._needed}
+        self._next: ServedModel | None = None  # handed over by swap(), taken at the next frame
         self._last: _Job | None = None  # the last published frame, redone by _prewarm
         self._worker: _PostWorker | None = None
         self._scratch: np.ndarray | None = None
+
+    def swap(self, served: ServedModel) -> None:
+        """Serve `served` from the next frame on (thread-safe: one reference is replaced)."""
+        self._next = served
 
     def run(self, stop: threading.Event, max_frames: int = 0) -> int:
         """Process frames until stop is set, the source ends, or max_frames (0: no limit) are done.
@@ -194,10 +141,7 @@ class Pipeline:
         Returns the number of frames inferred; re-raises a source failure. A frame whose decoding
         or publishing raises is logged and skipped (stats.failed), and serving goes on.
         """
-        if self.pinning is not None:
-            self.pinning.pin_inference_thread()
-        with unpinned():  # the post thread may use every core, however this thread is pinned
-            worker = self._worker = _PostWorker(self._post) if self.overlap else None
+        worker = self._worker = _PostWorker(self._post) if self.overlap else None
         if self.prewarm_s > 0:
             self.grabber.set_prewarm(self._prewarm, self.prewarm_s)
         pending: _Job | None = None  # inferred, its post deferred until the next invoke starts
@@ -217,7 +161,6 @@ class Pipeline:
                     continue
                 if n == 0:
                     started = time.perf_counter()  # waiting for the first frame is not busy time
-                x, transform, picked, pre_s, wait_s = self._prepare(frame)
                 handoff: Callable[[], None] | None = None
                 if pending is not None and worker is not None:
                     # Handed over between set_input and invoke, so the post thread's Python work
@@ -225,7 +168,7 @@ class Pipeline:
                     # not while this thread still needs the GIL to prepare and load it.
                     handoff = functools.partial(worker.submit, pending, True)
                     pending = None
-                job = self._infer(frame, x, transform, picked, pre_s, wait_s, handoff)
+                job = self._infer(self._take_served(), frame, handoff)
                 n += 1
                 if worker is None:
                     self._post(job)
@@ -248,46 +191,42 @@ class Pipeline:
             raise self.grabber.error
         return n
 
-    def _prepare(self, frame: Frame) -> tuple[np.ndarray | None, FrameTransform, float, float, float]:
-        """The frame's model input and its timings. The grabber may have made it; otherwise it is
-        written straight into the interpreter's input buffer, and None stands for it."""
-        picked = time.perf_counter()
-        if frame.prepared is not None:
-            (x, transform), pre_s = frame.prepared, frame.pre_s
-            return x, transform, picked, pre_s, picked - frame.captured - pre_s
-        transform = self.model.write_input(lambda buf: self.preprocess(frame.image, buf)[1])
-        return None, transform, picked, time.perf_counter() - picked, picked - frame.captured
+    def _take_served(self) -> ServedModel:
+        """The model for this frame: a swapped-in one replaces the current one here."""
+        nxt, self._next = self._next, None
+        if nxt is not None:
+            self.served = nxt
+            self.grabber.prepare = nxt.preprocess if self.grabber.prepare is not None else None
+            self._scratch = None
+        return self.served
 
     def _infer(
-        self,
-        frame: Frame,
-        x: np.ndarray | None,
-        transform: FrameTransform,
-        picked: float,
-        pre_s: float,
-        wait_s: float,
-        before_invoke: Callable[[], None] | None = None,
+        self, served: ServedModel, frame: Frame, before_invoke: Callable[[], None] | None
     ) -> _Job:
-        t1 = time.perf_counter()
-        if x is not None:
-            self.model.set_input(x)
+        """Load the frame's input (the grabber's, if this model's pre-processing made it; else
+        written straight into the interpreter's input buffer), invoke, copy the needed outputs."""
+        model = served.model
+        picked = time.perf_counter()
+        prepared = frame.prepared
+        if prepared is not None and prepared.by is served.preprocess:
+            pre_s, wait_s = frame.pre_s, picked - frame.captured - frame.pre_s
+            transform = prepared.transform
+            t1 = time.perf_counter()
+            model.set_input(prepared.tensor)
+        else:
+            transform = model.write_input(lambda buf: served.preprocess(frame.image, buf)[1])
+            t1 = time.perf_counter()
+            pre_s, wait_s = t1 - picked, picked - frame.captured
         if before_invoke is not None:
             before_invoke()
-        self.model.invoke()
+        model.invoke()
         t2 = time.perf_counter()
-        raw = {role: self.model.get(spec.index) for role, spec in self._needed}
+        raw = {role: model.get(spec.index) for role, spec in served.needed}
         t3 = time.perf_counter()
         timings = {
             "grab": frame.grab_s, "pre": pre_s, "wait": max(wait_s, 0.0), "invoke": t2 - t1, "post": t3 - t2,
         }  # fmt: skip
-        return _Job(frame, transform, raw, timings, picked)
-
-    def _outputs(self, job: _Job) -> dict[OutputRole, np.ndarray]:
-        outs = {}
-        for role, spec in self._needed:
-            raw = job.raw[role]
-            outs[role] = dequantize(raw, spec.scale, spec.zero_point) if self._convert[role] else raw
-        return outs
+        return _Job(served, frame, transform, raw, timings, picked)
 
     def _post(self, job: _Job) -> None:
         t0 = time.perf_counter()
@@ -295,7 +234,7 @@ class Pipeline:
             result = self._result(job)
             t1 = time.perf_counter()
             job.timings["post"] += t1 - t0
-            self.handle(result)
+            self.outputs.publish(result)
         except Exception as exc:  # one frame's bad outputs (or a bug they hit) must not stop serving
             self._failed(job, exc)
             return
@@ -306,14 +245,18 @@ class Pipeline:
         self._last = job
 
     def _result(self, job: _Job) -> FrameResult:
-        """The frame's outputs decoded into its result (the message is built by `handle`)."""
-        detections = self.decoder(self._outputs(job), job.transform)
-        return FrameResult(job.frame, detections, self.model_ref, job.timings, job.picked)
+        """The frame's outputs, dequantized where they are integers, decoded into its result."""
+        outs = {}
+        for role, spec in job.served.needed:
+            raw = job.raw[role]
+            outs[role] = raw if spec.dtype == "float32" else dequantize(raw, spec.scale, spec.zero_point)
+        detections = job.served.decoder(outs, job.transform)
+        return FrameResult(job.frame, detections, job.served.ref, job.timings, job.picked)
 
     def _prewarm(self) -> None:
         """Redo the last frame's work off the frame path (see the module docstring)."""
         job, worker = self._last, self._worker
-        if job is None:
+        if job is None or job.served is not self.served:
             return
         if worker is None:
             self._rehearse(job)
@@ -324,11 +267,9 @@ class Pipeline:
         t0 = time.perf_counter()
         try:
             if self._scratch is None:
-                self._scratch = self.preprocess.new_input()
-            self.preprocess(job.frame.image, self._scratch)
-            result = self._result(job)
-            if self.build_message is not None:
-                self.build_message(result)
+                self._scratch = job.served.preprocess.new_input()
+            job.served.preprocess(job.frame.image, self._scratch)
+            self.outputs.encode(self._result(job))
         except Exception:
             logger.warning("prewarm failed; turned off (frames are served as before)", exc_info=True)
             self.prewarm_s = 0.0

@@ -16,7 +16,7 @@ from functools import cached_property
 import cv2
 import numpy as np
 
-from agent.manifest import ColorOrder, InputSpec, ResizeMode
+from agent.bundle.manifest import ColorOrder, InputSpec, ResizeMode
 
 logger = logging.getLogger(__name__)
 

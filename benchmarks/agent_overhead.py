@@ -63,12 +63,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent.app import Agent  # noqa: E402
-from agent.bundle import write_bundle  # noqa: E402
+from agent.bundle.golden import record_golden  # noqa: E402
+from agent.bundle.loading import write_bundle  # noqa: E402
+from agent.bundle.manifest import Decoder, InputSpec, Manifest, ModelFile, OutputRole, OutputSpec  # noqa: E402
 from agent.config import load_config  # noqa: E402
-from agent.golden import record_golden  # noqa: E402
-from agent.manifest import Decoder, InputSpec, Manifest, ModelFile, OutputRole, OutputSpec  # noqa: E402
 from agent.runtime import open_model  # noqa: E402
-from agent.runtime.amx import amx_label  # noqa: E402
+from converter.amx import amx_label  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def build_stand_in(work: Path) -> Path:
     import keras
     import tensorflow as tf
 
-    from agent.decoders import grid_anchors
+    from agent.decoders.base import grid_anchors
 
     grid = {"feature_maps": [16, 8], "scales": [0.2, 0.5], "aspect_ratios": [1.0, 2.0, 0.5]}
     anchors = grid_anchors(grid)
@@ -298,7 +298,7 @@ def bare_invokes(interp: Any, count: int, period: float = 0.0) -> list[float]:
 
 def paced_block(agent: Agent, frames: int) -> list[float]:
     """Frame latencies (s) of one camera-paced block of the agent, its clip's pacing restarted."""
-    assert agent.pipeline is not None and agent.grabber is not None
+    assert agent.pipeline is not None and agent.sources.grabber is not None
     agent.grabber.restart_pacing()
     before = len(agent.pipeline.stats.stages["total"])
     agent.pipeline.run(agent.stop_event, max_frames=frames)

@@ -27,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.runtime.amx import WITHHOLD_HELP, amx_label, withhold_amx  # noqa: E402
+from converter.amx import WITHHOLD_HELP, amx_label, withhold_amx  # noqa: E402
 from converter.pruning import count_macs, make_plan, rebuild  # noqa: E402
 from converter.pruning.latency import interleaved_latency, to_int8_tflite  # noqa: E402
 

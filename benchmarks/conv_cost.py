@@ -29,8 +29,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.runtime.amx import WITHHOLD_HELP, withhold_amx  # noqa: E402
-from agent.runtime.timing import time_interleaved  # noqa: E402
+from converter.amx import WITHHOLD_HELP, withhold_amx  # noqa: E402
+from converter.timing import time_interleaved  # noqa: E402
 
 # (kind, input channels, output channels, input size, stride): the reference detector's stem, then
 # each kind of layer its stages are made of, at 56 px, over the widths pruning moves between (a

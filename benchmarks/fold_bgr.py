@@ -3,7 +3,7 @@ BGR frame for a model that takes RGB (swap the channels, then map the pixels: tw
 the same model with the swap folded into its first convolution (map the pixels: one pass),
 interleaved in one run.
 
-The fold is the agent's own (agent.bgr_fold, `runtime.fold_bgr`, on by default), done in memory
+The fold is the agent's own (agent.runtime.bgr_fold, `runtime.fold_bgr`, on by default), done in memory
 when the bundle loads; `edgegap convert --fold-bgr` makes the same change on the host. Each
 iteration sleeps a camera frame period (30 fps), so caches are as cold as between real frames,
 then for each variant in turn (order alternating) times the agent's preprocessing of the frame
@@ -36,12 +36,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from agent_overhead import convert_reference  # noqa: E402
 
-from agent.bgr_fold import FoldRefused, bgr_input, fold_bgr  # noqa: E402
-from agent.bundle import Bundle, load_bundle  # noqa: E402
-from agent.decoders import BBox, make_decoder  # noqa: E402
-from agent.manifest import ColorOrder  # noqa: E402
+from agent.bundle.loading import Bundle, load_bundle  # noqa: E402
+from agent.bundle.manifest import ColorOrder  # noqa: E402
+from agent.decoders.base import BBox, make_decoder  # noqa: E402
 from agent.preprocess import Preprocessor, dequantize  # noqa: E402
 from agent.runtime import LoadedModel, open_model  # noqa: E402
+from agent.runtime.bgr_fold import FoldRefused, bgr_input, fold_bgr  # noqa: E402
 
 
 def _sizes(text: str) -> list[tuple[int, int]]:

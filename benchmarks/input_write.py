@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.bundle import load_bundle  # noqa: E402
+from agent.bundle.loading import load_bundle  # noqa: E402
 from agent.preprocess import Preprocessor  # noqa: E402
 from agent.runtime import open_model  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""The detections message, formatted (agent.messages.DetectionsEncoder) against built as a dict
+"""The detections message, formatted (agent.outputs.messages.DetectionsEncoder) against built as a dict
 and encoded by the json module, as the agent did before. Both write the same message.
 
 A camera-paced frame builds its message right after an invoke that has pushed Python's code and
@@ -25,9 +25,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.decoders import BBox, Detection  # noqa: E402
-from agent.grabber import Frame  # noqa: E402
-from agent.messages import (  # noqa: E402
+from agent.decoders.base import BBox, Detection  # noqa: E402
+from agent.outputs.messages import (  # noqa: E402
     DETECTIONS_SCHEMA,
     LATENCY_STAGES,
     DetectionsEncoder,
@@ -35,6 +34,7 @@ from agent.messages import (  # noqa: E402
     ModelRef,
     encode,
 )
+from agent.sources.grabber import Frame  # noqa: E402
 
 
 def as_dict(result: FrameResult, device_id: str, fleet: str, sent: float) -> bytes:

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from agent.bundle.manifest import ColorOrder, ResizeMode
 from agent.errors import EdgegapError
-from agent.manifest import ColorOrder, ResizeMode
 
 logger = logging.getLogger(__name__)
 

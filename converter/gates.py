@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from agent.runtime import BackendUnavailable, get_backend
-from agent.runtime.amx import cpu_has_amx
-from agent.runtime.timing import time_interleaved
+from converter.amx import cpu_has_amx
 from converter.tasks.base import AccuracyReport
+from converter.timing import time_interleaved
 from firmware_profiles import Profile, QuantScheme
 
 logger = logging.getLogger(__name__)

@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from agent.bundle import write_bundle
+from agent.bundle.golden import record_golden
+from agent.bundle.loading import write_bundle
+from agent.bundle.manifest import ColorOrder, InputSpec, Manifest, ModelFile, OutputSpec, ResizeMode
+from agent.bundle.signing import load_private_key, sign_manifest
 from agent.errors import EdgegapError
-from agent.golden import record_golden
-from agent.manifest import ColorOrder, InputSpec, Manifest, ModelFile, OutputSpec, ResizeMode
 from agent.runtime import LoadedModel, open_model
-from agent.signing import load_private_key, sign_manifest
 from converter.data import Dataset, Normalization, default_color_order, load_data
 from converter.fallback import FallbackResult, find_float_layers
 from converter.gates import (

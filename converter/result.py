@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.manifest import Manifest
+from agent.bundle.manifest import Manifest
 from converter.fallback import FallbackResult
 from converter.gates import GateResult, LatencyStats, ModelGraph
 from converter.tasks.base import AccuracyReport

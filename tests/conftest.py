@@ -23,7 +23,7 @@ def _amx_in_use_for_this_process() -> None:
     withhold AMX here, every agent later started in a child process would inherit the seccomp
     filter and could not use AMX; so this process takes AMX tile permission first, as XNNPACK
     would, and an in-process `auto` finds it in use and leaves it."""
-    from agent.runtime.amx import AmxState, amx_state
+    from converter.amx import AmxState, amx_state
 
     if amx_state() is AmxState.AVAILABLE:
         libc = ctypes.CDLL(None, use_errno=True)

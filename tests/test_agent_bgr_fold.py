@@ -1,4 +1,4 @@
-"""Folding the color swap into a converted model when the agent loads it (agent.bgr_fold).
+"""Folding the color swap into a converted model when the agent loads it (agent.runtime.bgr_fold).
 
 Real Keras models are converted by the converter and run in the real interpreter: the folded
 model fed BGR must compute what the original computes on RGB, graphs it cannot fold are refused
@@ -19,11 +19,11 @@ import keras  # noqa: E402
 from keras_models import tiny_tensor_model  # noqa: E402
 from test_convert import scheme_profile  # noqa: E402
 
-from agent.bgr_fold import FoldRefused, bgr_input, fold_bgr  # noqa: E402
-from agent.bundle import load_bundle  # noqa: E402
-from agent.manifest import ColorOrder, InputSpec  # noqa: E402
+from agent.bundle.loading import load_bundle  # noqa: E402
+from agent.bundle.manifest import ColorOrder, InputSpec  # noqa: E402
 from agent.runtime import LoadedModel, open_model  # noqa: E402
-from agent.tflite_graph import DEQUANTIZE, read_graph  # noqa: E402
+from agent.runtime.bgr_fold import FoldRefused, bgr_input, fold_bgr  # noqa: E402
+from agent.runtime.tflite_graph import DEQUANTIZE, read_graph  # noqa: E402
 from converter.pipeline import ConvertOptions, convert  # noqa: E402
 from firmware_profiles import Profile, load_profile  # noqa: E402
 
@@ -141,7 +141,7 @@ def _inputs(model: LoadedModel, count: int = 4) -> list[np.ndarray]:
 
 
 def test_the_graph_reader_agrees_with_the_tflite_schema(models: dict[str, bytes]) -> None:
-    """Every tensor and operator read by agent.tflite_graph, against LiteRT's generated schema."""
+    """Every tensor and operator read by agent.runtime.tflite_graph, against LiteRT's generated schema."""
     schema = pytest.importorskip("ai_edge_litert.schema_py_generated")
     for name, content in models.items():
         graph = read_graph(content)

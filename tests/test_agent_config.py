@@ -137,7 +137,14 @@ def test_run_without_bundle_or_source_is_a_config_error() -> None:
 
 def test_threads_come_from_the_config_else_the_profile_capped_at_this_machines_cpus() -> None:
     from agent.app import resolve_threads
-    from agent.manifest import Decoder, InputSpec, Manifest, ModelFile, OutputRole, OutputSpec
+    from agent.bundle.manifest import (
+        Decoder,
+        InputSpec,
+        Manifest,
+        ModelFile,
+        OutputRole,
+        OutputSpec,
+    )
 
     def manifest(profile: str) -> Manifest:
         return Manifest(

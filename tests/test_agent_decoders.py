@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.decoders import (
+from agent.bundle.manifest import Decoder, InputSpec, Manifest, ModelFile, OutputRole, OutputSpec
+from agent.decoders.base import (
     BBox,
     ClassificationDecoder,
     DecoderError,
@@ -20,7 +21,6 @@ from agent.decoders import (
     make_decoder,
     nms,
 )
-from agent.manifest import Decoder, InputSpec, Manifest, ModelFile, OutputRole, OutputSpec
 from agent.preprocess import FrameTransform, Normalizer, Preprocessor
 
 R = OutputRole
@@ -171,7 +171,7 @@ def test_ssd_postprocess_small_and_array_paths_agree(
     count: int, transform: FrameTransform | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Up to SMALL_N rows are read in plain Python; both paths give the same detections."""
-    import agent.decoders as decoders
+    import agent.decoders.base as decoders
 
     rows = 64
     rng = np.random.default_rng(count)
@@ -212,7 +212,7 @@ def test_non_finite_outputs_never_become_detections(
 ) -> None:
     """A broken model's NaN or inf is dropped (it is no detection, nor a JSON number), the same
     way on both SSD post-process paths; infinite box corners are clipped like finite ones."""
-    import agent.decoders as decoders
+    import agent.decoders.base as decoders
 
     if not small:
         monkeypatch.setattr(decoders, "SMALL_N", -1)

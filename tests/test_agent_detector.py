@@ -22,13 +22,13 @@ from test_agent_kit import detections_by_frame
 
 from agent import app
 from agent.app import Agent
-from agent.bgr_fold import FoldedModel
-from agent.bundle import load_bundle
+from agent.bundle.loading import load_bundle
+from agent.bundle.manifest import ColorOrder, InputSpec
 from agent.cli import cli as agent_cli
 from agent.config import load_config
-from agent.manifest import ColorOrder, InputSpec
-from agent.messages import DetectionsMessage, StatusMessage
+from agent.outputs.messages import DetectionsMessage, StatusMessage
 from agent.preprocess import Normalizer, Preprocessor
+from agent.runtime.bgr_fold import FoldedModel
 from converter.cli import cli as convert_cli
 from converter.evaluation import Detections, coco_map
 from converter.zoo.config import read_sidecar

@@ -40,12 +40,12 @@ from test_agent_kit import (
 
 from agent import affinity
 from agent.app import Agent, RunSummary
-from agent.bundle import write_bundle
+from agent.bundle.loading import write_bundle
 from agent.cli import cli
 from agent.config import load_config
-from agent.decoders import BBox
-from agent.messages import DetectionsMessage, StatusMessage
-from agent.runtime.amx import cpu_has_amx
+from agent.decoders.base import BBox
+from agent.outputs.messages import DetectionsMessage, StatusMessage
+from converter.amx import cpu_has_amx
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -450,7 +450,7 @@ def test_cli_bad_inputs_fail_once_with_one_line(tmp_path: Path) -> None:
 
 
 def test_trusted_keys_gate_the_bundle(tmp_path: Path) -> None:
-    from agent.signing import generate_keypair, load_private_key, sign_manifest
+    from agent.bundle.signing import generate_keypair, load_private_key, sign_manifest
 
     bundle = cached_bundle("yolo")
     priv, pub = generate_keypair(tmp_path / "keys")

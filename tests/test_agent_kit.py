@@ -22,9 +22,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from agent.bundle import Bundle, write_bundle
-from agent.golden import record_golden
-from agent.manifest import Decoder, InputSpec, Manifest, ModelFile, OutputRole, OutputSpec
+from agent.bundle.golden import record_golden
+from agent.bundle.loading import Bundle, write_bundle
+from agent.bundle.manifest import Decoder, InputSpec, Manifest, ModelFile, OutputRole, OutputSpec
 from agent.runtime import open_model
 
 GRID = 8

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from agent.config import PublishConfig, PublishMode
-from agent.decoders import BBox, Detection
-from agent.grabber import Frame
-from agent.messages import (
+from agent.decoders.base import BBox, Detection
+from agent.metrics import RollingStats
+from agent.outputs.messages import (
     DetectionsEncoder,
     DetectionsMessage,
     FrameResult,
@@ -19,8 +19,8 @@ from agent.messages import (
     StatusMessage,
     schema_docs,
 )
-from agent.metrics import RollingStats
-from agent.outputs import JsonlSink, Outputs, PublishPolicy
+from agent.outputs.sinks import JsonlSink, Outputs, PublishPolicy
+from agent.sources.grabber import Frame
 
 ROOT = Path(__file__).resolve().parents[1]
 CAT = Detection(0, "cat", 0.9, BBox(10, 10, 50, 50))
@@ -98,7 +98,7 @@ def test_detections_message_refuses_numbers_json_has_not(bad: float) -> None:
 def test_docs_carry_the_current_schema() -> None:
     docs = (ROOT / "docs" / "agent.md").read_text()
     assert schema_docs() in docs, (
-        "regenerate the schema block in docs/agent.md: python -m agent.messages"
+        "regenerate the schema block in docs/agent.md: python -m agent.outputs.messages"
     )
     assert (
         json.loads(schema_docs().split("```json\n")[1].split("```")[0])["title"]

@@ -12,9 +12,9 @@ import pytest
 from test_agent_kit import render_frame, write_images, write_video
 
 from agent.config import Rate, ReconnectConfig, SourceConfig, SourceKind
-from agent.grabber import INLINE_AFTER, Grabber
-from agent.preview import PreviewServer
-from agent.sources import (
+from agent.outputs.preview import PreviewServer
+from agent.sources.grabber import INLINE_AFTER, Grabber
+from agent.sources.readers import (
     ImageFolderSource,
     SourceError,
     SourceLost,

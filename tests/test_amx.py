@@ -59,7 +59,7 @@ SCRIPT = """
 import sys
 import numpy as np
 from agent.runtime import open_model
-from agent.runtime.amx import AmxError, amx_state, withhold_amx
+from converter.amx import AmxError, amx_state, withhold_amx
 print(amx_state().value)
 if sys.argv[2] == "before":
     print(withhold_amx().value)

@@ -15,9 +15,9 @@ pytest.importorskip("tensorflow")
 
 from keras_models import pattern_data, trained_classifier  # noqa: E402
 
-from agent.bundle import MANIFEST_FILE, MODEL_FILE  # noqa: E402
-from agent.manifest import parse_manifest  # noqa: E402
-from agent.signing import generate_keypair, load_private_key, sign_manifest  # noqa: E402
+from agent.bundle.loading import MANIFEST_FILE, MODEL_FILE  # noqa: E402
+from agent.bundle.manifest import parse_manifest  # noqa: E402
+from agent.bundle.signing import generate_keypair, load_private_key, sign_manifest  # noqa: E402
 from converter.cli import cli  # noqa: E402
 from converter.data import Dataset  # noqa: E402
 from converter.pipeline import ConvertOptions, convert  # noqa: E402

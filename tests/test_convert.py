@@ -21,9 +21,9 @@ from keras_models import (  # noqa: E402
     tiny_tensor_model,
 )
 
-from agent.bundle import load_bundle  # noqa: E402
-from agent.golden import check_golden  # noqa: E402
-from agent.manifest import ColorOrder, OutputRole, ResizeMode  # noqa: E402
+from agent.bundle.golden import check_golden  # noqa: E402
+from agent.bundle.loading import load_bundle  # noqa: E402
+from agent.bundle.manifest import ColorOrder, OutputRole, ResizeMode  # noqa: E402
 from agent.runtime import open_model  # noqa: E402
 from converter.data import DataError, Dataset, Normalization, load_data, resize_pixels  # noqa: E402
 from converter.fallback import select_fewest  # noqa: E402

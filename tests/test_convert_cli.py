@@ -17,8 +17,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:keras")  # k
 
 from keras_models import leaky_model, pattern_data, trained_classifier  # noqa: E402
 
-from agent.bundle import load_bundle  # noqa: E402
-from agent.signing import generate_keypair, load_public_key  # noqa: E402
+from agent.bundle.loading import load_bundle  # noqa: E402
+from agent.bundle.signing import generate_keypair, load_public_key  # noqa: E402
 from converter.cli import cli  # noqa: E402
 
 

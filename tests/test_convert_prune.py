@@ -17,7 +17,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:keras")
 
 from keras_models import pattern_data  # noqa: E402
 
-from agent.bundle import load_bundle  # noqa: E402
+from agent.bundle.loading import load_bundle  # noqa: E402
 from agent.runtime import open_model  # noqa: E402
 from converter.cli import cli  # noqa: E402
 from firmware_profiles import PROFILE_DIR  # noqa: E402

@@ -228,7 +228,7 @@ def test_sidecar_matches_model(detector: Any) -> None:
 
 @pytest.mark.parametrize("kind", ["float", "int8"])
 def test_export_has_postprocess_op_with_four_named_outputs(converted: dict[str, bytes], kind: str) -> None:
-    from agent.manifest import OutputRole
+    from agent.bundle.manifest import OutputRole
     from agent.runtime import open_model
     from converter.zoo.detector_export import POSTPROCESS_OP, output_roles, roles_from_op
 
@@ -270,8 +270,8 @@ def test_int8_model_detects_held_out_objects(detector: Any, converted: dict[str,
 
 
 def test_convert_pipeline_bundle_and_eval_cli(detector: Any, test_folder: Path, tmp_path: Path) -> None:
-    from agent.bundle import load_bundle
-    from agent.manifest import Decoder, OutputRole
+    from agent.bundle.loading import load_bundle
+    from agent.bundle.manifest import Decoder, OutputRole
     from converter.pipeline import ConvertOptions, convert
     from converter.tasks.detection import DetectionTask
     from converter.zoo.detector_export import roles_from_op
@@ -305,7 +305,7 @@ def test_convert_pipeline_bundle_and_eval_cli(detector: Any, test_folder: Path, 
 
 
 def test_a_detector_converted_with_fold_bgr_takes_bgr_and_scores_the_same(detector: Any, test_folder: Path, tmp_path: Path) -> None:
-    from agent.bundle import load_bundle
+    from agent.bundle.loading import load_bundle
     from converter.pipeline import ConvertOptions, convert
     from converter.tasks.detection import DetectionTask
     from firmware_profiles import load_profile
@@ -331,7 +331,7 @@ def test_a_detector_converted_with_fold_bgr_takes_bgr_and_scores_the_same(detect
 
 
 def test_a_detector_sidecar_sets_the_input_normalization() -> None:
-    from agent.manifest import ColorOrder
+    from agent.bundle.manifest import ColorOrder
     from converter.pipeline import ConvertError, ConvertOptions, _normalization
     from converter.tasks.detection import DetectionTask
     from converter.zoo.config import DetectorConfig

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from agent.bundle import BundleError, load_bundle, write_bundle
-from agent.manifest import (
+from agent.bundle.loading import BundleError, load_bundle, write_bundle
+from agent.bundle.manifest import (
     Decoder,
     InputSpec,
     Manifest,
@@ -18,7 +18,7 @@ from agent.manifest import (
     OutputSpec,
     parse_manifest,
 )
-from agent.signing import (
+from agent.bundle.signing import (
     generate_keypair,
     load_private_key,
     load_public_key,

@@ -10,9 +10,15 @@ import click
 import numpy as np
 from rich.table import Table
 
-from agent.bundle import MODEL_FILE, BundleError, check_model_file, read_manifest, sha256_file
+from agent.bundle.io_check import check_model_io
+from agent.bundle.loading import (
+    MODEL_FILE,
+    BundleError,
+    check_model_file,
+    read_manifest,
+    sha256_file,
+)
 from agent.errors import EdgegapError
-from agent.manifest import Manifest
 from converter.console import console, human_bytes
 from converter.loading import quiet_native_stderr
 
@@ -21,27 +27,6 @@ logger = logging.getLogger(__name__)
 
 class VerifyError(EdgegapError, ValueError):
     """The bundle's model does not behave as its manifest says."""
-
-
-def _check_tensors(model: Any, manifest: Manifest) -> None:
-    """The manifest's input and output specs must describe the model's real tensors."""
-    info = model.inputs[0]
-    spec = manifest.input
-    if list(info.shape) != spec.shape or np.dtype(info.dtype).name != spec.dtype:
-        raise VerifyError(
-            f"model input is {list(info.shape)} {np.dtype(info.dtype).name}, manifest says {spec.shape} {spec.dtype}"
-        )
-    if spec.scale and not np.isclose(info.scale, spec.scale, rtol=1e-6):
-        raise VerifyError(f"model input scale {info.scale:.6g} differs from the manifest's {spec.scale:.6g}")
-    by_index = {o.index: o for o in model.outputs}
-    for out in manifest.outputs:
-        real = by_index.get(out.index)
-        if real is None:
-            raise VerifyError(f"manifest output {out.name!r} points at tensor {out.index}, which is not a model output")
-        if list(real.shape) != out.shape or np.dtype(real.dtype).name != out.dtype:
-            raise VerifyError(
-                f"output {out.name!r} is {list(real.shape)} {np.dtype(real.dtype).name}, manifest says {out.shape} {out.dtype}"
-            )
 
 
 @click.command("verify")
@@ -65,9 +50,9 @@ def verify(bundle: Path, keys: tuple[Path, ...], threads: int) -> None:
 
 
 def _verify(bundle: Path, keys: tuple[Path, ...], threads: int) -> None:
-    from agent.golden import check_golden
+    from agent.bundle.golden import check_golden
+    from agent.bundle.signing import load_public_key, verify_manifest
     from agent.runtime import open_model
-    from agent.signing import load_public_key, verify_manifest
 
     rows: list[tuple[str, str]] = []
     manifest = read_manifest(bundle)
@@ -80,7 +65,7 @@ def _verify(bundle: Path, keys: tuple[Path, ...], threads: int) -> None:
         signed = f"signed by {manifest.signature.key_id}" if manifest.signature else "unsigned"
         rows.append(("signature", f"not checked: no --key ({signed})"))
     model = open_model(bundle / MODEL_FILE, threads)
-    _check_tensors(model, manifest)
+    check_model_io(model, manifest)
     rows.append(("tensors", f"ok (input {manifest.input.shape} {manifest.input.dtype}, {len(manifest.outputs)} outputs)"))
     result = check_golden(model, manifest)
     if not result.passed:

@@ -103,7 +103,7 @@ def convert(
           --prune --prune-epochs 3 --validation val.npz --output bundle/
       edgegap convert detector.keras --profile x86-avx2 --calibration images/ --fold-bgr --output bundle/
     """
-    from agent.manifest import ColorOrder, ResizeMode
+    from agent.bundle.manifest import ColorOrder, ResizeMode
     from converter.pipeline import STAGES, ConvertOptions
     from converter.pipeline import convert as run_convert
     from converter.report import render

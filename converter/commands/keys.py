@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from agent.signing import generate_keypair, key_id, load_public_key
+from agent.bundle.signing import generate_keypair, key_id, load_public_key
 from converter.console import console
 
 logger = logging.getLogger(__name__)

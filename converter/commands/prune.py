@@ -52,7 +52,7 @@ def _load(model_path: Path, custom_objects: tuple[str, ...]) -> Any:
 
 
 def _data(path: Path, model: Any, mean: list[float], std: list[float], color_order: str | None, limit: int) -> Any:
-    from agent.manifest import ColorOrder
+    from agent.bundle.manifest import ColorOrder
     from converter.data import Normalization, default_color_order, load_data
 
     shape = tuple(int(d) for d in model.inputs[0].shape[1:])

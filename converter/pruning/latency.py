@@ -78,7 +78,7 @@ def interleaved_latency(
 ) -> list[float]:
     """Median ms per invoke of each model, measured round-robin so noise hits all alike; with
     `withhold_amx`, on XNNPACK's kernels without AMX (agent/runtime/timing.py)."""
-    from agent.runtime.timing import time_interleaved
+    from converter.timing import time_interleaved
 
     timed = time_interleaved(models, threads, iterations, warmup, withhold=withhold_amx)
     return [statistics.median(t) for t in timed.samples]

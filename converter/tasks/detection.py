@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from agent.manifest import ColorOrder, Decoder, OutputRole
+from agent.bundle.manifest import ColorOrder, Decoder, OutputRole
 from agent.runtime import LoadedModel, TensorInfo
 from converter.data import Dataset, Normalization
 from converter.evaluation import Detections, coco_map

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from agent.manifest import Decoder, OutputRole
+from agent.bundle.manifest import Decoder, OutputRole
 from agent.preprocess import dequantize
 from agent.runtime import LoadedModel, TensorInfo
 from converter.data import Dataset

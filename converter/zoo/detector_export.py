@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.manifest import OutputRole
+from agent.bundle.manifest import OutputRole
 from agent.runtime import TensorInfo
 from converter.zoo.anchors import generate_anchors
 from converter.zoo.config import DetectorConfig

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.manifest import ResizeMode
+from agent.bundle.manifest import ResizeMode
 
 logger = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agent.bundle import load_bundle
+from agent.bundle.loading import load_bundle
+from agent.bundle.manifest import ColorOrder, Decoder, OutputRole, ResizeMode
 from agent.errors import EdgegapError
-from agent.manifest import ColorOrder, Decoder, OutputRole, ResizeMode
 from agent.preprocess import Normalizer
 from agent.runtime import open_model
 from converter.evaluation import Detections, MapResult, coco_map

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import cv2
 import numpy as np
 
-from agent.manifest import OutputRole
+from agent.bundle.manifest import OutputRole
 from agent.runtime import LoadedModel, TensorInfo
 from converter.evaluation import Detections
 from converter.zoo.anchors import generate_anchors, postprocess, sigmoid

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.manifest import Decoder, Golden, Manifest, OutputRole
+from agent.bundle.manifest import Decoder, Golden, Manifest, OutputRole
 from agent.preprocess import Normalizer, dequantize
 from agent.runtime import LoadedModel
 
@@ -82,7 +82,7 @@ def check_golden(
     model: LoadedModel, manifest: Manifest, reverse_channels: bool = False
 ) -> GoldenResult:
     """Re-run the golden inputs; every output must match within its tolerance. reverse_channels:
-    the model takes the channels in reverse order (agent.bgr_fold), so its inputs are reversed."""
+    the model takes the channels in reverse order (agent.runtime.bgr_fold), so its inputs are reversed."""
     g = manifest.golden
     if g is None:
         return GoldenResult(False, [], "manifest has no golden check")

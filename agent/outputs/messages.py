@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.decoders import Detection
-from agent.grabber import Frame
+from agent.decoders.base import Detection
+from agent.sources.grabber import Frame
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +181,6 @@ class DetectionsMessage(_Schema):
 class BackendInfo(_Schema):
     name: str = Field(description="litert, tflite-runtime or tf.lite.")
     version: str
-    amx: str = Field(description="Intel AMX for int8 kernels: in use, available, withheld or absent.")
 
 
 class StatusModel(_Schema):

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from agent.bundle.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
+from agent.bundle.signing import verify_manifest
 from agent.errors import EdgegapError
-from agent.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
-from agent.signing import verify_manifest
 
 logger = logging.getLogger(__name__)
 

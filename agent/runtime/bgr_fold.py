@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.manifest import ColorOrder, InputSpec
-from agent.tflite_graph import (
+from agent.bundle.manifest import ColorOrder, InputSpec
+from agent.runtime.tflite_graph import (
     CONV_2D,
     DEQUANTIZE,
     OP_NAMES,

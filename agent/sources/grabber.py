@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from agent.config import Rate, ReconnectConfig, SourceKind
-from agent.sources import FrameSource, SourceError, SourceLost
+from agent.sources.readers import FrameSource, SourceError, SourceLost
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +45,22 @@ STEADY_JITTER = 0.1  # a live source is steady while its intervals vary by at mo
 
 
 @dataclass(frozen=True, eq=False)
+class Prepared:
+    """A frame's model input, made on the grabber thread by `by` (a model's pre-processing)."""
+
+    tensor: np.ndarray
+    transform: Any  # agent.preprocess.FrameTransform
+    by: Any  # the Preprocessor that made it: a swapped-in model makes its own
+
+
+@dataclass(frozen=True, eq=False)
 class Frame:
     image: np.ndarray  # HxWx3 BGR uint8, owned by this frame
     index: int  # position in the source since start: counts dropped frames too
     timestamp: float  # wall-clock capture time (Unix seconds)
     captured: float  # perf_counter() at capture, for latency
     grab_s: float  # time spent reading and decoding this frame
-    prepared: Any = None  # the model input made on the grabber thread, when prepare is given
+    prepared: Prepared | None = None  # the model input, when the grabber has a prepare function
     pre_s: float = 0.0  # time spent preparing it
 
     @property
@@ -358,9 +367,10 @@ class Grabber:
                 return None
             self._paced += 1
             self._note_arrival(t1)
-            prepared, t2 = None, t1
-            if prepare and self.prepare is not None:
-                prepared = self.prepare(image)
+            prepared, t2, by = None, t1, self.prepare
+            if prepare and by is not None:
+                tensor, transform = by(image)
+                prepared = Prepared(tensor, transform, by)
                 t2 = time.perf_counter()
             frame = Frame(image, self.stats.read, time.time(), t1, t1 - t0, prepared, t2 - t1)
             self.stats.read += 1

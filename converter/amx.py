@@ -46,14 +46,6 @@ class AmxState(enum.Enum):
     WITHHELD = "withheld"  # the request is refused; XNNPACK uses its other kernels
 
 
-class AmxPolicy(str, enum.Enum):
-    """runtime.amx: what the agent does about AMX before it opens its model."""
-
-    AUTO = "auto"  # on a CPU with AMX, time the model both ways at start and keep the faster
-    USE = "use"  # let XNNPACK use AMX (its own choice)
-    WITHHOLD = "withhold"  # keep XNNPACK off AMX
-
-
 class AmxError(EdgegapError):
     """AMX could not be withheld (already in use by this process, or the kernel refused)."""
 

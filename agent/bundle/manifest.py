@@ -91,7 +91,7 @@ class OutputSpec(_Strict):
 
 
 class Golden(_Strict):
-    """Deterministic inputs (from a seed; see agent.golden) with expected outputs, dequantized."""
+    """Deterministic inputs (from a seed; see agent.bundle.golden) with expected outputs, dequantized."""
 
     seed: int = Field(ge=0, description="Seed of the pixel generator.")
     count: int = Field(ge=1, le=16, description="How many inputs.")

@@ -1,17 +1,15 @@
 """Models timed side by side: each invoked in turn, round after round, so host noise hits all alike.
 
-Withholding AMX (agent/runtime/amx.py) cannot be undone in a process, so timing with AMX withheld,
-or comparing AMX in use against withheld, runs in child processes ("workers") that hold the
-models and time blocks of invokes on request: the caller (the converter, the agent before it opens
-its model, a notebook) keeps its own kernels. Two workers, one of them without AMX, take turns
-block by block, so the comparison is interleaved like any other here.
+Used by the latency gate and the pruning latency search. A host with Intel AMX times a model for
+a device without it with AMX withheld (converter/amx.py), on the kernels the device has. Withholding
+cannot be undone in a process, so that timing runs in a child process (a "worker") that holds the
+models and times blocks of invokes on request, and the caller keeps its own kernels.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,7 +24,7 @@ import numpy as np
 
 from agent.errors import EdgegapError
 from agent.runtime import LoadedModel, get_backend, open_model
-from agent.runtime.amx import AmxPolicy, AmxState, amx_label, amx_state, withhold_amx
+from converter.amx import AmxState, amx_label, amx_state, withhold_amx
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +93,7 @@ class Worker:
         self._errors = Path(self._tmp.name) / "stderr.txt"
         with self._errors.open("w") as err:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "agent.runtime.timing", json.dumps(spec)],
+                [sys.executable, "-m", "converter.timing", json.dumps(spec)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
             )  # fmt: skip
         self.backend = ""
@@ -160,75 +158,8 @@ def time_interleaved(
         return Timings(worker.block(runs), worker.backend, worker.amx)
 
 
-def prefers_withheld(in_use_ms: float, withheld_ms: float, margin: float = 0.05) -> bool:
-    """Withhold AMX only when that is faster by more than `margin`; a tie keeps XNNPACK's choice."""
-    return withheld_ms < in_use_ms * (1.0 - margin)
-
-
-@dataclass
-class AmxComparison:
-    in_use: list[list[float]]  # ms per invoke, per model
-    withheld: list[list[float]]
-    backend: str
-
-    def medians(self) -> tuple[list[float], list[float]]:
-        return [statistics.median(t) for t in self.in_use], [statistics.median(t) for t in self.withheld]
-
-
-def compare_amx(
-    models: Sequence[bytes],
-    threads: int = 1,
-    rounds: int = 6,
-    block: int = 3,
-    warmup: int = 3,
-    backend: str | None = None,
-) -> AmxComparison:
-    """The same models timed with AMX in use and withheld, in two workers taking turns block by
-    block (the order alternating round by round); only one worker runs at a time."""
-    with (
-        Worker(models, threads, warmup, backend, withhold=False) as using,
-        Worker(models, threads, warmup, backend, withhold=True) as without,
-    ):
-        using.wait_ready()  # both started at once: they open their models side by side
-        without.wait_ready()
-        samples: dict[bool, list[list[float]]] = {False: [[] for _ in models], True: [[] for _ in models]}
-        for r in range(rounds):
-            for withheld in (False, True) if r % 2 == 0 else (True, False):
-                got = (without if withheld else using).block(block)
-                for acc, more in zip(samples[withheld], got, strict=True):
-                    acc.extend(more)
-        return AmxComparison(samples[False], samples[True], using.backend)
-
-
-def apply_amx_policy(policy: AmxPolicy, content: bytes, threads: int, backend: str | None) -> None:
-    """Before this process opens the model: Intel AMX for XNNPACK as runtime.amx says. `auto`
-    times the model with and without AMX in two child processes and withholds it if that is faster."""
-    state = amx_state()
-    if policy is AmxPolicy.USE or state is AmxState.ABSENT:
-        return
-    if policy is AmxPolicy.WITHHOLD:
-        withhold_amx()
-        return
-    if state is not AmxState.AVAILABLE:
-        logger.info("AMX auto: AMX is already %s in this process; left as it is", state.value)
-        return
-    try:
-        cmp = compare_amx([content], threads, backend=backend)
-    except TimingError as exc:
-        logger.warning("AMX auto: could not time the model both ways (%s); AMX left to XNNPACK", exc)
-        return
-    (with_ms,), (without_ms,) = cmp.medians()
-    withhold = prefers_withheld(with_ms, without_ms)
-    logger.info(
-        "AMX auto: invoke %.3f ms with AMX, %.3f ms without (medians of %d each): %s",
-        with_ms, without_ms, len(cmp.in_use[0]), "withholding it" if withhold else "using it",
-    )  # fmt: skip
-    if withhold:
-        withhold_amx()
-
-
 def _worker_main(spec: dict[str, Any]) -> None:
-    """python -m agent.runtime.timing SPEC: open the models, say hello, then time blocks on request."""
+    """python -m converter.timing SPEC: open the models, say hello, then time blocks on request."""
     if spec["withhold"]:
         withhold_amx()
     bench = _Bench([Path(p).read_bytes() for p in spec["models"]], spec["threads"], spec["warmup"], spec["backend"])

@@ -17,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from agent.decoders import Detection
+from agent.decoders.base import Detection
 
 logger = logging.getLogger(__name__)
 

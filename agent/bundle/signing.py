@@ -17,8 +17,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from agent.bundle.manifest import Manifest, Signature
 from agent.errors import EdgegapError
-from agent.manifest import Manifest, Signature
 
 logger = logging.getLogger(__name__)
 

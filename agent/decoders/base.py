@@ -19,8 +19,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from agent.bundle.manifest import Decoder, Manifest, OutputRole
 from agent.errors import EdgegapError
-from agent.manifest import Decoder, Manifest, OutputRole
 from agent.preprocess import FrameTransform
 
 logger = logging.getLogger(__name__)

@@ -15,10 +15,10 @@ from typing import IO
 import cv2
 
 from agent.config import PublishConfig, PublishMode
-from agent.decoders import Detection
-from agent.messages import FrameResult
+from agent.decoders.base import Detection
 from agent.mqtt import MqttLink
-from agent.preview import PreviewServer, draw_detections
+from agent.outputs.messages import DetectionsEncoder, FrameResult, ModelRef
+from agent.outputs.preview import PreviewServer, draw_detections
 
 logger = logging.getLogger(__name__)
 
@@ -149,11 +149,28 @@ class PreviewSink(Sink):
 
 
 class Outputs:
-    """Fans one result out to every sink; a failing sink is logged (once per streak) and skipped."""
+    """Encodes each result once and fans it out to every sink; a failing sink is logged (once
+    per streak) and skipped."""
 
-    def __init__(self, sinks: list[Sink]) -> None:
+    def __init__(self, sinks: list[Sink], device_id: str = "device", fleet: str = "default") -> None:
         self.sinks = sinks
+        self.device_id, self.fleet = device_id, fleet
         self._failing: set[str] = set()
+        self._encoder: tuple[ModelRef, DetectionsEncoder] | None = None
+
+    def encode(self, result: FrameResult) -> bytes:
+        """The detections message for result (its model's encoder is made on first use)."""
+        made = self._encoder
+        if made is None or made[0] is not result.model:
+            made = self._encoder = (
+                result.model,
+                DetectionsEncoder(self.device_id, self.fleet, result.model),
+            )
+        return made[1](result, time.time())
+
+    def publish(self, result: FrameResult) -> None:
+        """Encode result and write it to every sink."""
+        self.write(result, self.encode(result))
 
     def write(self, result: FrameResult, payload: bytes) -> None:
         for sink in self.sinks:

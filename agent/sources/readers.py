@@ -249,10 +249,12 @@ SOURCES: dict[SourceKind, type[FrameSource]] = {
 
 
 def make_source(config: SourceConfig) -> FrameSource:
-    """The source for config.uri; nothing is opened yet."""
+    """The source for config.uri; nothing is opened yet, but a video file must exist."""
     if not config.uri:
         raise SourceError("no source given (source.uri or --source)")
     kind = resolve_kind(config)
     if kind is SourceKind.CAMERA and not config.uri.isdigit():
         raise SourceError(f"camera source must be an index like 0, got {config.uri!r}")
+    if kind is SourceKind.FILE and not Path(config.uri).is_file():
+        raise SourceError(f"video file not found: {config.uri}")
     return SOURCES[kind](config)

@@ -1,0 +1,204 @@
+"""One servable model: everything that belongs to one bundle, built off the frame path.
+
+`load_served_model` verifies the bundle, opens its model in an interpreter, folds the color swap
+into it where it can, checks its tensors against the manifest and runs the golden check. The
+result, a `ServedModel`, holds the interpreter with the pre-processing and decoder that go with it,
+so the pipeline can be handed one whole model and, later, swap it for another between two frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from agent.bundle.golden import GoldenResult, check_golden
+from agent.bundle.io_check import check_model_io
+from agent.bundle.loading import Bundle, BundleError, load_bundle
+from agent.bundle.manifest import ColorOrder, InputSpec, Manifest, OutputRole, OutputSpec
+from agent.config import AgentConfig, GoldenPolicy
+from agent.decoders import OutputDecoder, make_decoder, needed_roles
+from agent.outputs.messages import ModelRef
+from agent.preprocess import Preprocessor
+from agent.runtime import LoadedModel, open_model
+from agent.runtime.bgr_fold import FoldRefused, bgr_input, fold_bgr
+
+logger = logging.getLogger(__name__)
+
+
+class GoldenCheckFailed(BundleError):
+    """The bundle's model does not reproduce its golden outputs on this device's runtime."""
+
+
+@dataclass(frozen=True, eq=False)
+class ServedModel:
+    """A verified bundle, opened and checked, with the pre-processing and decoder it needs.
+
+    The interpreter is not thread-safe: the pipeline's inference thread is its only user once the
+    model serves. The decoder's score threshold may be changed by a command between frames.
+    """
+
+    bundle: Bundle
+    model: LoadedModel
+    input_spec: InputSpec  # what the interpreter takes: the manifest's, or BGR when folded
+    preprocess: Preprocessor
+    decoder: OutputDecoder
+    color_swap: str  # "folded" into the model, "per frame", or "none" (not an RGB model)
+    golden: GoldenResult | None  # None when the check was skipped
+    threads: int
+    signed: bool  # the signature was verified against a trusted key
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.bundle.manifest
+
+    @cached_property
+    def ref(self) -> ModelRef:
+        m = self.manifest
+        return ModelRef(m.name, m.version, m.model.sha256, m.profile, m.task)
+
+    @cached_property
+    def needed(self) -> list[tuple[OutputRole, OutputSpec]]:
+        """The outputs the decoder reads, with their specs: only these are copied out per frame."""
+        return [(role, self.manifest.output(role)) for role in needed_roles(self.decoder)]
+
+    def describe(self) -> dict[str, Any]:
+        """The status message's `model` object."""
+        m = self.manifest
+        return {
+            "name": m.name,
+            "version": m.version,
+            "sha256": m.model.sha256,
+            "profile": m.profile,
+            "color_swap": self.color_swap,
+        }
+
+
+def resolve_threads(config: AgentConfig, manifest: Manifest, cpus: int | None = None) -> int:
+    """Threads from the config, else from the bundle's device profile (at most one per CPU of this
+    machine: more would only take turns), else 1."""
+    if config.runtime.threads:
+        return config.runtime.threads
+    try:
+        from firmware_profiles import ProfileError, load_profile
+
+        wanted = load_profile(manifest.profile).runtime.threads
+    except (ProfileError, ImportError) as exc:
+        logger.info("profile %s not found here (%s); using 1 thread", manifest.profile, exc)
+        return 1
+    cpus = cpus or os.cpu_count() or wanted
+    if wanted > cpus:
+        logger.info(
+            "profile %s asks for %d threads; this machine has %d CPUs", manifest.profile, wanted, cpus
+        )
+    return min(wanted, cpus)
+
+
+def load_served_model(
+    path: Path, config: AgentConfig, keys: list[Ed25519PublicKey]
+) -> ServedModel:
+    """Verify, open, fold, check and wrap the bundle at path. Raises BundleError subclasses."""
+    bundle = load_bundle(path, keys)
+    m = bundle.manifest
+    threads = resolve_threads(config, m)
+    content = bundle.model_bytes()
+    folded = _folded(content, m) if config.runtime.fold_bgr else None
+    if folded is None and m.input.color_order is ColorOrder.RGB and not config.runtime.fold_bgr:
+        logger.info("color swap: every frame (runtime.fold_bgr is off)")
+    model = _open(folded or content, threads, config)
+    check_model_io(model, m)
+    try:
+        golden = _check_golden(bundle, model, config.bundle.golden, reverse_channels=bool(folded))
+    except GoldenCheckFailed as exc:
+        if folded is None:
+            raise
+        logger.warning(
+            "with the color swap folded in, the model failed its golden check (%s); serving it "
+            "as shipped and swapping every frame",
+            exc,
+        )
+        folded = None
+        model = _open(content, threads, config)
+        golden = _check_golden(bundle, model, config.bundle.golden, reverse_channels=False)
+    spec = bgr_input(m.input) if folded else m.input
+    det = config.detection
+    swap = "none"
+    if m.input.color_order is ColorOrder.RGB:
+        swap = "folded" if folded else "per frame"
+    served = ServedModel(
+        bundle=bundle,
+        model=model,
+        input_spec=spec,
+        preprocess=Preprocessor(spec, pad_value=int(m.extra.get("pad_value", 0))),
+        decoder=make_decoder(m, det.score_threshold, det.max_detections, det.top_k),
+        color_swap=swap,
+        golden=golden,
+        threads=threads,
+        signed=bool(keys),
+    )
+    logger.info(
+        "bundle %s v%d (%s, %s) on %s %s with %d thread(s)%s",
+        m.name,
+        m.version,
+        m.profile,
+        m.decoder.value,
+        model.backend,
+        model.backend_version,
+        threads,
+        ", signature verified" if keys else "",
+    )
+    return served
+
+
+def _folded(content: bytes, m: Manifest) -> bytes | None:
+    """The model with the BGR->RGB swap folded in, when it takes RGB and the fold is exact."""
+    if m.input.color_order is not ColorOrder.RGB:
+        return None
+    try:
+        folded = fold_bgr(content)
+    except FoldRefused as exc:
+        logger.info("color swap: every frame, as it cannot be folded into the model: %s", exc)
+        return None
+    logger.info(
+        "color swap: folded into the model's %d first convolution(s); frames go in as BGR",
+        folded.convolutions,
+    )
+    return folded.content
+
+
+def _open(content: bytes, threads: int, config: AgentConfig) -> LoadedModel:
+    """The model opened and invoked once on zeros, so its first frame pays no lazy start-up."""
+    model = open_model(content, threads=threads, backend=config.runtime.backend)
+    spec = model.inputs[0]
+    model.set_input(np.zeros(spec.shape, dtype=spec.dtype))
+    model.invoke()
+    return model
+
+
+def _check_golden(
+    bundle: Bundle, model: LoadedModel, policy: GoldenPolicy, reverse_channels: bool
+) -> GoldenResult | None:
+    """Apply bundle.golden; raises GoldenCheckFailed. reverse_channels: the model takes BGR."""
+    m = bundle.manifest
+    if policy is GoldenPolicy.SKIP:
+        return None
+    if m.golden is None:
+        if policy is GoldenPolicy.REQUIRE:
+            raise GoldenCheckFailed(
+                f"{bundle.path}: bundle has no golden check and bundle.golden is require"
+            )
+        logger.warning("bundle has no golden check; serving it unchecked")
+        return None
+    result = check_golden(model, m, reverse_channels)
+    if not result.passed:
+        raise GoldenCheckFailed(f"{bundle.path}: golden check failed: {result.reason}")
+    logger.info(
+        "golden check passed (max error %s)", ", ".join(f"{e:.3g}" for e in result.max_error)
+    )
+    return result
