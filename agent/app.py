@@ -212,6 +212,7 @@ class Agent:
 
     def status(self) -> dict[str, Any]:
         """The retained status message (state online)."""
+        self._refresh_health()
         p = self.pipeline
         return status_message(
             self.config.device_id,
@@ -242,6 +243,8 @@ class Agent:
 
     def _refresh_health(self) -> None:
         """degraded while the source is lost or frames fail; ok once frames flow again."""
+        if self._closed:
+            return
         lost = self.grabber is not None and self.grabber.stats.lost_since is not None
         stats = self.pipeline.stats if self.pipeline is not None else None
         if lost or (stats is not None and stats.failing):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import socket
@@ -15,20 +14,6 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _amx_in_use_for_this_process() -> None:
-    """Tests start agents in this process (runtime.amx: auto by default). Were one of them to
-    withhold AMX here, every agent later started in a child process would inherit the seccomp
-    filter and could not use AMX; so this process takes AMX tile permission first, as XNNPACK
-    would, and an in-process `auto` finds it in use and leaves it."""
-    from converter.amx import AmxState, amx_state
-
-    if amx_state() is AmxState.AVAILABLE:
-        libc = ctypes.CDLL(None, use_errno=True)
-        arch_prctl, req_xcomp_perm, xtiledata = 158, 0x1023, 18
-        libc.syscall(ctypes.c_long(arch_prctl), ctypes.c_long(req_xcomp_perm), ctypes.c_long(xtiledata))
 
 
 def _mosquitto_binary() -> str | None:

@@ -136,7 +136,6 @@ def test_run_without_bundle_or_source_is_a_config_error() -> None:
 
 
 def test_threads_come_from_the_config_else_the_profile_capped_at_this_machines_cpus() -> None:
-    from agent.app import resolve_threads
     from agent.bundle.manifest import (
         Decoder,
         InputSpec,
@@ -145,6 +144,7 @@ def test_threads_come_from_the_config_else_the_profile_capped_at_this_machines_c
         OutputRole,
         OutputSpec,
     )
+    from agent.served import resolve_threads
 
     def manifest(profile: str) -> Manifest:
         return Manifest(

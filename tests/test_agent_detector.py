@@ -20,7 +20,7 @@ from conftest import Broker
 from paho.mqtt.enums import CallbackAPIVersion
 from test_agent_kit import detections_by_frame
 
-from agent import app
+from agent import served as served_module
 from agent.app import Agent
 from agent.bundle.loading import load_bundle
 from agent.bundle.manifest import ColorOrder, InputSpec
@@ -217,7 +217,7 @@ def _serve(bundle: Path, video: Path, out: Path, fold: bool) -> tuple[Agent, dic
     status = agent.status()
     summary = agent.run()
     assert summary.frames == FRAMES and summary.failed == 0
-    assert summary.color_swap == agent.color_swap
+    assert agent.pipeline is not None and summary.color_swap == agent.pipeline.served.color_swap
     return agent, status
 
 
@@ -230,15 +230,15 @@ def test_the_color_swap_folded_at_load_changes_no_detection(
     """The reference detector takes RGB: folded into its first convolution, or swapped on every
     frame, the agent publishes the very same detections (int8 sums do not depend on order)."""
     assert load_bundle(bundle).manifest.input.color_order is ColorOrder.RGB
-    caplog.set_level(logging.INFO, logger="agent.app")
+    caplog.set_level(logging.INFO, logger="agent.served")
     folded, status = _serve(bundle, clip[0], tmp_path / "folded.jsonl", fold=True)
-    assert folded.color_swap == "folded" and folded.input_spec is not None
-    assert folded.input_spec.color_order is ColorOrder.BGR
+    assert folded.pipeline.served.color_swap == "folded" and folded.pipeline.served.input_spec is not None
+    assert folded.pipeline.served.input_spec.color_order is ColorOrder.BGR
     assert "color swap: folded into the model's 1 first convolution(s)" in caplog.text
     assert StatusMessage.model_validate(status).model is not None
     assert status["model"]["color_swap"] == "folded"
     swapped, status = _serve(bundle, clip[0], tmp_path / "swapped.jsonl", fold=False)
-    assert swapped.color_swap == status["model"]["color_swap"] == "per frame"
+    assert swapped.pipeline.served.color_swap == status["model"]["color_swap"] == "per frame"
     want = detections_by_frame(tmp_path / "swapped.jsonl")
     assert list(want) == list(range(FRAMES))
     assert sum(len(d) for d in want.values()) >= FRAMES  # the detector does find the digits
@@ -254,11 +254,11 @@ def test_a_fold_that_fails_the_golden_check_is_dropped_and_serving_goes_on(
 ) -> None:
     """A wrong fold (here: one that reorders nothing, so the model reads BGR as RGB) fails the
     golden check, which then runs on BGR inputs; the agent reopens the model as shipped."""
-    monkeypatch.setattr(app, "fold_bgr", lambda content: FoldedModel(content, 1))
-    caplog.set_level(logging.INFO, logger="agent.app")
+    monkeypatch.setattr(served_module, "fold_bgr", lambda content: FoldedModel(content, 1))
+    caplog.set_level(logging.INFO, logger="agent.served")
     agent, status = _serve(bundle, clip[0], tmp_path / "fallback.jsonl", fold=True)
     assert "with the color swap folded in, the model failed its golden check" in caplog.text
-    assert agent.color_swap == status["model"]["color_swap"] == "per frame"
+    assert agent.pipeline.served.color_swap == status["model"]["color_swap"] == "per frame"
     monkeypatch.undo()
     _serve(bundle, clip[0], tmp_path / "swapped.jsonl", fold=False)
     assert detections_by_frame(tmp_path / "fallback.jsonl") == detections_by_frame(tmp_path / "swapped.jsonl")

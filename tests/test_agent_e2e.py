@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import itertools
 import json
 import os
@@ -38,14 +39,13 @@ from test_agent_kit import (
     write_video,
 )
 
-from agent import affinity
 from agent.app import Agent, RunSummary
 from agent.bundle.loading import write_bundle
 from agent.cli import cli
 from agent.config import load_config
+from agent.decoders import needed_roles
 from agent.decoders.base import BBox
 from agent.outputs.messages import DetectionsMessage, StatusMessage
-from converter.amx import cpu_has_amx
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -239,13 +239,6 @@ def test_mqtt_detections_status_metrics_preview_and_last_will(
             and status.backend.name == "litert"
             and status.backend.version
         )
-        # runtime.amx auto: on a CPU with AMX the agent timed the model both ways and said which won.
-        log = (tmp_path / "agent.log").read_text()
-        if not cpu_has_amx():
-            assert status.backend.amx == "absent" and "AMX auto" not in log
-        else:
-            assert "AMX auto: invoke" in log
-            assert status.backend.amx == ("withheld" if "withholding it" in log else "in use")
         metrics = (
             urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
             .read()
@@ -316,38 +309,6 @@ def test_sigterm_shuts_down_cleanly(
     wait_until(lambda: live.on("/status")[-1]["state"] == "offline", what="offline status")
     final = StatusMessage.model_validate(live.on("/status")[-1])
     assert final.reason == "shutdown" and final.health == "stopped" and (final.frames or 0) > 0
-
-
-@pytest.mark.skipif(not cpu_has_amx(), reason="this CPU has no AMX to withhold")
-def test_withheld_amx_gives_the_same_detections_and_is_reported(
-    mosquitto: Broker, subscribe: Callable[[str], Subscriber], tmp_path: Path
-) -> None:
-    """--amx withhold: XNNPACK's other int8 kernels compute the very same outputs; status says so."""
-    video = write_video(tmp_path / "clip.avi", 20)
-    live = subscribe("edgegap/default/devices/cam-amx/#")
-    runs = {}
-    for policy in ("use", "withhold"):
-        out = tmp_path / f"{policy}.jsonl"
-        proc = agent_process(
-            ["run", "--bundle", str(cached_bundle("yolo").path), "--source", str(video),
-             "--rate", "all", "--jsonl", str(out), "--amx", policy,
-             "--broker", mosquitto.url, "--device-id", "cam-amx"],
-            tmp_path,
-        )  # fmt: skip
-        summary, _ = proc.communicate(timeout=60)
-        log = (tmp_path / "agent.log").read_text()
-        assert proc.returncode == 0, log
-        runs[policy] = [json.loads(line) for line in out.read_text().splitlines()]
-        label = "AMX withheld" if policy == "withhold" else "AMX in use"
-        assert label in summary and label in log and "AMX auto" not in log
-    plain, withheld = runs["use"], runs["withhold"]
-    assert len(plain) == len(withheld) == 20
-    for a, b in zip(plain, withheld, strict=True):
-        check_frame(b)
-        assert a["detections"] == b["detections"]
-    wait_until(lambda: len(live.on("/status")) >= 4, what="status of both runs")
-    amx = [m["backend"]["amx"] for m in live.on("/status") if m.get("backend")]
-    assert amx[0] == "in use" and amx[-1] == "withheld", amx
 
 
 def test_broker_outage_does_not_stop_inference(
@@ -581,91 +542,6 @@ def test_commands_over_mqtt(
     assert not thread.is_alive()
 
 
-@pytest.mark.skipif(
-    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
-    reason="pinning needs Linux and two cores",
-)
-def test_pin_threads_puts_interpreter_workers_on_other_cores(tmp_path: Path) -> None:
-    """runtime.pin_threads: workers pinned apart from the inference thread; the post thread is free."""
-    allowed = os.sched_getaffinity(0)
-    video = write_video(tmp_path / "clip.avi", 12)
-    cfg = load_config(
-        None,
-        {
-            "bundle.path": str(cached_bundle("ssd_postprocess").path),
-            "source.uri": str(video),
-            "source.rate": "all",
-            "outputs.jsonl": str(tmp_path / "out.jsonl"),
-            "runtime.threads": 2,
-            "runtime.pin_threads": True,
-        },
-    )
-    agent = Agent(cfg)
-    agent.start()
-    pinning = agent.pinning
-    assert pinning is not None and pinning.workers
-    assert pinning.inference_cpu in allowed and frozenset(allowed) == affinity.ALLOWED
-    for tid, cpu in pinning.workers.items():
-        assert cpu != pinning.inference_cpu
-        assert os.sched_getaffinity(tid) == {cpu}
-    assert agent.pipeline is not None
-    seen: list[tuple[int, set[int]]] = []
-    publish = agent.pipeline.handle
-
-    def spy(result: Any) -> None:
-        seen.append((threading.get_native_id(), os.sched_getaffinity(0)))
-        time.sleep(0.01)  # a slow output: later frames' decoding moves to the post thread
-        publish(result)
-
-    agent.pipeline.handle = spy
-    inference: list[int] = []
-    summaries: list[RunSummary] = []
-
-    second: list[tuple[Any, set[int]]] = []
-
-    def serve() -> None:  # on its own thread, so pytest's thread is never pinned
-        inference.append(threading.get_native_id())
-        summaries.append(agent.run())
-        # A second agent started on this (now pinned) thread: its threads are not pinned with it.
-        again = Agent(cfg)
-        again.start()
-        grabber = next(t for t in threading.enumerate() if t.name == "edgegap-grabber")
-        assert grabber.native_id is not None
-        second.append((again.pinning, os.sched_getaffinity(grabber.native_id)))
-        again.close()
-
-    t = threading.Thread(target=serve)
-    t.start()
-    t.join(60)
-    assert summaries and summaries[0].frames == 12
-    assert os.sched_getaffinity(0) == allowed
-    assert len(seen) == 12
-    assert any(tid != inference[0] for tid, _ in seen)
-    again_pinning, grabber_cpus = second[0]
-    assert again_pinning is not None and grabber_cpus == allowed
-    for tid, cpu in again_pinning.workers.items():
-        assert cpu != again_pinning.inference_cpu and os.sched_getaffinity(tid) == {cpu}
-    for tid, cpus in seen:  # decoded inline on the inference thread, or on the free post thread
-        assert cpus == ({pinning.inference_cpu} if tid == inference[0] else allowed)
-
-
-def test_pin_threads_with_one_interpreter_thread_pins_nothing(tmp_path: Path) -> None:
-    cfg = load_config(
-        None,
-        {
-            "bundle.path": str(cached_bundle("ssd_postprocess").path),
-            "source.uri": str(write_video(tmp_path / "clip.avi", 3)),
-            "outputs.jsonl": str(tmp_path / "out.jsonl"),
-            "runtime.threads": 1,
-            "runtime.pin_threads": True,
-        },
-    )
-    agent = Agent(cfg)
-    agent.start()
-    assert agent.pinning is None
-    assert agent.run().frames == 3
-
-
 def test_prewarm_changes_no_result_and_a_failing_one_turns_itself_off(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -727,14 +603,19 @@ def test_a_frame_whose_outputs_fail_is_skipped_and_serving_goes_on(
     agent = Agent(load_config(None, overrides))
     agent.start()
     assert agent.pipeline is not None
-    decode, calls, bad = agent.pipeline.decoder, itertools.count(), {5, 6, 7, 15}
+    served = agent.pipeline.served
+    decode, calls, bad = served.decoder, itertools.count(), {5, 6, 7, 15}
 
-    def flaky(outputs: Any, transform: Any) -> Any:
-        if next(calls) in bad:  # frames are decoded in order, one call each
-            raise ValueError("outputs this decoder cannot read")
-        return decode(outputs, transform)
+    class Flaky:
+        roles = needed = needed_roles(decode)
 
-    agent.pipeline.decoder = flaky  # type: ignore[assignment]
+        def __call__(self, outputs: Any, transform: Any) -> Any:
+            if next(calls) in bad:  # frames are decoded in order, one call each
+                raise ValueError("outputs this decoder cannot read")
+            return decode(outputs, transform)
+
+    # handed over as a swapped-in model, which the pipeline takes before the first frame
+    agent.pipeline.swap(dataclasses.replace(served, decoder=Flaky()))  # type: ignore[arg-type]
     with caplog.at_level("INFO", logger="agent.pipeline"):
         summary = agent.run()
     assert summary.dropped == 0 and summary.frames == 20 and summary.failed == 4
