@@ -26,7 +26,7 @@ from agent.bundle.loading import load_bundle
 from agent.bundle.manifest import ColorOrder, InputSpec
 from agent.cli import cli as agent_cli
 from agent.config import load_config
-from agent.outputs.messages import DetectionsMessage, StatusMessage
+from agent.outputs.schemas import DetectionsMessage, StatusMessage
 from agent.preprocess import Normalizer, Preprocessor
 from agent.runtime.bgr_fold import FoldedModel
 from converter.cli import cli as convert_cli

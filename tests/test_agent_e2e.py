@@ -45,7 +45,7 @@ from agent.cli import cli
 from agent.config import load_config
 from agent.decoders import needed_roles
 from agent.decoders.base import BBox
-from agent.outputs.messages import DetectionsMessage, StatusMessage
+from agent.outputs.schemas import DetectionsMessage, StatusMessage
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,7 +22,7 @@ from test_agent_kit import cached_bundle, write_video
 
 from agent.app import Agent
 from agent.config import load_config
-from agent.outputs.messages import StatusMessage
+from agent.outputs.schemas import StatusMessage
 
 PASSWORD = "s3cret-for-tests"
 

@@ -11,14 +11,8 @@ import pytest
 from agent.config import PublishConfig, PublishMode
 from agent.decoders.base import BBox, Detection
 from agent.metrics import RollingStats
-from agent.outputs.messages import (
-    DetectionsEncoder,
-    DetectionsMessage,
-    FrameResult,
-    ModelRef,
-    StatusMessage,
-    schema_docs,
-)
+from agent.outputs.messages import DetectionsEncoder, FrameResult, ModelRef
+from agent.outputs.schemas import DetectionsMessage, StatusMessage, schema_files
 from agent.outputs.sinks import JsonlSink, Outputs, PublishPolicy
 from agent.sources.grabber import Frame
 
@@ -95,15 +89,16 @@ def test_detections_message_refuses_numbers_json_has_not(bad: float) -> None:
         message(result([Detection(0, "cat", bad)]))
 
 
-def test_docs_carry_the_current_schema() -> None:
-    docs = (ROOT / "docs" / "agent.md").read_text()
-    assert schema_docs() in docs, (
-        "regenerate the schema block in docs/agent.md: python -m agent.outputs.messages"
-    )
-    assert (
-        json.loads(schema_docs().split("```json\n")[1].split("```")[0])["title"]
-        == "DetectionsMessage"
-    )
+def test_the_schema_files_are_generated_from_the_code() -> None:
+    """docs/schemas/ must be what `python -m agent.outputs.schemas` writes today."""
+    files = schema_files()
+    assert sorted(files) == ["detections.json", "status.json"]
+    for name, text in files.items():
+        on_disk = ROOT / "docs" / "schemas" / name
+        assert on_disk.is_file() and on_disk.read_text() == text, (
+            f"docs/schemas/{name} drifted from the code: run python -m agent.outputs.schemas"
+        )
+    assert json.loads(files["detections.json"])["title"] == "DetectionsMessage"
     StatusMessage.model_validate(
         {
             "schema": "edgegap.status/1",

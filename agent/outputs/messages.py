@@ -1,7 +1,7 @@
 """The JSON the agent emits: per-frame detections and the retained device status.
 
-Messages are built as plain dicts on the hot path; the pydantic models below are their schema
-(docs/agent.md shows it as JSON Schema) and tests validate every emitted message against them.
+The detections message is formatted straight from the frame's result; agent/outputs/schemas.py
+holds the schemas of both messages (docs/schemas/), and tests validate emitted messages against them.
 """
 
 from __future__ import annotations
@@ -10,9 +10,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
 
 from agent.decoders.base import Detection
 from agent.sources.grabber import Frame
@@ -120,126 +118,3 @@ def _literal(text: str) -> str:
 
 def encode(payload: dict[str, Any]) -> bytes:
     return _ENCODER.encode(payload).encode()
-
-
-class _Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class FrameInfo(_Schema):
-    index: int = Field(
-        ge=0, description="Frame number since the source was opened, dropped frames included."
-    )
-    timestamp: float = Field(description="Capture time, Unix seconds.")
-    width: int = Field(gt=0, description="Source frame width in pixels.")
-    height: int = Field(gt=0, description="Source frame height in pixels.")
-
-
-class ModelInfo(_Schema):
-    name: str = Field(description="Bundle model name.")
-    version: int = Field(ge=0, description="Bundle version.")
-    task: str = Field(description="detection or classification.")
-
-
-class DetectionItem(_Schema):
-    label: str = Field(description="Class label from the bundle's labels.")
-    class_id: int = Field(ge=0, description="Class index as the model reports it.")
-    score: float = Field(ge=0, le=1, description="Confidence.")
-    box: list[float] | None = Field(
-        min_length=4,
-        max_length=4,
-        description="[xmin, ymin, xmax, ymax] in source-frame pixels; null for classifiers.",
-    )
-
-
-class Latency(_Schema):
-    grab: float = Field(ge=0, description="Reading and decoding the frame, ms.")
-    pre: float = Field(ge=0, description="Resize, color order, normalize and quantize, ms.")
-    wait: float = Field(ge=0, description="Time the prepared frame waited for the model, ms.")
-    invoke: float = Field(ge=0, description="Interpreter invoke, ms.")
-    post: float = Field(ge=0, description="Reading outputs and decoding detections, ms.")
-    total: float = Field(
-        ge=0, description="Sum of the stages above: capture to decoded detections, ms."
-    )
-
-
-class DetectionsMessage(_Schema):
-    """Published to edgegap/<fleet>/devices/<id>/detections and written to the JSONL file."""
-
-    schema_: Literal["edgegap.detections/1"] = Field(
-        alias="schema", description="Schema id and version."
-    )
-    device_id: str
-    fleet: str
-    frame: FrameInfo
-    model: ModelInfo
-    detections: list[DetectionItem]
-    latency_ms: Latency
-    sent: float = Field(description="Time the message was built, Unix seconds.")
-
-
-class BackendInfo(_Schema):
-    name: str = Field(description="litert, tflite-runtime or tf.lite.")
-    version: str
-
-
-class StatusModel(_Schema):
-    name: str
-    version: int = Field(ge=0)
-    sha256: str
-    profile: str
-    color_swap: Literal["folded", "per frame", "none"] | None = Field(
-        default=None,
-        description=(
-            "How BGR frames reach an RGB model: the swap folded into its first convolutions at "
-            "load (runtime.fold_bgr), or done on every frame; none for a BGR or gray model."
-        ),
-    )
-
-
-class StatusLatency(_Schema):
-    p50: float | None = Field(
-        description="Median end-to-end frame latency, ms, over recent frames."
-    )
-    p99: float | None = Field(description="99th percentile of the same.")
-
-
-class StatusMessage(_Schema):
-    """Retained on edgegap/<fleet>/devices/<id>/status; the last will sets state offline."""
-
-    schema_: Literal["edgegap.status/1"] = Field(alias="schema")
-    state: Literal["online", "offline"]
-    device_id: str
-    fleet: str
-    agent_version: str
-    ts: float | None = Field(
-        default=None, description="Time of this status, Unix seconds; absent in the last will."
-    )
-    reason: str | None = Field(
-        default=None, description="Offline only: shutdown, or lost (the last will)."
-    )
-    health: Literal["starting", "ok", "degraded", "stopped"] | None = None
-    model: StatusModel | None = None
-    backend: BackendInfo | None = None
-    source: str | None = None
-    fps: float | None = None
-    latency_ms: StatusLatency | None = None
-    frames: int | None = Field(default=None, description="Frames processed since start.")
-    failed: int | None = Field(
-        default=None,
-        description="Frames whose decoding or publishing failed since start; each was skipped.",
-    )
-    dropped: int | None = Field(default=None, description="Frames dropped as stale since start.")
-
-
-def schema_docs() -> str:
-    """The JSON Schema blocks that docs/agent.md carries (tests check they are current)."""
-    parts = []
-    for model in (DetectionsMessage, StatusMessage):
-        schema = json.dumps(model.model_json_schema(by_alias=True), indent=2, sort_keys=True)
-        parts.append(f"```json\n{schema}\n```\n")
-    return "\n".join(parts)
-
-
-if __name__ == "__main__":
-    print(schema_docs(), end="")

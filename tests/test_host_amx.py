@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from test_agent_kit import cached_bundle
 
-from agent.runtime import amx, timing
+from converter import amx, timing
 from converter.gates import latency_label, measure_latency, withholds_amx
 from firmware_profiles import load_profile
 
@@ -140,24 +140,6 @@ def test_bench_times_an_x86_avx2_bundle_without_amx() -> None:
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "device-class host on x86_64, AMX withheld" in " ".join(out.stdout.split())
-
-
-def test_withholding_must_win_by_more_than_the_margin() -> None:
-    assert timing.prefers_withheld(2.0, 1.5)
-    assert not timing.prefers_withheld(2.0, 1.95)  # within 5%: XNNPACK's own choice stands
-    assert not timing.prefers_withheld(1.5, 2.0)
-    assert timing.prefers_withheld(2.0, 1.95, margin=0.0)
-
-
-@needs_amx
-def test_compare_amx_times_both_ways_in_child_processes_taking_turns() -> None:
-    model = cached_bundle("yolo").model_path.read_bytes()
-    before = amx.amx_state()
-    cmp = timing.compare_amx([model, model], rounds=4, block=2, warmup=1)
-    assert [len(t) for t in cmp.in_use] == [len(t) for t in cmp.withheld] == [8, 8]
-    assert min(min(t) for t in cmp.in_use + cmp.withheld) > 0
-    assert cmp.backend.startswith("litert")
-    assert amx.amx_state() is before  # this process was left as it was
 
 
 def test_a_timing_child_that_fails_says_why() -> None:
