@@ -20,6 +20,8 @@ from firmware_profiles import ProfileError
 logger = logging.getLogger(__name__)
 
 USER_ERRORS: tuple[type[BaseException], ...] = (EdgegapError, ProfileError)
+# Modules that only the host install (`pip install 'edgegap[host]'`) brings.
+HOST_MODULES = frozenset({"tensorflow", "keras", "sklearn", "skimage", "pycocotools"})
 
 
 class Group(click.Group):
@@ -30,6 +32,15 @@ class Group(click.Group):
             return super().invoke(ctx)
         except USER_ERRORS as exc:
             raise click.ClickException(str(exc)) from exc
+        except ModuleNotFoundError as exc:
+            top = (exc.name or "").split(".")[0]
+            if top not in HOST_MODULES:
+                raise
+            command = ctx.invoked_subcommand or "this command"
+            raise click.ClickException(
+                f"`edgegap {command}` needs the host install, which has {top}: "
+                "pip install 'edgegap[host]'"
+            ) from exc
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})

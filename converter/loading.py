@@ -11,10 +11,8 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from agent.errors import EdgegapError
+from agent.runtime.native_log import quiet_native_stderr
 
 logger = logging.getLogger(__name__)
 
@@ -30,45 +29,6 @@ HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 class ModelLoadError(EdgegapError, ValueError):
     """The model file is missing, is not a model, or Keras cannot rebuild it."""
-
-
-_NOISE = re.compile(
-    r"^([IWE]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl|To enable the following instructions"
-    r"|INFO: Created TensorFlow Lite|fully_quantize: |Estimated count of arithmetic ops|\s*$)"
-)
-
-
-@contextmanager
-def quiet_native_stderr() -> Iterator[None]:
-    """Keep TensorFlow's and LiteRT's native log lines (written to fd 2) off the terminal.
-
-    Everything else written to stderr meanwhile (Python warnings, say) is replayed afterwards.
-    Nothing is hidden when logging is at INFO or more verbose.
-    """
-    if logging.getLogger().isEnabledFor(logging.INFO):
-        yield
-        return
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):
-        yield
-        return
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            lines = sink.read().decode(errors="replace").splitlines()
-            kept = [ln for ln in lines if not _NOISE.match(ln)]
-            if len(kept) < len(lines):
-                logger.debug("native log lines hidden: %d", len(lines) - len(kept))
-            if kept:
-                os.write(2, ("\n".join(kept) + "\n").encode())
 
 
 def import_tf() -> Any:

@@ -82,3 +82,10 @@ def mosquitto(tmp_path: Path) -> Iterator[Broker]:
     broker = Broker("127.0.0.1", port, _spawn(config, port), config)
     yield broker
     broker.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that start a real broker carry the `mqtt` marker (`pytest -m mqtt` runs them)."""
+    for item in items:
+        if {"mosquitto", "tls_broker"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.mqtt)

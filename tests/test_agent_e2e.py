@@ -309,6 +309,8 @@ def test_sigterm_shuts_down_cleanly(
     wait_until(lambda: live.on("/status")[-1]["state"] == "offline", what="offline status")
     final = StatusMessage.model_validate(live.on("/status")[-1])
     assert final.reason == "shutdown" and final.health == "stopped" and (final.frames or 0) > 0
+    log = (tmp_path / "agent.log").read_text()
+    assert "WARNING" not in log.replace("no trusted keys", "").split("SIGTERM received")[1], log
 
 
 def test_broker_outage_does_not_stop_inference(

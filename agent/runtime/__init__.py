@@ -8,6 +8,7 @@ from pathlib import Path
 
 from agent.runtime.base import Backend, BackendUnavailable, LoadedModel, ModelLoadError, TensorInfo
 from agent.runtime.litert import LiteRTBackend
+from agent.runtime.native_log import quiet_native_stderr
 from agent.runtime.tf_lite import TFLiteBackend
 from agent.runtime.tflite_runtime import TFLiteRuntimeBackend
 
@@ -39,8 +40,10 @@ def get_backend(name: str | None = None) -> Backend:
 
 
 def open_model(model: bytes | Path, threads: int = 1, backend: str | None = None) -> LoadedModel:
+    """The model in an allocated interpreter; its native start-up lines show only at INFO."""
     content = model.read_bytes() if isinstance(model, Path) else model
-    return get_backend(backend).open(content, threads)
+    with quiet_native_stderr():
+        return get_backend(backend).open(content, threads)
 
 
 __all__ = [
