@@ -3,7 +3,7 @@
 On CPUs with AMX (Xeon Sapphire Rapids and later) XNNPACK runs int8 convolutions on AMX tiles.
 Those kernels compute 64 output channels at a time, so a layer 8 or 16 channels wide costs what a
 64-wide one does, and narrow int8 models (the reference detector) run faster on XNNPACK's AVX-512
-kernels (figures in docs/agent.md, "Intel AMX"). Linux lets a process use AMX tile data only
+kernels (docs/converter.md, "Intel AMX on the host"). Linux lets a process use AMX tile data only
 after it asks (arch_prctl ARCH_REQ_XCOMP_PERM), and XNNPACK asks once, when it first sizes up the
 CPU. `withhold_amx()` installs a seccomp filter that refuses that one request, so XNNPACK keeps to
 its other kernels. It must run before the first model is opened in the process, cannot be undone,

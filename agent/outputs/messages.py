@@ -54,7 +54,7 @@ class DetectionsEncoder:
     json module, and each frame fills in only its numbers, with fixed decimals (box 0.1 px,
     score 4, latency 3, times 6). This runs on every frame's latency path, right after an invoke
     that has pushed Python's code and data out of the CPU caches, where it costs about half of
-    the dict and json route (benchmarks/message_encode.py; docs/agent.md, "Performance").
+    the dict and json route (benchmarks/message_encode.py measures it).
     Strings (labels included) still go through the json module's encoder, so escaping is its own.
     A non-finite number raises ValueError, as that encoder does (allow_nan=False).
     """
