@@ -31,21 +31,17 @@ from converter.data import Dataset, Normalization, default_color_order, load_dat
 from converter.fallback import FallbackResult, find_float_layers
 from converter.gates import (
     LatencyStats,
-    ModelGraph,
-    check_accuracy,
-    check_arena,
-    check_latency,
-    check_ops,
-    check_size,
+    Measured,
     first_failure,
     host_arch,
     host_threads,
     latency_label,
     measure_latency,
-    read_graph,
+    select_gates,
     verdict,
     withholds_amx,
 )
+from converter.graph import ModelGraph, read_graph
 from converter.loading import SourceModel, describe, load_model, quiet_native_stderr
 from converter.quantize import convert_float, export_saved_model, quantize
 from converter.result import ConvertResult, PruningSummary
@@ -329,13 +325,8 @@ def _convert(opts: ConvertOptions, reporter: Reporter | None) -> ConvertResult:
     if prune_report is not None:
         timed["original"] = original_float_bytes
     latency = measure_latency(timed, threads=threads, runs=opts.latency_runs, withhold_amx=withholds_amx(profile))
-    gates = [
-        check_ops(graph, profile),
-        check_size(len(model_bytes), profile),
-        check_arena(graph, profile),
-        check_accuracy(accuracy, profile),
-        check_latency(latency["quant"], profile),
-    ]
+    measured = Measured(graph=graph, size=len(model_bytes), accuracy=accuracy, latency=latency["quant"])
+    gates = [g.check(measured) for g in select_gates(profile)]
     passed = all(g.passed for g in gates)
     reason = first_failure(gates)
 

@@ -12,7 +12,8 @@ from typing import Any
 
 from agent.bundle.manifest import Manifest
 from converter.fallback import FallbackResult
-from converter.gates import GateResult, LatencyStats, ModelGraph
+from converter.gates import GateResult, LatencyStats
+from converter.graph import ModelGraph
 from converter.tasks.base import AccuracyReport
 from firmware_profiles import Profile
 
