@@ -44,6 +44,12 @@ class ModelGraph:
     def op_counts(self) -> Counter[str]:
         return Counter(self.ops)
 
+    @property
+    def float_layers(self) -> list[str]:
+        """Ops that compute in float. DEQUANTIZE is not one: it only hands int8 values on to a
+        float output (or to a float layer, which is counted itself)."""
+        return [op for op in self.float_ops if op != "DEQUANTIZE"]
+
 
 def read_graph(model_bytes: bytes) -> ModelGraph:
     """Parse a .tflite flatbuffer; raises ValueError when it is not one."""

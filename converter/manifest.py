@@ -19,7 +19,7 @@ from converter.fallback import FallbackResult
 from converter.gates import LatencyStats, host_arch, latency_label
 from converter.graph import ModelGraph, read_graph
 from converter.options import ConvertError
-from converter.result import PruningSummary
+from converter.result import PruningSummary, bundle_scheme
 from converter.tasks.base import AccuracyReport, Task
 from firmware_profiles import Profile, QuantScheme
 
@@ -91,7 +91,7 @@ def bundle_metrics(
 ) -> dict[str, Any]:
     q, f = latency["quant"], latency["float"]
     out: dict[str, Any] = {
-        "quantization": profile.quantization.scheme.value,
+        "quantization": bundle_scheme(profile, graph),
         "size_bytes": len(model_bytes),
         "size_float_bytes": len(float_bytes),
         "size_ratio": round(len(model_bytes) / len(float_bytes), 4),

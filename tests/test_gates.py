@@ -1,4 +1,4 @@
-"""Gates as policy objects: which ones a profile's budgets select, and what they judge."""
+"""Gates as policy objects: which ones a profile's budgets select, and the scheme a bundle is named by."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import yaml
 
 from converter.gates import ArenaGate, LatencyStats, Measured, select_gates
 from converter.graph import ModelGraph
+from converter.result import bundle_scheme
 from converter.tasks.base import AccuracyReport
 from firmware_profiles import Profile, load_profile, parse_profile
 
@@ -45,3 +46,10 @@ def test_selected_gates_judge_the_measured_model() -> None:
     ops = gates["ops"].check(_measured(_graph(["SIN"])))
     assert ops.status == "fail" and "float ops in a full-integer model" in ops.reason
 
+
+def test_int8_fallback_without_float_layers_is_named_int8() -> None:
+    fallback, full = load_profile("x86-avx2"), load_profile("esp32-s3-tflm")
+    assert bundle_scheme(fallback, _graph([])) == "int8"
+    assert bundle_scheme(fallback, _graph(["DEQUANTIZE"])) == "int8"  # float32 output, integer inside
+    assert bundle_scheme(fallback, _graph(["FULLY_CONNECTED", "DEQUANTIZE"])) == "int8-fallback"
+    assert bundle_scheme(full, _graph([])) == "int8"
