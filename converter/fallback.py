@@ -54,7 +54,7 @@ def _output_aliases(model_bytes: bytes) -> dict[str, str]:
     """Tensor name -> signature output name, for the main subgraph's outputs."""
     from ai_edge_litert import schema_py_generated as schema
 
-    from converter.gates import read_graph
+    from converter.graph import read_graph
 
     graph = read_graph(model_bytes)
     sg = schema.Model.GetRootAs(model_bytes, 0).Subgraphs(0)

@@ -22,10 +22,6 @@ logger = logging.getLogger(__name__)
 _STATUS_STYLE = {"pass": "green", "fail": "bold red", "info": "yellow"}
 
 
-def _quant_label(result: ConvertResult) -> str:
-    return result.profile.quantization.scheme.value
-
-
 def summary_table(result: ConvertResult) -> Table:
     """Float vs converted: size, accuracy against float, and latency, with the ratios."""
     m = result.manifest
@@ -39,7 +35,7 @@ def summary_table(result: ConvertResult) -> Table:
     )
     table.add_column("")
     table.add_column("float32", justify="right")
-    table.add_column(_quant_label(result), justify="right")
+    table.add_column(result.scheme, justify="right")
     table.add_column("ratio / drop", justify="right")
     fsize, qsize = len(result.float_bytes), len(result.model_bytes)
     table.add_row("size", human_bytes(fsize), human_bytes(qsize), f"{qsize / fsize:.3f}")
@@ -89,7 +85,7 @@ def pruning_table(result: ConvertResult) -> Table | None:
     table.add_column("")
     table.add_column("original float32", justify="right")
     table.add_column("pruned float32", justify="right")
-    table.add_column(f"pruned {_quant_label(result)}", justify="right")
+    table.add_column(f"pruned {result.scheme}", justify="right")
     table.add_row("MACs", f"{r.before.macs:,}", f"{r.after.macs:,}", f"{r.after.macs:,} ({r.macs_ratio:.2f}x)")
     table.add_row("parameters", f"{r.before.params:,}", f"{r.after.params:,}", f"{r.after.params:,}")
     table.add_row("bytes (.tflite)", human_bytes(len(pr.original_float_bytes)), human_bytes(len(result.float_bytes)),
@@ -141,7 +137,7 @@ def render(result: ConvertResult) -> Group:
         parts.append(fb)
     lat_f, lat_q = result.latency["float"], result.latency["quant"]
     if not host_measured(result.profile):  # only where this host stands for the device
-        slow = speed_note(_quant_label(result), lat_f.p50, lat_q.p50, len(result.model_bytes) / len(result.float_bytes),
+        slow = speed_note(result.scheme, lat_f.p50, lat_q.p50, len(result.model_bytes) / len(result.float_bytes),
                           latency_label(result.profile))
         if slow is not None:
             parts.append(Text(slow, style="yellow"))
@@ -167,7 +163,7 @@ def comparison_table(results: Sequence[ConvertResult]) -> Table:
         layers = str(len(r.fallback.float_layers)) if r.fallback and r.fallback.passed else "0"
         table.add_row(
             r.profile.name,
-            q.scheme.value,
+            r.scheme,
             f"{q.input_dtype.value}/{q.output_dtype.value}",
             human_bytes(len(r.model_bytes)),
             f"{len(r.model_bytes) / len(r.float_bytes):.3f}",

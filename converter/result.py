@@ -12,9 +12,10 @@ from typing import Any
 
 from agent.bundle.manifest import Manifest
 from converter.fallback import FallbackResult
-from converter.gates import GateResult, LatencyStats, ModelGraph
+from converter.gates import GateResult, LatencyStats
+from converter.graph import ModelGraph
 from converter.tasks.base import AccuracyReport
-from firmware_profiles import Profile
+from firmware_profiles import Profile, QuantScheme
 
 
 @dataclass
@@ -37,6 +38,20 @@ class ConvertResult:
     bundle: Path | None = None
     report_path: Path | None = None
     pruning: PruningSummary | None = None
+
+    @property
+    def scheme(self) -> str:
+        """The scheme the bundle is named by (see bundle_scheme)."""
+        return bundle_scheme(self.profile, self.graph)
+
+
+def bundle_scheme(profile: Profile, graph: ModelGraph) -> str:
+    """The profile's scheme, except that an int8-fallback model with no float layer is int8:
+    the name says what the bundle holds, not what the profile would have allowed."""
+    scheme = profile.quantization.scheme
+    if scheme is QuantScheme.INT8_FALLBACK and not graph.float_layers:
+        return QuantScheme.INT8.value
+    return scheme.value
 
 
 @dataclass

@@ -29,6 +29,7 @@ from converter.data import DataError, Dataset, Normalization, load_data, resize_
 from converter.fallback import select_fewest  # noqa: E402
 from converter.loading import ModelLoadError, load_model  # noqa: E402
 from converter.pipeline import ConvertOptions, ConvertResult, convert, open_converted  # noqa: E402
+from converter.report import comparison_table, summary_table  # noqa: E402
 from converter.tasks.tensor import run_model  # noqa: E402
 from firmware_profiles import Profile, load_profile, parse_profile, shipped_profile_names  # noqa: E402
 
@@ -91,6 +92,19 @@ def conversions(tiny: dict[str, Any]) -> dict[str, ConvertResult]:
             )
         )
     return out
+
+
+@pytest.mark.parametrize("name", ALL_PROFILES)
+def test_bundle_is_named_by_what_it_holds(name: str, conversions: dict[str, ConvertResult]) -> None:
+    """An int8-fallback profile's model with no float layer is an int8 bundle, in the manifest and the tables."""
+    result = conversions[name]
+    scheme = result.profile.quantization.scheme
+    if scheme.is_integer:
+        assert result.graph.float_layers == []  # the tiny model has an integer kernel for every op
+    want = "int8" if scheme.value == "int8-fallback" else scheme.value
+    assert result.scheme == result.manifest.metrics["quantization"] == want
+    assert summary_table(result).columns[2].header == want
+    assert list(comparison_table([result]).columns[1].cells) == [want]
 
 
 @pytest.mark.parametrize("name", ALL_PROFILES)
@@ -216,6 +230,7 @@ def test_float_fallback_keeps_the_one_lossy_layer(outlier: dict[str, Any], tmp_p
     m = load_bundle(tmp_path).manifest
     assert m.metrics["float_fallback"]["used"] is True
     assert m.metrics["float_fallback"]["float_layers"] == [fb.float_layers[0].label]
+    assert result.scheme == m.metrics["quantization"] == "int8-fallback"  # a layer really stayed float
 
 
 def test_no_fallback_profile_fails_the_gate_and_writes_only_when_forced(outlier: dict[str, Any], tmp_path: Path) -> None:

@@ -117,7 +117,7 @@ def inspect(bundle: Path) -> None:
 
 
 def _inspect(bundle: Path) -> None:
-    from converter.gates import read_graph
+    from converter.graph import read_graph
 
     manifest = read_manifest(bundle)
     model_path = bundle / MODEL_FILE

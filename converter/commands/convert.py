@@ -118,7 +118,7 @@ def convert(
     )
     with progress() as bar:
         reporter = _ProgressReporter(bar, STAGES)
-        result = run_convert(opts, reporter)  # type: ignore[arg-type]
+        result = run_convert(opts, reporter)
         reporter.finish()
     console.print(render(result))
     if not result.passed:

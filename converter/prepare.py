@@ -1,0 +1,130 @@
+"""What the conversion starts from: the bundle's name, its labels, the task, the input normalization,
+the data, and the source model as folded for BGR or pruned. Each piece is read from the options
+(never written back) and from what the model records."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converter.data import Dataset, Normalization, default_color_order, load_data
+from converter.loading import SourceModel
+from converter.options import TASK_NAMES, ConvertError, ConvertOptions, Reporter
+from converter.tasks.base import Task
+
+logger = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def default_name(model: Any) -> str:
+    stem = Path(model).stem if isinstance(model, (str, Path)) else str(getattr(model, "name", "model"))
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", stem).strip("-._") or "model"
+    return name[:64]
+
+
+def read_labels(labels: list[str] | str | Path | None) -> list[str]:
+    if labels is None:
+        return []
+    if isinstance(labels, list):
+        return [str(x) for x in labels]
+    path = Path(labels)
+    if not path.is_file():
+        raise ConvertError(f"labels file not found: {path}")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def make_task(task: str | Task, source: SourceModel) -> Task:
+    """A task adapter by name; 'auto' picks classification for one [batch, classes] output."""
+    from converter.tasks.classification import ClassificationTask, looks_like_classifier
+    from converter.tasks.tensor import TensorTask
+
+    if isinstance(task, Task):
+        if hasattr(task, "source") and getattr(task, "source", None) is None:
+            task.source = source  # type: ignore[attr-defined]
+        return task
+    from converter.tasks.detection import DetectionTask
+
+    if task == "auto" and DetectionTask.applies_to(source.source):
+        task = "detection"
+        logger.info("task: detection (auto: detector sidecar found)")
+    if task == "auto":
+        probe = source.predict(np.zeros((1, *source.input_shape), np.float32))
+        task = "classification" if looks_like_classifier(source, probe) else "tensor"
+        logger.info("task: %s (auto)", task)
+    if task == "classification":
+        return ClassificationTask(source)
+    if task == "tensor":
+        return TensorTask(source)
+    if task == "detection":
+        return DetectionTask(source=source)
+    raise ConvertError(f"unknown task {task!r}; choose one of {', '.join(TASK_NAMES)}")
+
+
+def normalization(opts: ConvertOptions, channels: int, task: Task) -> Normalization:
+    """The options' normalization, or the one the model records, which options may only repeat."""
+    recorded = task.normalization()
+    if recorded is None:
+        color = opts.color_order or default_color_order(channels)
+        return Normalization(list(opts.mean or [0.0]), list(opts.std or [255.0]), color, opts.resize)
+    flag = recorded.contradicted_by(opts.mean, opts.std, opts.color_order)
+    if flag is not None:
+        raise ConvertError(
+            f"the model's {task.name} sidecar sets its input normalization (mean {recorded.mean[0]:g}, "
+            f"std {recorded.std[0]:g}, {recorded.color_order.value}); drop --{flag} or give the same value"
+        )
+    return dataclasses.replace(recorded, resize=opts.resize)
+
+
+def dataset(src: str | Path | Dataset, source: SourceModel, norm: Normalization, limit: int, what: str) -> Dataset:
+    if isinstance(src, Dataset):
+        if tuple(src.x.shape[1:]) != source.input_shape:
+            raise ConvertError(f"{what} has samples of shape {tuple(src.x.shape[1:])}; the model takes {source.input_shape}")
+        return src
+    return load_data(src, source.input_shape, norm, limit=limit, what=what)
+
+
+def fold_bgr(source: SourceModel) -> tuple[SourceModel, list[str]]:
+    """The source model made to take BGR (converter.color_fold); Keras models only."""
+    from converter.color_fold import FoldError
+    from converter.color_fold import fold_bgr as fold
+
+    if source.kind == "saved_model":
+        raise FoldError("--fold-bgr edits a Keras model's weights; give the .keras or .h5 file, not a SavedModel")
+    model, changed = fold(source.model)
+    return dataclasses.replace(source, model=model), changed
+
+
+def on_swapped(predict: Callable[[np.ndarray], Any], x: np.ndarray) -> Any:
+    """The original model's outputs on inputs swapped back to its own color order."""
+    return predict(np.ascontiguousarray(x[..., ::-1]))
+
+
+def swap_channels(data: Dataset) -> Dataset:
+    """The same samples with their channels reversed (RGB <-> BGR), for the folded model."""
+    return dataclasses.replace(data, x=np.ascontiguousarray(data.x[..., ::-1]))
+
+
+def prune_source(
+    opts: ConvertOptions, source: SourceModel, task: Task, calibration: Dataset, rep: Reporter
+) -> tuple[SourceModel, Any]:
+    """Prune to the profile's target; the pruned model replaces the source for every later stage."""
+    from converter.pruning.api import prune_for_profile
+
+    profile = opts.profile
+    protect = [*opts.protect, *task.protected_layers(source.model)]
+    rep.detail(f"pruning to {profile.name}'s target; protected: {', '.join(protect) or 'none'}")
+    pruned, report = prune_for_profile(
+        source.model, profile.pruning, data=calibration.x, profile=profile,
+        importance=opts.prune_importance, protect=protect, steps=opts.prune_steps, epochs=opts.prune_epochs,
+        calibration=calibration.x[:64],
+    )
+    for note in report.notes:
+        logger.warning("pruning: %s", note)
+    return dataclasses.replace(source, model=pruned), report

@@ -1,0 +1,305 @@
+"""The conversion's stages, each a small function over one ConvertState.
+
+`start` derives what the options ask for (name, version, output, signing key) into a new state;
+then load, calibrate, prune, quantize, evaluate, fallback, gate, golden, report, sign and write
+each fill in their part of it, in that order (converter.pipeline.STAGE_FUNCTIONS). The options
+are only read. The converted model is opened once (again only if the fallback replaces it), and
+that one interpreter serves the accuracy measurement, the manifest and the golden check.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.bundle.golden import record_golden
+from agent.bundle.loading import write_bundle
+from agent.bundle.manifest import ColorOrder, Manifest
+from agent.bundle.signing import load_private_key, sign_manifest
+from agent.runtime import LoadedModel
+from converter.data import Dataset, Normalization
+from converter.fallback import FallbackResult, find_float_layers
+from converter.gates import (
+    GateResult,
+    LatencyStats,
+    Measured,
+    first_failure,
+    host_threads,
+    measure_latency,
+    select_gates,
+    verdict,
+    withholds_amx,
+)
+from converter.graph import ModelGraph, read_graph
+from converter.loading import SourceModel, describe, load_model
+from converter.manifest import (
+    build_manifest,
+    bundle_metrics,
+    golden_tolerance,
+    open_converted,
+    pruning_metrics,
+)
+from converter.options import REPORT_FILE, ConvertError, ConvertOptions, Reporter
+from converter.prepare import (
+    NAME_RE,
+    dataset,
+    default_name,
+    fold_bgr,
+    make_task,
+    normalization,
+    on_swapped,
+    prune_source,
+    read_labels,
+    swap_channels,
+)
+from converter.quantize import convert_float, export_saved_model, quantize
+from converter.result import ConvertResult, PruningSummary
+from converter.tasks.base import AccuracyReport, Task
+from firmware_profiles import Profile
+
+logger = logging.getLogger(__name__)
+
+Predict = Callable[[np.ndarray], Any]
+
+
+@dataclass(eq=False, repr=False)
+class ConvertState:
+    """Everything one conversion knows. The fields below `workdir` are set by the stage named
+    beside them; reading one before its stage ran is an AttributeError, never a stale value."""
+
+    opts: ConvertOptions
+    reporter: Reporter
+    name: str
+    version: int
+    output: Path
+    signing_key: Ed25519PrivateKey | None
+    workdir: Path  # a temporary directory for SavedModels, gone after the conversion
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per reporter stage label
+    original: SourceModel = field(init=False)  # load: as loaded; accuracy is measured against it
+    source: SourceModel = field(init=False)  # load, prune: what is converted (folded, pruned)
+    task: Task = field(init=False)  # load
+    norm: Normalization = field(init=False)  # load; calibrate swaps it for a folded model
+    reference: Predict = field(init=False)  # load: the original float model on the converted one's inputs
+    folded: list[str] = field(default_factory=list)  # load: layers --fold-bgr changed
+    calibration: Dataset = field(init=False)  # calibrate
+    validation: Dataset = field(init=False)  # calibrate
+    labels: list[str] = field(default_factory=list)  # calibrate
+    prune_report: Any = None  # prune: converter.pruning.api.PruneReport
+    saved: Path = field(init=False)  # quantize: the SavedModel every TFLite model comes from
+    float_bytes: bytes = field(init=False)  # quantize
+    original_float_bytes: bytes = field(init=False)  # quantize: the unpruned float model
+    model_bytes: bytes = field(init=False)  # quantize, fallback
+    graph: ModelGraph = field(init=False)  # evaluate, fallback: model_bytes' graph
+    quant: LoadedModel = field(init=False)  # evaluate, fallback: model_bytes opened
+    accuracy: AccuracyReport = field(init=False)  # evaluate, fallback
+    plain_accuracy: AccuracyReport = field(init=False)  # evaluate: before any float fallback
+    fallback: FallbackResult | None = None  # fallback
+    latency: dict[str, LatencyStats] = field(init=False)  # gate
+    gates: list[GateResult] = field(init=False)  # gate
+    manifest: Manifest = field(init=False)  # golden, report, sign
+    pruning: PruningSummary | None = None  # report
+    result: ConvertResult = field(init=False)  # write
+    _label: str | None = None
+    _since: float = field(default_factory=time.perf_counter)
+
+    @property
+    def profile(self) -> Profile:
+        return self.opts.profile
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+    def enter(self, label: str | None) -> None:
+        """Tell the reporter; the time since the last label is that label's (None: the end)."""
+        now = time.perf_counter()
+        if self._label is not None:
+            self.timings[self._label] = round(now - self._since, 3)
+        self._label, self._since = label, now
+        if label is not None:
+            self.reporter.stage(label)
+
+    def open_quant(self, model_bytes: bytes) -> None:
+        """Make model_bytes the converted model: its graph read and the model opened, once."""
+        self.model_bytes = model_bytes
+        self.graph = read_graph(model_bytes)
+        self.quant = open_converted(model_bytes, self.graph)
+
+
+Stage = Callable[[ConvertState], None]
+
+
+def start(opts: ConvertOptions, reporter: Reporter, workdir: Path) -> ConvertState:
+    """A new state from the options, which are checked here before any model is touched."""
+    name = opts.name or default_name(opts.model)
+    if not NAME_RE.match(name):
+        raise ConvertError(f"--name {name!r} must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    version = opts.version if opts.version is not None else int(time.strftime("%Y%m%d%H%M%S", time.gmtime()))
+    if version < 0:
+        raise ConvertError("--version must be 0 or more")
+    if opts.sign_key is not None and not Path(opts.sign_key).is_file():
+        raise ConvertError(f"signing key not found: {opts.sign_key}")
+    signing_key = load_private_key(Path(opts.sign_key)) if opts.sign_key else None
+    output = Path(opts.output)
+    if output.exists() and not output.is_dir():
+        raise ConvertError(f"--output {output} exists and is not a directory")
+    return ConvertState(opts, reporter, name, version, output, signing_key, workdir)
+
+
+def load(s: ConvertState) -> None:
+    """The source model, its task and normalization; with --fold-bgr, the model made to take BGR."""
+    s.enter("load model")
+    opts = s.opts
+    if isinstance(opts.model, (str, Path)):
+        s.original = load_model(opts.model, opts.custom_objects)
+    else:
+        s.original = describe(opts.model)
+    s.source = s.original
+    s.task = make_task(opts.task, s.source)
+    s.norm = normalization(opts, s.source.input_shape[-1], s.task)
+    s.reference = s.original.predict  # gates measure against the original float model
+    if opts.fold_bgr:
+        s.enter("fold bgr")
+        if s.norm.color_order is not ColorOrder.RGB:
+            raise ConvertError(f"--fold-bgr makes a model that takes RGB take BGR; this one takes {s.norm.color_order.value}")
+        s.source, s.folded = fold_bgr(s.source)
+        s.reference = functools.partial(on_swapped, s.original.predict)
+
+
+def calibrate(s: ConvertState) -> None:
+    """Calibration and validation data (read in the original model's color order), and the labels."""
+    s.enter("load data")
+    opts, source, norm = s.opts, s.source, s.norm
+    s.calibration = dataset(opts.calibration, source, norm, opts.calibration_samples, "calibration data")
+    if s.task.name == "detection" and not isinstance(opts.validation, Dataset):
+        s.validation = s.task.validation_data(opts.validation, opts.validation_samples)  # type: ignore[attr-defined]
+    elif opts.validation is not None:
+        s.validation = dataset(opts.validation, source, norm, opts.validation_samples, "validation data")
+    else:
+        s.validation = s.calibration
+        logger.warning("no --validation data: accuracy is measured on the calibration data")
+    if s.folded:  # from here on, everything feeds the folded model
+        s.norm = norm.swapped()
+        swapped = swap_channels(s.calibration)
+        s.validation = swapped if s.validation is s.calibration else swap_channels(s.validation)
+        s.calibration = swapped
+    s.labels = read_labels(opts.labels) or list(getattr(s.task, "labels", []))
+
+
+def prune(s: ConvertState) -> None:
+    """With --prune, the pruned model replaces the source for every later stage."""
+    if not s.opts.prune:
+        return
+    s.enter("prune")
+    s.source, s.prune_report = prune_source(s.opts, s.source, s.task, s.calibration, s.reporter)
+
+
+def quantize_model(s: ConvertState) -> None:
+    """The SavedModel, the float TFLite model, the model in the profile's scheme (and, when pruned,
+    the original model's float TFLite model to compare against)."""
+    s.saved = s.workdir / "saved_model"
+    s.enter("export")
+    export_saved_model(s.task, s.source.model, s.saved)
+    s.enter("float model")
+    s.float_bytes = convert_float(s.saved, s.task)
+    s.enter("quantize")
+    s.model_bytes = quantize(s.saved, s.profile, s.task, s.calibration)
+    s.original_float_bytes = s.float_bytes
+    if s.prune_report is not None:
+        original_saved = s.workdir / "original_saved_model"
+        export_saved_model(s.task, s.original.model, original_saved)
+        s.original_float_bytes = convert_float(original_saved, s.task)
+
+
+def evaluate(s: ConvertState) -> None:
+    """Accuracy of the converted model against the original float model."""
+    s.enter("evaluate")
+    s.open_quant(s.model_bytes)
+    s.accuracy = s.plain_accuracy = s.task.accuracy(s.reference, s.quant, s.validation)
+
+
+def fallback(s: ConvertState) -> None:
+    """Where the accuracy gate fails and the profile allows it (and --no-fallback is not given),
+    the fewest layers kept in float that pass it."""
+    profile, limit = s.profile, s.profile.budgets.max_accuracy_drop
+    if not (s.accuracy.drop > limit and s.opts.fallback and profile.quantization.allow_float_fallback):
+        return
+    s.enter("fallback")
+    rep, task, reference, validation = s.reporter, s.task, s.reference, s.validation
+    rep.detail(f"accuracy drop {s.accuracy.drop:.2%} > {limit:.2%}: searching for layers to keep in float")
+    s.fallback = find_float_layers(
+        s.saved, profile, task, s.calibration,
+        evaluate=lambda b: task.accuracy(reference, open_converted(b), validation),
+        on_attempt=lambda n: rep.detail(f"fallback: trying {n} float layer(s)"),
+    )
+    if s.fallback.passed and s.fallback.model is not None and s.fallback.accuracy is not None:
+        s.open_quant(s.fallback.model)
+        s.accuracy = s.fallback.accuracy
+
+
+def gate(s: ConvertState) -> None:
+    """Latency of the float and converted models, timed interleaved; then every gate the profile selects."""
+    s.enter("gates")
+    profile = s.profile
+    timed = {"float": s.float_bytes, "quant": s.model_bytes}
+    if s.prune_report is not None:
+        timed["original"] = s.original_float_bytes
+    s.latency = measure_latency(timed, threads=host_threads(profile.runtime.threads), runs=s.opts.latency_runs,
+                                withhold_amx=withholds_amx(profile))
+    measured = Measured(graph=s.graph, size=len(s.model_bytes), accuracy=s.accuracy, latency=s.latency["quant"])
+    s.gates = [g.check(measured) for g in select_gates(profile)]
+
+
+def golden(s: ConvertState) -> None:
+    """The manifest's I/O spec, and golden outputs recorded on the converted model."""
+    s.enter("manifest")
+    if s.labels and s.task.name == "classification" and len(s.labels) != (classes := s.quant.outputs[0].shape[-1]):
+        raise ConvertError(f"labels file has {len(s.labels)} labels but the model has {classes} classes")
+    manifest = build_manifest(s.profile, s.task, s.quant, s.model_bytes, s.norm, s.labels, s.name, s.version)
+    recorded = record_golden(s.quant, manifest, seed=0, count=s.opts.golden_count)
+    s.manifest = manifest.model_copy(update={"golden": golden_tolerance(manifest, recorded)})
+
+
+def report(s: ConvertState) -> None:
+    """The manifest's metrics (with pruning's, measured here) and the gates' verdict."""
+    metrics = bundle_metrics(s.profile, s.model_bytes, s.float_bytes, s.accuracy, s.plain_accuracy, s.latency,
+                             s.graph, s.fallback, s.validation, s.opts.validation is None)
+    if s.folded:
+        metrics["bgr_folded_into"] = s.folded
+    if s.prune_report is not None:
+        pruned_accuracy = s.task.accuracy(s.reference, open_converted(s.float_bytes), s.validation)
+        s.pruning = PruningSummary(s.prune_report, s.original_float_bytes, pruned_accuracy)
+        metrics["pruning"] = pruning_metrics(s.pruning, s.latency, s.profile)
+    manifest = s.manifest.model_copy(update={"metrics": metrics, "gates": verdict(s.gates, forced=s.opts.force)})
+    s.manifest = Manifest.model_validate(manifest.model_dump())  # re-validate the assembled manifest
+
+
+def sign(s: ConvertState) -> None:
+    if s.signing_key is not None:
+        s.manifest = sign_manifest(s.manifest, s.signing_key)
+
+
+def write(s: ConvertState) -> None:
+    """The result; the bundle and report.json only if every gate passed, or with --force."""
+    s.result = ConvertResult(
+        manifest=s.manifest, passed=s.passed, reason=first_failure(s.gates), gates=s.gates, accuracy=s.accuracy,
+        plain_accuracy=s.plain_accuracy, fallback=s.fallback, latency=s.latency, graph=s.graph,
+        model_bytes=s.model_bytes, float_bytes=s.float_bytes, profile=s.profile,
+        calibration_source=s.calibration.source, validation_source=s.validation.source, timings=s.timings,
+        pruning=s.pruning,
+    )
+    s.enter("write")
+    if s.result.passed or s.opts.force:
+        from converter.report import write_report
+
+        s.result.bundle = write_bundle(s.output, s.model_bytes, s.manifest).path
+        s.result.report_path = write_report(s.result, s.output / REPORT_FILE)
+    s.enter(None)
