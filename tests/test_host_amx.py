@@ -104,10 +104,10 @@ def test_withholding_once_amx_is_in_use_is_refused() -> None:
     [
         ("x86-avx2", False, True, "device-class host (x86_64, AMX withheld)"),
         ("x86-avx2", True, False, "device-class host (x86_64, AMX in use)"),
-        ("raspberry-pi-4", False, False, "host-measured (x86_64, AMX in use)"),
+        ("raspberry-pi-4", False, True, "host-measured (x86_64, AMX withheld)"),
     ],
 )
-def test_amx_is_withheld_only_where_this_host_stands_for_a_device_without_it(
+def test_amx_is_withheld_where_the_device_has_none(
     profile: str, device_has_amx: bool, withheld: bool, label: str
 ) -> None:
     p = load_profile(profile)
