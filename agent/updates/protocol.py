@@ -110,7 +110,7 @@ class Blob(_Strict):
 class Release(_Strict):
     """The retained message on models/<channel>/manifest."""
 
-    schema_: Literal["edgegap.release/1"] = Field(alias="schema", default=RELEASE_SCHEMA)
+    schema_: Literal["edgegap.release/1"] = Field(alias="schema", default="edgegap.release/1")
     channel: str = Field(pattern=NAME.pattern)
     manifest: Manifest
     blob: Blob
