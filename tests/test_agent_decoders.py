@@ -9,19 +9,19 @@ import numpy as np
 import pytest
 
 from agent.bundle.manifest import Decoder, InputSpec, Manifest, ModelFile, OutputRole, OutputSpec
-from agent.decoders.base import (
+from agent.decoders import (
     BBox,
     ClassificationDecoder,
     DecoderError,
     SSDPostprocessDecoder,
     SSDRawDecoder,
     YoloDecoder,
-    batched_nms,
-    grid_anchors,
     make_decoder,
-    nms,
 )
-from agent.preprocess import FrameTransform, Normalizer, Preprocessor
+from agent.geometry.anchors import grid_anchors
+from agent.geometry.boxes import batched_nms, nms
+from agent.geometry.letterbox import FrameTransform
+from agent.preprocess import Normalizer, Preprocessor
 
 R = OutputRole
 
@@ -171,7 +171,7 @@ def test_ssd_postprocess_small_and_array_paths_agree(
     count: int, transform: FrameTransform | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Up to SMALL_N rows are read in plain Python; both paths give the same detections."""
-    import agent.decoders.base as decoders
+    import agent.decoders.ssd_postprocess as decoders
 
     rows = 64
     rng = np.random.default_rng(count)
@@ -212,7 +212,7 @@ def test_non_finite_outputs_never_become_detections(
 ) -> None:
     """A broken model's NaN or inf is dropped (it is no detection, nor a JSON number), the same
     way on both SSD post-process paths; infinite box corners are clipped like finite ones."""
-    import agent.decoders.base as decoders
+    import agent.decoders.ssd_postprocess as decoders
 
     if not small:
         monkeypatch.setattr(decoders, "SMALL_N", -1)
