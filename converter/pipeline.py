@@ -49,12 +49,12 @@ from converter.gates import (
 from converter.loading import SourceModel, describe, load_model, quiet_native_stderr
 from converter.quantize import convert_float, export_saved_model, quantize
 from converter.result import ConvertResult, PruningSummary
+from converter.tasks import TASK_NAMES
 from converter.tasks.base import AccuracyReport, Task
 from firmware_profiles import Profile, QuantScheme
 
 logger = logging.getLogger(__name__)
 
-TASK_NAMES = ("auto", "classification", "tensor", "detection")
 REPORT_FILE = "report.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
