@@ -1,7 +1,8 @@
 """Pixels to input tensor, exactly as the manifest says the model was calibrated.
 
 A frame is resized or letterboxed, put in the model's color order, then normalized and
-quantized; FrameTransform maps boxes on the model input back to source pixels.
+quantized; the FrameTransform (agent.geometry.letterbox) maps boxes on the model input back to
+source pixels.
 
 Normalization ((p - mean) / std) and quantization (x / scale + zero_point) are folded into a
 single per-channel affine map p * a + b, applied in one pass over the pixels.
@@ -11,12 +12,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from functools import cached_property
 
 import cv2
 import numpy as np
 
-from agent.bundle.manifest import ColorOrder, InputSpec, ResizeMode
+from agent.bundle.manifest import ColorOrder, InputSpec
+from agent.geometry.letterbox import LETTERBOX_FILL, FrameTransform, fit, place, resize_bilinear
 
 logger = logging.getLogger(__name__)
 
@@ -61,44 +62,6 @@ def dequantize(value: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return np.asarray(value, dtype=np.float32)
 
 
-@dataclass(frozen=True)
-class FrameTransform:
-    """Where the source frame landed in the model input, so boxes can be mapped back to it."""
-
-    src_w: int
-    src_h: int
-    in_w: int
-    in_h: int
-    scale_x: float  # model-input pixels per source pixel
-    scale_y: float
-    pad_x: float  # model-input pixels of padding on the left (letterbox)
-    pad_y: float  # ... and on the top
-
-    def to_source(self, boxes: np.ndarray) -> np.ndarray:
-        """[N, 4] xmin, ymin, xmax, ymax normalized to the model input -> source pixels, clipped."""
-        mul, add, hi = self._affine
-        out = np.multiply(boxes, mul, dtype=np.float32)
-        out += add
-        return np.clip(out, 0.0, hi, out=out)
-
-    @cached_property
-    def xy_map(self) -> tuple[float, float, float, float, float, float]:
-        """to_source() as plain floats: x and y multiplier, x and y offset, x and y upper bound."""
-        (mx, my, _, _), (ax, ay, _, _), (hx, hy, _, _) = (a.tolist() for a in self._affine)
-        return mx, my, ax, ay, hx, hy
-
-    @cached_property
-    def _affine(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per-coordinate multiplier, offset and upper clip bound, computed once per transform."""
-        mx, my = self.in_w / self.scale_x, self.in_h / self.scale_y
-        ax, ay = -self.pad_x / self.scale_x, -self.pad_y / self.scale_y
-        return (
-            np.array([mx, my, mx, my], np.float32),
-            np.array([ax, ay, ax, ay], np.float32),
-            np.array([self.src_w, self.src_h, self.src_w, self.src_h], np.float32),
-        )
-
-
 class Preprocessor:
     """BGR frame -> model input tensor: resize or letterbox, color order, then one lookup pass.
 
@@ -108,7 +71,7 @@ class Preprocessor:
     Normalizer itself on every pixel value, so results are identical to it bit for bit.
     """
 
-    def __init__(self, spec: InputSpec, pad_value: int = 0) -> None:
+    def __init__(self, spec: InputSpec, pad_value: int = LETTERBOX_FILL) -> None:
         if len(spec.shape) != 4:
             raise ValueError(f"image models take [1, H, W, C] input; this one takes {spec.shape}")
         _, self.in_h, self.in_w, self.channels = spec.shape
@@ -133,40 +96,18 @@ class Preprocessor:
         """The (immutable) transform for a source size; made once per size."""
         t = self._transforms.get((src_w, src_h))
         if t is None:
-            t = self._transforms[(src_w, src_h)] = self._make_transform(src_w, src_h)
+            t = self._transforms[(src_w, src_h)] = fit(src_w, src_h, self.in_w, self.in_h, self.spec.resize)
         return t
-
-    def _make_transform(self, src_w: int, src_h: int) -> FrameTransform:
-        if self.spec.resize is ResizeMode.LETTERBOX:
-            s = min(self.in_w / src_w, self.in_h / src_h)
-            new_w, new_h = max(1, round(src_w * s)), max(1, round(src_h * s))
-            return FrameTransform(
-                src_w,
-                src_h,
-                self.in_w,
-                self.in_h,
-                s,
-                s,
-                (self.in_w - new_w) // 2,
-                (self.in_h - new_h) // 2,
-            )
-        return FrameTransform(
-            src_w, src_h, self.in_w, self.in_h, self.in_w / src_w, self.in_h / src_h, 0, 0
-        )
 
     def resize(self, bgr: np.ndarray) -> tuple[np.ndarray, FrameTransform]:
         """The frame resized (or letterboxed) to the model input, still BGR uint8."""
         src_h, src_w = bgr.shape[:2]
         t = self.transform_for(src_w, src_h)
-        if self.spec.resize is ResizeMode.STRETCH:
-            return _resize(bgr, self.in_w, self.in_h), t
-        new_w, new_h = max(1, round(src_w * t.scale_x)), max(1, round(src_h * t.scale_y))
+        if t.content_size == (self.in_w, self.in_h):  # stretched, or the input's own aspect
+            return resize_bilinear(bgr, self.in_w, self.in_h), t
         if self._canvas is None or self._canvas.shape[2] != bgr.shape[2]:
             self._canvas = np.full((self.in_h, self.in_w, bgr.shape[2]), self.pad_value, np.uint8)
-        canvas = self._canvas.copy()
-        x0, y0 = int(t.pad_x), int(t.pad_y)
-        canvas[y0 : y0 + new_h, x0 : x0 + new_w] = _resize(bgr, new_w, new_h)
-        return canvas, t
+        return place(bgr, t, canvas=self._canvas.copy()), t
 
     def __call__(
         self, bgr: np.ndarray, out: np.ndarray | None = None
@@ -262,10 +203,3 @@ class _PixelMap:
         if not np.may_share_memory(result, out):  # cv2 chose a new array
             np.copyto(out, result)
         return out
-
-
-def _resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
-    """Bilinear, as the converter resizes calibration images (and several times faster than area)."""
-    if img.shape[1] == w and img.shape[0] == h:
-        return img
-    return cv2.resize(img, (max(w, 1), max(h, 1)), interpolation=cv2.INTER_LINEAR)

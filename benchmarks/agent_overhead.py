@@ -81,7 +81,7 @@ def model_size() -> int:
     """The reference detector's input side (its sidecar), or the stand-in's."""
     if not REFERENCE.is_file():
         return SIZE
-    from converter.zoo.config import read_sidecar
+    from converter.tasks.detector_config import read_sidecar
 
     return read_sidecar(REFERENCE)[0].input_size
 
@@ -166,7 +166,7 @@ def build_stand_in(work: Path) -> Path:
     import keras
     import tensorflow as tf
 
-    from agent.decoders.base import grid_anchors
+    from agent.geometry.anchors import grid_anchors
 
     grid = {"feature_maps": [16, 8], "scales": [0.2, 0.5], "aspect_ratios": [1.0, 2.0, 0.5]}
     anchors = grid_anchors(grid)

@@ -39,12 +39,15 @@ def main() -> None:
 
     from converter.evaluation import coco_map
     from converter.loading import quiet_native_stderr
-    from converter.zoo.config import read_sidecar
+    from converter.tasks.detector_config import read_sidecar
+    from converter.tasks.ssd import (
+        convert,
+        detections_from_raw,
+        export_saved_model,
+        run_tflite_detector,
+    )
     from converter.zoo.detection_data import generate
     from converter.zoo.detector import normalize
-    from converter.zoo.detector_export import convert, export_saved_model
-    from converter.zoo.evaluate import run_tflite_detector
-    from converter.zoo.inference import detections_from_raw
 
     cfg, doc = read_sidecar(args.model)
     model = keras.models.load_model(args.model, compile=False)

@@ -38,7 +38,7 @@ from agent_overhead import convert_reference  # noqa: E402
 
 from agent.bundle.loading import Bundle, load_bundle  # noqa: E402
 from agent.bundle.manifest import ColorOrder  # noqa: E402
-from agent.decoders.base import BBox, make_decoder  # noqa: E402
+from agent.decoders import BBox, make_decoder  # noqa: E402
 from agent.preprocess import Preprocessor, dequantize  # noqa: E402
 from agent.runtime import LoadedModel, open_model  # noqa: E402
 from agent.runtime.bgr_fold import FoldRefused, bgr_input, fold_bgr  # noqa: E402

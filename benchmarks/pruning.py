@@ -88,7 +88,7 @@ def detector(iterations: int, threads: int, args: argparse.Namespace) -> list[st
         return [msg]
     import keras
 
-    from converter.zoo.config import read_sidecar
+    from converter.tasks.detector_config import read_sidecar
     from converter.zoo.detection_data import generate
     from converter.zoo.detector import evaluate_keras, normalize
     from converter.zoo.finetune import detection_targets, detection_task_loss

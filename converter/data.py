@@ -1,7 +1,7 @@
 """Calibration and validation data: an image folder, or an .npy/.npz array, made into model inputs.
 
-Images are read in the model's color order, resized to the model input and normalized as
-(pixel - mean) / std, exactly what agent.preprocess does on the device. Integer arrays are pixels
+Images are read in the model's color order, resized to the model input (agent.geometry.letterbox,
+as on the device) and normalized as (pixel - mean) / std, exactly what agent.preprocess does. Integer arrays are pixels
 and get the same treatment; float arrays are taken as already-normalized model inputs.
 """
 
@@ -16,13 +16,13 @@ import numpy as np
 
 from agent.bundle.manifest import ColorOrder, ResizeMode
 from agent.errors import EdgegapError
+from agent.geometry.letterbox import resize_image
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 NPZ_INPUT_KEYS = ("x", "images", "inputs", "data")
 NPZ_LABEL_KEYS = ("y", "labels")
-LETTERBOX_FILL = 0  # pixel value of the letterbox bars, before normalization
 
 
 @dataclass
@@ -97,29 +97,6 @@ def default_color_order(channels: int) -> ColorOrder:
     return ColorOrder.GRAY if channels == 1 else ColorOrder.RGB
 
 
-def resize_pixels(img: np.ndarray, size: tuple[int, int], mode: ResizeMode = ResizeMode.STRETCH) -> np.ndarray:
-    """Resize HxWxC (or HxW) pixels to (height, width): stretched, or letterboxed and centered."""
-    import cv2
-
-    h, w = size
-    squeeze = img.ndim == 2
-    src = img[..., np.newaxis] if squeeze else img
-    if src.shape[:2] == (h, w):
-        return img
-    if mode is ResizeMode.STRETCH:
-        out = cv2.resize(src, (w, h), interpolation=cv2.INTER_LINEAR)
-    else:
-        scale = min(h / src.shape[0], w / src.shape[1])
-        nh, nw = max(1, round(src.shape[0] * scale)), max(1, round(src.shape[1] * scale))
-        inner = cv2.resize(src, (nw, nh), interpolation=cv2.INTER_LINEAR)
-        out = np.full((h, w, src.shape[2]), LETTERBOX_FILL, dtype=src.dtype)
-        top, left = (h - nh) // 2, (w - nw) // 2
-        out[top : top + nh, left : left + nw] = inner.reshape(nh, nw, -1)
-    if out.ndim == 2:
-        out = out[..., np.newaxis]
-    return out[..., 0] if squeeze else out
-
-
 def read_image(path: Path, color_order: ColorOrder) -> np.ndarray:
     """HxWxC uint8 pixels in the requested color order (C = 1 for gray)."""
     import cv2
@@ -155,7 +132,7 @@ def _load_images(
     if not files:
         raise DataError(f"{what} folder {folder} holds no .jpg or .png images")
     chosen = [files[i] for i in _pick(len(files), limit, seed)]
-    pixels = np.stack([resize_pixels(read_image(p, norm.color_order), shape[:2], norm.resize) for p in chosen])
+    pixels = np.stack([resize_image(read_image(p, norm.color_order), shape[:2], norm.resize)[0] for p in chosen])
     if pixels.shape[1:] != shape:
         raise DataError(f"{what} images have {pixels.shape[-1]} channels but the model takes {shape[-1]}")
     classes = [p.relative_to(folder).parts[0] for p in chosen]
@@ -242,5 +219,5 @@ def load_data(
 def _load_images_list(files: list[Path], shape: tuple[int, ...], norm: Normalization, what: str) -> Dataset:
     if len(shape) != 3:
         raise DataError(f"{what} is an image but the model input {shape} is not HxWxC")
-    pixels = np.stack([resize_pixels(read_image(p, norm.color_order), shape[:2], norm.resize) for p in files])
+    pixels = np.stack([resize_image(read_image(p, norm.color_order), shape[:2], norm.resize)[0] for p in files])
     return Dataset(norm.apply(pixels), source=f"{len(files)} image(s)")

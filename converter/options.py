@@ -17,7 +17,6 @@ from firmware_profiles import Profile
 
 logger = logging.getLogger(__name__)
 
-TASK_NAMES = ("auto", "classification", "tensor", "detection")
 REPORT_FILE = "report.json"
 # what a Reporter is told, in order; "fold bgr" and "prune" and "fallback" only when they happen
 STAGES = ("load model", "fold bgr", "load data", "prune", "export", "float model", "quantize", "evaluate", "fallback", "gates",

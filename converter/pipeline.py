@@ -19,7 +19,6 @@ from converter.manifest import build_manifest, open_converted
 from converter.options import (
     REPORT_FILE,
     STAGES,
-    TASK_NAMES,
     ConvertError,
     ConvertOptions,
     LogReporter,
@@ -28,6 +27,7 @@ from converter.options import (
 from converter.prepare import default_name, make_task, read_labels
 from converter.prepare import normalization as _normalization
 from converter.result import ConvertResult
+from converter.tasks import TASK_NAMES
 
 logger = logging.getLogger(__name__)
 

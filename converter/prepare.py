@@ -15,7 +15,8 @@ import numpy as np
 
 from converter.data import Dataset, Normalization, default_color_order, load_data
 from converter.loading import SourceModel
-from converter.options import TASK_NAMES, ConvertError, ConvertOptions, Reporter
+from converter.options import ConvertError, ConvertOptions, Reporter
+from converter.tasks import TASK_NAMES
 from converter.tasks.base import Task
 
 logger = logging.getLogger(__name__)

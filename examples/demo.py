@@ -136,7 +136,7 @@ def step_verify(demo: Demo) -> None:
 
 def step_detector(demo: Demo) -> None:
     """Convert the reference detector for each profile and compare float and int8 mAP."""
-    from converter.zoo.config import read_sidecar
+    from converter.tasks.detector_config import read_sidecar
     from converter.zoo.detection_data import generate, write_folder
 
     heading("5. The reference object detector")
@@ -167,7 +167,7 @@ def _render_video(test: Path, path: Path, frames: int, size: tuple[int, int]) ->
     """Write the test images as an MJPG video, scaled up to a camera-like frame size."""
     import cv2
 
-    from converter.zoo.detection_data import read_folder
+    from converter.tasks.detection_folder import read_folder
 
     folder = read_folder(test)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 15.0, size)

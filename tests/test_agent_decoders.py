@@ -8,20 +8,28 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.bundle.manifest import Decoder, InputSpec, Manifest, ModelFile, OutputRole, OutputSpec
-from agent.decoders.base import (
+from agent.bundle.manifest import (
+    Decoder,
+    InputSpec,
+    Manifest,
+    ModelFile,
+    OutputRole,
+    OutputSpec,
+    ResizeMode,
+)
+from agent.decoders import (
     BBox,
     ClassificationDecoder,
     DecoderError,
     SSDPostprocessDecoder,
     SSDRawDecoder,
     YoloDecoder,
-    batched_nms,
-    grid_anchors,
     make_decoder,
-    nms,
 )
-from agent.preprocess import FrameTransform, Normalizer, Preprocessor
+from agent.geometry.anchors import grid_anchors
+from agent.geometry.boxes import batched_nms, nms
+from agent.geometry.letterbox import FrameTransform, fit, resize_image
+from agent.preprocess import Normalizer, Preprocessor
 
 R = OutputRole
 
@@ -86,6 +94,34 @@ def test_frame_transform_stretch_and_letterbox() -> None:
     # The model-input box covering the picture area maps back to the whole frame.
     full = np.array([[0.0, 40 / 320, 1.0, 280 / 320]], np.float32)
     assert t.to_source(full).round(3).tolist() == [[0.0, 0.0, 640.0, 480.0]]
+
+
+@pytest.mark.parametrize(
+    ("src", "pad", "want"),
+    [((640, 480), (0, 40), [160.0, 240.0, 320.0, 400.0]), ((480, 640), (40, 0), [80.0, 320.0, 240.0, 480.0])],
+    ids=["bars-top-bottom", "bars-left-right"],
+)
+def test_letterbox_maps_an_asymmetric_box_back(
+    src: tuple[int, int], pad: tuple[int, int], want: list[float]
+) -> None:
+    """A box whose x and y extents differ, through letterboxes padded on either axis: swapping
+    x and y anywhere on the way back gives another answer."""
+    t = fit(src[0], src[1], 320, 320, ResizeMode.LETTERBOX)
+    assert (t.scale_x, t.scale_y, t.pad_x, t.pad_y) == (0.5, 0.5, *pad)
+    assert t.content_size == (src[0] // 2, src[1] // 2)
+    box = np.array([[0.25, 0.5, 0.5, 0.75]], np.float32)  # xyxy on the 320x320 input
+    assert t.to_source(box).tolist() == [want]
+    w, h = src
+    np.testing.assert_allclose(t.to_source_fraction(box), [[want[0] / w, want[1] / h, want[2] / w, want[3] / h]])
+    # The pixels land where the transform says: a 4-row-tall, 2-column-wide white block
+    # (source pixels) shows up at the mapped place, halved, on a canvas of bars.
+    img = np.zeros((h, w), np.uint8)
+    img[100:108, 200:204] = 255
+    pixels, t2 = resize_image(img, (320, 320), ResizeMode.LETTERBOX)
+    assert t2 == t
+    rows, cols = np.nonzero(pixels > 127)
+    assert (rows.min(), rows.max() + 1) == (50 + pad[1], 54 + pad[1])
+    assert (cols.min(), cols.max() + 1) == (100 + pad[0], 102 + pad[0])
 
 
 @pytest.mark.parametrize(
@@ -161,6 +197,37 @@ def test_ssd_postprocess_decoder() -> None:
     assert dets[1].box == BBox(0.0, 0.0, 200.0, 150.0)
 
 
+@pytest.mark.parametrize("small", [True, False], ids=["small", "array"])
+def test_ssd_postprocess_box_order_known_answer(small: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The op's boxes are ymin, xmin, ymax, xmax: a box with different x and y extents, through
+    a stretch (400x300 from 200x100) and a letterbox (640x480 into 320x320), on both paths."""
+    import agent.decoders.ssd_postprocess as decoders
+
+    if not small:
+        monkeypatch.setattr(decoders, "SMALL_N", -1)
+    m = manifest(
+        Decoder.SSD_POSTPROCESS,
+        [(R.SCORES, [1, 2]), (R.BOXES, [1, 2, 4]), (R.COUNT, [1]), (R.CLASSES, [1, 2])],
+    )
+    outs = {
+        R.BOXES: np.array([[[0.1, 0.2, 0.4, 0.9], [0.5, 0.25, 0.75, 0.5]]], np.float32),
+        R.CLASSES: np.array([[2, 0]], np.float32),
+        R.SCORES: np.array([[0.9, 0.8]], np.float32),
+        R.COUNT: np.array([2], np.float32),
+    }
+    dec = make_decoder(m, score_threshold=0.5)
+    dets = dec(outs, STRETCH)
+    assert [d.label for d in dets] == ["bird", "cat"]
+    assert dets[0].box == BBox(pytest.approx(80.0), pytest.approx(30.0), pytest.approx(360.0), pytest.approx(120.0))
+    assert dets[1].box == BBox(pytest.approx(100.0), pytest.approx(150.0), pytest.approx(200.0), pytest.approx(225.0))
+    letterbox = fit(640, 480, 320, 320, ResizeMode.LETTERBOX)  # bars of 40 px top and bottom
+    dets = dec(outs, letterbox)
+    assert dets[1].box == BBox(pytest.approx(160.0), pytest.approx(240.0), pytest.approx(320.0), pytest.approx(400.0))
+    assert make_decoder(m, score_threshold=0.5)(outs, None)[0].box == BBox(
+        pytest.approx(0.2), pytest.approx(0.1), pytest.approx(0.9), pytest.approx(0.4)
+    )
+
+
 @pytest.mark.parametrize("count", [0, 1, 7, 32, 33, 60])
 @pytest.mark.parametrize(
     "transform",
@@ -171,7 +238,7 @@ def test_ssd_postprocess_small_and_array_paths_agree(
     count: int, transform: FrameTransform | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Up to SMALL_N rows are read in plain Python; both paths give the same detections."""
-    import agent.decoders.base as decoders
+    import agent.decoders.ssd_postprocess as decoders
 
     rows = 64
     rng = np.random.default_rng(count)
@@ -212,7 +279,7 @@ def test_non_finite_outputs_never_become_detections(
 ) -> None:
     """A broken model's NaN or inf is dropped (it is no detection, nor a JSON number), the same
     way on both SSD post-process paths; infinite box corners are clipped like finite ones."""
-    import agent.decoders.base as decoders
+    import agent.decoders.ssd_postprocess as decoders
 
     if not small:
         monkeypatch.setattr(decoders, "SMALL_N", -1)
@@ -266,6 +333,30 @@ def test_ssd_raw_decoder_decodes_and_suppresses() -> None:
     assert b is not None
     assert (b.xmin, b.xmax) == (pytest.approx(0.55), pytest.approx(0.95))
     assert (b.ymin, b.ymax) == (pytest.approx(0.67), pytest.approx(0.87))
+
+
+def test_ssd_raw_box_order_known_answer() -> None:
+    """Encodings are (ty, tx, th, tw) against (cy, cx, h, w) anchors: one anchor, moved and
+    grown differently along each axis, decodes to one xyxy box in source pixels."""
+    m = manifest(
+        Decoder.SSD_RAW,
+        [(R.RAW_BOXES, [1, 1, 4]), (R.RAW_SCORES, [1, 1, 2])],
+        extra={"anchors": [[0.3, 0.6, 0.2, 0.4]], "score_activation": "none", "background_class": False},
+    )
+    dec = make_decoder(m, score_threshold=0.5)
+    # y moves down by half the anchor height (0.1), x left by a quarter of its width (0.1); the
+    # height grows by half (0.3), the width stays 0.4: center (0.4, 0.5).
+    enc = np.array([[[10 * 0.5, 10 * -0.25, 5 * math.log(1.5), 0.0]]], np.float32)
+    (det,) = dec({R.RAW_BOXES: enc, R.RAW_SCORES: np.array([[[0.1, 0.9]]], np.float32)}, None)
+    assert det.label == "dog" and det.box is not None
+    np.testing.assert_allclose(
+        [det.box.xmin, det.box.ymin, det.box.xmax, det.box.ymax], [0.3, 0.25, 0.7, 0.55], atol=1e-6
+    )
+    (det,) = dec({R.RAW_BOXES: enc, R.RAW_SCORES: np.array([[[0.1, 0.9]]], np.float32)}, STRETCH)
+    assert det.box is not None
+    np.testing.assert_allclose(
+        [det.box.xmin, det.box.ymin, det.box.xmax, det.box.ymax], [120.0, 75.0, 280.0, 165.0], rtol=1e-5
+    )
 
 
 def test_ssd_raw_anchor_grid_and_mismatch() -> None:

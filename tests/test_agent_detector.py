@@ -31,7 +31,7 @@ from agent.preprocess import Normalizer, Preprocessor
 from agent.runtime.bgr_fold import FoldedModel
 from converter.cli import cli as convert_cli
 from converter.evaluation import Detections, coco_map
-from converter.zoo.config import read_sidecar
+from converter.tasks.detector_config import read_sidecar
 from converter.zoo.detection_data import CLASSES, generate, write_folder
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,8 +24,9 @@ from keras_models import (  # noqa: E402
 from agent.bundle.golden import check_golden  # noqa: E402
 from agent.bundle.loading import load_bundle  # noqa: E402
 from agent.bundle.manifest import ColorOrder, OutputRole, ResizeMode  # noqa: E402
+from agent.geometry.letterbox import resize_image  # noqa: E402
 from agent.runtime import open_model  # noqa: E402
-from converter.data import DataError, Dataset, Normalization, load_data, resize_pixels  # noqa: E402
+from converter.data import DataError, Dataset, Normalization, load_data  # noqa: E402
 from converter.fallback import select_fewest  # noqa: E402
 from converter.loading import ModelLoadError, load_model  # noqa: E402
 from converter.pipeline import ConvertOptions, ConvertResult, convert, open_converted  # noqa: E402
@@ -297,7 +298,7 @@ def test_image_folder_is_resized_normalized_and_color_ordered(tmp_path: Path) ->
     np.testing.assert_allclose(rgb.x[0, 4, 4], [2.0, -2.0, -2.0], atol=0.05)
     bgr = load_data(tmp_path, (8, 8, 3), Normalization([0.0, 0.0, 100.0], [1.0, 1.0, 2.0], ColorOrder.BGR))
     np.testing.assert_allclose(bgr.x[0, 4, 4], [0.0, 0.0, 50.0], atol=1.0)
-    boxed = resize_pixels(img, (8, 8), ResizeMode.LETTERBOX)
+    boxed, _ = resize_image(img, (8, 8), ResizeMode.LETTERBOX)
     assert boxed.shape == (8, 8, 3) and boxed[4, 0].sum() == 0 and boxed[4, 4, 2] == 200
 
 

@@ -13,18 +13,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 
+from agent.geometry.anchors import AnchorConfig, generate_anchors
+from agent.geometry.boxes import BoxCoder, decode, encode, iou_matrix, to_corners
 from converter.evaluation import Detections, coco_map
+from converter.tasks import detection_folder as df
 from converter.zoo import detection_data as dd
-from converter.zoo.anchors import (
-    AnchorConfig,
-    BoxCoder,
-    decode,
-    encode,
-    generate_anchors,
-    iou_matrix,
-    match,
-    to_corners,
-)
+from converter.zoo.targets import match
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:keras")  # keras' own array code
 
@@ -77,25 +71,25 @@ def test_digit_instances_are_disjoint_across_splits() -> None:
 def test_folder_round_trip(tmp_path: Path) -> None:
     samples = list(dd.generate("test", 6, seed=1, size=96))
     dd.write_folder(tmp_path, samples, {"split": "test"})
-    folder = dd.read_folder(tmp_path)
+    folder = df.read_folder(tmp_path)
     assert folder.labels == list(dd.CLASSES) and len(folder) == 6
     for i, s in enumerate(samples):
         assert np.array_equal(folder.image(i), s.image)
         assert np.allclose(folder.boxes[i], s.boxes, atol=0.01 / 96)
         assert np.array_equal(folder.classes[i], s.classes)
-    doc = json.loads((tmp_path / dd.ANNOTATIONS_FILE).read_text())
+    doc = json.loads((tmp_path / df.ANNOTATIONS_FILE).read_text())
     assert {c["name"] for c in doc["categories"]} == set(dd.CLASSES)
 
 
 def test_read_folder_errors(tmp_path: Path) -> None:
-    with pytest.raises(dd.DatasetError, match="not found"):
-        dd.read_folder(tmp_path / "nope")
-    with pytest.raises(dd.DatasetError, match="annotations.json"):
-        dd.read_folder(tmp_path)
-    (tmp_path / dd.ANNOTATIONS_FILE).write_text('{"images": [{"id": 1, "file_name": "a.png", "height": 8, "width": 8}], '
+    with pytest.raises(df.DatasetError, match="not found"):
+        df.read_folder(tmp_path / "nope")
+    with pytest.raises(df.DatasetError, match="annotations.json"):
+        df.read_folder(tmp_path)
+    (tmp_path / df.ANNOTATIONS_FILE).write_text('{"images": [{"id": 1, "file_name": "a.png", "height": 8, "width": 8}], '
                                                '"annotations": [], "categories": []}')
-    with pytest.raises(dd.DatasetError, match="missing image"):
-        dd.read_folder(tmp_path)
+    with pytest.raises(df.DatasetError, match="missing image"):
+        df.read_folder(tmp_path)
 
 
 # --- anchors and mAP -----------------------------------------------------------------------
@@ -112,6 +106,19 @@ def test_box_coder_round_trip_and_matching() -> None:
     pos = box_t[:, 4] > 0
     assert pos.sum() >= 2 and set(np.nonzero(cls_t[pos, :4])[1].tolist()) == {1, 3}
     assert np.allclose(decode(box_t[pos, :4], anchors[pos], coder).min(axis=0)[:2], boxes.min(axis=0)[:2], atol=1e-5)
+
+
+def test_eval_maps_an_asymmetric_box_back_to_the_image() -> None:
+    """`edgegap eval` reads yxyx boxes on a letterboxed input and scores them on the image: a
+    box with different x and y extents comes back where it was (swapped axes would not)."""
+    from agent.bundle.manifest import ResizeMode
+    from agent.geometry.letterbox import fit
+    from converter.zoo.evaluate import on_image
+
+    t = fit(640, 480, 320, 320, ResizeMode.LETTERBOX)  # bars of 40 rows above and below
+    det = Detections(np.array([[0.5, 0.25, 0.75, 0.5]], np.float32), np.array([0.9]), np.array([1]))
+    # model input: y 160..240, x 80..160 -> image pixels y 240..400, x 160..320
+    np.testing.assert_allclose(on_image(det, t).boxes, [[240 / 480, 160 / 640, 400 / 480, 320 / 640]], rtol=1e-6)
 
 
 def _random_case(seed: int, classes: int = 3) -> tuple[list[np.ndarray], list[np.ndarray], list[Detections]]:
@@ -191,7 +198,7 @@ def detector() -> Any:
     pytest.importorskip("tensorflow")
     import keras
 
-    from converter.zoo.config import read_sidecar
+    from converter.tasks.detector_config import read_sidecar
 
     cfg, doc = read_sidecar(WEIGHTS)
     return keras.models.load_model(WEIGHTS, compile=False), cfg, doc
@@ -208,8 +215,8 @@ def test_folder(tmp_path_factory: pytest.TempPathFactory, detector: Any) -> Path
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory: pytest.TempPathFactory, detector: Any) -> dict[str, bytes]:
     from converter.loading import quiet_native_stderr
+    from converter.tasks.ssd import convert, export_saved_model
     from converter.zoo.detector import normalize
-    from converter.zoo.detector_export import convert, export_saved_model
 
     model, cfg, _ = detector
     calib = normalize(np.stack([s.image for s in dd.generate("train", 100, seed=0, size=cfg.input_size)]), cfg)
@@ -230,7 +237,7 @@ def test_sidecar_matches_model(detector: Any) -> None:
 def test_export_has_postprocess_op_with_four_named_outputs(converted: dict[str, bytes], kind: str) -> None:
     from agent.bundle.manifest import OutputRole
     from agent.runtime import open_model
-    from converter.zoo.detector_export import POSTPROCESS_OP, output_roles, roles_from_op
+    from converter.tasks.ssd import POSTPROCESS_OP, output_roles, roles_from_op
 
     model = open_model(converted[kind], 1)
     assert POSTPROCESS_OP in model.op_names()
@@ -243,9 +250,8 @@ def test_export_has_postprocess_op_with_four_named_outputs(converted: dict[str, 
 
 
 def test_numpy_post_process_matches_the_tflite_op(detector: Any, converted: dict[str, bytes]) -> None:
+    from converter.tasks.ssd import detections_from_raw, run_tflite_detector
     from converter.zoo.detector import normalize
-    from converter.zoo.evaluate import run_tflite_detector
-    from converter.zoo.inference import detections_from_raw
 
     model, cfg, _ = detector
     x = normalize(np.stack([s.image for s in dd.generate("test", 8, seed=0, size=cfg.input_size)]), cfg)
@@ -258,11 +264,11 @@ def test_numpy_post_process_matches_the_tflite_op(detector: Any, converted: dict
 
 
 def test_int8_model_detects_held_out_objects(detector: Any, converted: dict[str, bytes], test_folder: Path) -> None:
+    from converter.tasks.ssd import run_tflite_detector
     from converter.zoo.detector import normalize
-    from converter.zoo.evaluate import run_tflite_detector
 
     _, cfg, _ = detector
-    folder = dd.read_folder(test_folder)
+    folder = df.read_folder(test_folder)
     x = normalize(np.stack([folder.image(i) for i in range(len(folder))]), cfg)
     result = coco_map(folder.boxes, folder.classes, run_tflite_detector(converted["int8"], x), cfg.num_classes)
     assert result.map50 >= INT8_MAP50_FLOOR, result
@@ -274,14 +280,14 @@ def test_convert_pipeline_bundle_and_eval_cli(detector: Any, test_folder: Path, 
     from agent.bundle.manifest import Decoder, OutputRole
     from converter.pipeline import ConvertOptions, convert
     from converter.tasks.detection import DetectionTask
-    from converter.zoo.detector_export import roles_from_op
+    from converter.tasks.ssd import roles_from_op
     from firmware_profiles import load_profile
 
     _, cfg, _ = detector
     dd.write_folder(tmp_path / "train", list(dd.generate("train", 60, seed=0, size=cfg.input_size)))
     task = DetectionTask()  # the pipeline gives it the source model, whose sidecar it reads
     opts = ConvertOptions(
-        model=WEIGHTS, profile=load_profile("x86-avx2"), calibration=tmp_path / "train" / dd.IMAGES_DIR,
+        model=WEIGHTS, profile=load_profile("x86-avx2"), calibration=tmp_path / "train" / df.IMAGES_DIR,
         validation=DetectionTask(cfg).dataset(None, split="val", count=40),
         output=tmp_path / "bundle", labels=list(cfg.classes), task=task, force=True, fallback=False,
         latency_runs=3, calibration_samples=60,
@@ -313,7 +319,7 @@ def test_a_detector_converted_with_fold_bgr_takes_bgr_and_scores_the_same(detect
     _, cfg, _ = detector
     dd.write_folder(tmp_path / "train", list(dd.generate("train", 60, seed=0, size=cfg.input_size)))
     opts = ConvertOptions(
-        model=WEIGHTS, profile=load_profile("x86-avx2"), calibration=tmp_path / "train" / dd.IMAGES_DIR,
+        model=WEIGHTS, profile=load_profile("x86-avx2"), calibration=tmp_path / "train" / df.IMAGES_DIR,
         validation=DetectionTask(cfg).dataset(None, split="val", count=40), output=tmp_path / "bundle",
         fold_bgr=True, force=True, fallback=False, latency_runs=3, calibration_samples=60,
     )  # fmt: skip
@@ -334,7 +340,7 @@ def test_a_detector_sidecar_sets_the_input_normalization() -> None:
     from agent.bundle.manifest import ColorOrder
     from converter.pipeline import ConvertError, ConvertOptions, _normalization
     from converter.tasks.detection import DetectionTask
-    from converter.zoo.config import DetectorConfig
+    from converter.tasks.detector_config import DetectorConfig
     from firmware_profiles import load_profile
 
     task = DetectionTask(DetectorConfig(mean=127.5, std=64.0))
@@ -372,7 +378,7 @@ def test_eval_reports_bad_input_in_one_line(tmp_path: Path) -> None:
 def test_make_dataset_cli(tmp_path: Path) -> None:
     out = run("zoo", "make-dataset", "--output", tmp_path / "d", "--split", "val", "--count", "5", "--size", "96")
     assert out.exit_code == 0, out.output
-    folder = dd.read_folder(tmp_path / "d")
+    folder = df.read_folder(tmp_path / "d")
     assert len(folder) == 5 and folder.info["split"] == "val"
     assert np.array_equal(folder.image(4), dd.make_sample("val", 4, seed=0, size=96).image)
     assert "not empty" in one_line_error(run("zoo", "make-dataset", "--output", tmp_path / "d"))
@@ -386,7 +392,7 @@ def test_train_detector_cli_writes_model_and_sidecar(tmp_path: Path) -> None:
     assert "epoch 1/1" in out.output and "val mAP@0.5" in out.output
     import keras
 
-    from converter.zoo.config import read_sidecar
+    from converter.tasks.detector_config import read_sidecar
 
     cfg, doc = read_sidecar(tmp_path / "m.keras")
     assert doc["training"]["train_count"] == 64 and cfg.input_size == 64

@@ -15,9 +15,10 @@ from test_detector import one_line_error
 pytest.importorskip("tensorflow")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:keras")
 
+from agent.geometry.anchors import AnchorConfig  # noqa: E402
+from converter.tasks.detection_folder import IMAGES_DIR  # noqa: E402
+from converter.tasks.detector_config import DetectorConfig, read_sidecar, write_sidecar  # noqa: E402
 from converter.zoo import detection_data as dd  # noqa: E402
-from converter.zoo.anchors import AnchorConfig  # noqa: E402
-from converter.zoo.config import DetectorConfig, read_sidecar, write_sidecar  # noqa: E402
 from converter.zoo.finetune import detection_targets, detection_task_loss  # noqa: E402
 
 SIZE = 64
@@ -46,7 +47,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     coco = root / "coco"
     dd.write_folder(coco, list(dd.generate("train", 12, size=SIZE)))
     plain = root / "plain"
-    shutil.copytree(coco / dd.IMAGES_DIR, plain)
+    shutil.copytree(coco / IMAGES_DIR, plain)
     return {"root": root, "model": model_path, "coco": coco, "plain": plain}
 
 

@@ -12,7 +12,7 @@ pytest.importorskip("tensorflow")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:keras")
 
 from converter.cli import cli  # noqa: E402
-from converter.zoo.config import read_sidecar, sidecar_path  # noqa: E402
+from converter.tasks.detector_config import read_sidecar, sidecar_path  # noqa: E402
 
 REFERENCE = Path(__file__).resolve().parents[1] / "converter" / "zoo" / "weights" / "detector.keras"
 

@@ -343,7 +343,7 @@ def _reference_detector() -> tuple[keras.Model, list[str]] | None:
     """The project's SSD detector (converter/zoo/detector.py): trained weights when they exist,
     else the same architecture freshly built; None when the module is not there."""
     try:
-        from converter.zoo.config import DetectorConfig
+        from converter.tasks.detector_config import DetectorConfig
         from converter.zoo.detector import build_detector
     except ImportError:
         return None

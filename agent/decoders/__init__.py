@@ -1,11 +1,60 @@
-"""Decoders: one frame's model outputs -> detections, chosen by the manifest's `decoder`."""
+"""Decoders as plugins: one frame's model outputs -> detections, chosen by the manifest's `decoder`.
 
-from agent.decoders.base import (
-    DecoderError,
-    Detection,
-    OutputDecoder,
-    make_decoder,
-    needed_roles,
-)
+Each decoder is a pure function of dequantized output tensors (looked up by the roles the
+manifest records) and the frame transform; one module each:
+  ssd_postprocess  TFLite_Detection_PostProcess: boxes, classes, scores, count
+  ssd_raw          box encodings against anchors (manifest.extra), decoded here, then NMS
+  yolo             [1, N, 4 + C] (cx, cy, w, h, class scores), then NMS
+  classification   probabilities or logits -> top-k labels
+A manifest's decoder is never guessed: one the agent does not serve is refused.
+"""
 
-__all__ = ["DecoderError", "Detection", "OutputDecoder", "make_decoder", "needed_roles"]
+from __future__ import annotations
+
+import logging
+
+from agent.bundle.manifest import Manifest, OutputRole
+from agent.decoders.base import BBox, DecoderError, Detection, OutputDecoder
+from agent.decoders.classification import ClassificationDecoder
+from agent.decoders.ssd_postprocess import SSDPostprocessDecoder
+from agent.decoders.ssd_raw import SSDRawDecoder
+from agent.decoders.yolo import YoloDecoder
+
+logger = logging.getLogger(__name__)
+
+DECODERS = {cls.decoder: cls for cls in OutputDecoder.__subclasses__()}
+
+
+def needed_roles(decoder: OutputDecoder) -> tuple[OutputRole, ...]:
+    """The output roles a decoder reads; only those tensors are copied out of the interpreter."""
+    return getattr(decoder, "needed", decoder.roles)
+
+
+def make_decoder(
+    manifest: Manifest, score_threshold: float = 0.5, max_detections: int = 100, top_k: int = 5
+) -> OutputDecoder:
+    """The decoder the manifest names. A manifest that names none the agent serves is refused."""
+    cls = DECODERS.get(manifest.decoder)
+    if cls is None:
+        served = ", ".join(d.value for d in DECODERS)
+        raise DecoderError(
+            f"bundle decoder {manifest.decoder.value!r} is not served by the agent (serves {served})"
+        )
+    return cls(
+        manifest, score_threshold=score_threshold, max_detections=max_detections, top_k=top_k
+    )
+
+
+__all__ = [
+    "DECODERS",
+    "BBox",
+    "ClassificationDecoder",
+    "DecoderError",
+    "Detection",
+    "OutputDecoder",
+    "SSDPostprocessDecoder",
+    "SSDRawDecoder",
+    "YoloDecoder",
+    "make_decoder",
+    "needed_roles",
+]

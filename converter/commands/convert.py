@@ -10,11 +10,10 @@ import click
 
 from converter.console import console, progress
 from converter.params import FLOAT_LIST, PROFILE
+from converter.tasks import TASK_NAMES as TASKS
 from firmware_profiles import Profile
 
 logger = logging.getLogger(__name__)
-
-TASKS = ("auto", "classification", "tensor", "detection")
 
 
 class _ProgressReporter:

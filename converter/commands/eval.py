@@ -33,7 +33,7 @@ def eval_cmd(models: tuple[Path, ...], data_dir: Path, count: int, threads: int)
       edgegap eval converter/zoo/weights/detector.keras bundle-int8/ --data data/test
     """
     from converter.loading import import_tf, quiet_native_stderr
-    from converter.zoo.detection_data import read_folder
+    from converter.tasks.detection_folder import read_folder
     from converter.zoo.evaluate import EvalError, evaluate_bundle, evaluate_keras_file
 
     folder = read_folder(data_dir)

@@ -64,7 +64,7 @@ def _data(path: Path, model: Any, mean: list[float], std: list[float], color_ord
 
 
 def _is_detection_folder(data: Path | None) -> bool:
-    from converter.zoo.detection_data import ANNOTATIONS_FILE
+    from converter.tasks.detection_folder import ANNOTATIONS_FILE
 
     return data is not None and data.is_dir() and (data / ANNOTATIONS_FILE).is_file()
 
@@ -92,7 +92,7 @@ def _detector_data(task: Any, model: Any, data: Path, limit: int) -> tuple[Any, 
     """Inputs normalized as the sidecar says, anchor-matched targets when the folder has COCO
     annotations (else none), and a description of what the fine-tune will see."""
     from converter.data import load_data
-    from converter.zoo.detection_data import ANNOTATIONS_FILE, DatasetError, read_folder
+    from converter.tasks.detection_folder import ANNOTATIONS_FILE, DatasetError, read_folder
     from converter.zoo.finetune import detection_targets
 
     cfg = task.cfg
@@ -277,7 +277,7 @@ def _copy_sidecar(source: Path, output: Path) -> None:
     outputs feed reshapes that move the channel axis, so the graph keeps them whole."""
     import shutil
 
-    from converter.zoo.config import has_sidecar, sidecar_path
+    from converter.tasks.detector_config import has_sidecar, sidecar_path
 
     if has_sidecar(source):
         shutil.copyfile(sidecar_path(source), sidecar_path(output))

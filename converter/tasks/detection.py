@@ -1,7 +1,7 @@
 """The detection task: SSD detectors exported with the TFLite_Detection_PostProcess op.
 
 A Keras detector is recognised by its sidecar (`model.keras` -> `model.detector.json`, see
-converter/zoo/config.py), which carries the input size and normalization, class names, anchors
+converter/tasks/detector_config.py), which carries the input size and normalization, class names, anchors
 and NMS settings. Accuracy is COCO mAP@0.5 of the converted model against the float model on
 validation images with ground-truth boxes; the drop is in fraction units (0.01 = 1 mAP point).
 """
@@ -18,14 +18,14 @@ from typing import Any, ClassVar
 import numpy as np
 
 from agent.bundle.manifest import ColorOrder, Decoder, OutputRole
+from agent.geometry.letterbox import resize_image
 from agent.runtime import LoadedModel, TensorInfo
 from converter.data import Dataset, Normalization
 from converter.evaluation import Detections, coco_map
+from converter.tasks import ssd
 from converter.tasks.base import AccuracyReport, FloatFn, Task
-from converter.zoo import detection_data
-from converter.zoo.config import DetectorConfig, SidecarError, has_sidecar, read_sidecar
-from converter.zoo.detector_export import OUTPUT_KEYS, POSTPROCESS_OP, ROLES
-from converter.zoo.inference import detections_from_raw, fit_image, run_postprocessed
+from converter.tasks.detection_folder import DatasetError, read_folder
+from converter.tasks.detector_config import DetectorConfig, SidecarError, has_sidecar, read_sidecar
 
 logger = logging.getLogger(__name__)
 
@@ -82,24 +82,18 @@ class DetectionTask(Task):
         return Normalization([self.cfg.mean], [self.cfg.std], ColorOrder(self.cfg.color_order))
 
     def export_saved_model(self, model: Any, out_dir: Path) -> None:
-        from converter.zoo.detector_export import export_saved_model
-
-        export_saved_model(model, self.cfg, Path(out_dir))
+        ssd.export_saved_model(model, self.cfg, Path(out_dir))
 
     def configure_converter(self, converter: Any) -> None:
-        from converter.zoo.detector_export import configure_converter
-
-        configure_converter(converter)
+        ssd.configure_converter(converter)
 
     def output_roles(self, outputs: Sequence[TensorInfo]) -> list[OutputRole]:
-        from converter.zoo.detector_export import output_roles
-
-        return output_roles(outputs)
+        return ssd.output_roles(outputs)
 
     def accuracy(self, float_fn: FloatFn, quant: LoadedModel, data: Dataset) -> AccuracyReport:
         labels = data.labels
         if not isinstance(labels, BoxLabels):
-            raise detection_data.DatasetError(
+            raise DatasetError(
                 "detection accuracy needs ground-truth boxes: give the validation data as a COCO-style "
                 "folder (annotations.json + images, e.g. from `edgegap zoo make-dataset --split val`)"
             )
@@ -107,7 +101,7 @@ class DetectionTask(Task):
         for i in range(0, len(data.x), _BATCH):
             float_dets += self._float_detections(float_fn(data.x[i : i + _BATCH]))
         roles = dict(zip(self.output_roles(quant.outputs), (o.index for o in quant.outputs), strict=True))
-        quant_dets = run_postprocessed(quant, data.x, roles)
+        quant_dets = ssd.run_postprocessed(quant, data.x, roles)
         f = coco_map(labels.boxes, labels.classes, float_dets, self.cfg.num_classes)
         q = coco_map(labels.boxes, labels.classes, quant_dets, self.cfg.num_classes)
         return AccuracyReport(
@@ -124,11 +118,11 @@ class DetectionTask(Task):
         as the op decodes them, or the post-processed outputs (a mapping by signature key, or a
         sequence in the op's order: boxes, classes, scores, count)."""
         if isinstance(outputs, Mapping):
-            outputs = [np.asarray(outputs[k]) for k in OUTPUT_KEYS]
+            outputs = [np.asarray(outputs[k]) for k in ssd.OUTPUT_KEYS]
         outs = [np.asarray(o) for o in outputs]
         a, c = self.cfg.anchors.count, self.cfg.num_classes
         if len(outs) == 2 and outs[0].shape[1:] == (a, 4) and outs[1].shape[1:] == (a, c):
-            return detections_from_raw(outs[0], outs[1], self.cfg)
+            return ssd.detections_from_raw(outs[0], outs[1], self.cfg)
         if len(outs) == 4 and outs[0].ndim == 3 and outs[0].shape[-1] == 4:
             boxes, classes, scores, count = outs
             count = count.reshape(len(boxes), -1)[:, 0]
@@ -141,8 +135,8 @@ class DetectionTask(Task):
     def manifest_extra(self) -> dict[str, Any]:
         doc = self.cfg.to_dict()
         return {
-            "postprocess_op": POSTPROCESS_OP,
-            "output_roles": [r.value for r in ROLES],
+            "postprocess_op": ssd.POSTPROCESS_OP,
+            "output_roles": [r.value for r in ssd.ROLES],
             "num_classes": self.cfg.num_classes,
             "background_class": False,
             "anchors": doc["anchors"],
@@ -156,10 +150,12 @@ class DetectionTask(Task):
         on the generated dataset (the sidecar says so), its validation split."""
         if path is not None:
             return self.dataset(Path(path), count=limit)
+        from converter.zoo.detection_data import DATASET_ID  # the reference detector's own data
+
         self.cfg  # noqa: B018 - reads the sidecar (and its training record) if not read yet
         training = self._doc.get("training", {})
-        if training.get("dataset") != detection_data.DATASET_ID:
-            raise detection_data.DatasetError(
+        if training.get("dataset") != DATASET_ID:
+            raise DatasetError(
                 "detection accuracy needs ground-truth boxes: pass --validation a COCO-style folder "
                 "(annotations.json + images)"
             )
@@ -171,15 +167,17 @@ class DetectionTask(Task):
         the generated dataset's split when no folder is given."""
         size = (self.cfg.input_size, self.cfg.input_size)
         if data_dir is None:
-            samples = list(detection_data.generate(split, count, seed=seed, size=self.cfg.input_size))
+            from converter.zoo.detection_data import generate  # the reference detector's own data
+
+            samples = list(generate(split, count, seed=seed, size=self.cfg.input_size))
             images = [s.image for s in samples]
             boxes, classes = [s.boxes for s in samples], [s.classes for s in samples]
             source = f"generated {split} split, seed {seed}, {count} images"
         else:
-            folder = detection_data.read_folder(Path(data_dir))
+            folder = read_folder(Path(data_dir))
             index = class_index(folder.labels, self.labels)
             n = min(count, len(folder)) if count > 0 else len(folder)
-            images = [fit_image(folder.image(i), size)[0] for i in range(n)]
+            images = [resize_image(folder.image(i), size)[0] for i in range(n)]
             boxes = folder.boxes[:n]
             classes = [index[c] for c in folder.classes[:n]]
             source = str(data_dir)
@@ -191,7 +189,7 @@ def class_index(data_labels: Sequence[str], model_labels: Sequence[str]) -> np.n
     """Map a dataset's class indices to the model's, by name."""
     missing = [n for n in data_labels if n not in model_labels]
     if missing:
-        raise detection_data.DatasetError(
+        raise DatasetError(
             f"the data has classes the model does not know: {', '.join(missing)} (model: {', '.join(model_labels)})"
         )
     return np.array([list(model_labels).index(n) for n in data_labels], np.int32)

@@ -3,7 +3,7 @@ three feature maps (strides 8, 16, 32), sigmoid focal loss plus smooth-L1 box lo
 
 The model is a plain functional Keras model with two outputs, `box_encodings` [N, A, 4] and
 `class_logits` [N, A, C] (no background column), so it can be pruned, exported and converted.
-Its anchors, classes and NMS settings live in the sidecar (converter/zoo/config.py).
+Its anchors, classes and NMS settings live in the sidecar (converter/tasks/detector_config.py).
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from agent.geometry.anchors import generate_anchors
 from converter.evaluation import MapResult, coco_map
-from converter.zoo.anchors import generate_anchors, match
-from converter.zoo.config import DetectorConfig
+from converter.tasks.detector_config import DetectorConfig
+from converter.tasks.ssd import detections_from_raw
 from converter.zoo.detection_data import Sample
-from converter.zoo.inference import detections_from_raw
+from converter.zoo.targets import match
 
 logger = logging.getLogger(__name__)
 

@@ -41,11 +41,11 @@ def digits_pixels(size: int = DIGITS_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """All 1797 digits as (N, size, size, 1) uint8 pixels, with their labels."""
     from sklearn.datasets import load_digits
 
-    from converter.data import resize_pixels
+    from agent.geometry.letterbox import resize_image
 
     digits = load_digits()
     raw = np.clip(np.rint(digits.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
-    pixels = np.stack([resize_pixels(img, (size, size), ResizeMode.STRETCH) for img in raw])
+    pixels = np.stack([resize_image(img, (size, size), ResizeMode.STRETCH)[0] for img in raw])
     return pixels[..., np.newaxis], digits.target.astype(np.int64)
 
 

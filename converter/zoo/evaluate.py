@@ -10,14 +10,16 @@ import cv2
 import numpy as np
 
 from agent.bundle.loading import load_bundle
-from agent.bundle.manifest import ColorOrder, Decoder, OutputRole, ResizeMode
+from agent.bundle.manifest import ColorOrder, Decoder, OutputRole
 from agent.errors import EdgegapError
+from agent.geometry.boxes import swap_xy
+from agent.geometry.letterbox import FrameTransform, resize_image
 from agent.preprocess import Normalizer
 from agent.runtime import open_model
 from converter.evaluation import Detections, MapResult, coco_map
-from converter.zoo.config import read_sidecar
-from converter.zoo.detection_data import DetectionFolder
-from converter.zoo.inference import fit_image, read_postprocessed, run_postprocessed, unmap
+from converter.tasks.detection_folder import DetectionFolder
+from converter.tasks.detector_config import read_sidecar
+from converter.tasks.ssd import detections_from_raw, read_postprocessed
 
 logger = logging.getLogger(__name__)
 
@@ -68,16 +70,22 @@ def evaluate_bundle(bundle_dir: Path, folder: DetectionFolder, threads: int = 2,
             image = image[..., ::-1]
         elif m.input.color_order is ColorOrder.GRAY:
             image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None]
-        pixels, mapping = fit_image(image, (shape[1], shape[2]), m.input.resize is ResizeMode.LETTERBOX)
+        pixels, t = resize_image(image, (shape[1], shape[2]), m.input.resize)
         if pixels.ndim == 2:
             pixels = pixels[..., None]
         model.set_input(norm(pixels))
         model.invoke()
         det = read_postprocessed(model, roles)
-        dets.append(unmap(det, mapping))
+        dets.append(on_image(det, t))
     dets = _remap(dets, list(m.labels), folder.labels)
     kind = f"{m.input.dtype} TFLite ({model.backend} {model.backend_version})"
     return EvalResult(str(bundle_dir), kind, _score(folder, dets, n))
+
+
+def on_image(det: Detections, t: FrameTransform) -> Detections:
+    """Detections with yxyx boxes on the model input -> yxyx in [0, 1] of the image the
+    transform came from, mapped back as the agent maps them."""
+    return Detections(swap_xy(t.to_source_fraction(swap_xy(det.boxes))), det.scores, det.classes)
 
 
 def evaluate_keras_file(model_path: Path, folder: DetectionFolder, limit: int = 0) -> EvalResult:
@@ -85,7 +93,6 @@ def evaluate_keras_file(model_path: Path, folder: DetectionFolder, limit: int = 
     import keras
 
     from converter.zoo.detector import normalize
-    from converter.zoo.inference import detections_from_raw
 
     cfg, _ = read_sidecar(Path(model_path))
     try:
@@ -96,7 +103,7 @@ def evaluate_keras_file(model_path: Path, folder: DetectionFolder, limit: int = 
     size = (cfg.input_size, cfg.input_size)
     dets: list[Detections] = []
     for start in range(0, n, 32):
-        batch = np.stack([fit_image(folder.image(i), size)[0] for i in range(start, min(n, start + 32))])
+        batch = np.stack([resize_image(folder.image(i), size)[0] for i in range(start, min(n, start + 32))])
         box, logits = model.predict(normalize(batch, cfg), verbose=0)
         dets += detections_from_raw(np.asarray(box), np.asarray(logits), cfg)
     dets = _remap(dets, list(cfg.classes), folder.labels)
@@ -111,11 +118,3 @@ def _count(folder: DetectionFolder, limit: int) -> int:
 
 def _score(folder: DetectionFolder, dets: list[Detections], n: int) -> MapResult:
     return coco_map(folder.boxes[:n], folder.classes[:n], dets, len(folder.labels))
-
-
-def run_tflite_detector(model_bytes: bytes, x: np.ndarray, threads: int = 2) -> list[Detections]:
-    """Detections of a converted detector (no manifest) on normalized inputs, with the output
-    roles read from the post-processing op itself; for tests and benchmarks."""
-    from converter.zoo.detector_export import roles_from_op
-
-    return run_postprocessed(open_model(model_bytes, threads), x, roles_from_op(model_bytes))

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from converter.zoo.anchors import generate_anchors, match
-from converter.zoo.config import DetectorConfig
+from agent.geometry.anchors import generate_anchors
+from converter.tasks.detector_config import DetectorConfig
+from converter.zoo.targets import match
 
 logger = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from agent.geometry.anchors import AnchorConfig
 from converter.evaluation import MapResult
-from converter.zoo.anchors import AnchorConfig
-from converter.zoo.config import DetectorConfig, write_sidecar
+from converter.tasks.detector_config import DetectorConfig, write_sidecar
 from converter.zoo.detection_data import CLASSES, DATASET_ID, make_sample
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""Export the detector with the standard TFLite SSD post-processing op, and convert it.
+"""The standard TFLite SSD post-processing op: export a Keras SSD detector with it, convert it,
+find its outputs, run the converted model, and decode raw outputs the way the op does.
 
 The SavedModel's serving function runs the Keras model, applies the sigmoid, and calls an empty
 `tf.function` whose `experimental_implements` attribute is a NameAttrList text proto naming
@@ -12,16 +13,20 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from agent.bundle.manifest import OutputRole
-from agent.runtime import TensorInfo
-from converter.zoo.anchors import generate_anchors
-from converter.zoo.config import DetectorConfig
+from agent.decoders.base import sigmoid
+from agent.geometry.anchors import generate_anchors
+from agent.geometry.boxes import decode, nms
+from agent.runtime import LoadedModel, TensorInfo, open_model
+from converter.evaluation import Detections
+from converter.tasks.detector_config import DetectorConfig, NmsConfig
+from converter.tasks.tensor import quantize_input
 
 logger = logging.getLogger(__name__)
 
@@ -180,3 +185,69 @@ def roles_from_op(model_bytes: bytes) -> dict[OutputRole, int]:
         if (codes[op.OpcodeIndex()].CustomCode() or b"").decode() == POSTPROCESS_OP:
             return {role: int(i) for role, i in zip(ROLES, op.OutputsAsNumpy(), strict=True)}
     raise ExportError(f"the model has no {POSTPROCESS_OP} op")
+
+
+# --- running the converted model, and the op's twin for raw outputs ---------------------------
+
+
+def read_postprocessed(model: LoadedModel, roles: Mapping[OutputRole, int]) -> Detections:
+    """The valid detections of the last invoke, each output found by its tensor index."""
+    n = int(round(float(model.get(roles[OutputRole.COUNT]).ravel()[0])))
+    boxes = model.get(roles[OutputRole.BOXES]).reshape(-1, 4)[:n].astype(np.float32)
+    classes = np.rint(model.get(roles[OutputRole.CLASSES]).reshape(-1)[:n]).astype(np.int32)
+    scores = model.get(roles[OutputRole.SCORES]).reshape(-1)[:n].astype(np.float32)
+    return Detections(boxes, scores, classes)
+
+
+def run_postprocessed(
+    model: LoadedModel, x: np.ndarray, roles: Mapping[OutputRole, int]
+) -> list[Detections]:
+    """Detections for each normalized input in x (N, H, W, C)."""
+    info = model.inputs[0]
+    out = []
+    for item in x:
+        model.set_input(quantize_input(item[np.newaxis], info))
+        model.invoke()
+        out.append(read_postprocessed(model, roles))
+    return out
+
+
+def run_tflite_detector(model_bytes: bytes, x: np.ndarray, threads: int = 2) -> list[Detections]:
+    """Detections of a converted detector (no manifest) on normalized inputs, with the output
+    roles read from the post-processing op itself; for tests and benchmarks."""
+    return run_postprocessed(open_model(model_bytes, threads), x, roles_from_op(model_bytes))
+
+
+def postprocess(
+    box_enc: np.ndarray, scores: np.ndarray, anchors: np.ndarray, cfg: NmsConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The fast-NMS path of TFLite_Detection_PostProcess for one image, in NumPy.
+
+    box_enc (A, 4) encodings, scores (A, C) class scores (already through the sigmoid).
+    Returns boxes (M, 4) yxyx, classes (M,), scores (M,) and the count, padded to max_detections.
+    """
+    boxes = decode(box_enc, anchors, cfg.coder)
+    best = scores.max(axis=1)
+    label = scores.argmax(axis=1)
+    keep = np.nonzero(best >= cfg.nms_score_threshold)[0]
+    selected = keep[nms(boxes[keep], best[keep], cfg.nms_iou_threshold, cfg.max_detections)]
+    m = cfg.max_detections
+    out_b = np.zeros((m, 4), np.float32)
+    out_c = np.zeros(m, np.float32)
+    out_s = np.zeros(m, np.float32)
+    k = len(selected)
+    out_b[:k] = boxes[selected]
+    out_c[:k] = label[selected]
+    out_s[:k] = best[selected]
+    return out_b, out_c, out_s, k
+
+
+def detections_from_raw(box: np.ndarray, logits: np.ndarray, cfg: DetectorConfig) -> list[Detections]:
+    """Per image detections from raw outputs (N, A, 4) and (N, A, C), through the NumPy twin
+    of the TFLite post-process, with the sidecar's NMS settings."""
+    anchors = generate_anchors(cfg.anchors)
+    out = []
+    for b, lg in zip(box, logits, strict=True):
+        boxes, classes, scores, n = postprocess(b, sigmoid(lg), anchors, cfg.nms)
+        out.append(Detections(boxes[:n], scores[:n], classes[:n].astype(np.int32)))
+    return out

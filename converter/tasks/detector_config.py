@@ -1,4 +1,4 @@
-"""The detector's description, kept in a JSON sidecar next to the .keras file.
+"""A Keras SSD detector's description, kept in a JSON sidecar next to the .keras file.
 
 `model.keras` is accompanied by `model.detector.json`: input size and normalization, class
 names, the anchor grid, the box coder and the NMS settings of the post-processing op. Everything
@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import EdgegapError
-from converter.zoo.anchors import AnchorConfig, BoxCoder, NmsConfig
+from agent.geometry.anchors import AnchorConfig
+from agent.geometry.boxes import BoxCoder
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +25,18 @@ SIDECAR_FORMAT = 1
 
 class SidecarError(EdgegapError, ValueError):
     """The detector sidecar is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class NmsConfig:
+    """Attributes of the TFLite_Detection_PostProcess op (fast NMS unless use_regular_nms)."""
+
+    max_detections: int = 20
+    max_classes_per_detection: int = 1
+    nms_score_threshold: float = 0.05
+    nms_iou_threshold: float = 0.5
+    use_regular_nms: bool = False
+    coder: BoxCoder = field(default_factory=BoxCoder)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,81 @@
+"""SSD anchors (ycenter, xcenter, h, w) in [0, 1] from a grid spec.
+
+One grid per feature map; per cell, one anchor per aspect ratio r at the level's first scale
+s0 (h = s0 / sqrt(r), w = s0 * sqrt(r)), then one square anchor per further scale of the level.
+Order: level, row, column, anchor (the order an SSD head's reshape gives). The converter's
+reference detector describes its grid with AnchorConfig; a manifest records the same grid as a
+mapping (`AnchorConfig.to_dict()`, or a hand-written one with [H, W] maps and scalar scales).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def grid_anchors(spec: Mapping[str, Any]) -> np.ndarray:
+    """(A, 4) float32 anchors from {"feature_maps": [G or [H, W] per level], "scales": [s or
+    [s0, s1, ...] per level], "aspect_ratios": [r, ...]}."""
+    maps, scales, ratios = spec["feature_maps"], spec["scales"], spec["aspect_ratios"]
+    if len(maps) != len(scales):
+        raise ValueError("anchor grid: feature_maps and scales must have the same length")
+    rows: list[tuple[float, float, float, float]] = []
+    for fmap, level in zip(maps, scales, strict=True):
+        fh, fw = (fmap, fmap) if isinstance(fmap, int | float) else fmap
+        level = [level] if isinstance(level, int | float) else list(level)
+        shapes = [(level[0] / math.sqrt(r), level[0] * math.sqrt(r)) for r in ratios]
+        shapes += [(s, s) for s in level[1:]]
+        for y in range(int(fh)):
+            for x in range(int(fw)):
+                rows.extend(((y + 0.5) / fh, (x + 0.5) / fw, h, w) for h, w in shapes)
+    return np.asarray(rows, np.float32)
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    """Square grids, one per feature map, with equally many scales per level."""
+
+    feature_maps: tuple[int, ...] = (24, 12, 6)  # strides 8, 16 and 32 of a 192 px input
+    scales: tuple[tuple[float, ...], ...] = ((0.1, 0.14), (0.2, 0.28), (0.38, 0.52))
+    aspect_ratios: tuple[float, ...] = (1.0, 1.6, 0.6)
+
+    @classmethod
+    def for_input(cls, size: int) -> AnchorConfig:
+        """The default grid for a square input whose side is a multiple of 32."""
+        if size % 32:
+            raise ValueError(f"input size {size} is not a multiple of 32")
+        return cls(feature_maps=(size // 8, size // 16, size // 32))
+
+    @property
+    def per_cell(self) -> int:
+        return len(self.aspect_ratios) + len(self.scales[0]) - 1
+
+    @property
+    def count(self) -> int:
+        return sum(g * g for g in self.feature_maps) * self.per_cell
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: [list(v) if isinstance(v, tuple) else v for v in vals] if k == "scales" else list(vals)
+                for k, vals in asdict(self).items()}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AnchorConfig:
+        return cls(
+            feature_maps=tuple(int(v) for v in d["feature_maps"]),
+            scales=tuple(tuple(float(s) for s in lvl) for lvl in d["scales"]),
+            aspect_ratios=tuple(float(v) for v in d["aspect_ratios"]),
+        )
+
+
+def generate_anchors(cfg: AnchorConfig) -> np.ndarray:
+    """(A, 4) float32 anchors, (ycenter, xcenter, h, w), of an AnchorConfig."""
+    if len(cfg.scales) != len(cfg.feature_maps) or len({len(s) for s in cfg.scales}) != 1:
+        raise ValueError("need one equally long list of scales per feature map")
+    return grid_anchors(cfg.to_dict())
