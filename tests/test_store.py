@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -395,3 +396,25 @@ def test_clean_staging_keeps_only_the_current_download(tmp_path: Path) -> None:
     assert sorted(removed) == sorted([one.sha256, f"{one.sha256}.tflite"])
     assert [p.name for p in (tmp_path / "staging").iterdir()] == [two.sha256]
     assert Staging(tmp_path, two).have() == {0}
+
+
+def test_a_full_disk_is_a_store_error_and_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, blob, chunks = _blob()
+    staging = Staging(tmp_path, blob)
+    store = BundleStore(tmp_path / "state")
+    manifest, model = make_bundle(1)
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(StoreError, match="staging a chunk failed: No space left on device"):
+        staging.put(0, chunks[0])
+    with pytest.raises(StoreError, match="installing a bundle failed"):
+        store.install(manifest, model)
+    monkeypatch.undo()
+    assert list(staging.dir.iterdir()) == []
+    assert list(store.bundles_dir.iterdir()) == []
+    assert Staging(tmp_path, blob).have() == set()

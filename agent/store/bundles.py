@@ -39,6 +39,7 @@ from agent.store.files import (
     clean_temp,
     fsync_dir,
     is_sha256,
+    people_errors,
     read_small,
     remove_file,
     remove_tree,
@@ -58,6 +59,7 @@ _MAX_STATE_FILE = 256 * 1024
 class BundleStore:
     """Bundles by sha256 under state_dir, and which one is active, previous and good."""
 
+    @people_errors("opening the bundle store")
     def __init__(self, state_dir: Path, crash_limit: int = DEFAULT_CRASH_LIMIT) -> None:
         if crash_limit < 1:
             raise StoreError(f"crash_limit must be at least 1, got {crash_limit}")
@@ -152,6 +154,7 @@ class BundleStore:
 
     # ---- installing -----------------------------------------------------------------------
 
+    @people_errors("installing a bundle")
     def install(self, manifest: Manifest | bytes, model: Path | bytes) -> Path:
         """Put a bundle in the store as bundles/<sha256>/; returns its folder.
 
@@ -186,6 +189,7 @@ class BundleStore:
 
     # ---- pointers -------------------------------------------------------------------------
 
+    @people_errors("activating a bundle")
     def activate(self, sha: str) -> None:
         """Serve sha: previous := the current active, active := sha; the start count begins anew.
 
@@ -203,6 +207,7 @@ class BundleStore:
             self._point("active", sha)
         logger.info("activated bundle %s… (previous: %s)", sha[:12], current[:12] + "…" if current else "none")
 
+    @people_errors("marking a bundle good")
     def mark_good(self, sha: str) -> None:
         """sha passed probation: it is the bundle to fall back to, and never counts as crash-looping."""
         with self._lock:
@@ -210,6 +215,7 @@ class BundleStore:
             self._point("good", sha)
         logger.info("bundle %s… is now the good one", sha[:12])
 
+    @people_errors("rolling back")
     def rollback(self) -> str:
         """Serve the previous bundle (or the good one); returns its sha. StoreError if there is none.
 
@@ -222,6 +228,7 @@ class BundleStore:
             raise StoreError("nothing to roll back to: no previous or good bundle in the store")
         return target
 
+    @people_errors("counting a start")
     def note_start(self) -> str | None:
         """Count an agent start against the active bundle; call once per start, before serving.
 
@@ -294,6 +301,7 @@ class BundleStore:
 
     # ---- rejections -----------------------------------------------------------------------
 
+    @people_errors("recording a rejection")
     def reject(self, sha: str, version: int, reason: str) -> None:
         """Remember that sha (at this manifest version) must not be tried again."""
         if not is_sha256(sha):
@@ -332,6 +340,7 @@ class BundleStore:
 
     # ---- pruning --------------------------------------------------------------------------
 
+    @people_errors("pruning the bundle store")
     def prune(self, keep: Iterable[str] = ()) -> list[str]:
         """Remove every bundle but active, previous, good and those in keep; returns the removed shas."""
         with self._lock:

@@ -8,6 +8,7 @@ a crash leaves behind is recognised and removed (`clean_temp`) rather than read.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -15,8 +16,9 @@ import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, ParamSpec, TypeVar
 
 from agent.errors import EdgegapError
 
@@ -25,10 +27,29 @@ logger = logging.getLogger(__name__)
 TMP_PREFIX = ".tmp-"
 SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 _COPY_BLOCK = 1 << 20
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class StoreError(EdgegapError):
     """The store refused an operation, or found its files unusable. The message is for people."""
+
+
+def people_errors(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Turn an OSError (disk full, read-only, permissions) into a StoreError saying what failed."""
+
+    def wrap(fn: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def inner(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return fn(*args, **kwargs)
+            except OSError as exc:
+                where = f" ({exc.filename})" if exc.filename else ""
+                raise StoreError(f"{what} failed: {exc.strerror or exc}{where}") from exc
+
+        return inner
+
+    return wrap
 
 
 def is_sha256(text: object) -> bool:
@@ -77,10 +98,15 @@ def remove_tree(path: Path) -> None:
     """
     if not path.exists():
         return
+    if path.name.startswith(TMP_PREFIX):  # already a temp name: nobody reads it
+        shutil.rmtree(path, ignore_errors=True)
+        return
     doomed = path.with_name(f"{TMP_PREFIX}del-{path.name}-{uuid.uuid4().hex[:8]}")
     os.replace(path, doomed)
-    fsync_dir(path.parent)
-    shutil.rmtree(doomed, ignore_errors=True)
+    try:
+        fsync_dir(path.parent)
+    finally:
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 def clean_temp(directory: Path) -> list[str]:

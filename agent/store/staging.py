@@ -26,6 +26,7 @@ from agent.store.files import (
     clean_temp,
     fsync_dir,
     is_sha256,
+    people_errors,
     remove_file,
     remove_tree,
     sha256_of,
@@ -40,6 +41,7 @@ MODEL_SUFFIX = ".tflite"
 class Staging:
     """The staged chunks of one blob under <state_dir>/staging/<sha256>/."""
 
+    @people_errors("staging a download")
     def __init__(self, state_dir: Path, blob: Blob, limits: Limits | None = None) -> None:
         limits = limits or Limits()
         _check_blob(blob, limits)
@@ -50,6 +52,7 @@ class Staging:
         self._have: set[int] | None = None
         self.dir.mkdir(parents=True, exist_ok=True)
 
+    @people_errors("checking the staged chunks")
     def have(self) -> set[int]:
         """The chunks on disk that verify; re-reads and re-hashes each, deleting those that do not."""
         clean_temp(self.dir)
@@ -69,6 +72,7 @@ class Staging:
         self._have = good
         return set(good)
 
+    @people_errors("staging a chunk")
     def put(self, index: int, data: bytes) -> None:
         """Stage chunk index; its index, length and sha256 are checked before anything is written."""
         problem = self._problem(index, data)
@@ -83,6 +87,7 @@ class Staging:
         have = self.have() if self._have is None else self._have
         return [i for i in range(self.blob.chunks) if i not in have]
 
+    @people_errors("assembling the model")
     def assemble(self) -> Path:
         """Concatenate the chunks into staging/<sha256>.tflite, checking the whole size and sha256.
 
@@ -123,6 +128,7 @@ class Staging:
         logger.info("assembled %s… (%d bytes, %d chunks)", self.blob.sha256[:12], size, self.blob.chunks)
         return self.model_path
 
+    @people_errors("discarding a download")
     def discard(self) -> None:
         """Remove this download's chunks and assembled file."""
         remove_tree(self.dir)
@@ -158,6 +164,7 @@ class Staging:
         return None
 
 
+@people_errors("cleaning the staging directory")
 def clean_staging(state_dir: Path, keep: str | None = None) -> list[str]:
     """Remove every staged download but keep's (a sha256); returns the names removed."""
     root = Path(state_dir) / "staging"
