@@ -229,9 +229,9 @@ def test_inline_reads_leave_the_model_input_to_the_consumer(tmp_path: Path) -> N
     source = make_source(SourceConfig(uri=str(write_video(tmp_path / "v.avi", 30, fps=100.0))))
     prepared_by: list[str] = []
 
-    def prepare(image: object) -> str:
+    def prepare(image: object) -> tuple[str, str]:
         prepared_by.append(threading.current_thread().name)
-        return "input"
+        return "input", "transform"
 
     g = Grabber(source, Rate.NATIVE, prepare=prepare)
     g.start()
@@ -241,7 +241,7 @@ def test_inline_reads_leave_the_model_input_to_the_consumer(tmp_path: Path) -> N
             inline += 1
         else:
             on_grabber += 1
-            assert f.prepared == "input"
+            assert f.prepared.tensor == "input" and f.prepared.by is prepare
     g.stop()
     assert inline == g.stats.inline >= 30 - INLINE_AFTER - 2 and on_grabber + inline == 30
     assert len(prepared_by) == on_grabber and threading.main_thread().name not in prepared_by
