@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from agent.atomic import atomic_write
 from agent.bundle.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from agent.bundle.signing import verify_manifest
 from agent.errors import EdgegapError
@@ -94,24 +93,11 @@ def load_bundle(bundle_dir: Path, trusted_keys: Iterable[Ed25519PublicKey] | Non
     return Bundle(bundle_dir, manifest)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_bundle(out_dir: Path, model_bytes: bytes, manifest: Manifest) -> Bundle:
     """Write model then manifest, each atomically; the manifest must already describe the model."""
     if hashlib.sha256(model_bytes).hexdigest() != manifest.model.sha256 or len(model_bytes) != manifest.model.size:
         raise ValueError("manifest.model does not describe model_bytes")
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out_dir / MODEL_FILE, model_bytes)
-    _atomic_write(out_dir / MANIFEST_FILE, manifest.to_json().encode())
+    atomic_write(out_dir / MODEL_FILE, model_bytes)
+    atomic_write(out_dir / MANIFEST_FILE, manifest.to_json().encode())
     return Bundle(out_dir, manifest)

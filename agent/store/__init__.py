@@ -16,8 +16,9 @@ how the agent uses them. In short:
 - a `rollback` command: `store.rollback()`; a `pin`: `store.activate(store.find_version(v))`.
 """
 
+from agent.atomic import atomic_write
 from agent.store.bundles import DEFAULT_CRASH_LIMIT, BundleStore, Pointer
-from agent.store.files import StoreError, atomic_write
+from agent.store.files import StoreError
 from agent.store.staging import Staging, clean_staging
 
 __all__ = [

@@ -30,14 +30,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
+from agent.atomic import TMP_PREFIX, atomic_write, fsync_dir
 from agent.bundle.loading import MANIFEST_FILE, MODEL_FILE, BundleError, read_manifest
 from agent.bundle.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from agent.store.files import (
-    TMP_PREFIX,
     StoreError,
-    atomic_write,
     clean_temp,
-    fsync_dir,
     is_sha256,
     people_errors,
     read_small,

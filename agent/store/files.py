@@ -14,17 +14,16 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, ParamSpec, TypeVar
 
+from agent.atomic import TMP_PREFIX, fsync_dir
 from agent.errors import EdgegapError
 
 logger = logging.getLogger(__name__)
 
-TMP_PREFIX = ".tmp-"
 SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 _COPY_BLOCK = 1 << 20
 P = ParamSpec("P")
@@ -57,28 +56,6 @@ def is_sha256(text: object) -> bool:
     return isinstance(text, str) and SHA256.match(text) is not None
 
 
-def fsync_dir(path: Path) -> None:
-    """Persist a directory's entries (a rename or unlink inside it)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace path with data: temp file in the same directory, write, fsync, rename, fsync dir."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 def remove_file(path: Path) -> None:

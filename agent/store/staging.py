@@ -19,12 +19,10 @@ import os
 import tempfile
 from pathlib import Path
 
+from agent.atomic import TMP_PREFIX, atomic_write, fsync_dir
 from agent.store.files import (
-    TMP_PREFIX,
     StoreError,
-    atomic_write,
     clean_temp,
-    fsync_dir,
     is_sha256,
     people_errors,
     remove_file,
