@@ -18,6 +18,7 @@ from agent.bundle.loading import (
     read_manifest,
     sha256_file,
 )
+from agent.bundle.manifest import Manifest
 from agent.errors import EdgegapError
 from converter.console import console, human_bytes
 from converter.loading import quiet_native_stderr
@@ -124,7 +125,23 @@ def _inspect(bundle: Path) -> None:
     if not model_path.is_file():
         raise BundleError(f"{bundle} is not a bundle: no {MODEL_FILE}")
     matches = sha256_file(model_path) == manifest.model.sha256
-    m = manifest
+    console.print(_manifest_table(bundle, manifest, matches))
+    console.print(_input_table(manifest))
+    console.print(_outputs_table(manifest))
+    if manifest.metrics:
+        console.print(_metrics_table(manifest))
+    gate_rows = _gate_rows(manifest)
+    if gate_rows:
+        console.print(_gates_table(gate_rows))
+    try:
+        graph = read_graph(model_path.read_bytes())
+    except ValueError as exc:
+        raise BundleError(f"{model_path}: {exc}") from exc
+    _tensor_table(model_path, graph)
+    console.print(_ops_table(graph))
+
+
+def _manifest_table(bundle: Path, m: Manifest, matches: bool) -> Table:
     t = Table(title=f"Bundle {bundle}", title_justify="left", show_header=False)
     t.add_column("key")
     t.add_column("value", overflow="fold")
@@ -138,49 +155,61 @@ def _inspect(bundle: Path) -> None:
         ("gates", "passed" if m.gates.get("passed") else f"[red]FAILED: {', '.join(m.gates.get('failed', []))}[/]"),
     ):
         t.add_row(k, str(v))
-    console.print(t)
+    return t
+
+
+def _input_table(m: Manifest) -> Table:
     inp = m.input
     ti = Table(title="Input", title_justify="left")
     for col in ("name", "shape", "dtype", "scale", "zero point", "color", "resize", "mean", "std"):
         ti.add_column(col)
     ti.add_row(inp.name, str(inp.shape), inp.dtype, f"{inp.scale:.6g}", str(inp.zero_point), inp.color_order.value,
                inp.resize.value, _fmt(inp.mean), _fmt(inp.std))
-    console.print(ti)
+    return ti
+
+
+def _outputs_table(m: Manifest) -> Table:
     to = Table(title="Outputs", title_justify="left")
     for col in ("index", "name", "role", "shape", "dtype", "scale", "zero point"):
         to.add_column(col)
     for o in m.outputs:
         to.add_row(str(o.index), o.name, o.role.value, str(o.shape), o.dtype, f"{o.scale:.6g}", str(o.zero_point))
-    console.print(to)
-    if m.metrics:
-        tm = Table(title="Metrics", title_justify="left", show_header=False)
-        tm.add_column("metric")
-        tm.add_column("value", overflow="fold")
-        for key, text in _flatten(m.metrics):
-            tm.add_row(key, text)
-        console.print(tm)
+    return to
+
+
+def _metrics_table(m: Manifest) -> Table:
+    tm = Table(title="Metrics", title_justify="left", show_header=False)
+    tm.add_column("metric")
+    tm.add_column("value", overflow="fold")
+    for key, text in _flatten(m.metrics):
+        tm.add_row(key, text)
+    return tm
+
+
+def _gate_rows(m: Manifest) -> list[tuple[str, dict[str, Any]]]:
+    """The manifest's gate results in the order the gates run, unknown ones after by name."""
     order = ["ops", "size", "arena", "accuracy", "latency"]
-    gate_rows = sorted(((k, v) for k, v in m.gates.items() if isinstance(v, dict)),
-                       key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0]))
-    if gate_rows:
-        tg = Table(title="Gates", title_justify="left")
-        for col in ("gate", "status", "value", "limit", "note"):
-            tg.add_column(col, overflow="fold")
-        for gate, g in gate_rows:
-            tg.add_row(gate, str(g.get("status", "")), str(g.get("value", "")), str(g.get("limit", "")),
-                       str(g.get("reason", "")))
-        console.print(tg)
-    try:
-        graph = read_graph(model_path.read_bytes())
-    except ValueError as exc:
-        raise BundleError(f"{model_path}: {exc}") from exc
-    _tensor_table(model_path, graph)
+    return sorted(((k, v) for k, v in m.gates.items() if isinstance(v, dict)),
+                  key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0]))
+
+
+def _gates_table(gate_rows: list[tuple[str, dict[str, Any]]]) -> Table:
+    tg = Table(title="Gates", title_justify="left")
+    for col in ("gate", "status", "value", "limit", "note"):
+        tg.add_column(col, overflow="fold")
+    for gate, g in gate_rows:
+        tg.add_row(gate, str(g.get("status", "")), str(g.get("value", "")), str(g.get("limit", "")),
+                   str(g.get("reason", "")))
+    return tg
+
+
+def _ops_table(graph: Any) -> Table:
     tops = Table(title=f"Ops ({len(graph.ops)} in {graph.subgraphs} subgraph(s))", title_justify="left")
     tops.add_column("op")
     tops.add_column("count", justify="right")
     for op, n in sorted(graph.op_counts.items(), key=lambda kv: (-kv[1], kv[0])):
         tops.add_row(op + (" (custom)" if op in graph.custom_ops else ""), str(n))
-    console.print(tops)
+    return tops
 
 
 def _tensor_table(model_path: Path, graph: Any) -> None:

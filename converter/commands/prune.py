@@ -185,9 +185,37 @@ def prune(
       edgegap prune detector.keras --channels 0.5 --data train/ --epochs 3 --steps 2 \\
           --output pruned.keras
     """
-    from converter.pruning import LATENCY_NOTE, magnitude_prune
-    from converter.pruning import prune as prune_model
+    n_epochs = _check_options(channels, sparsity, output, importance, data, epochs)
+    names = tuple(n.strip() for item in protect for n in item.split(",") if n.strip())
+    task = _detector_task(model)
+    if task is not None:
+        _check_detector_options(task, data, importance)
+    keras_model = _load(model, custom_objects)
+    x = labels = None
+    tune: dict[str, Any] = {"alpha": alpha, "learning_rate": lr, "batch_size": batch_size, "patience": patience}
+    if task is not None:
+        names, x, labels = _detector_inputs(task, keras_model, names, data, limit, n_epochs, tune)
+    elif data is not None:
+        x, labels = _data(data, keras_model, mean, std, color_order, limit)
+    result = keras_model
+    if channels is not None:
+        result = _prune_channels(
+            keras_model, channels, x, labels, tune, importance=importance, mode=mode,
+            min_channels=min_channels, round_to=round_to, protect=names, steps=steps, epochs=n_epochs,
+        )  # fmt: skip
+    if sparsity is not None:
+        result = _zero_weights(result, sparsity, x, labels, n_epochs if channels is None else 0, tune)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    result.save(output)
+    console.print(f"wrote {output}")
+    _copy_sidecar(model, output)
 
+
+def _check_options(
+    channels: float | None, sparsity: float | None, output: Path, importance: str, data: Path | None,
+    epochs: int | None,
+) -> int:  # fmt: skip
+    """Refuse contradictory or out-of-range options; the fine-tune epochs (3 by default with data)."""
     if channels is None and sparsity is None:
         raise click.UsageError("give --channels FRACTION (structured) and/or --sparsity FRACTION (unstructured)")
     if channels is not None and not 0 <= channels < 1:
@@ -198,7 +226,6 @@ def prune(
         raise click.BadParameter("the pruned model is written as a .keras file", param_hint="--output")
     if importance == "taylor" and data is None:
         raise click.UsageError("--importance taylor needs --data")
-    names = tuple(n.strip() for item in protect for n in item.split(",") if n.strip())
     n_epochs = (3 if data is not None else 0) if epochs is None else epochs
     if n_epochs and data is None:
         raise click.UsageError("--epochs needs --data to fine-tune on")
@@ -206,61 +233,71 @@ def prune(
         from converter.data import DataError
 
         raise DataError(f"--data not found: {data}")
-    task = _detector_task(model)
-    if task is not None:
-        _check_detector_options(task, data, importance)
-    keras_model = _load(model, custom_objects)
-    x = labels = None
-    tune: dict[str, Any] = {"alpha": alpha, "learning_rate": lr, "batch_size": batch_size, "patience": patience}
-    if task is not None:
-        heads = task.protected_layers(keras_model)
-        names = (*names, *(h for h in heads if h not in names))
-        console.print(f"detector: head output convolutions protected: {', '.join(heads) or 'none found'}")
-        if data is not None:
-            from converter.pruning import detection_distill_loss
-            from converter.zoo.finetune import detection_task_loss
+    return n_epochs
 
-            x, labels, what = _detector_data(task, keras_model, data, limit)
-            tune.update(task_loss=detection_task_loss, distill_loss=detection_distill_loss())
-            if n_epochs:
-                console.print(_loss_line(labels, alpha, what))
-    elif data is not None:
-        x, labels = _data(data, keras_model, mean, std, color_order, limit)
-    result = keras_model
-    if channels is not None:
-        result, report = prune_model(
-            keras_model, channels, importance=importance, mode=mode, min_channels=min_channels,
-            round_to=round_to, protect=names, data=x, labels=labels, steps=steps, epochs=n_epochs, **tune,
-        )  # fmt: skip
-        console.print(_cost_table(report))
-        if report.kept_whole:
-            console.print(_kept_table(report))
-        else:
-            console.print("Layers kept whole: none")
-        for u in report.unsupported:
-            console.print(f"[yellow]not followed by the channel graph, kept whole:[/] {u.layer} ({u.reason})")
-        for i, ft in enumerate(report.fine_tune, 1):
-            console.print(
-                f"fine-tune {i}: {ft.epochs_run} epoch(s), validation loss {ft.start_val_loss:.4g} -> "
-                f"{ft.best_val_loss:.4g} (best epoch {ft.best_epoch}" + (", stopped early)" if ft.stopped_early else ")")
-            )
-    if sparsity is not None:
-        result, sreport = magnitude_prune(
-            result, sparsity, x, labels, epochs=n_epochs if channels is None else 0, **tune
+
+def _detector_inputs(
+    task: Any, keras_model: Any, names: tuple[str, ...], data: Path | None, limit: int, n_epochs: int,
+    tune: dict[str, Any],
+) -> tuple[tuple[str, ...], Any, Any]:  # fmt: skip
+    """A detector keeps its heads whole and, with data, fine-tunes on its own loss (added to
+    `tune`): the protected names, the inputs and the labels (None without data or boxes)."""
+    heads = task.protected_layers(keras_model)
+    names = (*names, *(h for h in heads if h not in names))
+    console.print(f"detector: head output convolutions protected: {', '.join(heads) or 'none found'}")
+    if data is None:
+        return names, None, None
+    from converter.pruning import detection_distill_loss
+    from converter.zoo.finetune import detection_task_loss
+
+    x, labels, what = _detector_data(task, keras_model, data, limit)
+    tune.update(task_loss=detection_task_loss, distill_loss=detection_distill_loss())
+    if n_epochs:
+        console.print(_loss_line(labels, tune["alpha"], what))
+    return names, x, labels
+
+
+def _prune_channels(
+    model: Any, channels: float, x: Any, labels: Any, tune: dict[str, Any], *, importance: str, mode: str,
+    min_channels: int, round_to: int, protect: tuple[str, ...], steps: int, epochs: int,
+) -> Any:  # fmt: skip
+    """Structured pruning, with its cost table, the layers kept whole and the fine-tunes printed."""
+    from converter.pruning import prune as prune_model
+
+    result, report = prune_model(
+        model, channels, importance=importance, mode=mode, min_channels=min_channels, round_to=round_to,
+        protect=protect, data=x, labels=labels, steps=steps, epochs=epochs, **tune,
+    )  # fmt: skip
+    console.print(_cost_table(report))
+    if report.kept_whole:
+        console.print(_kept_table(report))
+    else:
+        console.print("Layers kept whole: none")
+    for u in report.unsupported:
+        console.print(f"[yellow]not followed by the channel graph, kept whole:[/] {u.layer} ({u.reason})")
+    for i, ft in enumerate(report.fine_tune, 1):
+        console.print(
+            f"fine-tune {i}: {ft.epochs_run} epoch(s), validation loss {ft.start_val_loss:.4g} -> "
+            f"{ft.best_val_loss:.4g} (best epoch {ft.best_epoch}" + (", stopped early)" if ft.stopped_early else ")")
         )
-        table = Table(title=f"Magnitude pruning: {sreport.sparsity:.1%} of kernel weights are zero")
-        for col in ("", "dense", "sparse", "sparse/dense"):
-            table.add_column(col, justify="right" if col else "left")
-        table.add_row(
-            "zipped weights", human_bytes(sreport.dense_zipped), human_bytes(sreport.sparse_zipped),
-            _ratio(sreport.sparse_zipped / sreport.dense_zipped),
-        )  # fmt: skip
-        console.print(table)
-        console.print(f"[bold]Note:[/] {LATENCY_NOTE}")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    result.save(output)
-    console.print(f"wrote {output}")
-    _copy_sidecar(model, output)
+    return result
+
+
+def _zero_weights(model: Any, sparsity: float, x: Any, labels: Any, epochs: int, tune: dict[str, Any]) -> Any:
+    """Unstructured magnitude pruning, with the zipped sizes and the latency note printed."""
+    from converter.pruning import LATENCY_NOTE, magnitude_prune
+
+    result, sreport = magnitude_prune(model, sparsity, x, labels, epochs=epochs, **tune)
+    table = Table(title=f"Magnitude pruning: {sreport.sparsity:.1%} of kernel weights are zero")
+    for col in ("", "dense", "sparse", "sparse/dense"):
+        table.add_column(col, justify="right" if col else "left")
+    table.add_row(
+        "zipped weights", human_bytes(sreport.dense_zipped), human_bytes(sreport.sparse_zipped),
+        _ratio(sreport.sparse_zipped / sreport.dense_zipped),
+    )  # fmt: skip
+    console.print(table)
+    console.print(f"[bold]Note:[/] {LATENCY_NOTE}")
+    return result
 
 
 def _detector_task(model: Path) -> Any:

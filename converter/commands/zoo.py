@@ -5,12 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from converter.console import console, progress
+
+if TYPE_CHECKING:
+    from converter.zoo.training import TrainOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -69,39 +75,51 @@ def train_detector(
     epochs = epochs or recipe.epochs
     train_count = train_count or recipe.train_count
     with progress() as bar:
-        task = bar.add_task("generating data", total=train_count + val_count)
-
-        def on_sample(done: int) -> None:
-            bar.update(task, completed=done)
-
-        def on_start(total_steps: int) -> None:
-            bar.update(task, description="training", total=total_steps, completed=0)
-
-        def on_batch(step: int, loss: float) -> None:
-            bar.update(task, completed=step, description=f"training (loss {loss:.3f})")
-
-        def on_epoch(epoch: int, logs: dict[str, float], seconds: float) -> None:
-            console.print(
-                f"epoch {epoch + 1}/{epochs}: loss {logs.get('loss', float('nan')):.4f} "
-                f"(box {logs.get('box_encodings_loss', float('nan')):.4f}, "
-                f"class {logs.get('class_logits_loss', float('nan')):.4f}), {seconds:.0f} s"
-            )
-
+        shown = _TrainingProgress(bar, bar.add_task("generating data", total=train_count + val_count), epochs)
         start = time.monotonic()
         with quiet_native_stderr():
             result = train_reference(
-                output, epochs=epochs, seed=seed, train_count=train_count, val_count=val_count,
-                recipe=recipe, on_sample=on_sample, on_start=on_start, on_batch=on_batch, on_epoch=on_epoch,
+                output, epochs=epochs, seed=seed, train_count=train_count, val_count=val_count, recipe=recipe,
+                on_sample=shown.on_sample, on_start=shown.on_start, on_batch=shown.on_batch, on_epoch=shown.on_epoch,
             )  # fmt: skip
+    console.print(_trained_table(output, result, time.monotonic() - start))
+
+
+@dataclass
+class _TrainingProgress:
+    """The progress bar through data generation and training steps, and a line per epoch."""
+
+    bar: Progress
+    task: TaskID
+    epochs: int
+
+    def on_sample(self, done: int) -> None:
+        self.bar.update(self.task, completed=done)
+
+    def on_start(self, total_steps: int) -> None:
+        self.bar.update(self.task, description="training", total=total_steps, completed=0)
+
+    def on_batch(self, step: int, loss: float) -> None:
+        self.bar.update(self.task, completed=step, description=f"training (loss {loss:.3f})")
+
+    def on_epoch(self, epoch: int, logs: dict[str, float], seconds: float) -> None:
+        console.print(
+            f"epoch {epoch + 1}/{self.epochs}: loss {logs.get('loss', float('nan')):.4f} "
+            f"(box {logs.get('box_encodings_loss', float('nan')):.4f}, "
+            f"class {logs.get('class_logits_loss', float('nan')):.4f}), {seconds:.0f} s"
+        )
+
+
+def _trained_table(output: Path, result: TrainOutcome, total_seconds: float) -> Table:
     table = Table(title=f"Trained {output}")
     table.add_column("key")
     table.add_column("value")
-    table.add_row("training time", f"{result.train_seconds:.0f} s (total {time.monotonic() - start:.0f} s)")
+    table.add_row("training time", f"{result.train_seconds:.0f} s (total {total_seconds:.0f} s)")
     table.add_row("parameters", f"{result.params:,}")
     table.add_row("val mAP@0.5 (float)", f"{result.val.map50:.4f}")
     table.add_row("val mAP@0.5:0.95 (float)", f"{result.val.map50_95:.4f}")
     table.add_row("sidecar", str(result.sidecar))
-    console.print(table)
+    return table
 
 
 @zoo.command("make-dataset")

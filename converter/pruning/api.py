@@ -90,8 +90,6 @@ def prune(
     results: list[FineTuneResult] = []
     first_plan: PrunePlan | None = None
     for step in range(1, steps + 1):
-        done, target = ratio * (step - 1) / steps, ratio * step / steps
-        step_ratio = 1 - (1 - target) / (1 - done) if target < 1 else target
         planner = Planner(
             current,
             importance_method=importance,
@@ -103,40 +101,49 @@ def prune(
             labels=labels,
             loss_fn=fine_tune.get("task_loss"),
         )
-        plan = planner.plan(step_ratio, per_layer if step == 1 else None)
+        plan = planner.plan(_step_ratio(ratio, step, steps), per_layer if step == 1 else None)
         first_plan = first_plan or plan
-        pruned = rebuild(plan)
-        predicted = plan.predicted_macs
+        current = rebuild(plan)
         if data is not None and epochs > 0:
-            results.append(
-                distill(
-                    pruned,
-                    teacher,
-                    data,
-                    labels,
-                    epochs=epochs,
-                    checkpoint=checkpoint,
-                    label=f"step {step}/{steps} fine-tune" if steps > 1 else "fine-tune",
-                    **fine_tune,
-                )
-            )
-        current = pruned
-        report = PruneReport(
-            ratio=ratio,
-            before=before,
-            after=model_cost(current),
-            predicted_macs=predicted,
-            importance=importance,
-            steps=steps,
-            kept_whole=first_plan.kept_whole(),
-            unsupported=first_plan.unsupported(),
-            groups=len(first_plan.groups),
-            channels_before=first_plan.total_channels,
-            channels_after=plan.kept_channels,
-            fine_tune=results,
-        )
+            label = f"step {step}/{steps} fine-tune" if steps > 1 else "fine-tune"
+            tuned = distill(current, teacher, data, labels, epochs=epochs, checkpoint=checkpoint, label=label, **fine_tune)
+            results.append(tuned)
+        report = _report(ratio, before, current, plan, first_plan, importance, steps, results)
     assert report is not None
     return current, report
+
+
+def _step_ratio(ratio: float, step: int, steps: int) -> float:
+    """The fraction of what is left that this step removes, so the steps reach `ratio` in all."""
+    done, target = ratio * (step - 1) / steps, ratio * step / steps
+    return 1 - (1 - target) / (1 - done) if target < 1 else target
+
+
+def _report(
+    ratio: float,
+    before: ModelCost,
+    pruned: Any,
+    plan: PrunePlan,
+    first_plan: PrunePlan,
+    importance: str,
+    steps: int,
+    results: list[FineTuneResult],
+) -> PruneReport:
+    """The report after a step: costs against the original, groups and kept layers of the first plan."""
+    return PruneReport(
+        ratio=ratio,
+        before=before,
+        after=model_cost(pruned),
+        predicted_macs=plan.predicted_macs,
+        importance=importance,
+        steps=steps,
+        kept_whole=first_plan.kept_whole(),
+        unsupported=first_plan.unsupported(),
+        groups=len(first_plan.groups),
+        channels_before=first_plan.total_channels,
+        channels_after=plan.kept_channels,
+        fine_tune=results,
+    )
 
 
 def _search_ratio(planner: Planner, fits: Any, hi: float = 0.95, iterations: int = 12) -> float:
@@ -181,68 +188,25 @@ def prune_for_profile(
     profile.target.host_match (or measure=True); otherwise a MAC cost model estimates it. The
     report's `latency["method"]` says which. A MAC or latency budget that even the furthest
     pruning searched cannot meet raises PruningError before any fine-tuning."""
-    min_channels, round_to = target.min_channels, target.round_to
     planner = Planner(
-        model, importance_method=importance, min_channels=min_channels, round_to=round_to, protected=protect,
-        data=data, labels=labels, loss_fn=fine_tune.get("task_loss"),
+        model, importance_method=importance, min_channels=target.min_channels, round_to=target.round_to,
+        protected=protect, data=data, labels=labels, loss_fn=fine_tune.get("task_loss"),
     )  # fmt: skip
     latency: dict[str, Any] = {}
     if target.channels is not None:
         ratio = float(target.channels)
     elif target.macs is not None:
-        ratio = _search_ratio(planner, lambda p: p.predicted_macs <= target.macs)
-        furthest = planner.plan(ratio)
-        if furthest.predicted_macs > target.macs:
-            raise PruningError(
-                f"MAC budget {target.macs:,} is out of pruning's reach: with {ratio:.0%} of channels "
-                f"removed and {min_channels} kept per layer the model still has "
-                f"{furthest.predicted_macs:,} MACs (dense {furthest.dense_macs:,}); raise pruning.macs, lower "
-                "pruning.min_channels, or set pruning.channels instead"
-            )
+        ratio = _ratio_for_macs(planner, target)
     else:
         if profile is None:
             raise ValueError("a latency target needs the profile (for host_match, threads and cpu)")
-        host = platform.machine()
-        if measure is None:
-            measure = host in profile.target.host_match
-        if measure:
-            from converter.gates import host_cpu, withholds_amx
-
-            ratio, latency = _search_latency(
-                model, planner, target.latency_ms, profile.runtime.threads, calibration,
-                withholds_amx(profile),
-            )
-            latency["method"] = (
-                f"measured int8 latency on this host ({host_cpu(profile)}, {profile.runtime.threads} threads)"
-            )
-        else:
-            rate = cost_model_macs_per_ms(profile)
-            budget = int(target.latency_ms * rate)
-            ratio = _search_ratio(planner, lambda p: p.predicted_macs <= budget)
-            chosen = planner.plan(ratio)
-            dense, final = chosen.dense_macs, chosen.predicted_macs
-            latency = {
-                "method": (
-                    f"MAC cost model, not measured: host {host} does not match {profile.name} "
-                    f"({profile.target.cpu}); assumed {rate / 1e6:.3g} GMAC/s"
-                ),
-                "budget_ms": target.latency_ms,
-                "dense_ms": dense / rate,
-                "pruned_ms": final / rate,
-            }
-        if latency["pruned_ms"] > target.latency_ms:
-            raise PruningError(
-                f"latency budget {target.latency_ms:g} ms is out of pruning's reach: with {ratio:.0%} "
-                f"of channels removed the model still takes {latency['pruned_ms']:.3g} ms (dense "
-                f"{latency['dense_ms']:.3g} ms; {latency['method']}); layers that pruning cannot "
-                "shrink set this floor. Raise pruning.latency_ms or set pruning.channels instead"
-            )
+        ratio, latency = _ratio_for_latency(model, planner, target, profile, calibration, measure)
     pruned, report = prune(
         model,
         ratio,
         importance=importance,
-        min_channels=min_channels,
-        round_to=round_to,
+        min_channels=target.min_channels,
+        round_to=target.round_to,
         protect=protect,
         data=data,
         labels=labels,
@@ -252,6 +216,75 @@ def prune_for_profile(
     )
     report.latency = latency
     return pruned, report
+
+
+def _ratio_for_macs(planner: Planner, target: Any) -> float:
+    """The least pruning that meets the MAC budget; PruningError when none searched does."""
+    ratio = _search_ratio(planner, lambda p: p.predicted_macs <= target.macs)
+    furthest = planner.plan(ratio)
+    if furthest.predicted_macs > target.macs:
+        raise PruningError(
+            f"MAC budget {target.macs:,} is out of pruning's reach: with {ratio:.0%} of channels "
+            f"removed and {target.min_channels} kept per layer the model still has "
+            f"{furthest.predicted_macs:,} MACs (dense {furthest.dense_macs:,}); raise pruning.macs, lower "
+            "pruning.min_channels, or set pruning.channels instead"
+        )
+    return ratio
+
+
+def _ratio_for_latency(
+    model: Any,
+    planner: Planner,
+    target: Any,
+    profile: Any,
+    calibration: np.ndarray | None,
+    measure: bool | None,
+) -> tuple[float, dict[str, Any]]:
+    """The least pruning that meets the latency budget, measured on this host when it stands for
+    the device (or measure=True), else estimated by the MAC cost model; PruningError when none
+    searched does."""
+    host = platform.machine()
+    if measure is None:
+        measure = host in profile.target.host_match
+    if measure:
+        from converter.gates import host_cpu, withholds_amx
+
+        ratio, latency = _search_latency(
+            model, planner, target.latency_ms, profile.runtime.threads, calibration,
+            withholds_amx(profile),
+        )  # fmt: skip
+        latency["method"] = (
+            f"measured int8 latency on this host ({host_cpu(profile)}, {profile.runtime.threads} threads)"
+        )
+    else:
+        ratio, latency = _estimate_latency(planner, target, profile, host)
+    if latency["pruned_ms"] > target.latency_ms:
+        raise PruningError(
+            f"latency budget {target.latency_ms:g} ms is out of pruning's reach: with {ratio:.0%} "
+            f"of channels removed the model still takes {latency['pruned_ms']:.3g} ms (dense "
+            f"{latency['dense_ms']:.3g} ms; {latency['method']}); layers that pruning cannot "
+            "shrink set this floor. Raise pruning.latency_ms or set pruning.channels instead"
+        )
+    return ratio, latency
+
+
+def _estimate_latency(planner: Planner, target: Any, profile: Any, host: str) -> tuple[float, dict[str, Any]]:
+    """The latency budget turned into a MAC budget by the profile's cost model."""
+    rate = cost_model_macs_per_ms(profile)
+    budget = int(target.latency_ms * rate)
+    ratio = _search_ratio(planner, lambda p: p.predicted_macs <= budget)
+    chosen = planner.plan(ratio)
+    dense, final = chosen.dense_macs, chosen.predicted_macs
+    latency: dict[str, Any] = {
+        "method": (
+            f"MAC cost model, not measured: host {host} does not match {profile.name} "
+            f"({profile.target.cpu}); assumed {rate / 1e6:.3g} GMAC/s"
+        ),
+        "budget_ms": target.latency_ms,
+        "dense_ms": dense / rate,
+        "pruned_ms": final / rate,
+    }
+    return ratio, latency
 
 
 def _search_latency(

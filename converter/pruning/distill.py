@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,161 @@ def _take(labels: Any, idx: np.ndarray) -> Any:
     return np.asarray(labels)[idx]
 
 
+@dataclass
+class _Batches:
+    """The student, its inputs with the teacher's outputs (and labels), and the loss between them."""
+
+    student: Any
+    x: np.ndarray
+    teacher_out: list[np.ndarray]
+    labels: Any
+    batch_size: int
+    loss_fn: Callable[[list[Any], list[Any], Any], Any]
+
+    def targets(self, idx: np.ndarray) -> tuple[list[Any], Any]:
+        return [t[idx] for t in self.teacher_out], _take(self.labels, idx)
+
+    def evaluate(self, eval_idx: np.ndarray) -> float:
+        total, count = 0.0, 0
+        for start in range(0, len(eval_idx), self.batch_size):
+            idx = eval_idx[start : start + self.batch_size]
+            outs = _as_list(self.student(self.x[idx], training=False))
+            loss = self.loss_fn(outs, *self.targets(idx))
+            total += float(loss) * len(idx)
+            count += len(idx)
+        return total / max(count, 1)
+
+
+def _loss_function(
+    teacher_out: list[np.ndarray],
+    task: Callable[[list[Any], Any], Any],
+    w_task: float,
+    distill_loss: Callable[[list[Any], list[Any]], Any] | None,
+) -> Callable[[list[Any], list[Any], Any], Any]:
+    """w_task * task loss + (1 - w_task) * distillation: cross-entropy toward teacher outputs that
+    are distributions, squared error scaled by the teacher's variance otherwise."""
+    from keras import ops
+
+    probs = [_is_probability(t) for t in teacher_out]
+    scale = [1.0 if p else float(np.var(t)) + 1e-6 for t, p in zip(teacher_out, probs, strict=True)]
+
+    def loss_fn(outs: list[Any], targets: list[Any], yb: Any) -> Any:
+        d: Any = 0.0
+        if distill_loss is not None:
+            d = distill_loss(outs, targets)
+        else:
+            for o, t, p, s in zip(outs, targets, probs, scale, strict=True):
+                if p:
+                    d += ops.mean(ops.categorical_crossentropy(t, o))
+                else:
+                    d += ops.mean(ops.square(o - t)) / s
+        if w_task:
+            return w_task * task(outs, yb) + (1.0 - w_task) * d
+        return d
+
+    return loss_fn
+
+
+def _freeze_batchnorm(student: Any) -> list[Any]:
+    """Keep the statistics the filters came with; the layers frozen, to thaw afterwards."""
+    import keras
+
+    frozen = []
+    for layer in _all_layers(student):
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable:
+            layer.trainable = False
+            frozen.append(layer)
+    return frozen
+
+
+def _optimizer(schedule: str, learning_rate: float, total_steps: int) -> Any:
+    import keras
+
+    lr: Any = learning_rate
+    if schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, total_steps), alpha=0.05)
+    elif schedule != "constant":
+        raise ValueError(f"unknown schedule {schedule!r}: cosine or constant")
+    return keras.optimizers.Adam(lr)
+
+
+def _train_step(batches: _Batches, optimizer: Any) -> Callable[[Any, list[Any], Any], Any]:
+    import tensorflow as tf
+
+    student, loss_fn = batches.student, batches.loss_fn
+    variables = student.trainable_variables
+
+    @tf.function(reduce_retracing=True)
+    def train_step(xb: Any, targets: list[Any], yb: Any) -> Any:
+        with tf.GradientTape() as tape:
+            loss = loss_fn(_as_list(student(xb, training=True)), targets, yb)
+        grads = tape.gradient(loss, variables)
+        optimizer.apply_gradients(zip(grads, variables, strict=True))
+        return loss
+
+    return train_step
+
+
+@dataclass
+class _Run:
+    """How the epochs run: how many, on which samples, when to stop, what to report and save."""
+
+    epochs: int
+    steps: int
+    train_idx: np.ndarray
+    eval_idx: np.ndarray
+    patience: int
+    checkpoint: Path | None
+    after_step: Callable[[], None] | None
+    label: str
+    seed: int
+
+
+def _fit(batches: _Batches, train_step: Callable[..., Any], run: _Run) -> FineTuneResult:
+    """Train epoch by epoch, keeping the best weights on the evaluation samples; stop after
+    `patience` epochs without improvement. The student ends with the best weights."""
+    student, epochs, label = batches.student, run.epochs, run.label
+    rng = np.random.default_rng(run.seed)
+    best = batches.evaluate(run.eval_idx)
+    best_weights = student.get_weights()
+    result = FineTuneResult(0, 0, best, best, False)
+    stale = 0
+    with progress() as bar:
+        task_id = bar.add_task(f"{label}: epoch 1/{epochs}", total=epochs * run.steps)
+        for epoch in range(1, epochs + 1):
+            losses = []
+            for idx in _shuffled_batches(rng, run.train_idx, batches.batch_size):
+                loss = train_step(batches.x[idx], *batches.targets(idx))
+                if run.after_step is not None:
+                    run.after_step()
+                losses.append(float(loss))
+                bar.update(task_id, advance=1)
+            val = batches.evaluate(run.eval_idx)
+            result.history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_loss": val})
+            result.epochs_run = epoch
+            bar.update(task_id, description=f"{label}: epoch {epoch}/{epochs} val {val:.4g} (best {min(best, val):.4g})")
+            logger.info("%s epoch %d: loss %.5g val %.5g", label, epoch, np.mean(losses), val)
+            if val < best:
+                best, stale, result.best_epoch = val, 0, epoch
+                best_weights = student.get_weights()
+                if run.checkpoint is not None:
+                    student.save(run.checkpoint)
+            else:
+                stale += 1
+                if stale >= run.patience:
+                    result.stopped_early = epoch < epochs
+                    break
+    student.set_weights(best_weights)
+    result.best_val_loss = best
+    return result
+
+
+def _shuffled_batches(rng: np.random.Generator, train_idx: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    order = rng.permutation(train_idx)
+    for start in range(0, len(order), batch_size):
+        yield np.sort(order[start : start + batch_size])
+
+
 def distill(
     student: Any,
     teacher: Any,
@@ -88,107 +243,23 @@ def distill(
     The learning rate follows a cosine decay over the planned steps (schedule="constant" keeps
     it). BatchNorm statistics are frozen when the fine-tune is too short to settle them (fewer
     than FREEZE_BN_BELOW_STEPS steps) unless freeze_batchnorm says otherwise."""
-    import keras
-    import tensorflow as tf
-    from keras import ops
-
     teacher_out = [np.asarray(t) for t in _as_list(teacher.predict(x, batch_size=batch_size, verbose=0))]
-    probs = [_is_probability(t) for t in teacher_out]
-    scale = [1.0 if p else float(np.var(t)) + 1e-6 for t, p in zip(teacher_out, probs, strict=True)]
-    task = task_loss or default_loss
     w_task = alpha if labels is not None else 0.0
-
-    def loss_fn(outs: list[Any], targets: list[Any], yb: Any) -> Any:
-        d: Any = 0.0
-        if distill_loss is not None:
-            d = distill_loss(outs, targets)
-        else:
-            for o, t, p, s in zip(outs, targets, probs, scale, strict=True):
-                if p:
-                    d += ops.mean(ops.categorical_crossentropy(t, o))
-                else:
-                    d += ops.mean(ops.square(o - t)) / s
-        if w_task:
-            return w_task * task(outs, yb) + (1.0 - w_task) * d
-        return d
-
+    loss_fn = _loss_function(teacher_out, task_loss or default_loss, w_task, distill_loss)
     train_idx, val_idx = _split(len(x), val_fraction, seed)
     steps = math.ceil(len(train_idx) / batch_size)
     if freeze_batchnorm is None:
         freeze_batchnorm = epochs * steps < FREEZE_BN_BELOW_STEPS
-    frozen = []
-    if freeze_batchnorm:  # short fine-tunes: keep the statistics the filters came with
-        for layer in _all_layers(student):
-            if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable:
-                layer.trainable = False
-                frozen.append(layer)
-    lr: Any = learning_rate
-    if schedule == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, epochs * steps), alpha=0.05)
-    elif schedule != "constant":
-        raise ValueError(f"unknown schedule {schedule!r}: cosine or constant")
-    optimizer = keras.optimizers.Adam(lr)
-    variables = student.trainable_variables
-
-    @tf.function(reduce_retracing=True)
-    def train_step(xb: Any, targets: list[Any], yb: Any) -> Any:
-        with tf.GradientTape() as tape:
-            loss = loss_fn(_as_list(student(xb, training=True)), targets, yb)
-        grads = tape.gradient(loss, variables)
-        optimizer.apply_gradients(zip(grads, variables, strict=True))
-        return loss
-
+    frozen = _freeze_batchnorm(student) if freeze_batchnorm else []  # short fine-tunes
+    optimizer = _optimizer(schedule, learning_rate, epochs * steps)
+    batches = _Batches(student, x, teacher_out, labels, batch_size, loss_fn)
     eval_idx = val_idx if len(val_idx) else train_idx
-
-    def evaluate() -> float:
-        total, count = 0.0, 0
-        for start in range(0, len(eval_idx), batch_size):
-            idx = eval_idx[start : start + batch_size]
-            outs = _as_list(student(x[idx], training=False))
-            loss = loss_fn(outs, [t[idx] for t in teacher_out], _take(labels, idx))
-            total += float(loss) * len(idx)
-            count += len(idx)
-        return total / max(count, 1)
-
-    rng = np.random.default_rng(seed)
-    best = evaluate()
-    start_loss = best
-    best_weights = student.get_weights()
-    result = FineTuneResult(0, 0, best, start_loss, False)
-    stale = 0
-    with progress() as bar:
-        task_id = bar.add_task(f"{label}: epoch 1/{epochs}", total=epochs * steps)
-        for epoch in range(1, epochs + 1):
-            order = rng.permutation(train_idx)
-            losses = []
-            for start in range(0, len(order), batch_size):
-                idx = np.sort(order[start : start + batch_size])
-                loss = train_step(x[idx], [t[idx] for t in teacher_out], _take(labels, idx))
-                if after_step is not None:
-                    after_step()
-                losses.append(float(loss))
-                bar.update(task_id, advance=1)
-            val = evaluate()
-            result.history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_loss": val})
-            result.epochs_run = epoch
-            bar.update(task_id, description=f"{label}: epoch {epoch}/{epochs} val {val:.4g} (best {min(best, val):.4g})")
-            logger.info("%s epoch %d: loss %.5g val %.5g", label, epoch, np.mean(losses), val)
-            if val < best:
-                best, stale, result.best_epoch = val, 0, epoch
-                best_weights = student.get_weights()
-                if checkpoint is not None:
-                    student.save(checkpoint)
-            else:
-                stale += 1
-                if stale >= patience:
-                    result.stopped_early = epoch < epochs
-                    break
-    student.set_weights(best_weights)
+    run = _Run(epochs, steps, train_idx, eval_idx, patience, checkpoint, after_step, label, seed)
+    result = _fit(batches, _train_step(batches, optimizer), run)
     for layer in frozen:
         layer.trainable = True
     if checkpoint is not None and result.best_epoch:
         student.save(checkpoint)  # again, now with the BatchNorm layers trainable as they came
-    result.best_val_loss = best
     return result
 
 

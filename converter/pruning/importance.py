@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from converter.pruning.graph import ChannelGraph, Kind, PruningError
+from converter.pruning.graph import ChannelGraph, PruningError
 from converter.pruning.groups import ChannelGroup
+from converter.pruning.rules import Kind
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,59 @@ def default_loss(outputs: list[Any], labels: Any) -> Any:
     return total
 
 
+_Slot = tuple[Any, int, int]  # (node, first variable index, variable count)
+
+
+def _weight_slots(g: ChannelGraph) -> tuple[list[_Slot], list[Any]]:
+    """Each weighted layer once, with where its trainable variables sit in one flat list."""
+    weighted = [n for n in g.nodes if n.kind in (Kind.CONV, Kind.DENSE, Kind.SEPARABLE, Kind.BN)]
+    seen: set[int] = set()
+    layers = []
+    for n in weighted:
+        if n.layer_id not in seen:
+            seen.add(n.layer_id)
+            layers.append(n)
+    variables: list[Any] = []
+    slots: list[_Slot] = []
+    for n in layers:
+        vs = [v for v in n.op.trainable_weights]
+        slots.append((n, len(variables), len(vs)))
+        variables.extend(vs)
+    return slots, variables
+
+
+def _batch_labels(labels: Any, start: int, stop: int) -> Any:
+    if labels is None:
+        return None
+    if isinstance(labels, (list, tuple)):
+        return [lab[start:stop] for lab in labels]
+    return labels[start:stop]
+
+
+def _class_contributions(g: ChannelGraph, slots: list[_Slot], variables: list[Any], grads: list[Any]) -> dict[int, float]:
+    """Sum over each channel class's weights of w * dL/dw, for one batch."""
+    contrib: dict[int, float] = {}
+    for n, first, count in slots:
+        per_out = None
+        for v, gr in zip(variables[first : first + count], grads[first : first + count], strict=True):
+            if gr is None:
+                continue
+            prod = np.asarray(v) * np.asarray(gr)
+            if n.kind is Kind.SEPARABLE and prod.ndim > 1 and v is not n.op.pointwise_kernel:
+                continue  # depthwise weights belong to the input classes
+            s = prod.reshape(-1, prod.shape[-1]).sum(0)
+            per_out = s if per_out is None else per_out + s
+        if per_out is None:
+            continue
+        atoms = g.producer_atoms.get(n.layer_id) if n.kind is not Kind.BN else g.sink_atoms[(n.layer_id, 0)]
+        if atoms is None:
+            continue
+        for pos, atom in enumerate(atoms):
+            root = g.find(atom)
+            contrib[root] = contrib.get(root, 0.0) + float(per_out[pos])
+    return contrib
+
+
 def _taylor_scores(
     g: ChannelGraph,
     groups: Sequence[ChannelGroup],
@@ -94,51 +148,18 @@ def _taylor_scores(
 
     model = g.model
     loss_fn = loss_fn or default_loss
-    weighted = [n for n in g.nodes if n.kind in (Kind.CONV, Kind.DENSE, Kind.SEPARABLE, Kind.BN)]
-    seen: set[int] = set()
-    layers = []
-    for n in weighted:
-        if n.layer_id not in seen:
-            seen.add(n.layer_id)
-            layers.append(n)
-    variables: list[Any] = []
-    slots: list[tuple[Any, int, int]] = []  # (node, first var index, var count)
-    for n in layers:
-        vs = [v for v in n.op.trainable_weights]
-        slots.append((n, len(variables), len(vs)))
-        variables.extend(vs)
+    slots, variables = _weight_slots(g)
     acc: dict[int, float] = {}
     batches = 0
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size]
-        yb = None
-        if labels is not None:
-            yb = [lab[start : start + batch_size] for lab in labels] if isinstance(labels, (list, tuple)) else labels[start : start + batch_size]
+        yb = _batch_labels(labels, start, start + batch_size)
         with tf.GradientTape() as tape:
             out = model(xb, training=False)
             outs = out if isinstance(out, (list, tuple)) else list(out.values()) if isinstance(out, dict) else [out]
             loss = loss_fn(list(outs), yb)
         grads = tape.gradient(loss, [v.value if hasattr(v, "value") else v for v in variables])
-        contrib: dict[int, float] = {}
-        for n, first, count in slots:
-            per_out = None
-            for v, gr in zip(variables[first : first + count], grads[first : first + count], strict=True):
-                if gr is None:
-                    continue
-                prod = np.asarray(v) * np.asarray(gr)
-                if n.kind is Kind.SEPARABLE and prod.ndim > 1 and v is not n.op.pointwise_kernel:
-                    continue  # depthwise weights belong to the input classes
-                s = prod.reshape(-1, prod.shape[-1]).sum(0)
-                per_out = s if per_out is None else per_out + s
-            if per_out is None:
-                continue
-            atoms = g.producer_atoms.get(n.layer_id) if n.kind is not Kind.BN else g.sink_atoms[(n.layer_id, 0)]
-            if atoms is None:
-                continue
-            for pos, atom in enumerate(atoms):
-                root = g.find(atom)
-                contrib[root] = contrib.get(root, 0.0) + float(per_out[pos])
-        for root, value in contrib.items():
+        for root, value in _class_contributions(g, slots, variables, grads).items():
             acc[root] = acc.get(root, 0.0) + value * value
         batches += 1
     return {r: acc.get(r, 0.0) / max(batches, 1) for grp in groups for r in grp.roots}

@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from converter.pruning.graph import GraphNode, Kind, require_functional
+from converter.pruning.graph import GraphNode, require_functional
 from converter.pruning.plan import PrunePlan
+from converter.pruning.rules import Kind
 
 logger = logging.getLogger(__name__)
 
