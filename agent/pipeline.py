@@ -235,7 +235,9 @@ class Pipeline:
             t1 = time.perf_counter()
             job.timings["post"] += t1 - t0
             self.outputs.publish(result)
-        except Exception as exc:  # one frame's bad outputs (or a bug they hit) must not stop serving
+        except (
+            Exception
+        ) as exc:  # one frame's bad outputs (or a bug they hit) must not stop serving
             self._failed(job, exc)
             return
         t2 = time.perf_counter()
@@ -249,7 +251,9 @@ class Pipeline:
         outs = {}
         for role, spec in job.served.needed:
             raw = job.raw[role]
-            outs[role] = raw if spec.dtype == "float32" else dequantize(raw, spec.scale, spec.zero_point)
+            outs[role] = (
+                raw if spec.dtype == "float32" else dequantize(raw, spec.scale, spec.zero_point)
+            )
         detections = job.served.decoder(outs, job.transform)
         return FrameResult(job.frame, detections, job.served.ref, job.timings, job.picked)
 
@@ -271,7 +275,9 @@ class Pipeline:
             job.served.preprocess(job.frame.image, self._scratch)
             self.outputs.encode(self._result(job))
         except Exception:
-            logger.warning("prewarm failed; turned off (frames are served as before)", exc_info=True)
+            logger.warning(
+                "prewarm failed; turned off (frames are served as before)", exc_info=True
+            )
             self.prewarm_s = 0.0
             self.grabber.set_prewarm(None)
             return

@@ -96,7 +96,9 @@ class Preprocessor:
         """The (immutable) transform for a source size; made once per size."""
         t = self._transforms.get((src_w, src_h))
         if t is None:
-            t = self._transforms[(src_w, src_h)] = fit(src_w, src_h, self.in_w, self.in_h, self.spec.resize)
+            t = self._transforms[(src_w, src_h)] = fit(
+                src_w, src_h, self.in_w, self.in_h, self.spec.resize
+            )
         return t
 
     def resize(self, bgr: np.ndarray) -> tuple[np.ndarray, FrameTransform]:

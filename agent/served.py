@@ -95,14 +95,15 @@ def resolve_threads(config: AgentConfig, manifest: Manifest, cpus: int | None = 
     cpus = cpus or os.cpu_count() or wanted
     if wanted > cpus:
         logger.info(
-            "profile %s asks for %d threads; this machine has %d CPUs", manifest.profile, wanted, cpus
+            "profile %s asks for %d threads; this machine has %d CPUs",
+            manifest.profile,
+            wanted,
+            cpus,
         )
     return min(wanted, cpus)
 
 
-def load_served_model(
-    path: Path, config: AgentConfig, keys: list[Ed25519PublicKey]
-) -> ServedModel:
+def load_served_model(path: Path, config: AgentConfig, keys: list[Ed25519PublicKey]) -> ServedModel:
     """Verify, open, fold, check and wrap the bundle at path. Raises BundleError subclasses."""
     bundle = load_bundle(path, keys)
     m = bundle.manifest

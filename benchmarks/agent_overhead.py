@@ -137,7 +137,9 @@ def bundle_to_serve(given: Path | None, work: Path) -> tuple[Path, str]:
         converted = convert_reference(work)
         if converted is not None:
             return converted, "reference detector, int8 x86-avx2 (converted now)"
-    print("note: STAND-IN MODEL: MobileNetV2 width 0.5 at 256 px + SSD head + TFLite_Detection_PostProcess,")
+    print(
+        "note: STAND-IN MODEL: MobileNetV2 width 0.5 at 256 px + SSD head + TFLite_Detection_PostProcess,"
+    )
     print("      int8, random weights (the reference detector is not available)")
     return build_stand_in(work), "stand-in MobileNetV2-SSD (random weights)"
 

@@ -38,17 +38,23 @@ def _multiples(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
     return values
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("model", nargs="?", type=Path, default=REFERENCE)
     ap.add_argument("--ratio", type=float, default=0.5, help="Fraction of channels asked to go.")
-    ap.add_argument("--round-to", type=_multiples, default=[1, 8, 16, 32], help="Multiples to compare.")
+    ap.add_argument(
+        "--round-to", type=_multiples, default=[1, 8, 16, 32], help="Multiples to compare."
+    )
     ap.add_argument("--iterations", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--withhold-amx", action="store_true", help=WITHHOLD_HELP)
@@ -69,7 +75,13 @@ def main() -> None:
     flats = [to_int8_tflite(dense, calib)]
     for n in args.round_to:
         plan = make_plan(dense, args.ratio, round_to=n)
-        rows.append((f"round-to {n}", 1 - plan.kept_channels / max(plan.total_channels, 1), plan.predicted_macs))
+        rows.append(
+            (
+                f"round-to {n}",
+                1 - plan.kept_channels / max(plan.total_channels, 1),
+                plan.predicted_macs,
+            )
+        )
         pruned = rebuild(plan)
         assert count_macs(pruned) == plan.predicted_macs
         flats.append(to_int8_tflite(pruned, calib))

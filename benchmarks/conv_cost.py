@@ -60,7 +60,9 @@ CASES: list[Case] = [
 
 def _label(case: Case) -> str:
     kind, cin, cout, size, stride = case
-    return f"{kind:>12} {cin:>3}->{cout:<3} at {size} px" + (f", stride {stride}" if stride != 1 else "")
+    return f"{kind:>12} {cin:>3}->{cout:<3} at {size} px" + (
+        f", stride {stride}" if stride != 1 else ""
+    )
 
 
 def _layer(case: Case) -> Any:
@@ -89,7 +91,9 @@ def _convert(case: Case, quantized: bool) -> bytes:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--rounds", type=int, default=200, help="Interleaved invokes of every model.")
     ap.add_argument("--withhold-amx", action="store_true", help=WITHHOLD_HELP)
     args = ap.parse_args()
@@ -97,7 +101,9 @@ def main() -> None:
         withhold_amx()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     keys = [(case, kind) for case in CASES for kind in ("float32", "int8")]
-    timed = time_interleaved([_convert(case, kind == "int8") for case, kind in keys], runs=args.rounds, warmup=1)
+    timed = time_interleaved(
+        [_convert(case, kind == "int8") for case, kind in keys], runs=args.rounds, warmup=1
+    )
     ms = {k: statistics.median(t) for k, t in zip(keys, timed.samples, strict=True)}
     print(f"{timed.backend}, 1 thread, {timed.amx}, median of {args.rounds} interleaved invokes")
     for case in CASES:
@@ -106,12 +112,16 @@ def main() -> None:
     print("int8 time at each width / int8 time at width 16 (56 px):")
     for name, sweep in SWEEPS.items():
         base = ms[(sweep[WIDTHS.index(16)], "int8")]
-        cells = "  ".join(f"{w}: {ms[(c, 'int8')] / base:.2f}" for w, c in zip(WIDTHS, sweep, strict=True))
+        cells = "  ".join(
+            f"{w}: {ms[(c, 'int8')] / base:.2f}" for w, c in zip(WIDTHS, sweep, strict=True)
+        )
         print(f"  {name} (16: {base:.3f} ms): {cells}")
     print("int8 time at each size / int8 time at 14 px (equal MACs):")
     for name, sweep in BY_SIZE.items():
         base = ms[(sweep[-1], "int8")]
-        cells = "  ".join(f"{s} px: {ms[(c, 'int8')] / base:.2f}" for s, c in zip(SIZES, sweep, strict=True))
+        cells = "  ".join(
+            f"{s} px: {ms[(c, 'int8')] / base:.2f}" for s, c in zip(SIZES, sweep, strict=True)
+        )
         print(f"  {name} (14 px: {base:.3f} ms): {cells}")
 
 

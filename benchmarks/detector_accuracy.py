@@ -69,13 +69,29 @@ def main() -> None:
         convert_s = time.perf_counter() - t0
         float_map = coco_map(gt_b, gt_c, run_tflite_detector(float_bytes, x_test), cfg.num_classes)
         int8_map = coco_map(gt_b, gt_c, run_tflite_detector(int8_bytes, x_test), cfg.num_classes)
-    rows.append(("TFLite float32 + TFLite_Detection_PostProcess", f"{len(float_bytes) / 1024:.0f} KiB", float_map))
-    rows.append(("TFLite int8 + TFLite_Detection_PostProcess", f"{len(int8_bytes) / 1024:.0f} KiB", int8_map))
+    rows.append(
+        (
+            "TFLite float32 + TFLite_Detection_PostProcess",
+            f"{len(float_bytes) / 1024:.0f} KiB",
+            float_map,
+        )
+    )
+    rows.append(
+        (
+            "TFLite int8 + TFLite_Detection_PostProcess",
+            f"{len(int8_bytes) / 1024:.0f} KiB",
+            int8_map,
+        )
+    )
 
-    print(f"model: {args.model} (input {cfg.input_size}x{cfg.input_size}, width {cfg.width}, "
-          f"{cfg.anchors.count} anchors, classes {', '.join(cfg.classes)})")
-    print(f"data: {args.count} test images (seed {args.seed}); int8 calibrated on {args.calibration} train images; "
-          f"conversions took {convert_s:.1f} s")
+    print(
+        f"model: {args.model} (input {cfg.input_size}x{cfg.input_size}, width {cfg.width}, "
+        f"{cfg.anchors.count} anchors, classes {', '.join(cfg.classes)})"
+    )
+    print(
+        f"data: {args.count} test images (seed {args.seed}); int8 calibrated on {args.calibration} train images; "
+        f"conversions took {convert_s:.1f} s"
+    )
     print(f"{'model':<48} {'size':>9} {'mAP@0.5':>8} {'mAP@.5:.95':>10}")
     for name, size, m in rows:
         print(f"{name:<48} {size:>9} {m.map50:>8.4f} {m.map50_95:>10.4f}")

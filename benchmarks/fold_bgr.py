@@ -48,7 +48,9 @@ def _sizes(text: str) -> list[tuple[int, int]]:
     try:
         return [(int(w), int(h)) for w, h in (s.lower().split("x") for s in text.split(","))]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes like 640x480,224x224, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected sizes like 640x480,224x224, got {text!r}"
+        ) from None
 
 
 class Served:
@@ -73,7 +75,8 @@ class Served:
         transform = self.model.write_input(lambda buf: self.pre(frame, buf)[1])
         self.model.invoke()
         outs = {
-            o.role: dequantize(self.model.get(o.index), o.scale, o.zero_point) for o in self.manifest.outputs
+            o.role: dequantize(self.model.get(o.index), o.scale, o.zero_point)
+            for o in self.manifest.outputs
         }
         return [(d.class_id, d.score, _corners(d.box)) for d in self.decoder(outs, transform)]
 
@@ -89,9 +92,17 @@ def agreement(swapped: Served, folded: Served, frames: list[np.ndarray]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", type=Path, help="A bundle whose model takes RGB (default: convert the reference).")
-    ap.add_argument("--sizes", type=_sizes, default=[(224, 224), (640, 480)], help="Source frame sizes.")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--bundle",
+        type=Path,
+        help="A bundle whose model takes RGB (default: convert the reference).",
+    )
+    ap.add_argument(
+        "--sizes", type=_sizes, default=[(224, 224), (640, 480)], help="Source frame sizes."
+    )
     ap.add_argument("--iterations", type=int, default=300)
     ap.add_argument("--fps", type=float, default=30.0)
     args = ap.parse_args()
@@ -101,7 +112,9 @@ def main() -> None:
             sys.exit("converting the reference detector failed")
         bundle = load_bundle(bundle_dir)
     if bundle.manifest.input.color_order is not ColorOrder.RGB:
-        sys.exit(f"{bundle_dir}: the model takes {bundle.manifest.input.color_order.value}; this compares RGB models")
+        sys.exit(
+            f"{bundle_dir}: the model takes {bundle.manifest.input.color_order.value}; this compares RGB models"
+        )
     try:
         variants = {"per frame": Served(bundle, fold=False), "folded": Served(bundle, fold=True)}
     except FoldRefused as exc:
@@ -121,8 +134,10 @@ def main() -> None:
                 times[name].append(variants[name].prepare(frame))
                 variants[name].model.invoke()
         swap, fold = (1000.0 * statistics.median(times[k]) for k in ("per frame", "folded"))
-        lines.append(f"[{w}x{h}] pre ratio (swap folded in / swapped per frame, {args.iterations} paced frames each): "
-                     f"{fold / swap:.3f}  (pre {fold:.3f} ms vs {swap:.3f} ms)")
+        lines.append(
+            f"[{w}x{h}] pre ratio (swap folded in / swapped per frame, {args.iterations} paced frames each): "
+            f"{fold / swap:.3f}  (pre {fold:.3f} ms vs {swap:.3f} ms)"
+        )
     for line in lines:
         print(line)
 

@@ -34,13 +34,19 @@ def _sizes(text: str) -> list[tuple[int, int]]:
     try:
         return [(int(w), int(h)) for w, h in (s.lower().split("x") for s in text.split(","))]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes like 640x480,224x224, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected sizes like 640x480,224x224, got {text!r}"
+        ) from None
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--bundle", type=Path, required=True)
-    ap.add_argument("--sizes", type=_sizes, default=[(224, 224), (640, 480)], help="Source frame sizes.")
+    ap.add_argument(
+        "--sizes", type=_sizes, default=[(224, 224), (640, 480)], help="Source frame sizes."
+    )
     ap.add_argument("--iterations", type=int, default=300)
     ap.add_argument("--fps", type=float, default=30.0)
     args = ap.parse_args()

@@ -52,7 +52,9 @@ def architectures(size: int, iterations: int, threads: int) -> list[str]:
 
     lines = []
     builders = {
-        "MobileNetV2": lambda: keras.applications.MobileNetV2(weights=None, input_shape=(size, size, 3)),
+        "MobileNetV2": lambda: keras.applications.MobileNetV2(
+            weights=None, input_shape=(size, size, 3)
+        ),
         "ResNet50": lambda: keras.applications.ResNet50(weights=None, input_shape=(size, size, 3)),
     }
     rng = np.random.default_rng(0)
@@ -67,12 +69,20 @@ def architectures(size: int, iterations: int, threads: int) -> list[str]:
             assert macs[-1] == plan.predicted_macs
             flats.append(to_int8_tflite(pruned, calib))
         ms = interleaved_latency(flats, threads=threads, iterations=iterations)
-        print(f"{name} {size}x{size} int8, {threads} thread(s), {amx_label()}, median of {iterations} interleaved invokes:")
-        print(f"  dense         : {macs[0] / 1e6:8.1f} M MACs  {ms[0]:8.2f} ms  {len(flats[0]) / 1e6:6.2f} MB")
+        print(
+            f"{name} {size}x{size} int8, {threads} thread(s), {amx_label()}, median of {iterations} interleaved invokes:"
+        )
+        print(
+            f"  dense         : {macs[0] / 1e6:8.1f} M MACs  {ms[0]:8.2f} ms  {len(flats[0]) / 1e6:6.2f} MB"
+        )
         for r, m, t, f in zip(RATIOS, macs[1:], ms[1:], flats[1:], strict=True):
-            print(f"  {r:.0%} removed   : {m / 1e6:8.1f} M MACs  {t:8.2f} ms  {len(f) / 1e6:6.2f} MB")
+            print(
+                f"  {r:.0%} removed   : {m / 1e6:8.1f} M MACs  {t:8.2f} ms  {len(f) / 1e6:6.2f} MB"
+            )
         for r, m, t in zip(RATIOS, macs[1:], ms[1:], strict=True):
-            lines.append(f"{name} {r:.0%} channels removed: MACs ratio {m / macs[0]:.3f}, int8 latency ratio {t / ms[0]:.3f}")
+            lines.append(
+                f"{name} {r:.0%} channels removed: MACs ratio {m / macs[0]:.3f}, int8 latency ratio {t / ms[0]:.3f}"
+            )
     return lines
 
 
@@ -81,7 +91,13 @@ def architectures(size: int, iterations: int, threads: int) -> list[str]:
 
 
 def detector(iterations: int, threads: int, args: argparse.Namespace) -> list[str]:
-    epochs, steps, n_train, n_test, labels = args.epochs, args.steps, args.train, args.test, not args.no_labels
+    epochs, steps, n_train, n_test, labels = (
+        args.epochs,
+        args.steps,
+        args.train,
+        args.test,
+        not args.no_labels,
+    )
     if not REFERENCE.is_file():
         msg = f"detector: skipped: reference detector not found ({REFERENCE.relative_to(ROOT)})"
         print(msg)
@@ -100,7 +116,9 @@ def detector(iterations: int, threads: int, args: argparse.Namespace) -> list[st
     train = list(generate("train", n_train, size=size))
     test = list(generate("test", n_test, size=size))
     x_train = normalize(np.stack([s.image for s in train]), cfg)
-    print(f"detector: {n_train} train / {n_test} test images at {size}px generated in {time.perf_counter() - t0:.0f} s")
+    print(
+        f"detector: {n_train} train / {n_test} test images at {size}px generated in {time.perf_counter() - t0:.0f} s"
+    )
 
     targets = None
     task_loss = None
@@ -116,7 +134,11 @@ def detector(iterations: int, threads: int, args: argparse.Namespace) -> list[st
         round_to=args.round_to,
     )  # fmt: skip
     how = "task loss + distillation" if labels else "distillation alone"
-    name = f"detector 50% channels (rounded to x{args.round_to})" if args.round_to > 1 else "detector 50% channels"
+    name = (
+        f"detector 50% channels (rounded to x{args.round_to})"
+        if args.round_to > 1
+        else "detector 50% channels"
+    )
     rounded = f", kept counts rounded to multiples of {args.round_to}" if args.round_to > 1 else ""
     print(f"detector: 50% of channels asked{rounded}: {report.channels_before - report.channels_after} of "
           f"{report.channels_before} prunable channels ({report.removed_fraction:.1%}) removed in {steps} step(s), "
@@ -128,14 +150,18 @@ def detector(iterations: int, threads: int, args: argparse.Namespace) -> list[st
     map_dense = 100 * evaluate_keras(dense, cfg, test).map50
     map_pruned = 100 * evaluate_keras(pruned, cfg, test).map50
     control_line = []
-    if args.control:  # the dense model given the very same fine-tune: separates pruning from training
+    if (
+        args.control
+    ):  # the dense model given the very same fine-tune: separates pruning from training
         t0 = time.perf_counter()
         tuned, _ = prune(  # task loss alone and no early stop: distillation toward itself is zero at the start
             dense, 0.0, data=x_train, labels=targets, task_loss=task_loss, alpha=1.0,
             epochs=epochs, steps=steps, patience=epochs, learning_rate=args.lr, freeze_batchnorm=freeze,
         )  # fmt: skip
         map_control = 100 * evaluate_keras(tuned, cfg, test).map50
-        print(f"  control: dense model with the same fine-tune ({time.perf_counter() - t0:.0f} s): mAP@0.5 {map_control:6.2f}")
+        print(
+            f"  control: dense model with the same fine-tune ({time.perf_counter() - t0:.0f} s): mAP@0.5 {map_control:6.2f}"
+        )
         control_line = [
             f"{name}: mAP@0.5 drop {map_control - map_pruned:+.2f} points vs dense float given the same fine-tune"
         ]
@@ -146,8 +172,12 @@ def detector(iterations: int, threads: int, args: argparse.Namespace) -> list[st
     ms = interleaved_latency(flats, threads=threads, iterations=iterations)
     print(f"detector {size}x{size} int8 (raw head outputs; post-processing excluded), {threads} thread(s), {amx_label()}, "
           f"median of {iterations} interleaved invokes; mAP@0.5 (COCO 101-point) of the float models on {n_test} test images:")  # fmt: skip
-    print(f"  dense : {report.before.macs / 1e6:8.1f} M MACs  {ms[0]:8.2f} ms  mAP@0.5 {map_dense:6.2f}")
-    print(f"  pruned: {report.after.macs / 1e6:8.1f} M MACs  {ms[1]:8.2f} ms  mAP@0.5 {map_pruned:6.2f}")
+    print(
+        f"  dense : {report.before.macs / 1e6:8.1f} M MACs  {ms[0]:8.2f} ms  mAP@0.5 {map_dense:6.2f}"
+    )
+    print(
+        f"  pruned: {report.after.macs / 1e6:8.1f} M MACs  {ms[1]:8.2f} ms  mAP@0.5 {map_pruned:6.2f}"
+    )
     return [
         f"{name}: MACs ratio {report.macs_ratio:.3f} (goal <= 0.5)",
         f"{name}: int8 latency ratio {ms[1] / ms[0]:.3f} (goal <= 0.6)",
@@ -161,7 +191,9 @@ STAGE_ENDS = ("stem_relu", "block0_project_bn", "block2_add", "block5_add", "blo
               "block10_add", "block12_add", "block13_project_bn", "top_relu")  # fmt: skip
 
 
-def stage_latency(dense: Any, pruned: Any, calib: np.ndarray, iterations: int, threads: int) -> None:
+def stage_latency(
+    dense: Any, pruned: Any, calib: np.ndarray, iterations: int, threads: int
+) -> None:
     """Where the int8 time goes: each model cut after every stage, converted and timed; a stage's
     cost is the difference between successive cuts. Shows which stages pruning speeds up."""
     import keras
@@ -176,17 +208,23 @@ def stage_latency(dense: Any, pruned: Any, calib: np.ndarray, iterations: int, t
     ms = interleaved_latency(flats, threads=threads, iterations=iterations)
     print(f"detector stages (int8, {threads} thread(s), median of {iterations} interleaved invokes of "
           "models cut after each stage; a stage's cost is the difference between cuts):")  # fmt: skip
-    print(f"  {'stage ends at':20s} {'output (dense)':>16s} {'dense ms':>9s} {'pruned ms':>9s} {'ratio':>6s}")
+    print(
+        f"  {'stage ends at':20s} {'output (dense)':>16s} {'dense ms':>9s} {'pruned ms':>9s} {'ratio':>6s}"
+    )
     prev = (0.0, 0.0)
     for i, name in enumerate(cuts):
         d, p = ms[2 * i] - prev[0], ms[2 * i + 1] - prev[1]
         shape = "x".join(str(v) for v in dense.get_layer(name).output.shape[1:])
-        print(f"  {name:20s} {shape:>16s} {d:9.3f} {p:9.3f} {p / d if d > 0 else float('nan'):6.2f}")
+        print(
+            f"  {name:20s} {shape:>16s} {d:9.3f} {p:9.3f} {p / d if d > 0 else float('nan'):6.2f}"
+        )
         prev = (ms[2 * i], ms[2 * i + 1])
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--iterations", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
@@ -195,14 +233,25 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--train", type=int, default=4000)
-    ap.add_argument("--lr", type=float, default=2e-3, help="Fine-tune learning rate (cosine decay).")
-    ap.add_argument("--patience", type=int, default=2, help="Early stop after this many epochs without improvement.")
+    ap.add_argument(
+        "--lr", type=float, default=2e-3, help="Fine-tune learning rate (cosine decay)."
+    )
+    ap.add_argument(
+        "--patience",
+        type=int,
+        default=2,
+        help="Early stop after this many epochs without improvement.",
+    )
     ap.add_argument("--freeze-bn", choices=["auto", "yes", "no"], default="no")
     ap.add_argument("--no-labels", action="store_true", help="Fine-tune by distillation alone.")
-    ap.add_argument("--control", action="store_true", help="Also fine-tune the dense model the same way.")
+    ap.add_argument(
+        "--control", action="store_true", help="Also fine-tune the dense model the same way."
+    )
     ap.add_argument("--test", type=int, default=300)
     ap.add_argument("--stages", action="store_true", help="Also time the detector stage by stage.")
-    ap.add_argument("--round-to", type=int, default=1, help="Round kept channel counts to multiples of this.")
+    ap.add_argument(
+        "--round-to", type=int, default=1, help="Round kept channel counts to multiples of this."
+    )
     ap.add_argument("--withhold-amx", action="store_true", help=WITHHOLD_HELP)
     args = ap.parse_args()
     if args.withhold_amx:

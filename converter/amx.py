@@ -87,7 +87,10 @@ def _long(value: int) -> ctypes.c_long:
 def _tile_permission() -> bool:
     """Whether this process already holds AMX tile-data permission."""
     bits = ctypes.c_uint64(0)
-    if _libc().syscall(_long(_SYS_ARCH_PRCTL), _long(_ARCH_GET_XCOMP_PERM), ctypes.byref(bits)) != 0:
+    if (
+        _libc().syscall(_long(_SYS_ARCH_PRCTL), _long(_ARCH_GET_XCOMP_PERM), ctypes.byref(bits))
+        != 0
+    ):
         return False
     return bool(bits.value & (1 << _XFEATURE_XTILEDATA))
 
@@ -142,7 +145,9 @@ def withhold_amx() -> AmxState:
     program = ctypes.create_string_buffer(_filter_program())
     fprog = _SockFprog(len(program.raw) // 8, ctypes.cast(program, ctypes.c_void_p))
     if libc.prctl(_PR_SET_NO_NEW_PRIVS, *map(_long, (1, 0, 0, 0))) != 0:
-        raise AmxError(f"cannot withhold AMX: prctl(NO_NEW_PRIVS) failed, errno {ctypes.get_errno()}")
+        raise AmxError(
+            f"cannot withhold AMX: prctl(NO_NEW_PRIVS) failed, errno {ctypes.get_errno()}"
+        )
     mode, flags = _long(_SECCOMP_SET_MODE_FILTER), _long(_SECCOMP_FILTER_FLAG_TSYNC)
     if libc.syscall(_long(_SYS_SECCOMP), mode, flags, ctypes.byref(fprog)) != 0:
         raise AmxError(f"cannot withhold AMX: seccomp filter refused, errno {ctypes.get_errno()}")

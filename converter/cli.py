@@ -57,7 +57,9 @@ def cli(verbose: int) -> None:
       edgegap verify bundle/ --key keys/edgegap.pub
     """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
 
 
 cli.add_command(profiles)

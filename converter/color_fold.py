@@ -41,7 +41,9 @@ def fold_bgr(model: Any) -> tuple[Any, list[str]]:
         raise FoldError(f"--fold-bgr needs a model with one image input; {_HINT}")
     channels = model.inputs[0].shape[-1]
     if channels != 3:
-        raise FoldError(f"--fold-bgr needs a 3-channel input; this model takes {channels} channel(s)")
+        raise FoldError(
+            f"--fold-bgr needs a 3-channel input; this model takes {channels} channel(s)"
+        )
     try:
         folded = keras.models.clone_model(model)
         folded.set_weights(model.get_weights())
@@ -66,14 +68,18 @@ def fold_bgr(model: Any) -> tuple[Any, list[str]]:
         reversed_ = _reverse_per_channel(node)
         if reversed_:
             changed.append(node.name)
-        elif reversed_ is None and not (node.kind is Kind.PASS or (node.kind is Kind.MERGE and all(hit))):
+        elif reversed_ is None and not (
+            node.kind is Kind.PASS or (node.kind is Kind.MERGE and all(hit))
+        ):
             raise FoldError(
                 f"cannot fold the channel swap: the input's channels reach {node.name!r} "
                 f"({node.type_name}), which does not keep them apart; {_HINT}"
             )
         reached.update(node.outputs)
     if reached & set(graph.output_keys):
-        raise FoldError(f"cannot fold the channel swap: the input's channels reach an output; {_HINT}")
+        raise FoldError(
+            f"cannot fold the channel swap: the input's channels reach an output; {_HINT}"
+        )
     logger.info("BGR folded into %s", ", ".join(changed))
     return folded, changed
 
@@ -102,7 +108,11 @@ def _reverse_per_channel(node: GraphNode) -> bool | None:
             return False
         op.scale, op.offset = _flipped(op.scale), _flipped(op.offset)
         return True
-    if t == "Normalization" and len(op.axis) == 1 and op.axis[0] in (-1, len(node.knode.outputs[0].shape) - 1):
+    if (
+        t == "Normalization"
+        and len(op.axis) == 1
+        and op.axis[0] in (-1, len(node.knode.outputs[0].shape) - 1)
+    ):
         if op.input_mean is None:  # adapted: the statistics are weights
             _reverse(node, "adapt_mean", axis=-1)
             _reverse(node, "adapt_variance", axis=-1)

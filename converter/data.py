@@ -50,16 +50,23 @@ class Normalization:
     def check(self, channels: int) -> None:
         for label, values in (("mean", self.mean), ("std", self.std)):
             if len(values) not in (1, channels):
-                raise DataError(f"--{label} has {len(values)} values; give one, or one per channel ({channels})")
+                raise DataError(
+                    f"--{label} has {len(values)} values; give one, or one per channel ({channels})"
+                )
         if any(s == 0 for s in self.std):
             raise DataError("--std must be non-zero")
         if channels == 1 and self.color_order is not ColorOrder.GRAY:
-            raise DataError(f"the model takes 1 channel; color order must be gray, not {self.color_order.value}")
+            raise DataError(
+                f"the model takes 1 channel; color order must be gray, not {self.color_order.value}"
+            )
         if channels == 3 and self.color_order is ColorOrder.GRAY:
             raise DataError("the model takes 3 channels; color order must be rgb or bgr, not gray")
 
     def contradicted_by(
-        self, mean: list[float] | None, std: list[float] | None, color_order: ColorOrder | str | None
+        self,
+        mean: list[float] | None,
+        std: list[float] | None,
+        color_order: ColorOrder | str | None,
     ) -> str | None:
         """The first option given (None: not given) that says otherwise than this normalization, as
         its flag name (mean, std, color-order); None when every given one agrees. One value stands
@@ -73,7 +80,9 @@ class Normalization:
 
     def swapped(self) -> Normalization:
         """The same map for pixels in the other color order (RGB <-> BGR): per-channel values reversed."""
-        order = {ColorOrder.RGB: ColorOrder.BGR, ColorOrder.BGR: ColorOrder.RGB}.get(self.color_order)
+        order = {ColorOrder.RGB: ColorOrder.BGR, ColorOrder.BGR: ColorOrder.RGB}.get(
+            self.color_order
+        )
         if order is None:
             raise DataError(f"a {self.color_order.value} input has no red and blue to swap")
         return Normalization(self.mean[::-1], self.std[::-1], order, self.resize)
@@ -120,21 +129,34 @@ def _pick(n: int, limit: int | None, seed: int) -> np.ndarray:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
 
 
 def _load_images(
-    folder: Path, shape: tuple[int, ...], norm: Normalization, limit: int | None, seed: int, what: str
+    folder: Path,
+    shape: tuple[int, ...],
+    norm: Normalization,
+    limit: int | None,
+    seed: int,
+    what: str,
 ) -> Dataset:
     if len(shape) != 3:
-        raise DataError(f"{what} {folder} is an image folder but the model input {shape} is not HxWxC")
+        raise DataError(
+            f"{what} {folder} is an image folder but the model input {shape} is not HxWxC"
+        )
     files = _image_files(folder)
     if not files:
         raise DataError(f"{what} folder {folder} holds no .jpg or .png images")
     chosen = [files[i] for i in _pick(len(files), limit, seed)]
-    pixels = np.stack([resize_image(read_image(p, norm.color_order), shape[:2], norm.resize)[0] for p in chosen])
+    pixels = np.stack(
+        [resize_image(read_image(p, norm.color_order), shape[:2], norm.resize)[0] for p in chosen]
+    )
     if pixels.shape[1:] != shape:
-        raise DataError(f"{what} images have {pixels.shape[-1]} channels but the model takes {shape[-1]}")
+        raise DataError(
+            f"{what} images have {pixels.shape[-1]} channels but the model takes {shape[-1]}"
+        )
     classes = [p.relative_to(folder).parts[0] for p in chosen]
     labels: Any = None
     if all(len(p.relative_to(folder).parts) == 2 for p in chosen):
@@ -154,7 +176,9 @@ def _array_from(path: Path) -> tuple[np.ndarray, Any]:
         keys = list(loaded.keys())
         key = next((k for k in NPZ_INPUT_KEYS if k in keys), keys[0] if len(keys) == 1 else None)
         if key is None:
-            raise DataError(f"{path} holds {keys}; name the input array one of {', '.join(NPZ_INPUT_KEYS)}")
+            raise DataError(
+                f"{path} holds {keys}; name the input array one of {', '.join(NPZ_INPUT_KEYS)}"
+            )
         x = loaded[key]
         lkey = next((k for k in NPZ_LABEL_KEYS if k in keys and k != key), None)
         y = loaded[lkey] if lkey else None
@@ -187,8 +211,12 @@ def _load_array(
         data = x.astype(np.float32)
         kind = "normalized float samples"
         if np.abs(data).max() > 64 and max(norm.std) > 2:
-            logger.warning("%s %s is float with values up to %.0f: is it pixels? Save it as uint8 to normalize it",
-                           what, path, float(np.abs(data).max()))
+            logger.warning(
+                "%s %s is float with values up to %.0f: is it pixels? Save it as uint8 to normalize it",
+                what,
+                path,
+                float(np.abs(data).max()),
+            )
     else:
         raise DataError(f"{what} {path} has dtype {x.dtype}; use uint8 pixels or float32 inputs")
     return Dataset(data, labels=labels, source=f"{len(x)} {kind} from {path}")
@@ -216,8 +244,12 @@ def load_data(
     raise DataError(f"{what} {path} is not an image folder, an image, or an .npy/.npz file")
 
 
-def _load_images_list(files: list[Path], shape: tuple[int, ...], norm: Normalization, what: str) -> Dataset:
+def _load_images_list(
+    files: list[Path], shape: tuple[int, ...], norm: Normalization, what: str
+) -> Dataset:
     if len(shape) != 3:
         raise DataError(f"{what} is an image but the model input {shape} is not HxWxC")
-    pixels = np.stack([resize_image(read_image(p, norm.color_order), shape[:2], norm.resize)[0] for p in files])
+    pixels = np.stack(
+        [resize_image(read_image(p, norm.color_order), shape[:2], norm.resize)[0] for p in files]
+    )
     return Dataset(norm.apply(pixels), source=f"{len(files)} image(s)")

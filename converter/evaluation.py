@@ -49,7 +49,11 @@ def _iou(d: np.ndarray, g: np.ndarray) -> np.ndarray:
     ih = np.clip(np.minimum(d[..., 2], g[..., 2]) - np.maximum(d[..., 0], g[..., 0]), 0, None)
     iw = np.clip(np.minimum(d[..., 3], g[..., 3]) - np.maximum(d[..., 1], g[..., 1]), 0, None)
     inter = ih * iw
-    union = (d[..., 2] - d[..., 0]) * (d[..., 3] - d[..., 1]) + (g[..., 2] - g[..., 0]) * (g[..., 3] - g[..., 1]) - inter
+    union = (
+        (d[..., 2] - d[..., 0]) * (d[..., 3] - d[..., 1])
+        + (g[..., 2] - g[..., 0]) * (g[..., 3] - g[..., 1])
+        - inter
+    )
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 

@@ -119,7 +119,9 @@ def select_fewest(
     return [ranked[i] for i in chosen]
 
 
-def layer_errors(saved_model: Path, profile: Profile, task: Task, calibration: Dataset) -> tuple[bytes, list[LayerError]]:
+def layer_errors(
+    saved_model: Path, profile: Profile, task: Task, calibration: Dataset
+) -> tuple[bytes, list[LayerError]]:
     """The calibrated model and every quantized op's own error, worst first."""
     from converter.quantize import import_tf
 
@@ -128,7 +130,9 @@ def layer_errors(saved_model: Path, profile: Profile, task: Task, calibration: D
     debug_gen = representative(calibration, DEBUG_SAMPLES)
     with warnings.catch_warnings(), quiet_native_stderr():
         warnings.simplefilter("ignore")
-        debugger = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=debug_gen)
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=conv, debug_dataset=debug_gen
+        )
         debugger.run()
         buf = io.StringIO()
         debugger.layer_statistics_dump(buf)
@@ -141,7 +145,9 @@ def layer_errors(saved_model: Path, profile: Profile, task: Task, calibration: D
         mse = float(row.get("mean_squared_error") or "nan")
         steps = math.sqrt(mse) / scale if scale > 0 and mse == mse else float("nan")
         node = row["tensor_name"]
-        errors.append(LayerError(node=node, op=row["op_name"], rmse_steps=steps, output=aliases.get(node, "")))
+        errors.append(
+            LayerError(node=node, op=row["op_name"], rmse_steps=steps, output=aliases.get(node, ""))
+        )
     errors.sort(key=lambda e: (-(e.rmse_steps if e.rmse_steps == e.rmse_steps else -1.0), e.node))
     return calibrated, errors
 
@@ -158,7 +164,9 @@ def find_float_layers(
     """Search for the fewest float layers that bring the accuracy drop within the profile's limit."""
     limit = profile.budgets.max_accuracy_drop
     calibrated, ranking = layer_errors(saved_model, profile, task, calibration)
-    logger.info("fallback ranking: %s", ", ".join(f"{e.label}={e.rmse_steps:.2f}" for e in ranking[:8]))
+    logger.info(
+        "fallback ranking: %s", ", ".join(f"{e.label}={e.rmse_steps:.2f}" for e in ranking[:8])
+    )
     attempts: list[Attempt] = []
     best: dict[tuple[str, ...], tuple[bytes, AccuracyReport]] = {}
 
@@ -169,7 +177,12 @@ def find_float_layers(
         report = evaluate(model)
         ok = report.drop <= limit + 1e-12
         attempts.append(Attempt(len(layers), report.drop, ok))
-        logger.info("fallback with %d float layers: drop %.4f (%s)", len(layers), report.drop, "pass" if ok else "fail")
+        logger.info(
+            "fallback with %d float layers: drop %.4f (%s)",
+            len(layers),
+            report.drop,
+            "pass" if ok else "fail",
+        )
         if ok:
             best[tuple(e.node for e in layers)] = (model, report)
         return ok
@@ -177,7 +190,12 @@ def find_float_layers(
     chosen = select_fewest(ranking, passes, max_tries)
     if chosen is None:
         return FallbackResult(
-            False, [], None, None, ranking, attempts,
+            False,
+            [],
+            None,
+            None,
+            ranking,
+            attempts,
             f"no set of float layers within {len(attempts)} tries brings the drop within {limit:.2%}",
         )
     model, report = best[tuple(e.node for e in chosen)]

@@ -112,7 +112,9 @@ def measure_latency(
         try:
             get_backend(backend)
         except BackendUnavailable:
-            logger.warning("runtime backend %s is not available; measuring with the default one", backend)
+            logger.warning(
+                "runtime backend %s is not available; measuring with the default one", backend
+            )
             backend = None
     timed = time_interleaved(list(models.values()), threads, runs, warmup, backend, withhold_amx)
     out = {}
@@ -195,7 +197,11 @@ class SizeGate:
     def check(self, measured: Measured) -> GateResult:
         size, budget = measured.size, self.budget
         status = PASS if size <= budget else FAIL
-        reason = "" if status == PASS else f"model is {size:,} bytes, over {self.profile.name}'s {budget:,} byte budget"
+        reason = (
+            ""
+            if status == PASS
+            else f"model is {size:,} bytes, over {self.profile.name}'s {budget:,} byte budget"
+        )
         return GateResult(self.name, status, f"{size:,} B", f"≤ {budget:,} B", reason)
 
 
@@ -210,7 +216,10 @@ class ArenaGate:
         value = f"≥ {arena:,} B (peak live tensors)"
         if arena > budget:
             return GateResult(
-                self.name, FAIL, value, f"≤ {budget:,} B",
+                self.name,
+                FAIL,
+                value,
+                f"≤ {budget:,} B",
                 f"activations need at least {arena:,} bytes, over {self.profile.name}'s {budget:,} byte arena",
             )
         return GateResult(self.name, PASS, value, f"≤ {budget:,} B")
@@ -228,7 +237,10 @@ class AccuracyGate:
         if report.drop <= limit + 1e-12:
             return GateResult(self.name, PASS, value, f"drop ≤ {limit:.2%}")
         return GateResult(
-            self.name, FAIL, value, f"drop ≤ {limit:.2%}",
+            self.name,
+            FAIL,
+            value,
+            f"drop ≤ {limit:.2%}",
             f"accuracy drop {report.drop:.2%} ({report.metric} {report.quant_value:.4f}) "
             f"is over {self.profile.name}'s {limit:.2%}",
         )
@@ -248,13 +260,21 @@ class LatencyGate:
         limit = f"≤ {budget:g} ms"
         if host_measured(profile):
             return GateResult(
-                self.name, INFO, value, limit,
+                self.name,
+                INFO,
+                value,
+                limit,
                 f"not enforced: this {host_arch()} host does not stand for a {profile.target.cpu}",
             )
         if stats.p50 <= budget:
             return GateResult(self.name, PASS, value, limit)
-        return GateResult(self.name, FAIL, value, limit,
-                          f"p50 latency {stats.p50:.3g} ms is over {profile.name}'s {budget:g} ms budget")
+        return GateResult(
+            self.name,
+            FAIL,
+            value,
+            limit,
+            f"p50 latency {stats.p50:.3g} ms is over {profile.name}'s {budget:g} ms budget",
+        )
 
 
 def select_gates(profile: Profile) -> list[Gate]:

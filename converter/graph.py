@@ -25,7 +25,11 @@ _DTYPE_BYTES = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 9: 1, 10: 8, 12: 8, 15
 def _builtin_names() -> dict[int, str]:
     from ai_edge_litert import schema_py_generated as schema
 
-    return {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_") and isinstance(v, int)}
+    return {
+        v: k
+        for k, v in vars(schema.BuiltinOperator).items()
+        if not k.startswith("_") and isinstance(v, int)
+    }
 
 
 @dataclass(frozen=True)
@@ -79,14 +83,20 @@ def read_graph(model_bytes: bytes) -> ModelGraph:
             if is_custom:
                 custom.add(name)
             elif op.OutputsLength() and any(
-                o >= 0 and int(sg.Tensors(int(o)).Type()) in _FLOAT_TYPES for o in op.OutputsAsNumpy()
+                o >= 0 and int(sg.Tensors(int(o)).Type()) in _FLOAT_TYPES
+                for o in op.OutputsAsNumpy()
             ):
                 float_ops.append(name)
     arena = _peak_live_bytes(model, model.Subgraphs(0)) if model.SubgraphsLength() else 0
     ins, outs = _signature_names(model)
     return ModelGraph(
-        ops=ops, custom_ops=custom, arena_estimate=arena, subgraphs=model.SubgraphsLength(),
-        input_names=ins, output_names=outs, float_ops=float_ops,
+        ops=ops,
+        custom_ops=custom,
+        arena_estimate=arena,
+        subgraphs=model.SubgraphsLength(),
+        input_names=ins,
+        output_names=outs,
+        float_ops=float_ops,
     )
 
 

@@ -90,7 +90,9 @@ class SourceModel:
         return [np.concatenate([c[j] for c in chunks]) for j in range(len(self.output_names))]
 
 
-def describe(model: Any, source: str = "<in-memory>", kind: str = "in-memory", fixed_batch: int | None = None) -> SourceModel:
+def describe(
+    model: Any, source: str = "<in-memory>", kind: str = "in-memory", fixed_batch: int | None = None
+) -> SourceModel:
     """Read the input spec and output naming of a Keras model; refuse what cannot be exported."""
     try:
         inputs = model.inputs
@@ -102,7 +104,9 @@ def describe(model: Any, source: str = "<in-memory>", kind: str = "in-memory", f
     if not inputs:
         raise ModelLoadError(f"{source}: the model has no defined input; wrap it with keras.Input")
     if len(inputs) != 1:
-        raise ModelLoadError(f"{source}: the model has {len(inputs)} inputs; edgegap converts single-input models")
+        raise ModelLoadError(
+            f"{source}: the model has {len(inputs)} inputs; edgegap converts single-input models"
+        )
     inp = inputs[0]
     shape = tuple(inp.shape[1:])
     if any(d is None for d in shape) or not shape:
@@ -112,7 +116,9 @@ def describe(model: Any, source: str = "<in-memory>", kind: str = "in-memory", f
         )
     dtype = str(getattr(inp, "dtype", "float32"))
     if "float" not in dtype:
-        raise ModelLoadError(f"{source}: input dtype is {dtype}; edgegap converts models with float input")
+        raise ModelLoadError(
+            f"{source}: input dtype is {dtype}; edgegap converts models with float input"
+        )
     raw_name = str(getattr(inp, "name", "") or "input")
     probe = model(np.zeros((fixed_batch or 1, *shape), np.float32), training=False)
     keys: list[Any]
@@ -131,7 +137,9 @@ def describe(model: Any, source: str = "<in-memory>", kind: str = "in-memory", f
     for raw in raws:
         names.append(signature_name(raw, names))
     if len(names) > 16:
-        raise ModelLoadError(f"{source}: the model has {len(names)} outputs; a bundle holds at most 16")
+        raise ModelLoadError(
+            f"{source}: the model has {len(names)} outputs; a bundle holds at most 16"
+        )
     return SourceModel(
         model=model,
         source=source,
@@ -166,7 +174,9 @@ def import_custom_objects(paths: Sequence[str | Path]) -> None:
             try:
                 importlib.import_module(str(item))
             except ImportError as exc:
-                raise ModelLoadError(f"cannot import custom objects module {item!r}: {one_line(exc)}") from exc
+                raise ModelLoadError(
+                    f"cannot import custom objects module {item!r}: {one_line(exc)}"
+                ) from exc
 
 
 def _kind_of(path: Path) -> str:
@@ -189,7 +199,11 @@ def _kind_of(path: Path) -> str:
 
 def _hint(exc: BaseException) -> str:
     text = one_line(exc)
-    if "Could not locate" in str(exc) or "Unknown layer" in str(exc) or "custom" in str(exc).lower():
+    if (
+        "Could not locate" in str(exc)
+        or "Unknown layer" in str(exc)
+        or "custom" in str(exc).lower()
+    ):
         text += " (define the class with @keras.saving.register_keras_serializable and pass --custom-objects FILE.py)"
     return text
 
@@ -209,13 +223,19 @@ def _load_saved_model(path: Path) -> tuple[Any, int | None]:
     endpoint = "serving_default" if "serving_default" in sigs else sorted(sigs)[0]
     _, kwargs = sigs[endpoint].structured_input_signature
     if len(kwargs) != 1:
-        raise ModelLoadError(f"SavedModel {path} signature {endpoint!r} has {len(kwargs)} inputs; edgegap converts single-input models")
-    (in_name, spec), = kwargs.items()
+        raise ModelLoadError(
+            f"SavedModel {path} signature {endpoint!r} has {len(kwargs)} inputs; edgegap converts single-input models"
+        )
+    ((in_name, spec),) = kwargs.items()
     shape = spec.shape.as_list()
     if len(shape) < 2 or any(d is None for d in shape[1:]):
-        raise ModelLoadError(f"SavedModel {path} input {in_name!r} has shape {shape}; a fixed size is needed")
+        raise ModelLoadError(
+            f"SavedModel {path} input {in_name!r} has shape {shape}; a fixed size is needed"
+        )
     if shape[0] not in (None, 1):
-        raise ModelLoadError(f"SavedModel {path} takes a fixed batch of {shape[0]}; export it with batch 1 or None")
+        raise ModelLoadError(
+            f"SavedModel {path} takes a fixed batch of {shape[0]}; export it with batch 1 or None"
+        )
     layer = keras.layers.TFSMLayer(str(path), call_endpoint=endpoint)
     inp = keras.Input(tuple(shape[1:]), name=signature_name(in_name), dtype=spec.dtype.name)
     model = keras.Model(inp, layer(inp), name=signature_name(path.name))

@@ -26,23 +26,37 @@ from firmware_profiles import Profile, QuantScheme
 logger = logging.getLogger(__name__)
 
 
-def open_converted(model_bytes: bytes, graph: ModelGraph | None = None, threads: int = 1) -> LoadedModel:
+def open_converted(
+    model_bytes: bytes, graph: ModelGraph | None = None, threads: int = 1
+) -> LoadedModel:
     """Open a converted model; tensors carry their signature names, so outputs pair up by name."""
     graph = graph or read_graph(model_bytes)
     model = open_model(model_bytes, threads)
-    model.inputs = [dataclasses.replace(t, name=graph.input_names.get(t.index, t.name)) for t in model.inputs]
-    model.outputs = [dataclasses.replace(t, name=graph.output_names.get(t.index, t.name)) for t in model.outputs]
+    model.inputs = [
+        dataclasses.replace(t, name=graph.input_names.get(t.index, t.name)) for t in model.inputs
+    ]
+    model.outputs = [
+        dataclasses.replace(t, name=graph.output_names.get(t.index, t.name)) for t in model.outputs
+    ]
     return model
 
 
 def build_manifest(
-    profile: Profile, task: Task, quant: LoadedModel, model_bytes: bytes, norm: Normalization, labels: list[str],
-    name: str, version: int,
+    profile: Profile,
+    task: Task,
+    quant: LoadedModel,
+    model_bytes: bytes,
+    norm: Normalization,
+    labels: list[str],
+    name: str,
+    version: int,
 ) -> Manifest:
     info = quant.inputs[0]
     roles = task.output_roles(quant.outputs)
     if len(roles) != len(quant.outputs):
-        raise ConvertError(f"task {task.name} gave {len(roles)} roles for {len(quant.outputs)} outputs")
+        raise ConvertError(
+            f"task {task.name} gave {len(roles)} roles for {len(quant.outputs)} outputs"
+        )
     return Manifest(
         name=name,
         version=version,
@@ -63,8 +77,15 @@ def build_manifest(
             std=list(norm.std),
         ),
         outputs=[
-            OutputSpec(name=o.name, index=o.index, role=r, shape=list(o.shape), dtype=np.dtype(o.dtype).name,
-                       scale=o.scale, zero_point=o.zero_point)
+            OutputSpec(
+                name=o.name,
+                index=o.index,
+                role=r,
+                shape=list(o.shape),
+                dtype=np.dtype(o.dtype).name,
+                scale=o.scale,
+                zero_point=o.zero_point,
+            )
             for o, r in zip(quant.outputs, roles, strict=True)
         ],
         labels=labels,
@@ -78,16 +99,25 @@ def golden_tolerance(manifest: Manifest, golden: Golden) -> Golden:
     for j, out in enumerate(manifest.outputs):
         if out.scale > 0:
             continue
-        values = np.concatenate([np.frombuffer(base64.b64decode(e[j]), "<f4") for e in golden.expected])
+        values = np.concatenate(
+            [np.frombuffer(base64.b64decode(e[j]), "<f4") for e in golden.expected]
+        )
         span = float(values.max() - values.min()) if values.size else 0.0
         atol[j] = max(atol[j], 0.02 * span)
     return golden.model_copy(update={"atol": atol})
 
 
 def bundle_metrics(
-    profile: Profile, model_bytes: bytes, float_bytes: bytes, accuracy: AccuracyReport, plain: AccuracyReport,
-    latency: dict[str, LatencyStats], graph: ModelGraph, fallback: FallbackResult | None,
-    validation: Dataset, on_calibration: bool,
+    profile: Profile,
+    model_bytes: bytes,
+    float_bytes: bytes,
+    accuracy: AccuracyReport,
+    plain: AccuracyReport,
+    latency: dict[str, LatencyStats],
+    graph: ModelGraph,
+    fallback: FallbackResult | None,
+    validation: Dataset,
+    on_calibration: bool,
 ) -> dict[str, Any]:
     q, f = latency["quant"], latency["float"]
     out: dict[str, Any] = {
@@ -123,10 +153,16 @@ def bundle_metrics(
     return out
 
 
-def pruning_metrics(pruning: PruningSummary, latency: dict[str, LatencyStats], profile: Profile) -> dict[str, Any]:
+def pruning_metrics(
+    pruning: PruningSummary, latency: dict[str, LatencyStats], profile: Profile
+) -> dict[str, Any]:
     r, t = pruning.report, profile.pruning
     return {
-        "target": "channels" if t.channels is not None else "macs" if t.macs is not None else "latency_ms",
+        "target": "channels"
+        if t.channels is not None
+        else "macs"
+        if t.macs is not None
+        else "latency_ms",
         "channels_removed": round(r.ratio, 4),
         "importance": r.importance,
         "macs_original": r.before.macs,

@@ -54,7 +54,9 @@ class ConvertOptions:
     validation: str | Path | Dataset | None = None
     mean: list[float] | None = None  # default: 0, or what the model records (a detector's sidecar)
     std: list[float] | None = None  # default: 255, or what the model records
-    color_order: ColorOrder | None = None  # default: gray for 1 channel, else rgb; or what the model records
+    color_order: ColorOrder | None = (
+        None  # default: gray for 1 channel, else rgb; or what the model records
+    )
     resize: ResizeMode = ResizeMode.STRETCH
     labels: list[str] | str | Path | None = None
     name: str | None = None

@@ -17,7 +17,9 @@ class ProfileType(click.ParamType):
 
     name = "profile"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Profile:
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Profile:
         if isinstance(value, Profile):
             return value
         try:
@@ -31,7 +33,9 @@ class FloatListType(click.ParamType):
 
     name = "number[,number...]"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[float]:
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> list[float]:
         if isinstance(value, list):
             return value
         try:

@@ -32,9 +32,22 @@ from converter.tasks import TASK_NAMES
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "REPORT_FILE", "STAGES", "STAGE_FUNCTIONS", "TASK_NAMES", "ConvertError", "ConvertOptions", "ConvertResult",
-    "LogReporter", "Reporter", "_normalization", "build_manifest", "convert", "default_name", "make_task",
-    "open_converted", "read_labels",
+    "REPORT_FILE",
+    "STAGES",
+    "STAGE_FUNCTIONS",
+    "TASK_NAMES",
+    "ConvertError",
+    "ConvertOptions",
+    "ConvertResult",
+    "LogReporter",
+    "Reporter",
+    "_normalization",
+    "build_manifest",
+    "convert",
+    "default_name",
+    "make_task",
+    "open_converted",
+    "read_labels",
 ]
 
 STAGE_FUNCTIONS: tuple[stages.Stage, ...] = (

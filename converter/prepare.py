@@ -25,7 +25,9 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def default_name(model: Any) -> str:
-    stem = Path(model).stem if isinstance(model, (str, Path)) else str(getattr(model, "name", "model"))
+    stem = (
+        Path(model).stem if isinstance(model, (str, Path)) else str(getattr(model, "name", "model"))
+    )
     name = re.sub(r"[^A-Za-z0-9._-]", "-", stem).strip("-._") or "model"
     return name[:64]
 
@@ -73,7 +75,9 @@ def normalization(opts: ConvertOptions, channels: int, task: Task) -> Normalizat
     recorded = task.normalization()
     if recorded is None:
         color = opts.color_order or default_color_order(channels)
-        return Normalization(list(opts.mean or [0.0]), list(opts.std or [255.0]), color, opts.resize)
+        return Normalization(
+            list(opts.mean or [0.0]), list(opts.std or [255.0]), color, opts.resize
+        )
     flag = recorded.contradicted_by(opts.mean, opts.std, opts.color_order)
     if flag is not None:
         raise ConvertError(
@@ -83,10 +87,14 @@ def normalization(opts: ConvertOptions, channels: int, task: Task) -> Normalizat
     return dataclasses.replace(recorded, resize=opts.resize)
 
 
-def dataset(src: str | Path | Dataset, source: SourceModel, norm: Normalization, limit: int, what: str) -> Dataset:
+def dataset(
+    src: str | Path | Dataset, source: SourceModel, norm: Normalization, limit: int, what: str
+) -> Dataset:
     if isinstance(src, Dataset):
         if tuple(src.x.shape[1:]) != source.input_shape:
-            raise ConvertError(f"{what} has samples of shape {tuple(src.x.shape[1:])}; the model takes {source.input_shape}")
+            raise ConvertError(
+                f"{what} has samples of shape {tuple(src.x.shape[1:])}; the model takes {source.input_shape}"
+            )
         return src
     return load_data(src, source.input_shape, norm, limit=limit, what=what)
 
@@ -97,7 +105,9 @@ def fold_bgr(source: SourceModel) -> tuple[SourceModel, list[str]]:
     from converter.color_fold import fold_bgr as fold
 
     if source.kind == "saved_model":
-        raise FoldError("--fold-bgr edits a Keras model's weights; give the .keras or .h5 file, not a SavedModel")
+        raise FoldError(
+            "--fold-bgr edits a Keras model's weights; give the .keras or .h5 file, not a SavedModel"
+        )
     model, changed = fold(source.model)
     return dataclasses.replace(source, model=model), changed
 
@@ -122,8 +132,14 @@ def prune_source(
     protect = [*opts.protect, *task.protected_layers(source.model)]
     rep.detail(f"pruning to {profile.name}'s target; protected: {', '.join(protect) or 'none'}")
     pruned, report = prune_for_profile(
-        source.model, profile.pruning, data=calibration.x, profile=profile,
-        importance=opts.prune_importance, protect=protect, steps=opts.prune_steps, epochs=opts.prune_epochs,
+        source.model,
+        profile.pruning,
+        data=calibration.x,
+        profile=profile,
+        importance=opts.prune_importance,
+        protect=protect,
+        steps=opts.prune_steps,
+        epochs=opts.prune_epochs,
         calibration=calibration.x[:64],
     )
     for note in report.notes:

@@ -49,7 +49,9 @@ def export_saved_model(task: Task, model: Any, out_dir: Path) -> Path:
     return out_dir
 
 
-def representative(data: Dataset, limit: int = DEFAULT_CALIBRATION_SAMPLES) -> Callable[[], Iterator[list[np.ndarray]]]:
+def representative(
+    data: Dataset, limit: int = DEFAULT_CALIBRATION_SAMPLES
+) -> Callable[[], Iterator[list[np.ndarray]]]:
     """A representative-dataset factory: one [1, ...] float32 sample per step."""
     x = data.x[:limit].astype(np.float32)
 
@@ -61,10 +63,14 @@ def representative(data: Dataset, limit: int = DEFAULT_CALIBRATION_SAMPLES) -> C
 
 
 def tf_dtype(tf: Any, dtype: IODtype) -> Any:
-    return {"int8": tf.int8, "uint8": tf.uint8, "int16": tf.int16, "float32": tf.float32}[dtype.value]
+    return {"int8": tf.int8, "uint8": tf.uint8, "int16": tf.int16, "float32": tf.float32}[
+        dtype.value
+    ]
 
 
-def make_converter(saved_model: Path, profile: Profile, task: Task, calibration: Dataset | None) -> Any:
+def make_converter(
+    saved_model: Path, profile: Profile, task: Task, calibration: Dataset | None
+) -> Any:
     """A TFLiteConverter set up for the profile's quantization scheme and I/O types."""
     tf = import_tf()
     q = profile.quantization
@@ -81,7 +87,9 @@ def make_converter(saved_model: Path, profile: Profile, task: Task, calibration:
         elif scheme is QuantScheme.INT8_FALLBACK:
             conv.target_spec.supported_ops = [ops.TFLITE_BUILTINS_INT8, ops.TFLITE_BUILTINS]
         else:
-            conv.target_spec.supported_ops = [ops.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+            conv.target_spec.supported_ops = [
+                ops.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+            ]
         conv.inference_input_type = tf_dtype(tf, q.input_dtype)
         conv.inference_output_type = tf_dtype(tf, q.output_dtype)
     elif scheme is QuantScheme.FLOAT16:
@@ -133,4 +141,6 @@ def requantize(calibrated: bytes, profile: Profile, denylisted_nodes: Sequence[s
                 )
             )
     except Exception as exc:
-        raise QuantizeError(f"quantization with {len(denylisted_nodes)} float layers failed: {converter_reason(exc)}") from exc
+        raise QuantizeError(
+            f"quantization with {len(denylisted_nodes)} float layers failed: {converter_reason(exc)}"
+        ) from exc

@@ -28,9 +28,14 @@ def summary_table(result: ConvertResult) -> Table:
     lat_f, lat_q = result.latency["float"], result.latency["quant"]
     acc = result.accuracy
     table = Table(
-        title=f"{m.name} v{m.version} for {result.profile.name}", title_justify="left",
+        title=f"{m.name} v{m.version} for {result.profile.name}",
+        title_justify="left",
         caption=f"accuracy on {result.validation_source}"
-        + (" (calibration data: no --validation given)" if m.metrics.get("accuracy", {}).get("data") == "calibration" else ""),
+        + (
+            " (calibration data: no --validation given)"
+            if m.metrics.get("accuracy", {}).get("data") == "calibration"
+            else ""
+        ),
         caption_justify="left",
     )
     table.add_column("")
@@ -39,11 +44,20 @@ def summary_table(result: ConvertResult) -> Table:
     table.add_column("ratio / drop", justify="right")
     fsize, qsize = len(result.float_bytes), len(result.model_bytes)
     table.add_row("size", human_bytes(fsize), human_bytes(qsize), f"{qsize / fsize:.3f}")
-    table.add_row(acc.metric.replace("_", " "), f"{acc.float_value:.4f}", f"{acc.quant_value:.4f}", f"drop {acc.drop:.2%}")
+    table.add_row(
+        acc.metric.replace("_", " "),
+        f"{acc.float_value:.4f}",
+        f"{acc.quant_value:.4f}",
+        f"drop {acc.drop:.2%}",
+    )
     for key, label in (("float_top1_accuracy", "top-1 vs labels"),):
         if key in acc.detail and "quant_top1_accuracy" in acc.detail:
-            table.add_row(label, f"{acc.detail[key]:.4f}", f"{acc.detail['quant_top1_accuracy']:.4f}",
-                          f"{acc.detail[key] - acc.detail['quant_top1_accuracy']:+.2%}")
+            table.add_row(
+                label,
+                f"{acc.detail[key]:.4f}",
+                f"{acc.detail['quant_top1_accuracy']:.4f}",
+                f"{acc.detail[key] - acc.detail['quant_top1_accuracy']:+.2%}",
+            )
     where = m.metrics.get("latency_measured", "")
     table.add_row(
         f"latency p50, {where}, {lat_q.threads} thr",
@@ -58,14 +72,22 @@ SLOWER_THAN_FLOAT = 1.10  # p50 ratios closer to 1 than this are within a short 
 SLOWER_BY_MS = 0.05  # and differences this small are call overhead, not the model
 
 
-def speed_note(scheme: str, float_ms: float, quant_ms: float, size_ratio: float, where: str) -> str | None:
+def speed_note(
+    scheme: str, float_ms: float, quant_ms: float, size_ratio: float, where: str
+) -> str | None:
     """Says so when the converted model ran clearly slower than float on a host that stands for
     the device: on some CPUs the int8 kernels lose to the float ones, and then the scheme buys
     size, not speed."""
-    if float_ms <= 0 or quant_ms <= SLOWER_THAN_FLOAT * float_ms or quant_ms - float_ms < SLOWER_BY_MS:
+    if (
+        float_ms <= 0
+        or quant_ms <= SLOWER_THAN_FLOAT * float_ms
+        or quant_ms - float_ms < SLOWER_BY_MS
+    ):
         return None
-    return (f"note: {scheme} ran {quant_ms / float_ms:.2f}x slower than float32 ({where}): there it buys size "
-            f"({size_ratio:.2f}x), not speed; measure on the device (`edgegap bench`) before choosing")
+    return (
+        f"note: {scheme} ran {quant_ms / float_ms:.2f}x slower than float32 ({where}): there it buys size "
+        f"({size_ratio:.2f}x), not speed; measure on the device (`edgegap bench`) before choosing"
+    )
 
 
 def pruning_table(result: ConvertResult) -> Table | None:
@@ -79,23 +101,36 @@ def pruning_table(result: ConvertResult) -> Table | None:
     table = Table(
         title=f"Pruning: {r.removed_fraction:.1%} of prunable channels removed ({r.ratio:.0%} asked; "
         f"{r.importance} importance, target {m['target']})",
-        title_justify="left", caption="; ".join([m["latency_method"], *m["notes"]]).strip("; ") or None,
+        title_justify="left",
+        caption="; ".join([m["latency_method"], *m["notes"]]).strip("; ") or None,
         caption_justify="left",
     )
     table.add_column("")
     table.add_column("original float32", justify="right")
     table.add_column("pruned float32", justify="right")
     table.add_column(f"pruned {result.scheme}", justify="right")
-    table.add_row("MACs", f"{r.before.macs:,}", f"{r.after.macs:,}", f"{r.after.macs:,} ({r.macs_ratio:.2f}x)")
-    table.add_row("parameters", f"{r.before.params:,}", f"{r.after.params:,}", f"{r.after.params:,}")
-    table.add_row("bytes (.tflite)", human_bytes(len(pr.original_float_bytes)), human_bytes(len(result.float_bytes)),
-                  human_bytes(len(result.model_bytes)))
+    table.add_row(
+        "MACs", f"{r.before.macs:,}", f"{r.after.macs:,}", f"{r.after.macs:,} ({r.macs_ratio:.2f}x)"
+    )
+    table.add_row(
+        "parameters", f"{r.before.params:,}", f"{r.after.params:,}", f"{r.after.params:,}"
+    )
+    table.add_row(
+        "bytes (.tflite)",
+        human_bytes(len(pr.original_float_bytes)),
+        human_bytes(len(result.float_bytes)),
+        human_bytes(len(result.model_bytes)),
+    )
     base = lat["original"].p50
     table.add_row(
         f"latency p50 ({result.manifest.metrics.get('latency_measured', '')})",
         f"{base:.3f} ms",
-        f"{lat['float'].p50:.3f} ms ({lat['float'].p50 / base:.2f}x)" if base > 0 else f"{lat['float'].p50:.3f} ms",
-        f"{lat['quant'].p50:.3f} ms ({lat['quant'].p50 / base:.2f}x)" if base > 0 else f"{lat['quant'].p50:.3f} ms",
+        f"{lat['float'].p50:.3f} ms ({lat['float'].p50 / base:.2f}x)"
+        if base > 0
+        else f"{lat['float'].p50:.3f} ms",
+        f"{lat['quant'].p50:.3f} ms ({lat['quant'].p50 / base:.2f}x)"
+        if base > 0
+        else f"{lat['quant'].p50:.3f} ms",
     )
     table.add_row(
         acc.metric.replace("_", " "),
@@ -111,7 +146,13 @@ def gates_table(result: ConvertResult) -> Table:
     for col in ("gate", "status", "value", "limit", "note"):
         table.add_column(col, overflow="fold")
     for g in result.gates:
-        table.add_row(g.name, Text(g.status, style=_STATUS_STYLE.get(g.status, "")), g.value, g.limit, g.reason)
+        table.add_row(
+            g.name,
+            Text(g.status, style=_STATUS_STYLE.get(g.status, "")),
+            g.value,
+            g.limit,
+            g.reason,
+        )
     return table
 
 
@@ -122,8 +163,10 @@ def fallback_text(result: ConvertResult) -> Text | None:
     before = f"int8 drop was {result.plain_accuracy.drop:.2%}"
     if fb.passed:
         layers = ", ".join(e.label for e in fb.float_layers)
-        return Text(f"float fallback: {before}; kept {len(fb.float_layers)} layer(s) in float: {layers} "
-                    f"({len(fb.attempts)} tries)")
+        return Text(
+            f"float fallback: {before}; kept {len(fb.float_layers)} layer(s) in float: {layers} "
+            f"({len(fb.attempts)} tries)"
+        )
     return Text(f"float fallback failed: {before}; {fb.reason}", style="red")
 
 
@@ -137,16 +180,27 @@ def render(result: ConvertResult) -> Group:
         parts.append(fb)
     lat_f, lat_q = result.latency["float"], result.latency["quant"]
     if not host_measured(result.profile):  # only where this host stands for the device
-        slow = speed_note(result.scheme, lat_f.p50, lat_q.p50, len(result.model_bytes) / len(result.float_bytes),
-                          latency_label(result.profile))
+        slow = speed_note(
+            result.scheme,
+            lat_f.p50,
+            lat_q.p50,
+            len(result.model_bytes) / len(result.float_bytes),
+            latency_label(result.profile),
+        )
         if slow is not None:
             parts.append(Text(slow, style="yellow"))
     folded = result.manifest.metrics.get("bgr_folded_into")
     if folded:
-        parts.append(Text(f"input: BGR frames as OpenCV reads them (the channel swap is folded into "
-                          f"{', '.join(folded)}); accuracy is against the original model on RGB"))
+        parts.append(
+            Text(
+                f"input: BGR frames as OpenCV reads them (the channel swap is folded into "
+                f"{', '.join(folded)}); accuracy is against the original model on RGB"
+            )
+        )
     if result.bundle is not None:
-        signed = f", signed by {result.manifest.signature.key_id}" if result.manifest.signature else ""
+        signed = (
+            f", signed by {result.manifest.signature.key_id}" if result.manifest.signature else ""
+        )
         parts.append(Text(f"bundle: {result.bundle}{signed}"))
     return Group(*parts)
 
@@ -154,9 +208,26 @@ def render(result: ConvertResult) -> Group:
 def comparison_table(results: Sequence[ConvertResult]) -> Table:
     """One row per conversion: the figures that tell profiles apart."""
     table = Table(title="Conversions", title_justify="left")
-    for col in ("profile", "scheme", "I/O", "size", "vs float", "accuracy", "drop", "latency p50", "vs float",
-                "measured", "float layers", "gates"):
-        table.add_column(col, justify="right" if col not in ("profile", "scheme", "I/O", "measured", "gates") else "left")
+    for col in (
+        "profile",
+        "scheme",
+        "I/O",
+        "size",
+        "vs float",
+        "accuracy",
+        "drop",
+        "latency p50",
+        "vs float",
+        "measured",
+        "float layers",
+        "gates",
+    ):
+        table.add_column(
+            col,
+            justify="right"
+            if col not in ("profile", "scheme", "I/O", "measured", "gates")
+            else "left",
+        )
     for r in results:
         q = r.profile.quantization
         lat_f, lat_q = r.latency["float"], r.latency["quant"]
@@ -199,13 +270,22 @@ def report_dict(result: ConvertResult) -> dict[str, Any]:
         "latency": {k: v.to_dict() for k, v in result.latency.items()},
         "gates": [g.to_dict() for g in result.gates],
         "ops": dict(sorted(result.graph.op_counts.items())),
-        "fallback": None if fb is None else {
+        "fallback": None
+        if fb is None
+        else {
             "passed": fb.passed,
             "reason": fb.reason,
             "drop_before": result.plain_accuracy.drop,
-            "float_layers": [{"node": e.node, "op": e.op, "rmse_steps": e.rmse_steps} for e in fb.float_layers],
-            "ranking": [{"node": e.node, "op": e.op, "rmse_steps": e.rmse_steps} for e in fb.ranking[:20]],
-            "attempts": [{"float_layers": a.float_layers, "drop": a.drop, "passed": a.passed} for a in fb.attempts],
+            "float_layers": [
+                {"node": e.node, "op": e.op, "rmse_steps": e.rmse_steps} for e in fb.float_layers
+            ],
+            "ranking": [
+                {"node": e.node, "op": e.op, "rmse_steps": e.rmse_steps} for e in fb.ranking[:20]
+            ],
+            "attempts": [
+                {"float_layers": a.float_layers, "drop": a.drop, "passed": a.passed}
+                for a in fb.attempts
+            ],
         },
         "timings_s": result.timings,
     }
@@ -227,5 +307,7 @@ def _clean(obj: Any) -> Any:
 
 
 def write_report(result: ConvertResult, path: Path) -> Path:
-    path.write_text(json.dumps(_clean(report_dict(result)), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    path.write_text(
+        json.dumps(_clean(report_dict(result)), indent=2, sort_keys=False) + "\n", encoding="utf-8"
+    )
     return path

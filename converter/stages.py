@@ -87,7 +87,9 @@ class ConvertState:
     source: SourceModel = field(init=False)  # load, prune: what is converted (folded, pruned)
     task: Task = field(init=False)  # load
     norm: Normalization = field(init=False)  # load; calibrate swaps it for a folded model
-    reference: Predict = field(init=False)  # load: the original float model on the converted one's inputs
+    reference: Predict = field(
+        init=False
+    )  # load: the original float model on the converted one's inputs
     folded: list[str] = field(default_factory=list)  # load: layers --fold-bgr changed
     calibration: Dataset = field(init=False)  # calibrate
     validation: Dataset = field(init=False)  # calibrate
@@ -141,8 +143,14 @@ def start(opts: ConvertOptions, reporter: Reporter, workdir: Path) -> ConvertSta
     """A new state from the options, which are checked here before any model is touched."""
     name = opts.name or default_name(opts.model)
     if not NAME_RE.match(name):
-        raise ConvertError(f"--name {name!r} must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
-    version = opts.version if opts.version is not None else int(time.strftime("%Y%m%d%H%M%S", time.gmtime()))
+        raise ConvertError(
+            f"--name {name!r} must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    version = (
+        opts.version
+        if opts.version is not None
+        else int(time.strftime("%Y%m%d%H%M%S", time.gmtime()))
+    )
     if version < 0:
         raise ConvertError("--version must be 0 or more")
     if opts.sign_key is not None and not Path(opts.sign_key).is_file():
@@ -169,7 +177,9 @@ def load(s: ConvertState) -> None:
     if opts.fold_bgr:
         s.enter("fold bgr")
         if s.norm.color_order is not ColorOrder.RGB:
-            raise ConvertError(f"--fold-bgr makes a model that takes RGB take BGR; this one takes {s.norm.color_order.value}")
+            raise ConvertError(
+                f"--fold-bgr makes a model that takes RGB take BGR; this one takes {s.norm.color_order.value}"
+            )
         s.source, s.folded = fold_bgr(s.source)
         s.reference = functools.partial(on_swapped, s.original.predict)
 
@@ -178,11 +188,15 @@ def calibrate(s: ConvertState) -> None:
     """Calibration and validation data (read in the original model's color order), and the labels."""
     s.enter("load data")
     opts, source, norm = s.opts, s.source, s.norm
-    s.calibration = dataset(opts.calibration, source, norm, opts.calibration_samples, "calibration data")
+    s.calibration = dataset(
+        opts.calibration, source, norm, opts.calibration_samples, "calibration data"
+    )
     if s.task.name == "detection" and not isinstance(opts.validation, Dataset):
         s.validation = s.task.validation_data(opts.validation, opts.validation_samples)  # type: ignore[attr-defined]
     elif opts.validation is not None:
-        s.validation = dataset(opts.validation, source, norm, opts.validation_samples, "validation data")
+        s.validation = dataset(
+            opts.validation, source, norm, opts.validation_samples, "validation data"
+        )
     else:
         s.validation = s.calibration
         logger.warning("no --validation data: accuracy is measured on the calibration data")
@@ -230,13 +244,20 @@ def fallback(s: ConvertState) -> None:
     """Where the accuracy gate fails and the profile allows it (and --no-fallback is not given),
     the fewest layers kept in float that pass it."""
     profile, limit = s.profile, s.profile.budgets.max_accuracy_drop
-    if not (s.accuracy.drop > limit and s.opts.fallback and profile.quantization.allow_float_fallback):
+    if not (
+        s.accuracy.drop > limit and s.opts.fallback and profile.quantization.allow_float_fallback
+    ):
         return
     s.enter("fallback")
     rep, task, reference, validation = s.reporter, s.task, s.reference, s.validation
-    rep.detail(f"accuracy drop {s.accuracy.drop:.2%} > {limit:.2%}: searching for layers to keep in float")
+    rep.detail(
+        f"accuracy drop {s.accuracy.drop:.2%} > {limit:.2%}: searching for layers to keep in float"
+    )
     s.fallback = find_float_layers(
-        s.saved, profile, task, s.calibration,
+        s.saved,
+        profile,
+        task,
+        s.calibration,
         evaluate=lambda b: task.accuracy(reference, open_converted(b), validation),
         on_attempt=lambda n: rep.detail(f"fallback: trying {n} float layer(s)"),
     )
@@ -252,34 +273,62 @@ def gate(s: ConvertState) -> None:
     timed = {"float": s.float_bytes, "quant": s.model_bytes}
     if s.prune_report is not None:
         timed["original"] = s.original_float_bytes
-    s.latency = measure_latency(timed, threads=host_threads(profile.runtime.threads), runs=s.opts.latency_runs,
-                                withhold_amx=withholds_amx(profile))
-    measured = Measured(graph=s.graph, size=len(s.model_bytes), accuracy=s.accuracy, latency=s.latency["quant"])
+    s.latency = measure_latency(
+        timed,
+        threads=host_threads(profile.runtime.threads),
+        runs=s.opts.latency_runs,
+        withhold_amx=withholds_amx(profile),
+    )
+    measured = Measured(
+        graph=s.graph, size=len(s.model_bytes), accuracy=s.accuracy, latency=s.latency["quant"]
+    )
     s.gates = [g.check(measured) for g in select_gates(profile)]
 
 
 def golden(s: ConvertState) -> None:
     """The manifest's I/O spec, and golden outputs recorded on the converted model."""
     s.enter("manifest")
-    if s.labels and s.task.name == "classification" and len(s.labels) != (classes := s.quant.outputs[0].shape[-1]):
-        raise ConvertError(f"labels file has {len(s.labels)} labels but the model has {classes} classes")
-    manifest = build_manifest(s.profile, s.task, s.quant, s.model_bytes, s.norm, s.labels, s.name, s.version)
+    if (
+        s.labels
+        and s.task.name == "classification"
+        and len(s.labels) != (classes := s.quant.outputs[0].shape[-1])
+    ):
+        raise ConvertError(
+            f"labels file has {len(s.labels)} labels but the model has {classes} classes"
+        )
+    manifest = build_manifest(
+        s.profile, s.task, s.quant, s.model_bytes, s.norm, s.labels, s.name, s.version
+    )
     recorded = record_golden(s.quant, manifest, seed=0, count=s.opts.golden_count)
     s.manifest = manifest.model_copy(update={"golden": golden_tolerance(manifest, recorded)})
 
 
 def report(s: ConvertState) -> None:
     """The manifest's metrics (with pruning's, measured here) and the gates' verdict."""
-    metrics = bundle_metrics(s.profile, s.model_bytes, s.float_bytes, s.accuracy, s.plain_accuracy, s.latency,
-                             s.graph, s.fallback, s.validation, s.opts.validation is None)
+    metrics = bundle_metrics(
+        s.profile,
+        s.model_bytes,
+        s.float_bytes,
+        s.accuracy,
+        s.plain_accuracy,
+        s.latency,
+        s.graph,
+        s.fallback,
+        s.validation,
+        s.opts.validation is None,
+    )
     if s.folded:
         metrics["bgr_folded_into"] = s.folded
     if s.prune_report is not None:
         pruned_accuracy = s.task.accuracy(s.reference, open_converted(s.float_bytes), s.validation)
         s.pruning = PruningSummary(s.prune_report, s.original_float_bytes, pruned_accuracy)
         metrics["pruning"] = pruning_metrics(s.pruning, s.latency, s.profile)
-    manifest = s.manifest.model_copy(update={"metrics": metrics, "gates": verdict(s.gates, forced=s.opts.force)})
-    s.manifest = Manifest.model_validate(manifest.model_dump())  # re-validate the assembled manifest
+    manifest = s.manifest.model_copy(
+        update={"metrics": metrics, "gates": verdict(s.gates, forced=s.opts.force)}
+    )
+    s.manifest = Manifest.model_validate(
+        manifest.model_dump()
+    )  # re-validate the assembled manifest
 
 
 def sign(s: ConvertState) -> None:
@@ -290,10 +339,21 @@ def sign(s: ConvertState) -> None:
 def write(s: ConvertState) -> None:
     """The result; the bundle and report.json only if every gate passed, or with --force."""
     s.result = ConvertResult(
-        manifest=s.manifest, passed=s.passed, reason=first_failure(s.gates), gates=s.gates, accuracy=s.accuracy,
-        plain_accuracy=s.plain_accuracy, fallback=s.fallback, latency=s.latency, graph=s.graph,
-        model_bytes=s.model_bytes, float_bytes=s.float_bytes, profile=s.profile,
-        calibration_source=s.calibration.source, validation_source=s.validation.source, timings=s.timings,
+        manifest=s.manifest,
+        passed=s.passed,
+        reason=first_failure(s.gates),
+        gates=s.gates,
+        accuracy=s.accuracy,
+        plain_accuracy=s.plain_accuracy,
+        fallback=s.fallback,
+        latency=s.latency,
+        graph=s.graph,
+        model_bytes=s.model_bytes,
+        float_bytes=s.float_bytes,
+        profile=s.profile,
+        calibration_source=s.calibration.source,
+        validation_source=s.validation.source,
+        timings=s.timings,
         pruning=s.pruning,
     )
     s.enter("write")

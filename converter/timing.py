@@ -54,7 +54,9 @@ def bench_input(model: LoadedModel, seed: int = 0) -> np.ndarray:
 class _Bench:
     """Opened, warmed-up models that time blocks of interleaved invokes."""
 
-    def __init__(self, models: Sequence[bytes], threads: int, warmup: int, backend: str | None) -> None:
+    def __init__(
+        self, models: Sequence[bytes], threads: int, warmup: int, backend: str | None
+    ) -> None:
         self.loaded = [open_model(m, threads, backend) for m in models]
         self.inputs = [bench_input(m) for m in self.loaded]
         for m, x in zip(self.loaded, self.inputs, strict=True):
@@ -80,7 +82,12 @@ class Worker:
     It starts at once; wait_ready() waits for it to have opened and warmed up the models."""
 
     def __init__(
-        self, models: Sequence[bytes], threads: int, warmup: int, backend: str | None, withhold: bool
+        self,
+        models: Sequence[bytes],
+        threads: int,
+        warmup: int,
+        backend: str | None,
+        withhold: bool,
     ) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="edgegap-timing-")
         paths = []
@@ -109,7 +116,9 @@ class Worker:
         line = out.readline()
         if not line:
             self._proc.wait(30)
-            last = (self._errors.read_text(errors="replace").strip().splitlines() or ["no output"])[-1]
+            last = (self._errors.read_text(errors="replace").strip().splitlines() or ["no output"])[
+                -1
+            ]
             raise TimingError(f"timing process failed: {last}")
         return json.loads(line)
 
@@ -162,7 +171,12 @@ def _worker_main(spec: dict[str, Any]) -> None:
     """python -m converter.timing SPEC: open the models, say hello, then time blocks on request."""
     if spec["withhold"]:
         withhold_amx()
-    bench = _Bench([Path(p).read_bytes() for p in spec["models"]], spec["threads"], spec["warmup"], spec["backend"])
+    bench = _Bench(
+        [Path(p).read_bytes() for p in spec["models"]],
+        spec["threads"],
+        spec["warmup"],
+        spec["backend"],
+    )
     print(json.dumps({"backend": bench.backend, "amx": amx_label()}), flush=True)
     for line in sys.stdin:
         print(json.dumps(bench.block(int(line))), flush=True)

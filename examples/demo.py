@@ -79,7 +79,9 @@ def step_train(demo: Demo) -> None:
     accuracy = float(np.mean(model.predict(x_test, verbose=0).argmax(-1) == data.test_y))
     model_path = demo.out / "digits.keras"
     model.save(model_path)
-    calib = write_image_folder(data.train_x[:200], data.train_y[:200], demo.out / "data" / "calibration")
+    calib = write_image_folder(
+        data.train_x[:200], data.train_y[:200], demo.out / "data" / "calibration"
+    )
     val = demo.out / "data" / "validation.npz"
     np.savez(val, x=data.test_x, y=data.test_y)
     labels = demo.out / "data" / "labels.txt"
@@ -89,7 +91,9 @@ def step_train(demo: Demo) -> None:
         f"trained {model.count_params():,} weights in {time.perf_counter() - t0:.1f} s; "
         f"held-out accuracy {accuracy:.2%} on {len(data.test_y)} digits"
     )
-    console.print(f"model: {model_path}; calibration images: {calib}/<digit>/*.png; validation: {val}")
+    console.print(
+        f"model: {model_path}; calibration images: {calib}/<digit>/*.png; validation: {val}"
+    )
 
 
 def step_keys(demo: Demo) -> None:
@@ -116,9 +120,15 @@ def step_convert(demo: Demo) -> None:
         )
         result = convert(
             ConvertOptions(
-                model=f["model"], profile=load_profile(profile), calibration=f["calibration"],
-                validation=f["validation"], labels=f["labels"], sign_key=f["private_key"], name="digits",
-                version=1, output=bundle,
+                model=f["model"],
+                profile=load_profile(profile),
+                calibration=f["calibration"],
+                validation=f["validation"],
+                labels=f["labels"],
+                sign_key=f["private_key"],
+                name="digits",
+                version=1,
+                output=bundle,
             )
         )
         console.print(render(result))
@@ -143,7 +153,9 @@ def step_detector(demo: Demo) -> None:
     model = ROOT / "converter" / "zoo" / "weights" / "detector.keras"
     if demo.train_detector:
         model = demo.out / "detector.keras"
-        edgegap("zoo", "train-detector", "--output", model, *(["--epochs", "2"] if demo.quick else []))
+        edgegap(
+            "zoo", "train-detector", "--output", model, *(["--epochs", "2"] if demo.quick else [])
+        )
     else:
         console.print(f"using the committed weights {model} (retrain them with --train-detector)")
     data = demo.out / "detection"
@@ -155,8 +167,22 @@ def step_detector(demo: Demo) -> None:
     for profile in PROFILES:
         bundle = demo.out / "bundles" / f"detector-{profile}"
         edgegap(
-            "convert", model, "--profile", profile, "--calibration", calib / "images", "--validation", test,
-            "--sign-key", demo.files["private_key"], "--name", "detector", "--version", 1, "--output", bundle,
+            "convert",
+            model,
+            "--profile",
+            profile,
+            "--calibration",
+            calib / "images",
+            "--validation",
+            test,
+            "--sign-key",
+            demo.files["private_key"],
+            "--name",
+            "detector",
+            "--version",
+            1,
+            "--output",
+            bundle,
         )
         demo.detector_bundles[profile] = bundle
     heading("6. Float against int8 on the held-out test split")
@@ -183,28 +209,53 @@ def step_agent(demo: Demo) -> None:
     import subprocess
 
     heading("7. Serve it: edgegap-agent on a video from the test split")
-    video = _render_video(demo.files["detection_test"], demo.out / "test-split.avi", 120, (480, 480))
+    video = _render_video(
+        demo.files["detection_test"], demo.out / "test-split.avi", 120, (480, 480)
+    )
     bundle = demo.detector_bundles["x86-avx2"]
     out = demo.out / "agent"
     args = [
-        "run", "--bundle", str(bundle), "--trusted-key", str(demo.files["public_key"]),
-        "--source", str(video), "--rate", "all", "--jsonl", str(out / "detections.jsonl"),
-        "--annotate-dir", str(out / "annotated"), "--annotate-every", "10",
+        "run",
+        "--bundle",
+        str(bundle),
+        "--trusted-key",
+        str(demo.files["public_key"]),
+        "--source",
+        str(video),
+        "--rate",
+        "all",
+        "--jsonl",
+        str(out / "detections.jsonl"),
+        "--annotate-dir",
+        str(out / "annotated"),
+        "--annotate-every",
+        "10",
     ]
     console.print(f"[dim]$ edgegap-agent {shlex.join(args)}[/]")
     subprocess.run([sys.executable, "-m", "agent", *args], check=True)
     console.print(f"detections: {out / 'detections.jsonl'}; annotated frames: {out / 'annotated'}")
 
 
-STEPS: list[Callable[[Demo], None]] = [step_train, step_keys, step_convert, step_verify, step_detector, step_agent]
+STEPS: list[Callable[[Demo], None]] = [
+    step_train,
+    step_keys,
+    step_convert,
+    step_verify,
+    step_detector,
+    step_agent,
+]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=Path("demo-output"), help="Where everything is written.")
+    parser.add_argument(
+        "--output", type=Path, default=Path("demo-output"), help="Where everything is written."
+    )
     parser.add_argument("--quick", action="store_true", help="Fewer training epochs.")
     parser.add_argument(
-        "--train-detector", action="store_true", help="Retrain the reference detector (about 10 minutes)."
+        "--train-detector",
+        action="store_true",
+        help="Retrain the reference detector (about 10 minutes).",
     )
     args = parser.parse_args(argv)
     args.output.mkdir(parents=True, exist_ok=True)

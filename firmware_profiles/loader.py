@@ -57,7 +57,9 @@ def load_profile(name_or_path: str | Path) -> Profile:
     shipped = PROFILE_DIR / f"{text_name}.yaml"
     if not shipped.is_file():
         known = ", ".join(shipped_profile_names())
-        raise ProfileError(f"unknown profile {text_name!r}; known profiles: {known} (or give a path to a .yaml file)")
+        raise ProfileError(
+            f"unknown profile {text_name!r}; known profiles: {known} (or give a path to a .yaml file)"
+        )
     return parse_profile(shipped.read_text(encoding="utf-8"), shipped.name)
 
 

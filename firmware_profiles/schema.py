@@ -36,9 +36,15 @@ class IODtype(str, Enum):
 
 
 class Target(_Strict):
-    arch: str = Field(description="CPU architecture of the device, e.g. aarch64, armv7l, x86_64, xtensa.")
-    cpu: str = Field(description="CPU or SoC, e.g. cortex-a72. Used to decide whether host latency is representative.")
-    accelerator: str | None = Field(default=None, description="Accelerator, e.g. edgetpu; null for CPU only.")
+    arch: str = Field(
+        description="CPU architecture of the device, e.g. aarch64, armv7l, x86_64, xtensa."
+    )
+    cpu: str = Field(
+        description="CPU or SoC, e.g. cortex-a72. Used to decide whether host latency is representative."
+    )
+    accelerator: str | None = Field(
+        default=None, description="Accelerator, e.g. edgetpu; null for CPU only."
+    )
     host_match: list[str] = Field(
         default_factory=list,
         description="platform.machine() values of hosts whose measured latency stands for this device.",
@@ -74,7 +80,9 @@ class Quantization(_Strict):
         if self.scheme is QuantScheme.INT8 and (
             self.input_dtype not in integer_io or self.output_dtype not in integer_io
         ):
-            raise ValueError("scheme int8 is full-integer: input_dtype and output_dtype must be int8 or uint8")
+            raise ValueError(
+                "scheme int8 is full-integer: input_dtype and output_dtype must be int8 or uint8"
+            )
         if self.scheme in (QuantScheme.FLOAT16, QuantScheme.DYNAMIC_RANGE) and (
             self.input_dtype is not IODtype.FLOAT32 or self.output_dtype is not IODtype.FLOAT32
         ):
@@ -88,27 +96,41 @@ class Quantization(_Strict):
 
 class Ops(_Strict):
     allowlist: list[str] | None = Field(
-        default=None, description="TFLite builtin op names the device can run; null means any builtin op."
+        default=None,
+        description="TFLite builtin op names the device can run; null means any builtin op.",
     )
     custom: list[str] = Field(
-        default_factory=list, description="Custom ops the device runtime provides, e.g. TFLite_Detection_PostProcess."
+        default_factory=list,
+        description="Custom ops the device runtime provides, e.g. TFLite_Detection_PostProcess.",
     )
 
 
 class Budgets(_Strict):
     max_model_bytes: int = Field(gt=0, description="Largest .tflite file the device accepts.")
-    max_arena_bytes: int | None = Field(default=None, gt=0, description="Tensor arena / working RAM budget.")
+    max_arena_bytes: int | None = Field(
+        default=None, gt=0, description="Tensor arena / working RAM budget."
+    )
     latency_ms: float = Field(gt=0, description="Per-inference latency budget on the device.")
     max_accuracy_drop: float = Field(
-        ge=0, le=1, description="Largest accepted drop against the float model (0.01 = 1 point of top-1)."
+        ge=0,
+        le=1,
+        description="Largest accepted drop against the float model (0.01 = 1 point of top-1).",
     )
 
 
 class PruningTarget(_Strict):
-    channels: float | None = Field(default=None, ge=0, lt=1, description="Fraction of channels to remove.")
-    macs: int | None = Field(default=None, gt=0, description="Largest MAC count of the pruned model.")
-    latency_ms: float | None = Field(default=None, gt=0, description="Latency the pruned int8 model must meet.")
-    min_channels: int = Field(default=8, ge=1, description="Channels always kept in a pruned layer.")
+    channels: float | None = Field(
+        default=None, ge=0, lt=1, description="Fraction of channels to remove."
+    )
+    macs: int | None = Field(
+        default=None, gt=0, description="Largest MAC count of the pruned model."
+    )
+    latency_ms: float | None = Field(
+        default=None, gt=0, description="Latency the pruned int8 model must meet."
+    )
+    min_channels: int = Field(
+        default=8, ge=1, description="Channels always kept in a pruned layer."
+    )
     round_to: int = Field(
         default=1,
         ge=1,
@@ -128,7 +150,9 @@ class PruningTarget(_Strict):
 class Profile(_Strict):
     """One device class. Loaded from YAML; unknown keys are errors."""
 
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", description="Profile name, used as --profile NAME.")
+    name: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9._-]*$", description="Profile name, used as --profile NAME."
+    )
     description: str = Field(description="One line for people.")
     target: Target
     runtime: Runtime
@@ -141,6 +165,9 @@ class Profile(_Strict):
     def _consistent(self) -> Profile:
         if self.runtime.engine == "tflite-micro" and self.quantization.allow_float_fallback:
             raise ValueError("tflite-micro has no float fallback: use scheme int8")
-        if self.target.accelerator == "edgetpu" and self.quantization.scheme is not QuantScheme.INT8:
+        if (
+            self.target.accelerator == "edgetpu"
+            and self.quantization.scheme is not QuantScheme.INT8
+        ):
             raise ValueError("the Edge TPU runs full-integer models only: use scheme int8")
         return self

@@ -38,7 +38,9 @@ def tiny_classifier(seed: int = 2, shape: tuple[int, ...] = IMAGE, classes: int 
     return keras.Model(inp, out, name="tiny_classifier")
 
 
-def trained_classifier(x: np.ndarray, y: np.ndarray, mean: float = 0.0, std: float = 255.0, seed: int = 2) -> Any:
+def trained_classifier(
+    x: np.ndarray, y: np.ndarray, mean: float = 0.0, std: float = 255.0, seed: int = 2
+) -> Any:
     """tiny_classifier fitted to (x - mean) / std, so its predictions are decisive, not near-ties."""
     keras = _keras()
     model = tiny_classifier(seed=seed, classes=int(y.max()) + 1)
@@ -114,7 +116,9 @@ def pattern_data(n: int, seed: int = 0, classes: int = 4) -> tuple[np.ndarray, n
     return np.clip(x, 0, 255).astype(np.uint8), y
 
 
-def outlier_classifier(train_x: np.ndarray, train_y: np.ndarray, seed: int = 5, outlier: float = 400.0) -> Any:
+def outlier_classifier(
+    train_x: np.ndarray, train_y: np.ndarray, seed: int = 5, outlier: float = 400.0
+) -> Any:
     """A trained classifier whose logits layer has one huge weight row fed by a dead unit.
 
     In float the dead unit is always 0, so the huge row changes nothing. In int8 the logits layer's
@@ -128,7 +132,10 @@ def outlier_classifier(train_x: np.ndarray, train_y: np.ndarray, seed: int = 5, 
     h = keras.layers.Dense(32, activation="relu", name="features")(x)
     out = keras.layers.Dense(int(train_y.max()) + 1, name="logits")(h)
     model = keras.Model(inp, out, name="outlier")
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     model.fit(train_x.astype(np.float32) / 255.0, train_y, epochs=20, batch_size=32, verbose=0)
     w, b = model.get_layer("features").get_weights()
     b[0] = -1000.0  # unit 0 is dead for every input

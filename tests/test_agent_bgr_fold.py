@@ -103,7 +103,9 @@ def _profile(name: str) -> Profile:
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     """Each model converted by the converter, as the bundle's .tflite bytes."""
     root = tmp_path_factory.mktemp("fold")
-    np.save(root / "calib.npy", np.random.default_rng(0).integers(0, 256, (48, *SHAPE)).astype(np.uint8))
+    np.save(
+        root / "calib.npy", np.random.default_rng(0).integers(0, 256, (48, *SHAPE)).astype(np.uint8)
+    )
     out = {}
     for name, (build, profile) in MODELS.items():
         result = convert(
@@ -137,7 +139,9 @@ def _inputs(model: LoadedModel, count: int = 4) -> list[np.ndarray]:
     if spec.dtype == np.float32:
         return [rng.uniform(0, 1, spec.shape).astype(np.float32) for _ in range(count)]
     info = np.iinfo(spec.dtype)
-    return [rng.integers(info.min, info.max + 1, spec.shape).astype(spec.dtype) for _ in range(count)]
+    return [
+        rng.integers(info.min, info.max + 1, spec.shape).astype(spec.dtype) for _ in range(count)
+    ]
 
 
 def test_the_graph_reader_agrees_with_the_tflite_schema(models: dict[str, bytes]) -> None:
@@ -152,12 +156,23 @@ def test_the_graph_reader_agrees_with_the_tflite_schema(models: dict[str, bytes]
         ]
         assert len(graph.subgraphs) == ref.SubgraphsLength() >= 1, name
         assert len(graph.buffers) == ref.BuffersLength(), name
-        for sub, rsub in zip(graph.subgraphs, (ref.Subgraphs(i) for i in range(ref.SubgraphsLength())), strict=True):
-            assert sub.inputs == tuple(rsub.InputsAsNumpy()) and sub.outputs == tuple(rsub.OutputsAsNumpy())
-            assert len(sub.tensors) == rsub.TensorsLength() and len(sub.operators) == rsub.OperatorsLength()
+        for sub, rsub in zip(
+            graph.subgraphs, (ref.Subgraphs(i) for i in range(ref.SubgraphsLength())), strict=True
+        ):
+            assert sub.inputs == tuple(rsub.InputsAsNumpy()) and sub.outputs == tuple(
+                rsub.OutputsAsNumpy()
+            )
+            assert (
+                len(sub.tensors) == rsub.TensorsLength()
+                and len(sub.operators) == rsub.OperatorsLength()
+            )
             for t in sub.tensors:
                 rt = rsub.Tensors(t.index)
-                assert t.shape == tuple(int(d) for d in rt.ShapeAsNumpy()) if rt.ShapeLength() else t.shape == ()
+                assert (
+                    t.shape == tuple(int(d) for d in rt.ShapeAsNumpy())
+                    if rt.ShapeLength()
+                    else t.shape == ()
+                )
                 assert (t.type, t.buffer) == (rt.Type(), rt.Buffer()), (name, t.index)
                 q = rt.Quantization()
                 assert t.quant_scales == (q.ScaleLength() if q else 0), (name, t.index)
@@ -169,12 +184,20 @@ def test_the_graph_reader_agrees_with_the_tflite_schema(models: dict[str, bytes]
             for i, op in enumerate(sub.operators):
                 rop = rsub.Operators(i)
                 assert op.opcode == codes[rop.OpcodeIndex()]
-                assert op.inputs == tuple(rop.InputsAsNumpy()) and op.outputs == tuple(rop.OutputsAsNumpy())
+                assert op.inputs == tuple(rop.InputsAsNumpy()) and op.outputs == tuple(
+                    rop.OutputsAsNumpy()
+                )
 
 
 @pytest.mark.parametrize(
     ("name", "convs"),
-    [("int8", 1), ("int8-two-convs", 2), ("int8-first-conv-float", 1), ("dynamic-range", 1), ("float16", 1)],
+    [
+        ("int8", 1),
+        ("int8-two-convs", 2),
+        ("int8-first-conv-float", 1),
+        ("dynamic-range", 1),
+        ("float16", 1),
+    ],
 )
 def test_the_folded_model_on_bgr_computes_the_original_on_rgb(
     models: dict[str, bytes], name: str, convs: int
@@ -240,6 +263,9 @@ def test_the_folded_input_spec_is_bgr_with_per_channel_constants_reversed() -> N
     spec = InputSpec(shape=[1, 8, 8, 3], dtype="int8", scale=1 / 255, zero_point=-128,
                      mean=[1.0, 2.0, 3.0], std=[4.0, 5.0, 6.0])  # fmt: skip
     bgr = bgr_input(spec)
-    assert bgr.color_order is ColorOrder.BGR and bgr.mean == [3.0, 2.0, 1.0] and bgr.std == [6.0, 5.0, 4.0]
+    assert (
+        bgr.color_order is ColorOrder.BGR
+        and bgr.mean == [3.0, 2.0, 1.0]
+        and bgr.std == [6.0, 5.0, 4.0]
+    )
     assert spec.color_order is ColorOrder.RGB  # the manifest's own spec is unchanged
-

@@ -98,7 +98,10 @@ def test_frame_transform_stretch_and_letterbox() -> None:
 
 @pytest.mark.parametrize(
     ("src", "pad", "want"),
-    [((640, 480), (0, 40), [160.0, 240.0, 320.0, 400.0]), ((480, 640), (40, 0), [80.0, 320.0, 240.0, 480.0])],
+    [
+        ((640, 480), (0, 40), [160.0, 240.0, 320.0, 400.0]),
+        ((480, 640), (40, 0), [80.0, 320.0, 240.0, 480.0]),
+    ],
     ids=["bars-top-bottom", "bars-left-right"],
 )
 def test_letterbox_maps_an_asymmetric_box_back(
@@ -112,7 +115,9 @@ def test_letterbox_maps_an_asymmetric_box_back(
     box = np.array([[0.25, 0.5, 0.5, 0.75]], np.float32)  # xyxy on the 320x320 input
     assert t.to_source(box).tolist() == [want]
     w, h = src
-    np.testing.assert_allclose(t.to_source_fraction(box), [[want[0] / w, want[1] / h, want[2] / w, want[3] / h]])
+    np.testing.assert_allclose(
+        t.to_source_fraction(box), [[want[0] / w, want[1] / h, want[2] / w, want[3] / h]]
+    )
     # The pixels land where the transform says: a 4-row-tall, 2-column-wide white block
     # (source pixels) shows up at the mapped place, halved, on a canvas of bars.
     img = np.zeros((h, w), np.uint8)
@@ -139,7 +144,9 @@ def test_letterbox_maps_an_asymmetric_box_back(
         ("int8", 1 / 255, -128, "gray", True),
     ],
 )
-def test_preprocessor_matches_normalizer(dtype: str, scale: float, zp: int, order: str, plain: bool) -> None:
+def test_preprocessor_matches_normalizer(
+    dtype: str, scale: float, zp: int, order: str, plain: bool
+) -> None:
     channels = 1 if order == "gray" else 3
     spec = InputSpec(
         shape=[1, 24, 32, channels],
@@ -198,7 +205,9 @@ def test_ssd_postprocess_decoder() -> None:
 
 
 @pytest.mark.parametrize("small", [True, False], ids=["small", "array"])
-def test_ssd_postprocess_box_order_known_answer(small: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ssd_postprocess_box_order_known_answer(
+    small: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The op's boxes are ymin, xmin, ymax, xmax: a box with different x and y extents, through
     a stretch (400x300 from 200x100) and a letterbox (640x480 into 320x320), on both paths."""
     import agent.decoders.ssd_postprocess as decoders
@@ -218,11 +227,17 @@ def test_ssd_postprocess_box_order_known_answer(small: bool, monkeypatch: pytest
     dec = make_decoder(m, score_threshold=0.5)
     dets = dec(outs, STRETCH)
     assert [d.label for d in dets] == ["bird", "cat"]
-    assert dets[0].box == BBox(pytest.approx(80.0), pytest.approx(30.0), pytest.approx(360.0), pytest.approx(120.0))
-    assert dets[1].box == BBox(pytest.approx(100.0), pytest.approx(150.0), pytest.approx(200.0), pytest.approx(225.0))
+    assert dets[0].box == BBox(
+        pytest.approx(80.0), pytest.approx(30.0), pytest.approx(360.0), pytest.approx(120.0)
+    )
+    assert dets[1].box == BBox(
+        pytest.approx(100.0), pytest.approx(150.0), pytest.approx(200.0), pytest.approx(225.0)
+    )
     letterbox = fit(640, 480, 320, 320, ResizeMode.LETTERBOX)  # bars of 40 px top and bottom
     dets = dec(outs, letterbox)
-    assert dets[1].box == BBox(pytest.approx(160.0), pytest.approx(240.0), pytest.approx(320.0), pytest.approx(400.0))
+    assert dets[1].box == BBox(
+        pytest.approx(160.0), pytest.approx(240.0), pytest.approx(320.0), pytest.approx(400.0)
+    )
     assert make_decoder(m, score_threshold=0.5)(outs, None)[0].box == BBox(
         pytest.approx(0.2), pytest.approx(0.1), pytest.approx(0.9), pytest.approx(0.4)
     )
@@ -297,7 +312,10 @@ def test_non_finite_outputs_never_become_detections(
         R.COUNT: np.array([6], np.float32),
     }
     dets = make_decoder(m, score_threshold=0.3)(outs, None)
-    assert [(d.label, d.score) for d in dets] == [("cat", pytest.approx(0.9)), ("bird", pytest.approx(0.6))]
+    assert [(d.label, d.score) for d in dets] == [
+        ("cat", pytest.approx(0.9)),
+        ("bird", pytest.approx(0.6)),
+    ]
     assert dets[1].box == BBox(0.0, pytest.approx(0.2), 1.0, pytest.approx(0.6))
     for count, expected in ((nan, 0), (-3.0, 0), (inf, 2)):  # a broken count: 0, or every row
         outs[R.COUNT] = np.array([count], np.float32)
@@ -307,7 +325,9 @@ def test_non_finite_outputs_never_become_detections(
     yolo = make_decoder(manifest(Decoder.YOLO, [(R.YOLO, [1, 2, 6])]), score_threshold=0.5)
     assert [d.label for d in yolo({R.YOLO: y}, None)] == ["dog"]
     cls = manifest(Decoder.CLASSIFICATION, [(R.PROBABILITIES, [1, 3])], task="classification")
-    top = make_decoder(cls, top_k=3)({R.PROBABILITIES: np.array([[0.2, nan, 0.7]], np.float32)}, None)
+    top = make_decoder(cls, top_k=3)(
+        {R.PROBABILITIES: np.array([[0.2, nan, 0.7]], np.float32)}, None
+    )
     assert [d.label for d in top] == ["bird", "cat"]
 
 
@@ -341,7 +361,11 @@ def test_ssd_raw_box_order_known_answer() -> None:
     m = manifest(
         Decoder.SSD_RAW,
         [(R.RAW_BOXES, [1, 1, 4]), (R.RAW_SCORES, [1, 1, 2])],
-        extra={"anchors": [[0.3, 0.6, 0.2, 0.4]], "score_activation": "none", "background_class": False},
+        extra={
+            "anchors": [[0.3, 0.6, 0.2, 0.4]],
+            "score_activation": "none",
+            "background_class": False,
+        },
     )
     dec = make_decoder(m, score_threshold=0.5)
     # y moves down by half the anchor height (0.1), x left by a quarter of its width (0.1); the
@@ -355,7 +379,9 @@ def test_ssd_raw_box_order_known_answer() -> None:
     (det,) = dec({R.RAW_BOXES: enc, R.RAW_SCORES: np.array([[[0.1, 0.9]]], np.float32)}, STRETCH)
     assert det.box is not None
     np.testing.assert_allclose(
-        [det.box.xmin, det.box.ymin, det.box.xmax, det.box.ymax], [120.0, 75.0, 280.0, 165.0], rtol=1e-5
+        [det.box.xmin, det.box.ymin, det.box.xmax, det.box.ymax],
+        [120.0, 75.0, 280.0, 165.0],
+        rtol=1e-5,
     )
 
 

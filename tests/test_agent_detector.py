@@ -232,7 +232,10 @@ def test_the_color_swap_folded_at_load_changes_no_detection(
     assert load_bundle(bundle).manifest.input.color_order is ColorOrder.RGB
     caplog.set_level(logging.INFO, logger="agent.served")
     folded, status = _serve(bundle, clip[0], tmp_path / "folded.jsonl", fold=True)
-    assert folded.pipeline.served.color_swap == "folded" and folded.pipeline.served.input_spec is not None
+    assert (
+        folded.pipeline.served.color_swap == "folded"
+        and folded.pipeline.served.input_spec is not None
+    )
     assert folded.pipeline.served.input_spec.color_order is ColorOrder.BGR
     assert "color swap: folded into the model's 1 first convolution(s)" in caplog.text
     assert StatusMessage.model_validate(status).model is not None
@@ -261,4 +264,6 @@ def test_a_fold_that_fails_the_golden_check_is_dropped_and_serving_goes_on(
     assert agent.pipeline.served.color_swap == status["model"]["color_swap"] == "per frame"
     monkeypatch.undo()
     _serve(bundle, clip[0], tmp_path / "swapped.jsonl", fold=False)
-    assert detections_by_frame(tmp_path / "fallback.jsonl") == detections_by_frame(tmp_path / "swapped.jsonl")
+    assert detections_by_frame(tmp_path / "fallback.jsonl") == detections_by_frame(
+        tmp_path / "swapped.jsonl"
+    )

@@ -405,7 +405,9 @@ def test_cli_bad_inputs_fail_once_with_one_line(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        code, line = run("--bundle", str(bundle.path), "--source", str(video), "--preview-port", port)
+        code, line = run(
+            "--bundle", str(bundle.path), "--source", str(video), "--preview-port", port
+        )
     assert code == 78 and line == "Error: preview.port: cannot open: Address already in use"
     # An ended video is a clean stop.
     res = runner.invoke(cli, ["run", "--bundle", str(bundle.path), "--source", str(video)])

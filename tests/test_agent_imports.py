@@ -31,9 +31,15 @@ print(len(mods))
 
 
 def test_every_agent_module_imports_without_tensorflow() -> None:
-    res = subprocess.run([sys.executable, "-c", BLOCKER], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", BLOCKER], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 0, res.stderr
-    expected = 1 + sum(1 for m in pkgutil.walk_packages(agent.__path__, "agent.") if not m.name.endswith("__main__"))
+    expected = 1 + sum(
+        1
+        for m in pkgutil.walk_packages(agent.__path__, "agent.")
+        if not m.name.endswith("__main__")
+    )
     assert int(res.stdout.strip()) == expected
 
 

@@ -68,7 +68,11 @@ def test_detections_message_numbers_and_strings_round_trip() -> None:
     for _ in range(2):  # the second pass uses the labels encoded on the first
         got = json.loads(encoder(r, 1_700_000_000.1234567))
         DetectionsMessage.model_validate(got)
-        assert (got["device_id"], got["fleet"], got["model"]["name"]) == ("dev %d", 'fleet"%', 'n"%s%%')
+        assert (got["device_id"], got["fleet"], got["model"]["name"]) == (
+            "dev %d",
+            'fleet"%',
+            'n"%s%%',
+        )
         assert got["sent"] == round(1_700_000_000.1234567, 6)
         for d, item in zip(dets, got["detections"], strict=True):
             assert item["label"] == d.label and item["class_id"] == d.class_id

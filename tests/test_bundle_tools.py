@@ -33,12 +33,24 @@ def signed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     generate_keypair(root / "b")
     convert(
         ConvertOptions(
-            model=model, profile=load_profile("x86-avx2"), calibration=Dataset(x[:60] / 255.0),
-            validation=Dataset(x[60:].astype(np.float32) / 255.0), output=root / "bundle", name="tiny",
-            version=1, labels=["r", "g", "b"], sign_key=root / "a" / "edgegap.key", latency_runs=5,
+            model=model,
+            profile=load_profile("x86-avx2"),
+            calibration=Dataset(x[:60] / 255.0),
+            validation=Dataset(x[60:].astype(np.float32) / 255.0),
+            output=root / "bundle",
+            name="tiny",
+            version=1,
+            labels=["r", "g", "b"],
+            sign_key=root / "a" / "edgegap.key",
+            latency_runs=5,
         )
     )
-    return {"root": root, "bundle": root / "bundle", "key_a": root / "a" / "edgegap.pub", "key_b": root / "b" / "edgegap.pub"}
+    return {
+        "root": root,
+        "bundle": root / "bundle",
+        "key_a": root / "a" / "edgegap.pub",
+        "key_b": root / "b" / "edgegap.pub",
+    }
 
 
 def run(*args: Any) -> Result:
@@ -59,7 +71,9 @@ def edit_manifest(bundle: Path, change: Any) -> None:
 def assert_fails(result: Result, *needles: str) -> None:
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
     for n in needles:
@@ -91,7 +105,9 @@ def test_manifest_signed_by_another_key_fails_verify(signed: dict[str, Path]) ->
     assert_fails(run("verify", signed["bundle"], "--key", signed["key_b"]), "not trusted")
 
 
-def test_manifest_resigned_by_another_key_fails_verify(signed: dict[str, Path], tmp_path: Path) -> None:
+def test_manifest_resigned_by_another_key_fails_verify(
+    signed: dict[str, Path], tmp_path: Path
+) -> None:
     bundle = copy(signed["bundle"], tmp_path / "b")
     manifest = parse_manifest((bundle / MANIFEST_FILE).read_bytes())
     other = sign_manifest(manifest, load_private_key(signed["root"] / "b" / "edgegap.key"))
@@ -106,13 +122,17 @@ def test_altered_manifest_fails_the_signature(signed: dict[str, Path], tmp_path:
     assert_fails(run("verify", bundle, "--key", signed["key_a"]), "altered")
 
 
-def test_unsigned_bundle_fails_when_a_key_is_required(signed: dict[str, Path], tmp_path: Path) -> None:
+def test_unsigned_bundle_fails_when_a_key_is_required(
+    signed: dict[str, Path], tmp_path: Path
+) -> None:
     bundle = copy(signed["bundle"], tmp_path / "b")
     edit_manifest(bundle, lambda d: d.pop("signature"))
     assert_fails(run("verify", bundle, "--key", signed["key_a"]), "not signed")
 
 
-def test_wrong_normalization_fails_the_golden_check(signed: dict[str, Path], tmp_path: Path) -> None:
+def test_wrong_normalization_fails_the_golden_check(
+    signed: dict[str, Path], tmp_path: Path
+) -> None:
     bundle = copy(signed["bundle"], tmp_path / "b")
     edit_manifest(bundle, lambda d: d["input"].update(mean=[127.0]))
     assert_fails(run("verify", bundle), "golden check failed")
@@ -133,8 +153,19 @@ def test_missing_bundle(tmp_path: Path) -> None:
 def test_inspect_shows_manifest_tensors_and_ops(signed: dict[str, Path]) -> None:
     result = run("inspect", signed["bundle"])
     assert result.exit_code == 0, result.output
-    for word in ("tiny", "x86-avx2", "Input", "Outputs", "probabilities", "Interpreter tensors", "CONV_2D",
-                 "FULLY_CONNECTED", "Metrics", "Gates", "ed25519"):
+    for word in (
+        "tiny",
+        "x86-avx2",
+        "Input",
+        "Outputs",
+        "probabilities",
+        "Interpreter tensors",
+        "CONV_2D",
+        "FULLY_CONNECTED",
+        "Metrics",
+        "Gates",
+        "ed25519",
+    ):
         assert word in result.output, word
 
 

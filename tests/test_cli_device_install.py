@@ -33,7 +33,16 @@ def edgegap_without_host(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(
     "args",
     [
-        ["convert", "model.keras", "--profile", "x86-avx2", "--calibration", "data", "--output", "out"],
+        [
+            "convert",
+            "model.keras",
+            "--profile",
+            "x86-avx2",
+            "--calibration",
+            "data",
+            "--output",
+            "out",
+        ],
         ["prune", "model.keras", "--channels", "0.5", "--output", "p.keras"],
         ["zoo", "make-dataset", "--output", "data"],
     ],
@@ -44,7 +53,9 @@ def test_host_commands_name_the_host_install(args: list[str], tmp_path: Path) ->
         z.writestr("metadata.json", "{}")
         z.writestr("model.weights.h5", b"")
     (tmp_path / "data").mkdir()
-    args = [str(tmp_path / a) if a in ("model.keras", "out", "p.keras", "data") else a for a in args]
+    args = [
+        str(tmp_path / a) if a in ("model.keras", "out", "p.keras", "data") else a for a in args
+    ]
     out = edgegap_without_host(*args)
     assert out.returncode == 1, out.stderr
     assert "Traceback" not in out.stderr

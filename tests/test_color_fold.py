@@ -36,8 +36,17 @@ def _branchy(seed: int = 0) -> Any:
     # Batch-norm statistics and PReLU slopes that differ per channel, so a missed reversal shows.
     rng = np.random.default_rng(seed)
     bn = model.get_layer("bn")
-    bn.set_weights([rng.uniform(0.5, 2.0, 3), rng.normal(0, 1, 3), rng.normal(0, 1, 3), rng.uniform(0.5, 2.0, 3)])
-    model.get_layer("prelu").set_weights([rng.normal(0, 1, model.get_layer("prelu").get_weights()[0].shape)])
+    bn.set_weights(
+        [
+            rng.uniform(0.5, 2.0, 3),
+            rng.normal(0, 1, 3),
+            rng.normal(0, 1, 3),
+            rng.uniform(0.5, 2.0, 3),
+        ]
+    )
+    model.get_layer("prelu").set_weights(
+        [rng.normal(0, 1, model.get_layer("prelu").get_weights()[0].shape)]
+    )
     return model
 
 
@@ -56,15 +65,21 @@ def test_folded_model_on_bgr_matches_the_original_on_rgb() -> None:
     assert np.abs(model.predict(bgr, verbose=0) - want).max() > 1e-2
 
 
-@pytest.mark.parametrize("adapted", [True, False], ids=["adapted-normalization", "constant-normalization"])
+@pytest.mark.parametrize(
+    "adapted", [True, False], ids=["adapted-normalization", "constant-normalization"]
+)
 def test_per_channel_preprocessing_layers_are_reversed_too(adapted: bool) -> None:
     keras.utils.set_random_seed(2)
     stats = {"mean": [0.2, 0.5, 0.9], "variance": [0.01, 0.09, 0.25]}
     inp = keras.Input((10, 10, 3))
-    x = keras.layers.Rescaling([1 / 255, 1 / 128, 1 / 64], offset=[0.0, -0.5, -1.0], name="scale")(inp)
+    x = keras.layers.Rescaling([1 / 255, 1 / 128, 1 / 64], offset=[0.0, -0.5, -1.0], name="scale")(
+        inp
+    )
     norm = keras.layers.Normalization(axis=-1, name="norm", **({} if adapted else stats))
     x = norm(x)
-    out = keras.layers.Dense(2, name="logits")(keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, name="conv")(x)))
+    out = keras.layers.Dense(2, name="logits")(
+        keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, name="conv")(x))
+    )
     model = keras.Model(inp, out)
     if adapted:
         norm.adapt_mean.assign(stats["mean"])
@@ -74,8 +89,12 @@ def test_per_channel_preprocessing_layers_are_reversed_too(adapted: bool) -> Non
     assert changed == ["scale", "norm", "conv"]
     rgb = np.random.default_rng(3).uniform(0, 255, (3, 10, 10, 3)).astype(np.float32)
     want = model.predict(rgb, verbose=0)
-    np.testing.assert_allclose(folded.predict(np.ascontiguousarray(rgb[..., ::-1]), verbose=0), want, rtol=1e-4, atol=1e-4)
-    assert np.abs(model.predict(np.ascontiguousarray(rgb[..., ::-1]), verbose=0) - want).max() > 1e-2
+    np.testing.assert_allclose(
+        folded.predict(np.ascontiguousarray(rgb[..., ::-1]), verbose=0), want, rtol=1e-4, atol=1e-4
+    )
+    assert (
+        np.abs(model.predict(np.ascontiguousarray(rgb[..., ::-1]), verbose=0) - want).max() > 1e-2
+    )
 
 
 def test_folding_twice_gives_back_the_original() -> None:
@@ -97,7 +116,12 @@ def test_pruning_a_folded_model_removes_the_same_channels() -> None:
     assert pruned.count_params() < model.count_params()
     rgb = np.random.default_rng(6).uniform(0, 255, (4, 12, 12, 3)).astype(np.float32)
     want = pruned.predict(rgb, verbose=0)
-    np.testing.assert_allclose(pruned_folded.predict(np.ascontiguousarray(rgb[..., ::-1]), verbose=0), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        pruned_folded.predict(np.ascontiguousarray(rgb[..., ::-1]), verbose=0),
+        want,
+        rtol=1e-4,
+        atol=1e-4,
+    )
 
 
 def _model(build: Any, shape: tuple[int, ...] = (8, 8, 3)) -> Any:
@@ -109,15 +133,33 @@ def _model(build: Any, shape: tuple[int, ...] = (8, 8, 3)) -> Any:
     ("build", "shape", "needle"),
     [
         (lambda i: keras.layers.Conv2D(2, 3)(i), (8, 8, 1), "3-channel input; this model takes 1"),
-        (lambda i: keras.layers.Dense(2)(keras.layers.Flatten(name="flat")(i)), (8, 8, 3), "'flat' (Flatten)"),
-        (lambda i: keras.layers.Conv2D(2, 1)(keras.layers.Concatenate(name="cat")([i, i])), (8, 8, 3), "'cat'"),
-        (lambda i: keras.layers.Conv2D(2, 1)(keras.layers.Softmax(name="sm")(i)), (8, 8, 3), "'sm'"),
+        (
+            lambda i: keras.layers.Dense(2)(keras.layers.Flatten(name="flat")(i)),
+            (8, 8, 3),
+            "'flat' (Flatten)",
+        ),
+        (
+            lambda i: keras.layers.Conv2D(2, 1)(keras.layers.Concatenate(name="cat")([i, i])),
+            (8, 8, 3),
+            "'cat'",
+        ),
+        (
+            lambda i: keras.layers.Conv2D(2, 1)(keras.layers.Softmax(name="sm")(i)),
+            (8, 8, 3),
+            "'sm'",
+        ),
         (lambda i: keras.layers.ReLU()(i), (8, 8, 3), "reach an output"),
-        (lambda i: keras.layers.SeparableConv2D(2, 3, name="sep")(i), (8, 8, 3), "'sep' (SeparableConv2D)"),
+        (
+            lambda i: keras.layers.SeparableConv2D(2, 3, name="sep")(i),
+            (8, 8, 3),
+            "'sep' (SeparableConv2D)",
+        ),
     ],
     ids=["one-channel", "flatten", "concatenate", "softmax", "identity", "separable"],
 )
-def test_inputs_that_cannot_be_folded_are_refused(build: Any, shape: tuple[int, ...], needle: str) -> None:
+def test_inputs_that_cannot_be_folded_are_refused(
+    build: Any, shape: tuple[int, ...], needle: str
+) -> None:
     with pytest.raises(FoldError, match="fold") as info:
         fold_bgr(_model(build, shape))
     assert needle in str(info.value)

@@ -87,9 +87,15 @@ def conversions(tiny: dict[str, Any]) -> dict[str, ConvertResult]:
     for name in ALL_PROFILES:
         out[name] = convert(
             ConvertOptions(
-                model=tiny["model"], profile=profile_named(name), calibration=tiny["root"] / "calib.npy",
-                validation=tiny["root"] / "val.npz", output=tiny["root"] / name, task="tensor",
-                name="tiny", version=3, latency_runs=5,
+                model=tiny["model"],
+                profile=profile_named(name),
+                calibration=tiny["root"] / "calib.npy",
+                validation=tiny["root"] / "val.npz",
+                output=tiny["root"] / name,
+                task="tensor",
+                name="tiny",
+                version=3,
+                latency_runs=5,
             )
         )
     return out
@@ -109,7 +115,9 @@ def test_bundle_is_named_by_what_it_holds(name: str, conversions: dict[str, Conv
 
 
 @pytest.mark.parametrize("name", ALL_PROFILES)
-def test_profile_conversion_matches_keras(name: str, conversions: dict[str, ConvertResult], tiny: dict[str, Any]) -> None:
+def test_profile_conversion_matches_keras(
+    name: str, conversions: dict[str, ConvertResult], tiny: dict[str, Any]
+) -> None:
     result = conversions[name]
     profile = result.profile
     assert result.passed, result.reason
@@ -126,12 +134,16 @@ def test_profile_conversion_matches_keras(name: str, conversions: dict[str, Conv
     assert m.input.color_order is ColorOrder.RGB and m.input.resize is ResizeMode.STRETCH
     assert (m.input.scale > 0) == (want_in != "float32")
     out = m.outputs[0]
-    assert out.role is OutputRole.TENSOR and out.name == "out" and out.index == model.outputs[0].index
+    assert (
+        out.role is OutputRole.TENSOR and out.name == "out" and out.index == model.outputs[0].index
+    )
 
     got = run_model(model, tiny["x"])[0]
     want = tiny["model"].predict(tiny["x"], verbose=0)
     tol = tolerance(profile.quantization.scheme.value, out.scale, want)
-    assert np.max(np.abs(got - want)) <= tol, f"max error {np.max(np.abs(got - want)):.4g} > {tol:.4g}"
+    assert np.max(np.abs(got - want)) <= tol, (
+        f"max error {np.max(np.abs(got - want)):.4g} > {tol:.4g}"
+    )
     assert check_golden(open_model(bundle.model_bytes()), m).passed
 
     metrics = m.metrics
@@ -149,15 +161,22 @@ def test_classifier_gets_probabilities_role_and_labels(tmp_path: Path) -> None:
     x, y = pattern_data(80, seed=1, classes=3)
     result = convert(
         ConvertOptions(
-            model=tiny_classifier(), profile=load_profile("raspberry-pi-4"), calibration=Dataset(x[:40] / 255.0),
-            validation=Dataset(x[40:].astype(np.float32) / 255.0, labels={"y": y[40:]}), output=tmp_path,
-            labels=["a", "b", "c"], latency_runs=5,
+            model=tiny_classifier(),
+            profile=load_profile("raspberry-pi-4"),
+            calibration=Dataset(x[:40] / 255.0),
+            validation=Dataset(x[40:].astype(np.float32) / 255.0, labels={"y": y[40:]}),
+            output=tmp_path,
+            labels=["a", "b", "c"],
+            latency_runs=5,
         )
     )
     m = result.manifest
     assert m.task == "classification" and m.decoder.value == "classification"
     assert m.outputs[0].role is OutputRole.PROBABILITIES and m.labels == ["a", "b", "c"]
-    assert result.accuracy.metric == "top1_agreement" and "quant_top1_accuracy" in result.accuracy.detail
+    assert (
+        result.accuracy.metric == "top1_agreement"
+        and "quant_top1_accuracy" in result.accuracy.detail
+    )
     assert m.metrics["accuracy"]["samples"] == 40
 
 
@@ -172,9 +191,16 @@ def _save(model: Any, path: Path, kind: str) -> Path:
     return path
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning:keras")  # raised inside keras' own saving code
+@pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning:keras"
+)  # raised inside keras' own saving code
 @pytest.mark.parametrize(
-    "kind,builder", [("keras", functional_with_subclassed_inner), ("h5", tiny_tensor_model), ("saved_model", tiny_tensor_model)]
+    "kind,builder",
+    [
+        ("keras", functional_with_subclassed_inner),
+        ("h5", tiny_tensor_model),
+        ("saved_model", tiny_tensor_model),
+    ],
 )
 def test_model_formats_load_and_convert(kind: str, builder: Any, tmp_path: Path) -> None:
     model = builder()
@@ -185,8 +211,14 @@ def test_model_formats_load_and_convert(kind: str, builder: Any, tmp_path: Path)
     want = model.predict(x, verbose=0)
     np.testing.assert_allclose(source.predict(x)[0], want, rtol=1e-5, atol=1e-5)
     result = convert(
-        ConvertOptions(model=path, profile=load_profile("x86-avx2"), calibration=Dataset(x), output=tmp_path / "b",
-                       task="tensor", latency_runs=5)
+        ConvertOptions(
+            model=path,
+            profile=load_profile("x86-avx2"),
+            calibration=Dataset(x),
+            output=tmp_path / "b",
+            task="tensor",
+            latency_runs=5,
+        )
     )
     got = run_model(open_converted(result.model_bytes), x)[0]
     assert np.max(np.abs(got - want)) <= tolerance("int8", result.manifest.outputs[0].scale, want)
@@ -216,14 +248,25 @@ def outlier() -> dict[str, Any]:
 
 def test_float_fallback_keeps_the_one_lossy_layer(outlier: dict[str, Any], tmp_path: Path) -> None:
     result = convert(
-        ConvertOptions(model=outlier["model"], profile=load_profile("x86-avx2"), calibration=outlier["calibration"],
-                       validation=outlier["validation"], output=tmp_path, latency_runs=5)
+        ConvertOptions(
+            model=outlier["model"],
+            profile=load_profile("x86-avx2"),
+            calibration=outlier["calibration"],
+            validation=outlier["validation"],
+            output=tmp_path,
+            latency_runs=5,
+        )
     )
     assert result.plain_accuracy.drop > 0.2  # full int8 really is broken here
     fb = result.fallback
     assert fb is not None and fb.passed
-    assert [e.output for e in fb.float_layers] == ["logits"]  # the layer with the outlier row, and only it
-    assert fb.ranking[0].output == "logits" and fb.ranking[0].rmse_steps > 10 * fb.ranking[1].rmse_steps
+    assert [e.output for e in fb.float_layers] == [
+        "logits"
+    ]  # the layer with the outlier row, and only it
+    assert (
+        fb.ranking[0].output == "logits"
+        and fb.ranking[0].rmse_steps > 10 * fb.ranking[1].rmse_steps
+    )
     assert result.passed and result.accuracy.drop <= 0.01
     ops = result.graph.ops
     assert "DEQUANTIZE" in ops and "QUANTIZE" in ops  # the float island in the int8 graph
@@ -231,12 +274,22 @@ def test_float_fallback_keeps_the_one_lossy_layer(outlier: dict[str, Any], tmp_p
     m = load_bundle(tmp_path).manifest
     assert m.metrics["float_fallback"]["used"] is True
     assert m.metrics["float_fallback"]["float_layers"] == [fb.float_layers[0].label]
-    assert result.scheme == m.metrics["quantization"] == "int8-fallback"  # a layer really stayed float
+    assert (
+        result.scheme == m.metrics["quantization"] == "int8-fallback"
+    )  # a layer really stayed float
 
 
-def test_no_fallback_profile_fails_the_gate_and_writes_only_when_forced(outlier: dict[str, Any], tmp_path: Path) -> None:
-    opts = ConvertOptions(model=outlier["model"], profile=load_profile("esp32-s3-tflm"), calibration=outlier["calibration"],
-                          validation=outlier["validation"], output=tmp_path / "b", latency_runs=5)
+def test_no_fallback_profile_fails_the_gate_and_writes_only_when_forced(
+    outlier: dict[str, Any], tmp_path: Path
+) -> None:
+    opts = ConvertOptions(
+        model=outlier["model"],
+        profile=load_profile("esp32-s3-tflm"),
+        calibration=outlier["calibration"],
+        validation=outlier["validation"],
+        output=tmp_path / "b",
+        latency_runs=5,
+    )
     result = convert(opts)
     assert not result.passed and result.fallback is None
     assert result.reason.startswith("gate accuracy failed") and result.bundle is None
@@ -244,7 +297,11 @@ def test_no_fallback_profile_fails_the_gate_and_writes_only_when_forced(outlier:
     opts.force = True
     forced = convert(opts)
     m = load_bundle(tmp_path / "b").manifest
-    assert forced.bundle is not None and m.gates["passed"] is False and m.gates["failed"] == ["accuracy"]
+    assert (
+        forced.bundle is not None
+        and m.gates["passed"] is False
+        and m.gates["failed"] == ["accuracy"]
+    )
     assert m.gates["forced"] is True
 
 
@@ -253,8 +310,16 @@ def test_full_integer_profile_rejects_float_ops(tmp_path: Path) -> None:
     data["ops"]["allowlist"] = None  # any builtin: only the full-integer rule can fail it
     profile = parse_profile(yaml.safe_dump(data), "any-op-mcu.yaml")
     x = np.random.default_rng(5).random((20, 8, 8, 3)).astype(np.float32)
-    result = convert(ConvertOptions(model=sin_model(), profile=profile, calibration=Dataset(x), output=tmp_path,
-                                    task="tensor", latency_runs=3))
+    result = convert(
+        ConvertOptions(
+            model=sin_model(),
+            profile=profile,
+            calibration=Dataset(x),
+            output=tmp_path,
+            task="tensor",
+            latency_runs=3,
+        )
+    )
     assert not result.passed and result.bundle is None
     assert "float ops in a full-integer model" in result.reason and "SIN (1×)" in result.reason
 
@@ -279,7 +344,10 @@ def test_the_report_says_when_the_converted_model_is_slower_than_float() -> None
     from converter.report import speed_note
 
     note = speed_note("int8", 1.068, 1.326, 0.413, "device-class host (x86_64)")
-    assert note is not None and "int8 ran 1.24x slower than float32 (device-class host (x86_64))" in note
+    assert (
+        note is not None
+        and "int8 ran 1.24x slower than float32 (device-class host (x86_64))" in note
+    )
     assert "size (0.41x), not speed" in note
     assert speed_note("int8", 1.068, 1.10, 0.413, "host") is None  # within a short run's noise
     assert speed_note("int8", 2.0, 1.0, 0.3, "host") is None
@@ -296,7 +364,9 @@ def test_image_folder_is_resized_normalized_and_color_ordered(tmp_path: Path) ->
     rgb = load_data(tmp_path, (8, 8, 3), Normalization([100.0], [50.0], ColorOrder.RGB))
     assert rgb.x.shape == (2, 8, 8, 3) and rgb.labels["class_names"] == ["cls_a"]
     np.testing.assert_allclose(rgb.x[0, 4, 4], [2.0, -2.0, -2.0], atol=0.05)
-    bgr = load_data(tmp_path, (8, 8, 3), Normalization([0.0, 0.0, 100.0], [1.0, 1.0, 2.0], ColorOrder.BGR))
+    bgr = load_data(
+        tmp_path, (8, 8, 3), Normalization([0.0, 0.0, 100.0], [1.0, 1.0, 2.0], ColorOrder.BGR)
+    )
     np.testing.assert_allclose(bgr.x[0, 4, 4], [0.0, 0.0, 50.0], atol=1.0)
     boxed, _ = resize_image(img, (8, 8), ResizeMode.LETTERBOX)
     assert boxed.shape == (8, 8, 3) and boxed[4, 0].sum() == 0 and boxed[4, 4, 2] == 200
@@ -327,8 +397,14 @@ def test_digits_cnn_from_an_image_folder(tmp_path: Path) -> None:
     folder = write_image_folder(data.train_x[:100], data.train_y[:100], tmp_path / "calib")
     np.savez(tmp_path / "val.npz", x=data.test_x, y=data.test_y)
     result = convert(
-        ConvertOptions(model=model, profile=load_profile("x86-avx2"), calibration=folder,
-                       validation=tmp_path / "val.npz", output=tmp_path / "bundle", latency_runs=5)
+        ConvertOptions(
+            model=model,
+            profile=load_profile("x86-avx2"),
+            calibration=folder,
+            validation=tmp_path / "val.npz",
+            output=tmp_path / "bundle",
+            latency_runs=5,
+        )
     )
     assert result.passed, result.reason
     m = result.manifest
@@ -336,4 +412,6 @@ def test_digits_cnn_from_an_image_folder(tmp_path: Path) -> None:
     assert result.calibration_source.startswith("100 images")
     assert result.accuracy.detail["float_top1_accuracy"] > 0.8
     assert result.accuracy.quant_value >= 0.99
-    assert m.metrics["size_ratio"] < 0.5  # a tiny model: flatbuffer overhead weighs more than in the benchmark
+    assert (
+        m.metrics["size_ratio"] < 0.5
+    )  # a tiny model: flatbuffer overhead weighs more than in the benchmark

@@ -13,7 +13,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 pytest.importorskip("tensorflow")
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:keras")  # keras' own saving code
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning:keras"
+)  # keras' own saving code
 
 from keras_models import leaky_model, pattern_data, trained_classifier  # noqa: E402
 
@@ -45,7 +47,9 @@ def run(*args: Any) -> Result:
 def assert_one_line_error(result: Result, *needles: str) -> str:
     assert result.exit_code != 0, result.output
     assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
     lines = [ln for ln in result.output.splitlines() if ln.startswith("Error:")]
     assert len(lines) == 1, result.output
     for n in needles:
@@ -55,23 +59,50 @@ def assert_one_line_error(result: Result, *needles: str) -> str:
 
 def base_args(root: Path, model: str = "tiny.keras", out: str = "bundle") -> list[Any]:
     return [
-        "convert", root / model, "--profile", "raspberry-pi-4", "--calibration", root / "calib.npy",
-        "--latency-runs", "5", "--output", root / out,
+        "convert",
+        root / model,
+        "--profile",
+        "raspberry-pi-4",
+        "--calibration",
+        root / "calib.npy",
+        "--latency-runs",
+        "5",
+        "--output",
+        root / out,
     ]
 
 
 def test_convert_writes_a_signed_bundle(files: dict[str, Path]) -> None:
     root = files["root"]
     result = run(
-        *base_args(root), "--validation", root / "val.npz", "--labels", root / "labels.txt",
-        "--sign-key", root / "keys" / "edgegap.key", "--name", "tiny-cls", "--version", "7",
-        "--mean", "127.5", "--std", "127.5",
+        *base_args(root),
+        "--validation",
+        root / "val.npz",
+        "--labels",
+        root / "labels.txt",
+        "--sign-key",
+        root / "keys" / "edgegap.key",
+        "--name",
+        "tiny-cls",
+        "--version",
+        "7",
+        "--mean",
+        "127.5",
+        "--std",
+        "127.5",
     )
     assert result.exit_code == 0, result.output
-    assert "size" in result.output and "top1 agreement" in result.output and "Gates" in result.output
+    assert (
+        "size" in result.output and "top1 agreement" in result.output and "Gates" in result.output
+    )
     bundle = load_bundle(root / "bundle", [load_public_key(root / "keys" / "edgegap.pub")])
     m = bundle.manifest
-    assert (m.name, m.version, m.profile, m.labels) == ("tiny-cls", 7, "raspberry-pi-4", ["zero", "one", "two"])
+    assert (m.name, m.version, m.profile, m.labels) == (
+        "tiny-cls",
+        7,
+        "raspberry-pi-4",
+        ["zero", "one", "two"],
+    )
     assert m.input.mean == [127.5] and m.input.std == [127.5] and m.input.dtype == "int8"
     assert m.signature is not None and m.golden is not None and m.golden.count == 3
     assert m.metrics["accuracy"]["data"] == "validation" and m.metrics["accuracy"]["samples"] == 60
@@ -82,7 +113,9 @@ def test_convert_writes_a_signed_bundle(files: dict[str, Path]) -> None:
 
 
 def test_missing_model_file(files: dict[str, Path]) -> None:
-    assert_one_line_error(run(*base_args(files["root"], "nope.keras")), "model not found", "nope.keras")
+    assert_one_line_error(
+        run(*base_args(files["root"], "nope.keras")), "model not found", "nope.keras"
+    )
 
 
 @pytest.mark.parametrize("name", ["notes.keras", "weights.bin"])
@@ -106,7 +139,11 @@ def test_calibration_data_of_the_wrong_shape(files: dict[str, Path]) -> None:
 
 def test_labels_that_do_not_fit(files: dict[str, Path], tmp_path: Path) -> None:
     (tmp_path / "two.txt").write_text("a\nb\n")
-    assert_one_line_error(run(*base_args(files["root"], out="x"), "--labels", tmp_path / "two.txt"), "2 labels", "3 classes")
+    assert_one_line_error(
+        run(*base_args(files["root"], out="x"), "--labels", tmp_path / "two.txt"),
+        "2 labels",
+        "3 classes",
+    )
 
 
 def test_op_outside_coral_allowlist_fails_then_force_writes(files: dict[str, Path]) -> None:
@@ -128,7 +165,11 @@ def _answers(bundle_dir: Path, frames: np.ndarray) -> np.ndarray:
     from agent.runtime import open_model
 
     bundle = load_bundle(bundle_dir)
-    model, pre, out = open_model(bundle.model_bytes(), 1), Preprocessor(bundle.manifest.input), bundle.manifest.outputs[0]
+    model, pre, out = (
+        open_model(bundle.model_bytes(), 1),
+        Preprocessor(bundle.manifest.input),
+        bundle.manifest.outputs[0],
+    )
     rows = []
     for frame in frames:
         model.write_input(lambda buf, f=frame: pre(f, buf))
@@ -146,8 +187,14 @@ def test_fold_bgr_bundle_answers_bgr_frames_as_the_rgb_bundle_does(files: dict[s
     assert folded.exit_code == 0, folded.output
     assert "channel swap is folded into conv2d" in folded.output.replace("\n", " ")
     m = load_bundle(root / "bgr").manifest
-    assert (m.input.color_order.value, m.input.mean, m.input.std) == ("bgr", [140.0, 127.5, 110.0], [70.0, 64.0, 60.0])
-    assert [name[:6] for name in m.metrics["bgr_folded_into"]] == ["conv2d"]  # its only conv, however numbered
+    assert (m.input.color_order.value, m.input.mean, m.input.std) == (
+        "bgr",
+        [140.0, 127.5, 110.0],
+        [70.0, 64.0, 60.0],
+    )
+    assert [name[:6] for name in m.metrics["bgr_folded_into"]] == [
+        "conv2d"
+    ]  # its only conv, however numbered
     frames = np.random.default_rng(4).integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
     want, got = _answers(root / "rgb", frames), _answers(root / "bgr", frames)
     step = load_bundle(root / "bgr").manifest.outputs[0].scale
@@ -158,7 +205,9 @@ def test_fold_bgr_bundle_answers_bgr_frames_as_the_rgb_bundle_does(files: dict[s
 
 def test_fold_bgr_refuses_a_model_it_cannot_fold(files: dict[str, Path]) -> None:
     root = files["root"]
-    assert_one_line_error(run(*base_args(root, out="x"), "--fold-bgr", "--color-order", "bgr"), "takes bgr")
+    assert_one_line_error(
+        run(*base_args(root, out="x"), "--fold-bgr", "--color-order", "bgr"), "takes bgr"
+    )
 
 
 def test_help_is_fast_and_does_not_import_tensorflow() -> None:

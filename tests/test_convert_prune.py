@@ -55,11 +55,31 @@ def test_convert_prune_removes_channels_and_reports(tmp_path: Path) -> None:
     np.savez(tmp_path / "val.npz", x=x[100:], y=y[100:])
     _profile_file(tmp_path / "half.yaml", pruning={"channels": 0.5, "min_channels": 4})
 
-    result = CliRunner().invoke(cli, [str(a) for a in (
-        "convert", tmp_path / "wide.keras", "--profile", tmp_path / "half.yaml", "--calibration",
-        tmp_path / "calib.npy", "--validation", tmp_path / "val.npz", "--prune", "--prune-epochs", "2",
-        "--latency-runs", "5", "--fold-bgr", "--force", "--output", tmp_path / "bundle",
-    )])
+    result = CliRunner().invoke(
+        cli,
+        [
+            str(a)
+            for a in (
+                "convert",
+                tmp_path / "wide.keras",
+                "--profile",
+                tmp_path / "half.yaml",
+                "--calibration",
+                tmp_path / "calib.npy",
+                "--validation",
+                tmp_path / "val.npz",
+                "--prune",
+                "--prune-epochs",
+                "2",
+                "--latency-runs",
+                "5",
+                "--fold-bgr",
+                "--force",
+                "--output",
+                tmp_path / "bundle",
+            )
+        ],
+    )
     assert result.exit_code == 0, result.output
     title = re.search(r"Pruning: ([\d.]+)% of prunable channels removed \(50% asked", result.output)
     assert title is not None, result.output
@@ -80,7 +100,9 @@ def test_convert_prune_removes_channels_and_reports(tmp_path: Path) -> None:
     probs = model.run(np.zeros(bundle.manifest.input.shape, np.int8))[0]
     assert probs.shape == (1, 3)
     # Folded before pruning (tests/test_color_fold.py checks that the two commute).
-    assert bundle.manifest.input.color_order.value == "bgr" and bundle.manifest.metrics["bgr_folded_into"] == ["conv1"]
+    assert bundle.manifest.input.color_order.value == "bgr" and bundle.manifest.metrics[
+        "bgr_folded_into"
+    ] == ["conv1"]
 
 
 def test_convert_prune_refuses_a_budget_out_of_reach(tmp_path: Path) -> None:
@@ -90,11 +112,29 @@ def test_convert_prune_refuses_a_budget_out_of_reach(tmp_path: Path) -> None:
     np.save(tmp_path / "calib.npy", x)
     _profile_file(tmp_path / "tiny.yaml", pruning={"macs": 1000, "min_channels": 4})
 
-    result = CliRunner().invoke(cli, [str(a) for a in (
-        "convert", tmp_path / "wide.keras", "--profile", tmp_path / "tiny.yaml", "--calibration",
-        tmp_path / "calib.npy", "--prune", "--prune-epochs", "2", "--force", "--output", tmp_path / "bundle",
-    )])
+    result = CliRunner().invoke(
+        cli,
+        [
+            str(a)
+            for a in (
+                "convert",
+                tmp_path / "wide.keras",
+                "--profile",
+                tmp_path / "tiny.yaml",
+                "--calibration",
+                tmp_path / "calib.npy",
+                "--prune",
+                "--prune-epochs",
+                "2",
+                "--force",
+                "--output",
+                tmp_path / "bundle",
+            )
+        ],
+    )
     assert result.exit_code != 0
     assert "Traceback" not in result.output
-    assert re.search(r"MAC budget 1,000 is out of pruning's reach: with 95% of channels removed", result.output)
+    assert re.search(
+        r"MAC budget 1,000 is out of pruning's reach: with 95% of channels removed", result.output
+    )
     assert not (tmp_path / "bundle" / "manifest.json").exists()

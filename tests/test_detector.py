@@ -38,7 +38,9 @@ def run(*args: Any) -> Result:
 def one_line_error(result: Result) -> str:
     assert result.exit_code != 0, result.output
     assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
     lines = [ln for ln in result.output.splitlines() if ln.startswith("Error:")]
     assert len(lines) == 1, result.output
     return lines[0]
@@ -49,7 +51,11 @@ def one_line_error(result: Result) -> str:
 
 def test_samples_are_deterministic_and_splits_differ() -> None:
     a, b = dd.make_sample("test", 7, seed=3, size=96), dd.make_sample("test", 7, seed=3, size=96)
-    assert np.array_equal(a.image, b.image) and np.array_equal(a.boxes, b.boxes) and np.array_equal(a.classes, b.classes)
+    assert (
+        np.array_equal(a.image, b.image)
+        and np.array_equal(a.boxes, b.boxes)
+        and np.array_equal(a.classes, b.classes)
+    )
     other = dd.make_sample("train", 7, seed=3, size=96)
     assert not np.array_equal(a.image, other.image)
     assert not np.array_equal(a.image, dd.make_sample("test", 7, seed=4, size=96).image)
@@ -86,8 +92,10 @@ def test_read_folder_errors(tmp_path: Path) -> None:
         df.read_folder(tmp_path / "nope")
     with pytest.raises(df.DatasetError, match="annotations.json"):
         df.read_folder(tmp_path)
-    (tmp_path / df.ANNOTATIONS_FILE).write_text('{"images": [{"id": 1, "file_name": "a.png", "height": 8, "width": 8}], '
-                                               '"annotations": [], "categories": []}')
+    (tmp_path / df.ANNOTATIONS_FILE).write_text(
+        '{"images": [{"id": 1, "file_name": "a.png", "height": 8, "width": 8}], '
+        '"annotations": [], "categories": []}'
+    )
     with pytest.raises(df.DatasetError, match="missing image"):
         df.read_folder(tmp_path)
 
@@ -101,11 +109,17 @@ def test_box_coder_round_trip_and_matching() -> None:
     boxes = np.array([[0.1, 0.2, 0.3, 0.35], [0.5, 0.4, 0.95, 0.9]], np.float32)
     best = iou_matrix(to_corners(anchors), boxes).argmax(axis=0)
     coder = BoxCoder()
-    assert np.allclose(decode(encode(boxes, anchors[best], coder), anchors[best], coder), boxes, atol=1e-5)
+    assert np.allclose(
+        decode(encode(boxes, anchors[best], coder), anchors[best], coder), boxes, atol=1e-5
+    )
     box_t, cls_t = match(anchors, boxes, np.array([1, 3]), 4, coder)
     pos = box_t[:, 4] > 0
     assert pos.sum() >= 2 and set(np.nonzero(cls_t[pos, :4])[1].tolist()) == {1, 3}
-    assert np.allclose(decode(box_t[pos, :4], anchors[pos], coder).min(axis=0)[:2], boxes.min(axis=0)[:2], atol=1e-5)
+    assert np.allclose(
+        decode(box_t[pos, :4], anchors[pos], coder).min(axis=0)[:2],
+        boxes.min(axis=0)[:2],
+        atol=1e-5,
+    )
 
 
 def test_eval_maps_an_asymmetric_box_back_to_the_image() -> None:
@@ -118,16 +132,24 @@ def test_eval_maps_an_asymmetric_box_back_to_the_image() -> None:
     t = fit(640, 480, 320, 320, ResizeMode.LETTERBOX)  # bars of 40 rows above and below
     det = Detections(np.array([[0.5, 0.25, 0.75, 0.5]], np.float32), np.array([0.9]), np.array([1]))
     # model input: y 160..240, x 80..160 -> image pixels y 240..400, x 160..320
-    np.testing.assert_allclose(on_image(det, t).boxes, [[240 / 480, 160 / 640, 400 / 480, 320 / 640]], rtol=1e-6)
+    np.testing.assert_allclose(
+        on_image(det, t).boxes, [[240 / 480, 160 / 640, 400 / 480, 320 / 640]], rtol=1e-6
+    )
 
 
-def _random_case(seed: int, classes: int = 3) -> tuple[list[np.ndarray], list[np.ndarray], list[Detections]]:
+def _random_case(
+    seed: int, classes: int = 3
+) -> tuple[list[np.ndarray], list[np.ndarray], list[Detections]]:
     rng = np.random.default_rng(seed)
     gt_b, gt_c, dets = [], [], []
     for _ in range(10):
         k = int(rng.integers(0, 5))
         y, x = rng.uniform(0, 110, k), rng.uniform(0, 140, k)
-        g = np.stack([y, x, y + rng.uniform(5, 50, k), x + rng.uniform(5, 60, k)], 1) if k else np.zeros((0, 4))
+        g = (
+            np.stack([y, x, y + rng.uniform(5, 50, k), x + rng.uniform(5, 60, k)], 1)
+            if k
+            else np.zeros((0, 4))
+        )
         c = rng.integers(0, classes, k)
         db, ds, dc = [], [], []
         for b, cc in zip(g, c, strict=True):
@@ -158,13 +180,31 @@ def test_map_matches_pycocotools(seed: int) -> None:
     for i, (g, c, d) in enumerate(zip(gt_b, gt_c, dets, strict=True)):
         images.append({"id": i + 1, "width": 200, "height": 160})
         for b, cc in zip(g, c, strict=True):
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": int(cc) + 1, "iscrowd": 0,
-                         "bbox": [b[1], b[0], b[3] - b[1], b[2] - b[0]], "area": (b[3] - b[1]) * (b[2] - b[0])})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": int(cc) + 1,
+                    "iscrowd": 0,
+                    "bbox": [b[1], b[0], b[3] - b[1], b[2] - b[0]],
+                    "area": (b[3] - b[1]) * (b[2] - b[0]),
+                }
+            )
         for b, s, cc in zip(d.boxes, d.scores, d.classes, strict=True):
-            res.append({"image_id": i + 1, "category_id": int(cc) + 1, "score": float(s),
-                        "bbox": [b[1], b[0], b[3] - b[1], b[2] - b[0]]})
+            res.append(
+                {
+                    "image_id": i + 1,
+                    "category_id": int(cc) + 1,
+                    "score": float(s),
+                    "bbox": [b[1], b[0], b[3] - b[1], b[2] - b[0]],
+                }
+            )
     coco = COCO()
-    coco.dataset = {"images": images, "annotations": anns, "categories": [{"id": j + 1, "name": str(j)} for j in range(3)]}
+    coco.dataset = {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": j + 1, "name": str(j)} for j in range(3)],
+    }
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
         ev = COCOeval(coco, coco.loadRes(res), "bbox")
@@ -184,14 +224,21 @@ def test_map_known_answers() -> None:
     assert (r.map50, r.map50_95) == (pytest.approx(1.0), pytest.approx(1.0))
     assert coco_map(gt, cls, [Detections.empty(), Detections.empty()], 2).map50 == 0.0
     # class 0: a false positive ranked above the true positive gives precision 1/2 at full recall
-    fp_first = [Detections(np.array([[0.6, 0.6, 0.9, 0.9], [0.1, 0.1, 0.5, 0.5]]), np.array([0.9, 0.8]), np.array([0, 0])),
-                Detections(gt[1], np.array([0.9]), cls[1])]
+    fp_first = [
+        Detections(
+            np.array([[0.6, 0.6, 0.9, 0.9], [0.1, 0.1, 0.5, 0.5]]),
+            np.array([0.9, 0.8]),
+            np.array([0, 0]),
+        ),
+        Detections(gt[1], np.array([0.9]), cls[1]),
+    ]
     assert coco_map(gt, cls, fp_first, 2).per_class_ap50 == pytest.approx({0: 0.5, 1: 1.0})
     # a class with no ground truth does not count
     assert coco_map(gt, cls, perfect, 3).map50 == pytest.approx(1.0)
 
 
 # --- the committed detector, exported and converted ------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def detector() -> Any:
@@ -208,7 +255,9 @@ def detector() -> Any:
 def test_folder(tmp_path_factory: pytest.TempPathFactory, detector: Any) -> Path:
     _, cfg, _ = detector
     root = tmp_path_factory.mktemp("det-test")
-    dd.write_folder(root, list(dd.generate("test", 100, seed=0, size=cfg.input_size)), {"split": "test"})
+    dd.write_folder(
+        root, list(dd.generate("test", 100, seed=0, size=cfg.input_size)), {"split": "test"}
+    )
     return root
 
 
@@ -219,7 +268,9 @@ def converted(tmp_path_factory: pytest.TempPathFactory, detector: Any) -> dict[s
     from converter.zoo.detector import normalize
 
     model, cfg, _ = detector
-    calib = normalize(np.stack([s.image for s in dd.generate("train", 100, seed=0, size=cfg.input_size)]), cfg)
+    calib = normalize(
+        np.stack([s.image for s in dd.generate("train", 100, seed=0, size=cfg.input_size)]), cfg
+    )
     with quiet_native_stderr():
         saved = export_saved_model(model, cfg, tmp_path_factory.mktemp("det-saved") / "saved")
         return {"float": convert(saved), "int8": convert(saved, list(calib))}
@@ -227,14 +278,19 @@ def converted(tmp_path_factory: pytest.TempPathFactory, detector: Any) -> dict[s
 
 def test_sidecar_matches_model(detector: Any) -> None:
     model, cfg, doc = detector
-    assert [tuple(o.shape) for o in model.outputs] == [(None, cfg.anchors.count, 4), (None, cfg.anchors.count, cfg.num_classes)]
+    assert [tuple(o.shape) for o in model.outputs] == [
+        (None, cfg.anchors.count, 4),
+        (None, cfg.anchors.count, cfg.num_classes),
+    ]
     assert model.input.shape[1:] == (cfg.input_size, cfg.input_size, 3)
     assert doc["training"]["seed"] == 0 and doc["metrics"]["val_map50"] > 0.3
     assert WEIGHTS.stat().st_size < 4 * 1024 * 1024
 
 
 @pytest.mark.parametrize("kind", ["float", "int8"])
-def test_export_has_postprocess_op_with_four_named_outputs(converted: dict[str, bytes], kind: str) -> None:
+def test_export_has_postprocess_op_with_four_named_outputs(
+    converted: dict[str, bytes], kind: str
+) -> None:
     from agent.bundle.manifest import OutputRole
     from agent.runtime import open_model
     from converter.tasks.ssd import POSTPROCESS_OP, output_roles, roles_from_op
@@ -244,38 +300,53 @@ def test_export_has_postprocess_op_with_four_named_outputs(converted: dict[str, 
     assert len(model.outputs) == 4
     by_name = dict(zip(output_roles(model.outputs), (o.index for o in model.outputs), strict=True))
     assert by_name == roles_from_op(converted[kind])  # names agree with the op's own output order
-    shapes = {role: next(o.shape for o in model.outputs if o.index == idx) for role, idx in by_name.items()}
+    shapes = {
+        role: next(o.shape for o in model.outputs if o.index == idx)
+        for role, idx in by_name.items()
+    }
     assert shapes[OutputRole.BOXES][-1] == 4 and len(shapes[OutputRole.COUNT]) == 1
     assert model.inputs[0].dtype == (np.int8 if kind == "int8" else np.float32)
 
 
-def test_numpy_post_process_matches_the_tflite_op(detector: Any, converted: dict[str, bytes]) -> None:
+def test_numpy_post_process_matches_the_tflite_op(
+    detector: Any, converted: dict[str, bytes]
+) -> None:
     from converter.tasks.ssd import detections_from_raw, run_tflite_detector
     from converter.zoo.detector import normalize
 
     model, cfg, _ = detector
-    x = normalize(np.stack([s.image for s in dd.generate("test", 8, seed=0, size=cfg.input_size)]), cfg)
+    x = normalize(
+        np.stack([s.image for s in dd.generate("test", 8, seed=0, size=cfg.input_size)]), cfg
+    )
     ours = detections_from_raw(*[np.asarray(v) for v in model.predict(x, verbose=0)], cfg)
     op = run_tflite_detector(converted["float"], x)
     for a, b in zip(ours, op, strict=True):
         assert len(a.scores) == len(b.scores)
         assert np.array_equal(a.classes, b.classes)
-        assert np.allclose(a.boxes, b.boxes, atol=1e-4) and np.allclose(a.scores, b.scores, atol=1e-4)
+        assert np.allclose(a.boxes, b.boxes, atol=1e-4) and np.allclose(
+            a.scores, b.scores, atol=1e-4
+        )
 
 
-def test_int8_model_detects_held_out_objects(detector: Any, converted: dict[str, bytes], test_folder: Path) -> None:
+def test_int8_model_detects_held_out_objects(
+    detector: Any, converted: dict[str, bytes], test_folder: Path
+) -> None:
     from converter.tasks.ssd import run_tflite_detector
     from converter.zoo.detector import normalize
 
     _, cfg, _ = detector
     folder = df.read_folder(test_folder)
     x = normalize(np.stack([folder.image(i) for i in range(len(folder))]), cfg)
-    result = coco_map(folder.boxes, folder.classes, run_tflite_detector(converted["int8"], x), cfg.num_classes)
+    result = coco_map(
+        folder.boxes, folder.classes, run_tflite_detector(converted["int8"], x), cfg.num_classes
+    )
     assert result.map50 >= INT8_MAP50_FLOOR, result
     assert result.map50_95 >= INT8_MAP50_95_FLOOR, result
 
 
-def test_convert_pipeline_bundle_and_eval_cli(detector: Any, test_folder: Path, tmp_path: Path) -> None:
+def test_convert_pipeline_bundle_and_eval_cli(
+    detector: Any, test_folder: Path, tmp_path: Path
+) -> None:
     from agent.bundle.loading import load_bundle
     from agent.bundle.manifest import Decoder, OutputRole
     from converter.pipeline import ConvertOptions, convert
@@ -310,7 +381,9 @@ def test_convert_pipeline_bundle_and_eval_cli(detector: Any, test_folder: Path, 
     assert len(maps) == 4 and min(maps) > 0.2, out.output
 
 
-def test_a_detector_converted_with_fold_bgr_takes_bgr_and_scores_the_same(detector: Any, test_folder: Path, tmp_path: Path) -> None:
+def test_a_detector_converted_with_fold_bgr_takes_bgr_and_scores_the_same(
+    detector: Any, test_folder: Path, tmp_path: Path
+) -> None:
     from agent.bundle.loading import load_bundle
     from converter.pipeline import ConvertOptions, convert
     from converter.tasks.detection import DetectionTask
@@ -332,7 +405,9 @@ def test_a_detector_converted_with_fold_bgr_takes_bgr_and_scores_the_same(detect
     out = run("eval", WEIGHTS, tmp_path / "bundle", "--data", test_folder, "--count", "40")
     assert out.exit_code == 0, out.output
     rows = [ln for ln in out.output.splitlines() if "detector.keras" in ln or "TFLite" in ln]
-    map50 = [float([v for v in ln.replace("│", " ").split() if v.startswith("0.")][0]) for ln in rows]
+    map50 = [
+        float([v for v in ln.replace("│", " ").split() if v.startswith("0.")][0]) for ln in rows
+    ]
     assert len(map50) == 2 and abs(map50[0] - map50[1]) < 0.05, out.output
 
 
@@ -346,7 +421,13 @@ def test_a_detector_sidecar_sets_the_input_normalization() -> None:
     task = DetectionTask(DetectorConfig(mean=127.5, std=64.0))
 
     def opts(**given: Any) -> ConvertOptions:
-        return ConvertOptions(model="d.keras", profile=load_profile("x86-avx2"), calibration="c", output=Path("o"), **given)
+        return ConvertOptions(
+            model="d.keras",
+            profile=load_profile("x86-avx2"),
+            calibration="c",
+            output=Path("o"),
+            **given,
+        )
 
     norm = _normalization(opts(), 3, task)
     assert (norm.mean, norm.std, norm.color_order) == ([127.5], [64.0], ColorOrder.RGB)
@@ -359,8 +440,18 @@ def test_a_detector_sidecar_sets_the_input_normalization() -> None:
 
 
 def test_convert_refuses_a_normalization_the_detector_sidecar_contradicts(tmp_path: Path) -> None:
-    out = run("convert", WEIGHTS, "--profile", "x86-avx2", "--calibration", tmp_path, "--std", "127.5",
-              "--output", tmp_path / "b")
+    out = run(
+        "convert",
+        WEIGHTS,
+        "--profile",
+        "x86-avx2",
+        "--calibration",
+        tmp_path,
+        "--std",
+        "127.5",
+        "--output",
+        tmp_path / "b",
+    )
     assert "drop --std" in one_line_error(out)
 
 
@@ -371,12 +462,25 @@ def test_eval_reports_bad_input_in_one_line(tmp_path: Path) -> None:
     assert "annotations.json" in one_line_error(run("eval", WEIGHTS, "--data", tmp_path / "empty"))
     dd.write_folder(tmp_path / "data", list(dd.generate("test", 2, size=64)))
     (tmp_path / "model.h5").write_bytes(b"x")
-    assert "bundle folder or a .keras" in one_line_error(run("eval", tmp_path / "model.h5", "--data", tmp_path / "data"))
+    assert "bundle folder or a .keras" in one_line_error(
+        run("eval", tmp_path / "model.h5", "--data", tmp_path / "data")
+    )
     assert "bundle" in one_line_error(run("eval", tmp_path, "--data", tmp_path / "data"))
 
 
 def test_make_dataset_cli(tmp_path: Path) -> None:
-    out = run("zoo", "make-dataset", "--output", tmp_path / "d", "--split", "val", "--count", "5", "--size", "96")
+    out = run(
+        "zoo",
+        "make-dataset",
+        "--output",
+        tmp_path / "d",
+        "--split",
+        "val",
+        "--count",
+        "5",
+        "--size",
+        "96",
+    )
     assert out.exit_code == 0, out.output
     folder = df.read_folder(tmp_path / "d")
     assert len(folder) == 5 and folder.info["split"] == "val"
@@ -399,6 +503,9 @@ def test_train_detector_cli_writes_model_and_sidecar(tmp_path: Path) -> None:
     model = keras.models.load_model(tmp_path / "m.keras", compile=False)
     assert tuple(model.outputs[0].shape) == (None, cfg.anchors.count, 4)
     assert getattr(model, "optimizer", None) is None  # saved without optimizer state
-    assert "must end in .keras" in one_line_error(run("zoo", "train-detector", "--output", tmp_path / "m.h5"))
-    assert "multiple of 32" in one_line_error(run("zoo", "train-detector", "--output", tmp_path / "n.keras",
-                                                  "--input-size", "100"))
+    assert "must end in .keras" in one_line_error(
+        run("zoo", "train-detector", "--output", tmp_path / "m.h5")
+    )
+    assert "multiple of 32" in one_line_error(
+        run("zoo", "train-detector", "--output", tmp_path / "n.keras", "--input-size", "100")
+    )

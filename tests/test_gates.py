@@ -18,8 +18,13 @@ def _without_arena_budget(name: str) -> Profile:
 
 
 def _graph(float_ops: list[str], arena: int = 1000) -> ModelGraph:
-    return ModelGraph(ops=["QUANTIZE", "CONV_2D", *float_ops], custom_ops=set(), arena_estimate=arena, subgraphs=1,
-                      float_ops=float_ops)
+    return ModelGraph(
+        ops=["QUANTIZE", "CONV_2D", *float_ops],
+        custom_ops=set(),
+        arena_estimate=arena,
+        subgraphs=1,
+        float_ops=float_ops,
+    )
 
 
 def _measured(graph: ModelGraph) -> Measured:
@@ -30,10 +35,21 @@ def _measured(graph: ModelGraph) -> Measured:
 
 def test_the_budgets_a_profile_sets_select_its_gates() -> None:
     profile = load_profile("x86-avx2")
-    assert [g.name for g in select_gates(profile)] == ["ops", "size", "arena", "accuracy", "latency"]
+    assert [g.name for g in select_gates(profile)] == [
+        "ops",
+        "size",
+        "arena",
+        "accuracy",
+        "latency",
+    ]
     arena = next(g for g in select_gates(profile) if isinstance(g, ArenaGate))
     assert arena.budget == profile.budgets.max_arena_bytes
-    assert [g.name for g in select_gates(_without_arena_budget("x86-avx2"))] == ["ops", "size", "accuracy", "latency"]
+    assert [g.name for g in select_gates(_without_arena_budget("x86-avx2"))] == [
+        "ops",
+        "size",
+        "accuracy",
+        "latency",
+    ]
 
 
 def test_selected_gates_judge_the_measured_model() -> None:
@@ -41,7 +57,10 @@ def test_selected_gates_judge_the_measured_model() -> None:
     budget = profile.budgets.max_arena_bytes
     assert budget is not None
     gates = {g.name: g for g in select_gates(profile)}
-    arena = [gates["arena"].check(_measured(_graph([], arena=peak))).status for peak in (budget, budget + 1)]
+    arena = [
+        gates["arena"].check(_measured(_graph([], arena=peak))).status
+        for peak in (budget, budget + 1)
+    ]
     assert arena == ["pass", "fail"]
     ops = gates["ops"].check(_measured(_graph(["SIN"])))
     assert ops.status == "fail" and "float ops in a full-integer model" in ops.reason
@@ -50,6 +69,8 @@ def test_selected_gates_judge_the_measured_model() -> None:
 def test_int8_fallback_without_float_layers_is_named_int8() -> None:
     fallback, full = load_profile("x86-avx2"), load_profile("esp32-s3-tflm")
     assert bundle_scheme(fallback, _graph([])) == "int8"
-    assert bundle_scheme(fallback, _graph(["DEQUANTIZE"])) == "int8"  # float32 output, integer inside
+    assert (
+        bundle_scheme(fallback, _graph(["DEQUANTIZE"])) == "int8"
+    )  # float32 output, integer inside
     assert bundle_scheme(fallback, _graph(["FULLY_CONNECTED", "DEQUANTIZE"])) == "int8-fallback"
     assert bundle_scheme(full, _graph([])) == "int8"

@@ -9,7 +9,14 @@ from click.testing import CliRunner
 from converter.cli import cli
 from firmware_profiles import PROFILE_DIR, ProfileError, QuantScheme, list_profiles, load_profile
 
-REQUIRED = {"raspberry-pi-4", "raspberry-pi-5", "jetson-nano-cpu", "coral-edgetpu", "x86-avx2", "esp32-s3-tflm"}
+REQUIRED = {
+    "raspberry-pi-4",
+    "raspberry-pi-5",
+    "jetson-nano-cpu",
+    "coral-edgetpu",
+    "x86-avx2",
+    "esp32-s3-tflm",
+}
 
 
 def test_shipped_profiles_validate() -> None:

@@ -21,9 +21,13 @@ def test_prune_copies_detector_sidecar_and_keeps_anchor_count(tmp_path: Path) ->
     import keras
 
     out = tmp_path / "pruned.keras"
-    res = CliRunner().invoke(cli, ["prune", str(REFERENCE), "--channels", "0.5", "--output", str(out)])
+    res = CliRunner().invoke(
+        cli, ["prune", str(REFERENCE), "--channels", "0.5", "--output", str(out)]
+    )
     assert res.exit_code == 0, res.output
-    assert json.loads(sidecar_path(out).read_text()) == json.loads(sidecar_path(REFERENCE).read_text())
+    assert json.loads(sidecar_path(out).read_text()) == json.loads(
+        sidecar_path(REFERENCE).read_text()
+    )
     cfg, _ = read_sidecar(out)
     pruned = keras.models.load_model(out, compile=False)
     original = keras.models.load_model(REFERENCE, compile=False)

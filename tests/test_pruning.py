@@ -44,7 +44,11 @@ def toy_model() -> keras.Model:
     y = layers.DepthwiseConv2D(3, padding="same", depth_multiplier=2, name="in_dw")(y)
     backbone = keras.Model(inner_in, y, name="backbone")
     seq = keras.Sequential(
-        [keras.Input((16, 16, 32)), layers.Conv2D(32, 1, name="seq_conv"), layers.ReLU(name="seq_relu")],
+        [
+            keras.Input((16, 16, 32)),
+            layers.Conv2D(32, 1, name="seq_conv"),
+            layers.ReLU(name="seq_relu"),
+        ],
         name="seq",
     )
     x_in = keras.Input((16, 16, 3), name="image")
@@ -57,7 +61,9 @@ def toy_model() -> keras.Model:
     f = layers.Multiply(name="se_mul")([f, s])
     a = layers.SeparableConv2D(16, 3, padding="same", name="sep")(f)
     shared = layers.Conv2D(16, 1, name="shared")
-    c = layers.Concatenate(name="cat")([shared(a), shared(layers.MaxPooling2D(1, name="pool1")(a)), f])
+    c = layers.Concatenate(name="cat")(
+        [shared(a), shared(layers.MaxPooling2D(1, name="pool1")(a)), f]
+    )
     c = layers.ZeroPadding2D(1, name="pad")(c)
     c = layers.Conv2D(24, 3, strides=2, name="down")(c)
     c = keras.ops.relu(c * 2.0 + 1.0 - 1.0)
@@ -120,7 +126,9 @@ def test_hand_checked_l1_survivors_and_subnetwork_outputs():
     x = rng.normal(size=(3, 6, 6, 2)).astype(np.float32)
     sub_old = keras.Model(model.input, model.get_layer("a_relu").output)
     sub_new = keras.Model(pruned.input, pruned.get_layer("a_relu").output)
-    np.testing.assert_allclose(np.asarray(sub_new(x)), np.asarray(sub_old(x))[..., [0, 2]], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(sub_new(x)), np.asarray(sub_old(x))[..., [0, 2]], rtol=1e-6, atol=1e-6
+    )
     assert pruned.output.shape == model.output.shape
 
 
@@ -295,12 +303,18 @@ def _residual_groups_consistent(plan) -> int:
 
 
 APPS = {
-    "MobileNetV2": lambda: keras.applications.MobileNetV2(weights=None, input_shape=(64, 64, 3), classes=10),
+    "MobileNetV2": lambda: keras.applications.MobileNetV2(
+        weights=None, input_shape=(64, 64, 3), classes=10
+    ),
     "MobileNetV3Small": lambda: keras.applications.MobileNetV3Small(
         weights=None, input_shape=(64, 64, 3), classes=10
     ),
-    "ResNet50": lambda: keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3), classes=10),
-    "EfficientNetB0": lambda: keras.applications.EfficientNetB0(weights=None, input_shape=(64, 64, 3), classes=10),
+    "ResNet50": lambda: keras.applications.ResNet50(
+        weights=None, input_shape=(64, 64, 3), classes=10
+    ),
+    "EfficientNetB0": lambda: keras.applications.EfficientNetB0(
+        weights=None, input_shape=(64, 64, 3), classes=10
+    ),
 }
 
 
@@ -317,22 +331,34 @@ def test_applications_prune_half_and_convert_int8(arch):
     assert pruned.count_params() < 0.5 * model.count_params()
     assert _residual_groups_consistent(plan) > 0
     assert not plan.unsupported() or arch == "MobileNetV3Small"  # its final softmax pins the logits
-    x = np.random.default_rng(0).uniform(0, 255 if arch != "MobileNetV2" else 1, (4, 64, 64, 3)).astype(np.float32)
+    x = (
+        np.random.default_rng(0)
+        .uniform(0, 255 if arch != "MobileNetV2" else 1, (4, 64, 64, 3))
+        .astype(np.float32)
+    )
     _check_int8_runs(pruned, x)
 
 
 def _small_detector() -> tuple[keras.Model, list[str]]:
     """An SSD-like detector: a MobileNetV2 backbone as a nested model, two feature levels, class and
     box heads per level, reshaped and concatenated into (anchors, 4) and (anchors, classes)."""
-    base = keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, include_top=False, weights=None)
-    backbone = keras.Model(base.input, [base.get_layer("block_13_expand_relu").output, base.output], name="backbone")
+    base = keras.applications.MobileNetV2(
+        input_shape=(96, 96, 3), alpha=0.35, include_top=False, weights=None
+    )
+    backbone = keras.Model(
+        base.input, [base.get_layer("block_13_expand_relu").output, base.output], name="backbone"
+    )
     inp = keras.Input((96, 96, 3), name="image")
     feats = backbone(inp)
     boxes, scores, heads = [], [], []
     for i, f in enumerate(feats):
         f = layers.Conv2D(64, 1, activation="relu", name=f"neck_{i}")(f)
-        boxes.append(layers.Reshape((-1, 4))(layers.Conv2D(3 * 4, 3, padding="same", name=f"box_{i}")(f)))
-        scores.append(layers.Reshape((-1, 5))(layers.Conv2D(3 * 5, 3, padding="same", name=f"cls_{i}")(f)))
+        boxes.append(
+            layers.Reshape((-1, 4))(layers.Conv2D(3 * 4, 3, padding="same", name=f"box_{i}")(f))
+        )
+        scores.append(
+            layers.Reshape((-1, 5))(layers.Conv2D(3 * 5, 3, padding="same", name=f"cls_{i}")(f))
+        )
         heads += [f"box_{i}", f"cls_{i}"]
     out_boxes = layers.Concatenate(axis=1, name="boxes")(boxes)
     out_scores = layers.Activation("sigmoid", name="scores")(layers.Concatenate(axis=1)(scores))
@@ -348,8 +374,16 @@ def _reference_detector() -> tuple[keras.Model, list[str]] | None:
     except ImportError:
         return None
     path = ROOT / "converter" / "zoo" / "weights" / "detector.keras"
-    model = keras.models.load_model(path, compile=False) if path.is_file() else build_detector(DetectorConfig())
-    heads = [n.name for n in build_graph(model).nodes if n.name.startswith("head") and n.name.endswith("_out")]
+    model = (
+        keras.models.load_model(path, compile=False)
+        if path.is_file()
+        else build_detector(DetectorConfig())
+    )
+    heads = [
+        n.name
+        for n in build_graph(model).nodes
+        if n.name.startswith("head") and n.name.endswith("_out")
+    ]
     return model, heads
 
 
@@ -397,7 +431,14 @@ def _accuracy(model, x, y) -> float:
 def test_iterative_taylor_pruning_with_distillation(digits):
     teacher, x, y = digits
     pruned, report = prune(
-        teacher, 0.5, importance="taylor", data=x[:600], labels=y[:600], steps=2, epochs=3, min_channels=4
+        teacher,
+        0.5,
+        importance="taylor",
+        data=x[:600],
+        labels=y[:600],
+        steps=2,
+        epochs=3,
+        min_channels=4,
     )
     assert len(report.fine_tune) == 2
     assert all(r.best_epoch >= 1 and r.best_val_loss < r.start_val_loss for r in report.fine_tune)
@@ -410,12 +451,16 @@ def test_iterative_taylor_pruning_with_distillation(digits):
 def test_distillation_alone_without_labels(digits, tmp_path):
     teacher, x, _ = digits
     best = tmp_path / "best.keras"
-    pruned, report = prune(teacher, 0.5, importance="bn", data=x[:600], epochs=2, min_channels=4, checkpoint=best)
+    pruned, report = prune(
+        teacher, 0.5, importance="bn", data=x[:600], epochs=2, min_channels=4, checkpoint=best
+    )
     (result,) = report.fine_tune
     assert result.best_epoch >= 1 and result.best_val_loss < result.start_val_loss
     assert len(result.history) == result.epochs_run
     saved = keras.models.load_model(best, compile=False)
-    np.testing.assert_allclose(_outputs(saved, x[:8])[0], _outputs(pruned, x[:8])[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        _outputs(saved, x[:8])[0], _outputs(pruned, x[:8])[0], rtol=1e-5, atol=1e-6
+    )
 
 
 def test_magnitude_pruning_zeroes_weights_and_says_latency_is_unchanged(digits):
@@ -445,12 +490,17 @@ def test_prune_for_profile_targets(digits):
     )
     assert "cost model" in r3.latency["method"] and r3.latency["pruned_ms"] <= budget_ms
     assert r3.after.macs <= dense / 2
-    rounded, r4 = prune_for_profile(teacher, PruningTarget(channels=0.4, min_channels=4, round_to=8))
+    rounded, r4 = prune_for_profile(
+        teacher, PruningTarget(channels=0.4, min_channels=4, round_to=8)
+    )
     convs = [layer.filters for layer in rounded.layers if isinstance(layer, layers.Conv2D)]
     # 32 - floor(0.4 * 32) = 20 kept of each: 24 + 24 would keep 8 more than asked, 16 + 24 none;
     # the first conv's channels cost more MACs, so it is the one rounded down
     assert convs == [16, 24], convs
-    assert r4.after.macs < prune_for_profile(teacher, PruningTarget(channels=0.4, min_channels=4))[1].after.macs
+    assert (
+        r4.after.macs
+        < prune_for_profile(teacher, PruningTarget(channels=0.4, min_channels=4))[1].after.macs
+    )
 
 
 def test_prune_for_profile_refuses_a_budget_out_of_reach(digits):
@@ -462,14 +512,24 @@ def test_prune_for_profile_refuses_a_budget_out_of_reach(digits):
     dense = count_macs(teacher)
     floor = make_plan(teacher, 0.95, min_channels=4).predicted_macs
     with pytest.raises(PruningError, match=f"out of pruning's reach.*still has {floor:,} MACs"):
-        prune_for_profile(teacher, PruningTarget(macs=floor - 1, min_channels=4), data=x[:64], labels=y[:64], epochs=1)
+        prune_for_profile(
+            teacher,
+            PruningTarget(macs=floor - 1, min_channels=4),
+            data=x[:64],
+            labels=y[:64],
+            epochs=1,
+        )
     _, fits = prune_for_profile(teacher, PruningTarget(macs=floor, min_channels=4))
     assert fits.after.macs <= floor < dense
 
     pi4 = load_profile("raspberry-pi-4")
     too_fast = 0.5 * floor / cost_model_macs_per_ms(pi4)
-    with pytest.raises(PruningError, match=r"latency budget .* ms is out of pruning's reach.*MAC cost model"):
-        prune_for_profile(teacher, PruningTarget(latency_ms=too_fast, min_channels=4), profile=pi4, measure=False)
+    with pytest.raises(
+        PruningError, match=r"latency budget .* ms is out of pruning's reach.*MAC cost model"
+    ):
+        prune_for_profile(
+            teacher, PruningTarget(latency_ms=too_fast, min_channels=4), profile=pi4, measure=False
+        )
 
 
 @pytest.mark.slow
@@ -480,13 +540,25 @@ def test_prune_for_profile_measures_latency_on_a_matching_host(digits):
     teacher, x, _ = digits
     profile = load_profile("x86-avx2")
     pruned, report = prune_for_profile(
-        teacher, PruningTarget(latency_ms=1000.0, min_channels=4), profile=profile, measure=True, calibration=x[:8]
+        teacher,
+        PruningTarget(latency_ms=1000.0, min_channels=4),
+        profile=profile,
+        measure=True,
+        calibration=x[:8],
     )
     assert report.latency["method"].startswith("measured int8 latency")
-    assert report.latency["dense_ms"] > 0 and report.after.macs == report.before.macs  # already fast
-    with pytest.raises(PruningError, match=r"with 90% of channels removed .* ms \(dense .* ms; measured int8"):
+    assert (
+        report.latency["dense_ms"] > 0 and report.after.macs == report.before.macs
+    )  # already fast
+    with pytest.raises(
+        PruningError, match=r"with 90% of channels removed .* ms \(dense .* ms; measured int8"
+    ):
         prune_for_profile(
-            teacher, PruningTarget(latency_ms=1e-6, min_channels=4), profile=profile, measure=True, calibration=x[:8]
+            teacher,
+            PruningTarget(latency_ms=1e-6, min_channels=4),
+            profile=profile,
+            measure=True,
+            calibration=x[:8],
         )
 
 
@@ -502,19 +574,35 @@ def test_cli_prune_writes_a_smaller_model(tmp_path, digits):
     out = tmp_path / "pruned.keras"
     res = CliRunner().invoke(
         cli,
-        ["prune", str(src), "--channels", "0.5", "--min-channels", "4", "--data", str(tmp_path / "data.npz"),
-         "--epochs", "1", "--output", str(out)],
+        [
+            "prune",
+            str(src),
+            "--channels",
+            "0.5",
+            "--min-channels",
+            "4",
+            "--data",
+            str(tmp_path / "data.npz"),
+            "--epochs",
+            "1",
+            "--output",
+            str(out),
+        ],
     )
     assert res.exit_code == 0, res.output
     assert "MACs" in res.output and "kept whole" in res.output.lower()
     small = keras.models.load_model(out, compile=False)
     assert small.count_params() < teacher.count_params()
 
-    res = CliRunner().invoke(cli, ["prune", str(src), "--sparsity", "0.7", "--output", str(tmp_path / "s.keras")])
+    res = CliRunner().invoke(
+        cli, ["prune", str(src), "--sparsity", "0.7", "--output", str(tmp_path / "s.keras")]
+    )
     assert res.exit_code == 0, res.output
     assert "does not" in res.output and "latency" in res.output
 
     res = CliRunner().invoke(cli, ["prune", str(src), "--channels", "1.5", "--output", str(out)])
     assert res.exit_code != 0 and "Traceback" not in res.output
-    res = CliRunner().invoke(cli, ["prune", str(src), "--channels", "0.5", "--protect", "nope", "--output", str(out)])
+    res = CliRunner().invoke(
+        cli, ["prune", str(src), "--channels", "0.5", "--protect", "nope", "--output", str(out)]
+    )
     assert res.exit_code != 0 and "no layer named 'nope'" in res.output

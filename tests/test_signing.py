@@ -36,8 +36,12 @@ def _manifest(model: bytes) -> Manifest:
         task="classification",
         decoder=Decoder.CLASSIFICATION,
         model=ModelFile(sha256=hashlib.sha256(model).hexdigest(), size=len(model)),
-        input=InputSpec(shape=[1, 8, 8, 1], dtype="int8", scale=0.004, zero_point=-128, mean=[0], std=[255]),
-        outputs=[OutputSpec(name="out", index=5, role=OutputRole.LOGITS, shape=[1, 3], dtype="int8")],
+        input=InputSpec(
+            shape=[1, 8, 8, 1], dtype="int8", scale=0.004, zero_point=-128, mean=[0], std=[255]
+        ),
+        outputs=[
+            OutputSpec(name="out", index=5, role=OutputRole.LOGITS, shape=[1, 3], dtype="int8")
+        ],
         labels=["a", "b", "c"],
     )
 
@@ -66,14 +70,18 @@ def test_sign_then_verify_roundtrip(tmp_path: Path, keys: tuple[Path, Path]) -> 
 def test_other_key_refused(tmp_path: Path, keys: tuple[Path, Path]) -> None:
     other_priv, _ = generate_keypair(tmp_path / "other")
     model = b"x" * 64
-    bundle = write_bundle(tmp_path / "b", model, sign_manifest(_manifest(model), load_private_key(other_priv)))
+    bundle = write_bundle(
+        tmp_path / "b", model, sign_manifest(_manifest(model), load_private_key(other_priv))
+    )
     with pytest.raises(BundleError, match="not trusted"):
         load_bundle(bundle.path, [load_public_key(keys[1])])
 
 
 def test_altered_manifest_refused(tmp_path: Path, keys: tuple[Path, Path]) -> None:
     model = b"x" * 64
-    bundle = write_bundle(tmp_path / "b", model, sign_manifest(_manifest(model), load_private_key(keys[0])))
+    bundle = write_bundle(
+        tmp_path / "b", model, sign_manifest(_manifest(model), load_private_key(keys[0]))
+    )
     path = bundle.path / "manifest.json"
     data = json.loads(path.read_text())
     data["labels"] = ["evil", "b", "c"]

@@ -28,8 +28,12 @@ def make_bundle(seed: int, version: int = 1, size: int = 3000) -> tuple[Manifest
         task="classification",
         decoder=Decoder.CLASSIFICATION,
         model=ModelFile(sha256=hashlib.sha256(model).hexdigest(), size=len(model)),
-        input=InputSpec(shape=[1, 8, 8, 1], dtype="int8", scale=0.004, zero_point=-128, mean=[0], std=[255]),
-        outputs=[OutputSpec(name="out", index=5, role=OutputRole.LOGITS, shape=[1, 3], dtype="int8")],
+        input=InputSpec(
+            shape=[1, 8, 8, 1], dtype="int8", scale=0.004, zero_point=-128, mean=[0], std=[255]
+        ),
+        outputs=[
+            OutputSpec(name="out", index=5, role=OutputRole.LOGITS, shape=[1, 3], dtype="int8")
+        ],
         labels=["a", "b", "c"],
     )
     return manifest, model
@@ -54,7 +58,9 @@ def _install(store: BundleStore, seed: int, version: int = 1) -> str:
 # ---- install ------------------------------------------------------------------------------
 
 
-def test_install_writes_a_loadable_bundle_and_is_idempotent(store: BundleStore, tmp_path: Path) -> None:
+def test_install_writes_a_loadable_bundle_and_is_idempotent(
+    store: BundleStore, tmp_path: Path
+) -> None:
     manifest, model = make_bundle(1)
     path = store.install(manifest.to_json().encode(), model)
     assert load_bundle(path).manifest == manifest
@@ -74,7 +80,9 @@ def test_install_from_a_file(store: BundleStore, tmp_path: Path) -> None:
     assert (path / MODEL_FILE).read_bytes() == model
 
 
-def test_install_refuses_a_model_that_is_not_the_manifests(store: BundleStore, tmp_path: Path) -> None:
+def test_install_refuses_a_model_that_is_not_the_manifests(
+    store: BundleStore, tmp_path: Path
+) -> None:
     manifest, _ = make_bundle(1)
     _, other = make_bundle(2)
     with pytest.raises(StoreError, match="manifest says"):
@@ -170,8 +178,12 @@ def test_prune_keeps_active_previous_good_and_keep(store: BundleStore) -> None:
     assert store.prune() == [e]
 
 
-@pytest.mark.parametrize("content", [b"garbage\n", b"../x\n", b"../" * 30, b"A" * 64, b"\xff\xfe", b"x" * 5000])
-def test_a_bad_pointer_is_ignored_and_active_falls_back(store: BundleStore, tmp_path: Path, content: bytes) -> None:
+@pytest.mark.parametrize(
+    "content", [b"garbage\n", b"../x\n", b"../" * 30, b"A" * 64, b"\xff\xfe", b"x" * 5000]
+)
+def test_a_bad_pointer_is_ignored_and_active_falls_back(
+    store: BundleStore, tmp_path: Path, content: bytes
+) -> None:
     a, b = _install(store, 1), _install(store, 2)
     store.activate(a)
     store.mark_good(a)
@@ -224,7 +236,9 @@ def test_atomic_write_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
 # ---- crash loops and rejections -----------------------------------------------------------
 
 
-def test_a_crash_looping_bundle_falls_back_to_good_and_is_rejected(store: BundleStore, tmp_path: Path) -> None:
+def test_a_crash_looping_bundle_falls_back_to_good_and_is_rejected(
+    store: BundleStore, tmp_path: Path
+) -> None:
     a, b = _install(store, 1), _install(store, 2, version=2)
     store.activate(a)
     store.mark_good(a)
@@ -317,7 +331,9 @@ def test_staging_out_of_order_then_assemble(tmp_path: Path) -> None:
     assert model.read_bytes() == data
     assert staging.assemble() == model  # already assembled: checked, not redone
     store = BundleStore(tmp_path)
-    manifest = make_bundle(1)[0].model_copy(update={"model": ModelFile(sha256=blob.sha256, size=blob.size)})
+    manifest = make_bundle(1)[0].model_copy(
+        update={"model": ModelFile(sha256=blob.sha256, size=blob.size)}
+    )
     store.install(manifest, model)
     staging.discard()
     assert not staging.dir.exists() and not model.exists()

@@ -66,8 +66,13 @@ while True:
 
 
 def _kill_at_random(args: list[str], rng: random.Random, max_delay: float) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    child = subprocess.Popen([sys.executable, "-c", *args], stdout=subprocess.PIPE, env=env, cwd=ROOT)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    child = subprocess.Popen(
+        [sys.executable, "-c", *args], stdout=subprocess.PIPE, env=env, cwd=ROOT
+    )
     try:
         assert child.stdout is not None
         assert child.stdout.readline() == b"ready\n", "the child did not start"
@@ -141,4 +146,3 @@ def test_staged_chunks_survive_sigkill_at_random_moments(tmp_path: Path) -> None
             staging.put(index, data[index * blob.chunk_size : (index + 1) * blob.chunk_size])
         assert staging.assemble().read_bytes() == data
     assert partial > 0, "no kill landed in the middle of a download"
-

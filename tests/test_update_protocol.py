@@ -34,7 +34,9 @@ def test_cut_chunks_reassemble_to_the_model_and_name_each_chunk() -> None:
     data = bytes(range(256)) * 41  # 10,496 bytes: two full chunks and a short one
     blob, chunks = cut(data, 4096)
     assert blob.chunks == len(chunks) == 3 and b"".join(chunks) == data
-    assert [len(c) for c in chunks] == [4096, 4096, 2304] == [blob.chunk_length(i) for i in range(3)]
+    assert (
+        [len(c) for c in chunks] == [4096, 4096, 2304] == [blob.chunk_length(i) for i in range(3)]
+    )
     assert blob.sha256 == hashlib.sha256(data).hexdigest()
     assert blob.chunk_sha256 == [hashlib.sha256(c).hexdigest() for c in chunks]
     with pytest.raises(ProtocolError, match="chunk size"):

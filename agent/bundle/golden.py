@@ -96,7 +96,9 @@ def check_golden(
         for j, (value, enc) in enumerate(zip(got, g.expected[i], strict=True)):
             want = np.frombuffer(base64.b64decode(enc), dtype="<f4")
             if want.size != value.size:
-                return GoldenResult(False, worst, f"output {j} has {value.size} values, golden has {want.size}")
+                return GoldenResult(
+                    False, worst, f"output {j} has {value.size} values, golden has {want.size}"
+                )
             with np.errstate(invalid="ignore", over="ignore"):
                 err = float(np.max(np.abs(value.ravel() - want))) if want.size else 0.0
             worst[j] = max(worst[j], err if np.isfinite(err) else float("inf"))  # NaN never passes
@@ -104,5 +106,7 @@ def check_golden(
     if bad:
         j = bad[0]
         name = manifest.outputs[j].name
-        return GoldenResult(False, worst, f"output {name!r} differs by {worst[j]:.4g} > tolerance {g.atol[j]:.4g}")
+        return GoldenResult(
+            False, worst, f"output {name!r} differs by {worst[j]:.4g} > tolerance {g.atol[j]:.4g}"
+        )
     return GoldenResult(True, worst)

@@ -73,10 +73,14 @@ def check_model_file(bundle_dir: Path, manifest: Manifest) -> None:
     if size > MAX_MODEL_BYTES:
         raise BundleError(f"{model} is {size} bytes, over the {MAX_MODEL_BYTES} byte limit")
     if size != manifest.model.size:
-        raise BundleError(f"{model} is {size} bytes but the manifest says {manifest.model.size}: tampered or truncated")
+        raise BundleError(
+            f"{model} is {size} bytes but the manifest says {manifest.model.size}: tampered or truncated"
+        )
     digest = sha256_file(model)
     if digest != manifest.model.sha256:
-        raise BundleError(f"{model} sha256 {digest[:16]}… does not match the manifest: tampered or corrupt")
+        raise BundleError(
+            f"{model} sha256 {digest[:16]}… does not match the manifest: tampered or corrupt"
+        )
 
 
 def load_bundle(bundle_dir: Path, trusted_keys: Iterable[Ed25519PublicKey] | None = None) -> Bundle:
@@ -95,7 +99,10 @@ def load_bundle(bundle_dir: Path, trusted_keys: Iterable[Ed25519PublicKey] | Non
 
 def write_bundle(out_dir: Path, model_bytes: bytes, manifest: Manifest) -> Bundle:
     """Write model then manifest, each atomically; the manifest must already describe the model."""
-    if hashlib.sha256(model_bytes).hexdigest() != manifest.model.sha256 or len(model_bytes) != manifest.model.size:
+    if (
+        hashlib.sha256(model_bytes).hexdigest() != manifest.model.sha256
+        or len(model_bytes) != manifest.model.size
+    ):
         raise ValueError("manifest.model does not describe model_bytes")
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / MODEL_FILE, model_bytes)

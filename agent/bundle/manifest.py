@@ -63,14 +63,20 @@ class ModelFile(_Strict):
 
 class InputSpec(_Strict):
     name: str = Field(default="", description="Tensor name, for people; the agent uses the index.")
-    shape: list[int] = Field(min_length=2, max_length=5, description="Shape with batch, e.g. [1, 224, 224, 3].")
+    shape: list[int] = Field(
+        min_length=2, max_length=5, description="Shape with batch, e.g. [1, 224, 224, 3]."
+    )
     dtype: str = Field(description="int8, uint8, int16 or float32.")
     scale: float = Field(default=0.0, ge=0, description="Quantization scale; 0 for float tensors.")
     zero_point: int = Field(default=0, description="Quantization zero point.")
     color_order: ColorOrder = Field(default=ColorOrder.RGB)
     resize: ResizeMode = Field(default=ResizeMode.STRETCH)
-    mean: list[float] = Field(min_length=1, description="Per-channel (or single) mean, in pixel units.")
-    std: list[float] = Field(min_length=1, description="Per-channel (or single) std, in pixel units.")
+    mean: list[float] = Field(
+        min_length=1, description="Per-channel (or single) mean, in pixel units."
+    )
+    std: list[float] = Field(
+        min_length=1, description="Per-channel (or single) std, in pixel units."
+    )
 
     @field_validator("std")
     @classmethod
@@ -82,7 +88,9 @@ class InputSpec(_Strict):
 
 class OutputSpec(_Strict):
     name: str = Field(description="Tensor name recorded at conversion time.")
-    index: int = Field(ge=0, description="Tensor index in the interpreter: the stable way to find it.")
+    index: int = Field(
+        ge=0, description="Tensor index in the interpreter: the stable way to find it."
+    )
     role: OutputRole
     shape: list[int]
     dtype: str
@@ -95,14 +103,20 @@ class Golden(_Strict):
 
     seed: int = Field(ge=0, description="Seed of the pixel generator.")
     count: int = Field(ge=1, le=16, description="How many inputs.")
-    expected: list[list[str]] = Field(description="Per input, per output: base64 of float32 little-endian values.")
+    expected: list[list[str]] = Field(
+        description="Per input, per output: base64 of float32 little-endian values."
+    )
     atol: list[float] = Field(description="Per output absolute tolerance, in dequantized units.")
 
 
 class Signature(_Strict):
     algorithm: str = Field(default="ed25519")
-    key_id: str = Field(pattern=r"^[0-9a-f]{16}$", description="First 16 hex digits of sha256(raw public key).")
-    value: str = Field(description="base64 of the 64-byte Ed25519 signature over the canonical manifest.")
+    key_id: str = Field(
+        pattern=r"^[0-9a-f]{16}$", description="First 16 hex digits of sha256(raw public key)."
+    )
+    value: str = Field(
+        description="base64 of the 64-byte Ed25519 signature over the canonical manifest."
+    )
 
 
 class Manifest(_Strict):
@@ -118,9 +132,15 @@ class Manifest(_Strict):
     outputs: list[OutputSpec] = Field(min_length=1, max_length=16)
     labels: list[str] = Field(default_factory=list, max_length=MAX_LABELS)
     golden: Golden | None = None
-    metrics: dict[str, Any] = Field(default_factory=dict, description="Measured at conversion time.")
-    gates: dict[str, Any] = Field(default_factory=dict, description="Gate results; 'passed' is the verdict.")
-    extra: dict[str, Any] = Field(default_factory=dict, description="Decoder parameters, e.g. anchors config.")
+    metrics: dict[str, Any] = Field(
+        default_factory=dict, description="Measured at conversion time."
+    )
+    gates: dict[str, Any] = Field(
+        default_factory=dict, description="Gate results; 'passed' is the verdict."
+    )
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="Decoder parameters, e.g. anchors config."
+    )
     signature: Signature | None = None
 
     @property
@@ -139,11 +159,16 @@ class Manifest(_Strict):
         return canonical_json(body)
 
     def to_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json", exclude_none=True), indent=2, sort_keys=True) + "\n"
+        return (
+            json.dumps(self.model_dump(mode="json", exclude_none=True), indent=2, sort_keys=True)
+            + "\n"
+        )
 
 
 def canonical_json(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    ).encode()
 
 
 def parse_manifest(raw: bytes | str) -> Manifest:
@@ -158,7 +183,9 @@ def parse_manifest(raw: bytes | str) -> Manifest:
     if not isinstance(obj, dict):
         raise ValueError("manifest must be a JSON object")
     if obj.get("format") not in (None, FORMAT_VERSION):
-        raise ValueError(f"unsupported bundle format {obj.get('format')!r}; this agent reads {FORMAT_VERSION}")
+        raise ValueError(
+            f"unsupported bundle format {obj.get('format')!r}; this agent reads {FORMAT_VERSION}"
+        )
     try:
         return Manifest.model_validate(obj)
     except Exception as exc:  # pydantic.ValidationError

@@ -116,5 +116,7 @@ def verify_manifest(manifest: Manifest, trusted: Iterable[Ed25519PublicKey]) -> 
     try:
         by_id[sig.key_id].verify(value, manifest.canonical_bytes())
     except InvalidSignature as exc:
-        raise SignatureError(f"signature does not verify against key {sig.key_id}: manifest was altered") from exc
+        raise SignatureError(
+            f"signature does not verify against key {sig.key_id}: manifest was altered"
+        ) from exc
     return sig.key_id

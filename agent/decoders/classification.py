@@ -1,5 +1,4 @@
-"""classification: probabilities or logits -> the top-k labels, no boxes.
-"""
+"""classification: probabilities or logits -> the top-k labels, no boxes."""
 
 from __future__ import annotations
 

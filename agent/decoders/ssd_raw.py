@@ -1,5 +1,4 @@
-"""ssd_raw: box encodings against anchors recorded in the manifest, decoded here, then per-class NMS.
-"""
+"""ssd_raw: box encodings against anchors recorded in the manifest, decoded here, then per-class NMS."""
 
 from __future__ import annotations
 
@@ -87,7 +86,9 @@ def box_coder(extra: Mapping[str, Any]) -> BoxCoder:
     if "box_scales" in extra:
         scales = [float(v) for v in extra["box_scales"]]
         if len(scales) != 4:
-            raise DecoderError(f"ssd_raw: box_scales needs 4 values (y, x, h, w), got {len(scales)}")
+            raise DecoderError(
+                f"ssd_raw: box_scales needs 4 values (y, x, h, w), got {len(scales)}"
+            )
         return BoxCoder(*scales)
     given = extra.get("box_coder") or {}
     return BoxCoder(**{f.name: float(given[f.name]) for f in fields(BoxCoder) if f.name in given})

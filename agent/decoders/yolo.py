@@ -1,5 +1,4 @@
-"""yolo: [1, N, 4 + C] rows of box then class scores, then per-class NMS.
-"""
+"""yolo: [1, N, 4 + C] rows of box then class scores, then per-class NMS."""
 
 from __future__ import annotations
 

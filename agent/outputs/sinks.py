@@ -152,7 +152,9 @@ class Outputs:
     """Encodes each result once and fans it out to every sink; a failing sink is logged (once
     per streak) and skipped."""
 
-    def __init__(self, sinks: list[Sink], device_id: str = "device", fleet: str = "default") -> None:
+    def __init__(
+        self, sinks: list[Sink], device_id: str = "device", fleet: str = "default"
+    ) -> None:
         self.sinks = sinks
         self.device_id, self.fleet = device_id, fleet
         self._failing: set[str] = set()

@@ -84,10 +84,16 @@ class _Fold:
             for pos, op in enumerate(main.operators):
                 if t not in op.inputs:
                     continue
-                if op.opcode in (QUANTIZE, DEQUANTIZE) and len(op.inputs) == 1 and len(op.outputs) == 1:
+                if (
+                    op.opcode in (QUANTIZE, DEQUANTIZE)
+                    and len(op.inputs) == 1
+                    and len(op.outputs) == 1
+                ):
                     out = main.tensors[op.outputs[0]]
                     if out.quant_scales > 1 or out.index in main.outputs:
-                        raise FoldRefused("the input's channels reach an output or a per-channel scale")
+                        raise FoldRefused(
+                            "the input's channels reach an output or a per-channel scale"
+                        )
                     if out.index not in carriers:
                         carriers.add(out.index)
                         pending.append(out.index)
@@ -158,10 +164,14 @@ class _Fold:
         for pos, op in enumerate(main.operators):
             for t in op.inputs:
                 if t in self._owned and pos not in self._owned[t]:
-                    raise FoldRefused("a first convolution's filter is shared with another operator")
+                    raise FoldRefused(
+                        "a first convolution's filter is shared with another operator"
+                    )
         for sub in self.graph.subgraphs:
             for tensor in sub.tensors:
-                if tensor.buffer in self.filters and (sub is not main or tensor.index not in self._owned):
+                if tensor.buffer in self.filters and (
+                    sub is not main or tensor.index not in self._owned
+                ):
                     raise FoldRefused("a first convolution's filter is shared with another tensor")
         if self._owned.keys() & set(main.outputs):
             raise FoldRefused("a first convolution's filter is also an output")

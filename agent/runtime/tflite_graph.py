@@ -175,7 +175,11 @@ def _read(r: _Reader) -> Graph:
                 raise GraphError(f"operator code {index} of {len(opcodes)}")
             operators.append(Operator(opcodes[index], tuple(r.ints(op, 1)), tuple(r.ints(op, 2))))
         sub = Subgraph(tensors, tuple(r.ints(sg, 1)), tuple(r.ints(sg, 2)), tuple(operators))
-        named = (*sub.inputs, *sub.outputs, *(i for o in operators for i in (*o.inputs, *o.outputs)))
+        named = (
+            *sub.inputs,
+            *sub.outputs,
+            *(i for o in operators for i in (*o.inputs, *o.outputs)),
+        )
         for n in named:
             if not -1 <= n < len(tensors):  # -1 marks an optional input that is absent
                 raise GraphError(f"tensor {n} of {len(tensors)}")

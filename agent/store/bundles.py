@@ -86,9 +86,13 @@ class BundleStore:
             raise StoreError(f"bundle {sha[:12]}… is not usable: {exc}") from exc
         model = folder / MODEL_FILE
         if manifest.model.sha256 != sha:
-            raise StoreError(f"bundle {sha[:12]}…: its manifest names model {manifest.model.sha256[:12]}…")
+            raise StoreError(
+                f"bundle {sha[:12]}…: its manifest names model {manifest.model.sha256[:12]}…"
+            )
         if not model.is_file() or model.stat().st_size != manifest.model.size:
-            raise StoreError(f"bundle {sha[:12]}…: {MODEL_FILE} is missing or not {manifest.model.size} bytes")
+            raise StoreError(
+                f"bundle {sha[:12]}…: {MODEL_FILE} is missing or not {manifest.model.size} bytes"
+            )
         return manifest
 
     def is_installed(self, sha: str) -> bool:
@@ -101,7 +105,11 @@ class BundleStore:
 
     def installed(self) -> list[str]:
         """The sha256 of every complete bundle in the store."""
-        return sorted(e.name for e in self.bundles_dir.iterdir() if is_sha256(e.name) and self.is_installed(e.name))
+        return sorted(
+            e.name
+            for e in self.bundles_dir.iterdir()
+            if is_sha256(e.name) and self.is_installed(e.name)
+        )
 
     def find_version(self, version: int) -> str | None:
         """The sha256 of an installed bundle of this manifest version (for a `pin` command)."""
@@ -117,10 +125,14 @@ class BundleStore:
             return None
         text = raw.decode("ascii", errors="replace").strip()
         if not is_sha256(text):
-            logger.warning("ignoring the %s pointer: it does not hold a sha256 (%r)", which, text[:80])
+            logger.warning(
+                "ignoring the %s pointer: it does not hold a sha256 (%r)", which, text[:80]
+            )
             return None
         if not self.is_installed(text):
-            logger.warning("ignoring the %s pointer: bundle %s… is missing or incomplete", which, text[:12])
+            logger.warning(
+                "ignoring the %s pointer: bundle %s… is missing or incomplete", which, text[:12]
+            )
             return None
         return text
 
@@ -146,7 +158,11 @@ class BundleStore:
             fallback = self.sha(which)
             if fallback is not None:
                 if (self.state_dir / "active").exists():
-                    logger.warning("the active pointer is unusable; falling back to the %s bundle %s…", which, fallback[:12])
+                    logger.warning(
+                        "the active pointer is unusable; falling back to the %s bundle %s…",
+                        which,
+                        fallback[:12],
+                    )
                 return fallback
         return None
 
@@ -169,7 +185,9 @@ class BundleStore:
             if self.is_installed(sha) and sha256_of(final / MODEL_FILE) == sha:
                 if read_small(final / MANIFEST_FILE, MAX_MANIFEST_BYTES) != manifest_bytes:
                     atomic_write(final / MANIFEST_FILE, manifest_bytes)
-                    logger.info("bundle %s…: manifest replaced (version %d)", sha[:12], parsed.version)
+                    logger.info(
+                        "bundle %s…: manifest replaced (version %d)", sha[:12], parsed.version
+                    )
                 return final
             tmp = Path(tempfile.mkdtemp(dir=self.bundles_dir, prefix=f"{TMP_PREFIX}{sha[:12]}."))
             try:
@@ -199,11 +217,17 @@ class BundleStore:
             current = self._active_sha()
             if current == sha:
                 return
-            remove_file(self.state_dir / "starts.json")  # first: a new active never inherits a count
+            remove_file(
+                self.state_dir / "starts.json"
+            )  # first: a new active never inherits a count
             if current is not None:
                 self._point("previous", current)
             self._point("active", sha)
-        logger.info("activated bundle %s… (previous: %s)", sha[:12], current[:12] + "…" if current else "none")
+        logger.info(
+            "activated bundle %s… (previous: %s)",
+            sha[:12],
+            current[:12] + "…" if current else "none",
+        )
 
     @people_errors("marking a bundle good")
     def mark_good(self, sha: str) -> None:
@@ -246,7 +270,10 @@ class BundleStore:
                 remove_file(self.state_dir / "starts.json")
                 return None
             starts = self._starts(current) + 1
-            atomic_write(self.state_dir / "starts.json", json.dumps({"sha256": current, "starts": starts}).encode())
+            atomic_write(
+                self.state_dir / "starts.json",
+                json.dumps({"sha256": current, "starts": starts}).encode(),
+            )
             if starts < self.crash_limit:
                 return None
             reason = f"crash loop: {starts} starts without passing probation"
@@ -255,25 +282,36 @@ class BundleStore:
             if target is None:
                 remove_file(self.state_dir / "starts.json")
                 remove_file(self.state_dir / "active")
-        logger.error("bundle %s…: %s; now serving %s", current[:12], reason, target[:12] + "…" if target else "the configured bundle")
+        logger.error(
+            "bundle %s…: %s; now serving %s",
+            current[:12],
+            reason,
+            target[:12] + "…" if target else "the configured bundle",
+        )
         return reason
 
     def _switch_away(self, order: tuple[Pointer, ...]) -> str | None:
         """active := the first usable of order; previous := old active, old previous or good."""
         current = self._active_sha()
         candidates = [self.sha(p) for p in order]
-        target = next((s for s in candidates if s and s != current and not self.is_rejected(s)), None)
+        target = next(
+            (s for s in candidates if s and s != current and not self.is_rejected(s)), None
+        )
         if target is None:
             return None
         remove_file(self.state_dir / "starts.json")
         others = [current, self.sha("previous"), self.sha("good")]
-        new_previous = next((s for s in others if s and s != target and not self.is_rejected(s)), None)
+        new_previous = next(
+            (s for s in others if s and s != target and not self.is_rejected(s)), None
+        )
         if new_previous is None:
             remove_file(self.state_dir / "previous")
         else:
             self._point("previous", new_previous)
         self._point("active", target)
-        logger.info("switched from %s to bundle %s…", current[:12] + "…" if current else "none", target[:12])
+        logger.info(
+            "switched from %s to bundle %s…", current[:12] + "…" if current else "none", target[:12]
+        )
         return target
 
     def _point(self, which: Pointer, sha: str) -> None:
@@ -355,7 +393,9 @@ class BundleStore:
                 removed.append(entry.name)
             clean_temp(self.bundles_dir)
         if removed:
-            logger.info("pruned %d bundle(s): %s", len(removed), ", ".join(s[:12] + "…" for s in removed))
+            logger.info(
+                "pruned %d bundle(s): %s", len(removed), ", ".join(s[:12] + "…" for s in removed)
+            )
         return removed
 
 
@@ -368,11 +408,15 @@ def _manifest_and_bytes(manifest: Manifest | bytes) -> tuple[Manifest, bytes]:
         raise StoreError(f"cannot install: {exc}") from exc
 
 
-def _write_folder(folder: Path, manifest: Manifest, manifest_bytes: bytes, model: Path | bytes) -> None:
+def _write_folder(
+    folder: Path, manifest: Manifest, manifest_bytes: bytes, model: Path | bytes
+) -> None:
     """Write model.tflite (checked against the manifest as it is written) and manifest.json."""
     expected = manifest.model
     if isinstance(model, Path) and model.stat().st_size != expected.size:
-        raise StoreError(f"cannot install: {model} is {model.stat().st_size} bytes, the manifest says {expected.size}")
+        raise StoreError(
+            f"cannot install: {model} is {model.stat().st_size} bytes, the manifest says {expected.size}"
+        )
     with (folder / MODEL_FILE).open("wb") as out:
         digest, size = write_hashed(out, model)
     if (digest, size) != (expected.sha256, expected.size):

@@ -56,8 +56,6 @@ def is_sha256(text: object) -> bool:
     return isinstance(text, str) and SHA256.match(text) is not None
 
 
-
-
 def remove_file(path: Path) -> None:
     """Unlink path if it exists, and persist the removal."""
     try:

@@ -58,12 +58,16 @@ class Staging:
         for entry in self.dir.iterdir():
             index = _index(entry.name, self.blob.chunks)
             if index is None or not entry.is_file() or entry.is_symlink():
-                logger.warning("removing %s from staging: not a chunk of this model", entry.name[:80])
+                logger.warning(
+                    "removing %s from staging: not a chunk of this model", entry.name[:80]
+                )
                 _remove(entry)
                 continue
             problem = self._check(index, entry)
             if problem is not None:
-                logger.warning("dropping staged chunk %d of %s…: %s", index, self.blob.sha256[:12], problem)
+                logger.warning(
+                    "dropping staged chunk %d of %s…: %s", index, self.blob.sha256[:12], problem
+                )
                 remove_file(entry)
                 continue
             good.add(index)
@@ -96,7 +100,9 @@ class Staging:
             return self.model_path
         missing = self.missing()
         if missing:
-            raise StoreError(f"cannot assemble {self.blob.sha256[:12]}…: {len(missing)} chunk(s) missing, first {missing[0]}")
+            raise StoreError(
+                f"cannot assemble {self.blob.sha256[:12]}…: {len(missing)} chunk(s) missing, first {missing[0]}"
+            )
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f"{TMP_PREFIX}{self.blob.sha256[:12]}.")
         try:
             with os.fdopen(fd, "wb") as out:
@@ -123,7 +129,9 @@ class Staging:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        logger.info("assembled %s… (%d bytes, %d chunks)", self.blob.sha256[:12], size, self.blob.chunks)
+        logger.info(
+            "assembled %s… (%d bytes, %d chunks)", self.blob.sha256[:12], size, self.blob.chunks
+        )
         return self.model_path
 
     @people_errors("discarding a download")
@@ -151,14 +159,20 @@ class Staging:
         return self._problem(index, path.read_bytes())
 
     def _problem(self, index: int, data: bytes) -> str | None:
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < self.blob.chunks:
+        if (
+            isinstance(index, bool)
+            or not isinstance(index, int)
+            or not 0 <= index < self.blob.chunks
+        ):
             return f"index out of range 0..{self.blob.chunks - 1}"
         expected = self.blob.chunk_length(index)
         if len(data) != expected:
             return f"{len(data)} bytes, {expected} expected"
         digest = hashlib.sha256(data).hexdigest()
         if digest != self.blob.chunk_sha256[index]:
-            return f"sha256 {digest[:12]}… is not the release's {self.blob.chunk_sha256[index][:12]}…"
+            return (
+                f"sha256 {digest[:12]}… is not the release's {self.blob.chunk_sha256[index][:12]}…"
+            )
         return None
 
 
@@ -184,18 +198,27 @@ def _check_blob(blob: Blob, limits: Limits) -> None:
     if not is_sha256(blob.sha256):
         raise StoreError(f"not a sha256: {str(blob.sha256)[:80]!r}")
     if blob.size > limits.max_model_bytes:
-        raise StoreError(f"model is {blob.size} bytes, over the {limits.max_model_bytes}-byte limit")
+        raise StoreError(
+            f"model is {blob.size} bytes, over the {limits.max_model_bytes}-byte limit"
+        )
     if blob.chunks > limits.max_chunks:
         raise StoreError(f"{blob.chunks} chunks, over the limit of {limits.max_chunks}")
     if blob.size <= 0 or blob.chunk_size <= 0 or blob.chunks != -(-blob.size // blob.chunk_size):
-        raise StoreError(f"{blob.chunks} chunks of {blob.chunk_size} bytes cannot hold {blob.size} bytes")
+        raise StoreError(
+            f"{blob.chunks} chunks of {blob.chunk_size} bytes cannot hold {blob.size} bytes"
+        )
     if len(blob.chunk_sha256) != blob.chunks or not all(is_sha256(h) for h in blob.chunk_sha256):
         raise StoreError("the chunk hashes do not match the chunk count, or are not sha256")
 
 
 def _index(name: str, chunks: int) -> int | None:
     """The chunk index a file name stands for: a plain decimal below chunks, else None."""
-    if not name.isascii() or not name.isdigit() or (len(name) > 1 and name[0] == "0") or len(name) > 10:
+    if (
+        not name.isascii()
+        or not name.isdigit()
+        or (len(name) > 1 and name[0] == "0")
+        or len(name) > 10
+    ):
         return None
     index = int(name)
     return index if index < chunks else None

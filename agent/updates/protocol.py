@@ -147,7 +147,9 @@ def parse_release(raw: bytes, limits: Limits) -> Release:
     if isinstance(blob, dict):  # bound the counts before pydantic builds lists from them
         size, chunks = blob.get("size"), blob.get("chunks")
         if isinstance(size, int) and size > limits.max_model_bytes:
-            raise ProtocolError(f"model is {size} bytes, over the {limits.max_model_bytes}-byte limit")
+            raise ProtocolError(
+                f"model is {size} bytes, over the {limits.max_model_bytes}-byte limit"
+            )
         if isinstance(chunks, int) and chunks > limits.max_chunks:
             raise ProtocolError(f"{chunks} chunks, over the limit of {limits.max_chunks}")
     try:

@@ -32,9 +32,20 @@ class VerifyError(EdgegapError, ValueError):
 
 @click.command("verify")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--key", "keys", type=click.Path(path_type=Path), multiple=True,
-              help="Trusted Ed25519 public key (repeatable). With a key, the bundle must be signed by it.")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Interpreter threads.")
+@click.option(
+    "--key",
+    "keys",
+    type=click.Path(path_type=Path),
+    multiple=True,
+    help="Trusted Ed25519 public key (repeatable). With a key, the bundle must be signed by it.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Interpreter threads.",
+)
 def verify(bundle: Path, keys: tuple[Path, ...], threads: int) -> None:
     """Check BUNDLE: model sha256 and size, signature, tensor specs, and the golden outputs.
 
@@ -58,7 +69,9 @@ def _verify(bundle: Path, keys: tuple[Path, ...], threads: int) -> None:
     rows: list[tuple[str, str]] = []
     manifest = read_manifest(bundle)
     check_model_file(bundle, manifest)
-    rows.append(("sha256", f"ok ({manifest.model.sha256[:16]}…, {human_bytes(manifest.model.size)})"))
+    rows.append(
+        ("sha256", f"ok ({manifest.model.sha256[:16]}…, {human_bytes(manifest.model.size)})")
+    )
     if keys:
         signer = verify_manifest(manifest, [load_public_key(k) for k in keys])
         rows.append(("signature", f"ok (key {signer})"))
@@ -67,22 +80,39 @@ def _verify(bundle: Path, keys: tuple[Path, ...], threads: int) -> None:
         rows.append(("signature", f"not checked: no --key ({signed})"))
     model = open_model(bundle / MODEL_FILE, threads)
     check_model_io(model, manifest)
-    rows.append(("tensors", f"ok (input {manifest.input.shape} {manifest.input.dtype}, {len(manifest.outputs)} outputs)"))
+    rows.append(
+        (
+            "tensors",
+            f"ok (input {manifest.input.shape} {manifest.input.dtype}, {len(manifest.outputs)} outputs)",
+        )
+    )
     result = check_golden(model, manifest)
     if not result.passed:
         raise VerifyError(f"golden check failed: {result.reason}")
     worst = ", ".join(f"{e:.3g}" for e in result.max_error)
-    rows.append(("golden", f"ok ({manifest.golden.count if manifest.golden else 0} inputs, max error {worst}; {model.backend} {model.backend_version})"))
+    rows.append(
+        (
+            "golden",
+            f"ok ({manifest.golden.count if manifest.golden else 0} inputs, max error {worst}; {model.backend} {model.backend_version})",
+        )
+    )
     gates = manifest.gates
     if gates and not gates.get("passed", True):
-        rows.append(("gates", f"[red]bundle was forced past failed gates: {', '.join(gates.get('failed', []))}[/]"))
+        rows.append(
+            (
+                "gates",
+                f"[red]bundle was forced past failed gates: {', '.join(gates.get('failed', []))}[/]",
+            )
+        )
     table = Table(title=f"verify {bundle}", title_justify="left", show_header=False)
     table.add_column("check")
     table.add_column("result", overflow="fold")
     for r in rows:
         table.add_row(*r)
     console.print(table)
-    console.print(f"[green]bundle {manifest.name} v{manifest.version} ({manifest.profile}) verified[/]")
+    console.print(
+        f"[green]bundle {manifest.name} v{manifest.version} ({manifest.profile}) verified[/]"
+    )
 
 
 def _fmt(v: Any) -> str:
@@ -146,13 +176,38 @@ def _manifest_table(bundle: Path, m: Manifest, matches: bool) -> Table:
     t.add_column("key")
     t.add_column("value", overflow="fold")
     for k, v in (
-        ("name", m.name), ("version", m.version), ("profile", m.profile), ("created", m.created),
+        ("name", m.name),
+        ("version", m.version),
+        ("profile", m.profile),
+        ("created", m.created),
         ("task / decoder", f"{m.task} / {m.decoder.value}"),
-        ("model", f"{human_bytes(m.model.size)}, sha256 {m.model.sha256}" + ("" if matches else "  [red](file differs!)[/]")),
-        ("signature", f"{m.signature.algorithm}, key {m.signature.key_id}" if m.signature else "unsigned"),
-        ("labels", f"{len(m.labels)}: {', '.join(m.labels[:10])}{' …' if len(m.labels) > 10 else ''}" if m.labels else "none"),
-        ("golden", f"{m.golden.count} inputs, seed {m.golden.seed}, atol {_fmt(m.golden.atol)}" if m.golden else "none"),
-        ("gates", "passed" if m.gates.get("passed") else f"[red]FAILED: {', '.join(m.gates.get('failed', []))}[/]"),
+        (
+            "model",
+            f"{human_bytes(m.model.size)}, sha256 {m.model.sha256}"
+            + ("" if matches else "  [red](file differs!)[/]"),
+        ),
+        (
+            "signature",
+            f"{m.signature.algorithm}, key {m.signature.key_id}" if m.signature else "unsigned",
+        ),
+        (
+            "labels",
+            f"{len(m.labels)}: {', '.join(m.labels[:10])}{' …' if len(m.labels) > 10 else ''}"
+            if m.labels
+            else "none",
+        ),
+        (
+            "golden",
+            f"{m.golden.count} inputs, seed {m.golden.seed}, atol {_fmt(m.golden.atol)}"
+            if m.golden
+            else "none",
+        ),
+        (
+            "gates",
+            "passed"
+            if m.gates.get("passed")
+            else f"[red]FAILED: {', '.join(m.gates.get('failed', []))}[/]",
+        ),
     ):
         t.add_row(k, str(v))
     return t
@@ -163,8 +218,17 @@ def _input_table(m: Manifest) -> Table:
     ti = Table(title="Input", title_justify="left")
     for col in ("name", "shape", "dtype", "scale", "zero point", "color", "resize", "mean", "std"):
         ti.add_column(col)
-    ti.add_row(inp.name, str(inp.shape), inp.dtype, f"{inp.scale:.6g}", str(inp.zero_point), inp.color_order.value,
-               inp.resize.value, _fmt(inp.mean), _fmt(inp.std))
+    ti.add_row(
+        inp.name,
+        str(inp.shape),
+        inp.dtype,
+        f"{inp.scale:.6g}",
+        str(inp.zero_point),
+        inp.color_order.value,
+        inp.resize.value,
+        _fmt(inp.mean),
+        _fmt(inp.std),
+    )
     return ti
 
 
@@ -173,7 +237,15 @@ def _outputs_table(m: Manifest) -> Table:
     for col in ("index", "name", "role", "shape", "dtype", "scale", "zero point"):
         to.add_column(col)
     for o in m.outputs:
-        to.add_row(str(o.index), o.name, o.role.value, str(o.shape), o.dtype, f"{o.scale:.6g}", str(o.zero_point))
+        to.add_row(
+            str(o.index),
+            o.name,
+            o.role.value,
+            str(o.shape),
+            o.dtype,
+            f"{o.scale:.6g}",
+            str(o.zero_point),
+        )
     return to
 
 
@@ -189,8 +261,10 @@ def _metrics_table(m: Manifest) -> Table:
 def _gate_rows(m: Manifest) -> list[tuple[str, dict[str, Any]]]:
     """The manifest's gate results in the order the gates run, unknown ones after by name."""
     order = ["ops", "size", "arena", "accuracy", "latency"]
-    return sorted(((k, v) for k, v in m.gates.items() if isinstance(v, dict)),
-                  key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0]))
+    return sorted(
+        ((k, v) for k, v in m.gates.items() if isinstance(v, dict)),
+        key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0]),
+    )
 
 
 def _gates_table(gate_rows: list[tuple[str, dict[str, Any]]]) -> Table:
@@ -198,13 +272,20 @@ def _gates_table(gate_rows: list[tuple[str, dict[str, Any]]]) -> Table:
     for col in ("gate", "status", "value", "limit", "note"):
         tg.add_column(col, overflow="fold")
     for gate, g in gate_rows:
-        tg.add_row(gate, str(g.get("status", "")), str(g.get("value", "")), str(g.get("limit", "")),
-                   str(g.get("reason", "")))
+        tg.add_row(
+            gate,
+            str(g.get("status", "")),
+            str(g.get("value", "")),
+            str(g.get("limit", "")),
+            str(g.get("reason", "")),
+        )
     return tg
 
 
 def _ops_table(graph: Any) -> Table:
-    tops = Table(title=f"Ops ({len(graph.ops)} in {graph.subgraphs} subgraph(s))", title_justify="left")
+    tops = Table(
+        title=f"Ops ({len(graph.ops)} in {graph.subgraphs} subgraph(s))", title_justify="left"
+    )
     tops.add_column("op")
     tops.add_column("count", justify="right")
     for op, n in sorted(graph.op_counts.items(), key=lambda kv: (-kv[1], kv[0])):
@@ -220,21 +301,55 @@ def _tensor_table(model_path: Path, graph: Any) -> None:
     except ModelLoadError as exc:
         console.print(f"[yellow]interpreter could not open the model: {exc}[/]")
         return
-    tt = Table(title=f"Interpreter tensors ({model.backend} {model.backend_version})", title_justify="left")
-    for col in ("io", "index", "tensor name", "signature name", "shape", "dtype", "scale", "zero point"):
+    tt = Table(
+        title=f"Interpreter tensors ({model.backend} {model.backend_version})", title_justify="left"
+    )
+    for col in (
+        "io",
+        "index",
+        "tensor name",
+        "signature name",
+        "shape",
+        "dtype",
+        "scale",
+        "zero point",
+    ):
         tt.add_column(col)
-    for io, infos, names in (("input", model.inputs, graph.input_names), ("output", model.outputs, graph.output_names)):
+    for io, infos, names in (
+        ("input", model.inputs, graph.input_names),
+        ("output", model.outputs, graph.output_names),
+    ):
         for i in infos:
-            tt.add_row(io, str(i.index), i.name, names.get(i.index, ""), str(list(i.shape)), np.dtype(i.dtype).name,
-                       f"{i.scale:.6g}", str(i.zero_point))
+            tt.add_row(
+                io,
+                str(i.index),
+                i.name,
+                names.get(i.index, ""),
+                str(list(i.shape)),
+                np.dtype(i.dtype).name,
+                f"{i.scale:.6g}",
+                str(i.zero_point),
+            )
     console.print(tt)
 
 
 @click.command("bench")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--threads", type=click.IntRange(min=1), help="Interpreter threads [default: the profile's, capped at this host's CPUs].")
-@click.option("--runs", type=click.IntRange(min=1), default=200, show_default=True, help="Timed invokes.")
-@click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True, help="Untimed invokes first.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="Interpreter threads [default: the profile's, capped at this host's CPUs].",
+)
+@click.option(
+    "--runs", type=click.IntRange(min=1), default=200, show_default=True, help="Timed invokes."
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="Untimed invokes first.",
+)
 def bench(bundle: Path, threads: int | None, runs: int, warmup: int) -> None:
     """Time BUNDLE's model with LiteRT on this host: p50, p90 and p99 latency.
 
@@ -261,14 +376,28 @@ def bench(bundle: Path, threads: int | None, runs: int, warmup: int) -> None:
         logger.info("profile %s is not a shipped one; using 1 thread by default", manifest.profile)
     wanted = threads or (profile.runtime.threads if profile else 1)
     with quiet_native_stderr():
-        stats = measure_latency({"model": (bundle / MODEL_FILE).read_bytes()}, threads=host_threads(wanted),
-                                runs=runs, warmup=warmup,
-                                withhold_amx=profile is not None and withholds_amx(profile))["model"]
+        stats = measure_latency(
+            {"model": (bundle / MODEL_FILE).read_bytes()},
+            threads=host_threads(wanted),
+            runs=runs,
+            warmup=warmup,
+            withhold_amx=profile is not None and withholds_amx(profile),
+        )["model"]
     where = "host-measured" if profile is None or host_measured(profile) else "device-class host"
-    t = Table(title=f"bench {manifest.name} v{manifest.version} ({manifest.profile}), {where} on {host_cpu(profile)}",
-              title_justify="left")
+    t = Table(
+        title=f"bench {manifest.name} v{manifest.version} ({manifest.profile}), {where} on {host_cpu(profile)}",
+        title_justify="left",
+    )
     for col in ("runtime", "threads", "runs", "p50 ms", "p90 ms", "p99 ms", "mean ms", "fps (p50)"):
         t.add_column(col, justify="right")
-    t.add_row(stats.backend, str(stats.threads), str(stats.runs), f"{stats.p50:.3f}", f"{stats.p90:.3f}",
-              f"{stats.p99:.3f}", f"{stats.mean:.3f}", f"{1000.0 / stats.p50:.1f}" if stats.p50 > 0 else "-")
+    t.add_row(
+        stats.backend,
+        str(stats.threads),
+        str(stats.runs),
+        f"{stats.p50:.3f}",
+        f"{stats.p90:.3f}",
+        f"{stats.p99:.3f}",
+        f"{stats.mean:.3f}",
+        f"{1000.0 / stats.p50:.1f}" if stats.p50 > 0 else "-",
+    )
     console.print(t)

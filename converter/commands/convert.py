@@ -37,54 +37,149 @@ class _ProgressReporter:
 
 @click.command("convert")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--profile", type=PROFILE, required=True, help="Shipped profile NAME or a profile .yaml file.")
-@click.option("--calibration", type=click.Path(path_type=Path), required=True,
-              help="Image folder (jpg/png) or .npy/.npz array used to calibrate quantization.")
-@click.option("--validation", type=click.Path(path_type=Path),
-              help="Held-out data for the accuracy gate (same formats); default: the calibration data.")
-@click.option("--mean", type=FLOAT_LIST,
-              help="Pixel mean: one value or one per channel, e.g. 127.5 or 123.7,116.3,103.5 "
-                   "[default: 0; a detector's sidecar sets its own].")
-@click.option("--std", type=FLOAT_LIST,
-              help="Pixel std: one value or one per channel. Inputs are (pixel - mean) / std "
-                   "[default: 255; a detector's sidecar sets its own].")
-@click.option("--color-order", type=click.Choice(["rgb", "bgr", "gray"]),
-              help="Channel order the model expects [default: gray for 1 channel, else rgb].")
-@click.option("--fold-bgr", is_flag=True,
-              help="Make an RGB model take BGR frames as OpenCV gives them, by reversing its first layers' "
-                   "input channels: the device skips a pass over each frame. Other TFLite tools then need BGR too.")
-@click.option("--resize", type=click.Choice(["stretch", "letterbox"]), default="stretch", show_default=True,
-              help="How images are fitted to the model input (recorded for the device).")
-@click.option("--labels", type=click.Path(path_type=Path), help="Text file, one class label per line.")
-@click.option("--task", type=click.Choice(TASKS), default="auto", show_default=True,
-              help="What the model does; auto picks classification for one [batch, classes] output.")
-@click.option("--sign-key", type=click.Path(path_type=Path), help="Ed25519 private key (edgegap keys generate).")
+@click.option(
+    "--profile", type=PROFILE, required=True, help="Shipped profile NAME or a profile .yaml file."
+)
+@click.option(
+    "--calibration",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Image folder (jpg/png) or .npy/.npz array used to calibrate quantization.",
+)
+@click.option(
+    "--validation",
+    type=click.Path(path_type=Path),
+    help="Held-out data for the accuracy gate (same formats); default: the calibration data.",
+)
+@click.option(
+    "--mean",
+    type=FLOAT_LIST,
+    help="Pixel mean: one value or one per channel, e.g. 127.5 or 123.7,116.3,103.5 "
+    "[default: 0; a detector's sidecar sets its own].",
+)
+@click.option(
+    "--std",
+    type=FLOAT_LIST,
+    help="Pixel std: one value or one per channel. Inputs are (pixel - mean) / std "
+    "[default: 255; a detector's sidecar sets its own].",
+)
+@click.option(
+    "--color-order",
+    type=click.Choice(["rgb", "bgr", "gray"]),
+    help="Channel order the model expects [default: gray for 1 channel, else rgb].",
+)
+@click.option(
+    "--fold-bgr",
+    is_flag=True,
+    help="Make an RGB model take BGR frames as OpenCV gives them, by reversing its first layers' "
+    "input channels: the device skips a pass over each frame. Other TFLite tools then need BGR too.",
+)
+@click.option(
+    "--resize",
+    type=click.Choice(["stretch", "letterbox"]),
+    default="stretch",
+    show_default=True,
+    help="How images are fitted to the model input (recorded for the device).",
+)
+@click.option(
+    "--labels", type=click.Path(path_type=Path), help="Text file, one class label per line."
+)
+@click.option(
+    "--task",
+    type=click.Choice(TASKS),
+    default="auto",
+    show_default=True,
+    help="What the model does; auto picks classification for one [batch, classes] output.",
+)
+@click.option(
+    "--sign-key",
+    type=click.Path(path_type=Path),
+    help="Ed25519 private key (edgegap keys generate).",
+)
 @click.option("--name", help="Bundle name [default: the model file name].")
-@click.option("--version", "version", type=click.IntRange(min=0),
-              help="Monotonic bundle version [default: UTC time as YYYYMMDDHHMMSS].")
-@click.option("--force", is_flag=True, help="Write the bundle even if a gate fails (marked failed).")
-@click.option("--no-fallback", is_flag=True, help="Never keep layers in float, even if the profile allows it.")
-@click.option("--calibration-samples", type=click.IntRange(min=1), default=200, show_default=True,
-              help="Samples used to calibrate.")
-@click.option("--validation-samples", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Samples used for the accuracy gate.")
-@click.option("--latency-runs", type=click.IntRange(min=1), default=50, show_default=True,
-              help="Invokes timed for the latency figures.")
-@click.option("--custom-objects", multiple=True,
-              help="Python file or module that registers custom Keras classes (repeatable).")
-@click.option("--prune", "do_prune", is_flag=True,
-              help="Remove channels to the profile's pruning target before quantizing (see `edgegap prune`).")
-@click.option("--prune-epochs", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Distillation fine-tuning epochs on the calibration data after pruning.")
+@click.option(
+    "--version",
+    "version",
+    type=click.IntRange(min=0),
+    help="Monotonic bundle version [default: UTC time as YYYYMMDDHHMMSS].",
+)
+@click.option(
+    "--force", is_flag=True, help="Write the bundle even if a gate fails (marked failed)."
+)
+@click.option(
+    "--no-fallback", is_flag=True, help="Never keep layers in float, even if the profile allows it."
+)
+@click.option(
+    "--calibration-samples",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Samples used to calibrate.",
+)
+@click.option(
+    "--validation-samples",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Samples used for the accuracy gate.",
+)
+@click.option(
+    "--latency-runs",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Invokes timed for the latency figures.",
+)
+@click.option(
+    "--custom-objects",
+    multiple=True,
+    help="Python file or module that registers custom Keras classes (repeatable).",
+)
+@click.option(
+    "--prune",
+    "do_prune",
+    is_flag=True,
+    help="Remove channels to the profile's pruning target before quantizing (see `edgegap prune`).",
+)
+@click.option(
+    "--prune-epochs",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Distillation fine-tuning epochs on the calibration data after pruning.",
+)
 @click.option("--protect", multiple=True, help="Layer name never pruned (repeatable).")
-@click.option("--output", type=click.Path(path_type=Path, file_okay=False), required=True,
-              help="Bundle directory: model.tflite, manifest.json and report.json.")
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Bundle directory: model.tflite, manifest.json and report.json.",
+)
 def convert(
-    model: Path, profile: Profile, calibration: Path, validation: Path | None, mean: list[float] | None,
-    std: list[float] | None, color_order: str | None, fold_bgr: bool, resize: str, labels: Path | None, task: str,
-    sign_key: Path | None, name: str | None, version: int | None, force: bool, no_fallback: bool,
-    calibration_samples: int, validation_samples: int, latency_runs: int, custom_objects: tuple[str, ...],
-    do_prune: bool, prune_epochs: int, protect: tuple[str, ...], output: Path,
+    model: Path,
+    profile: Profile,
+    calibration: Path,
+    validation: Path | None,
+    mean: list[float] | None,
+    std: list[float] | None,
+    color_order: str | None,
+    fold_bgr: bool,
+    resize: str,
+    labels: Path | None,
+    task: str,
+    sign_key: Path | None,
+    name: str | None,
+    version: int | None,
+    force: bool,
+    no_fallback: bool,
+    calibration_samples: int,
+    validation_samples: int,
+    latency_runs: int,
+    custom_objects: tuple[str, ...],
+    do_prune: bool,
+    prune_epochs: int,
+    protect: tuple[str, ...],
+    output: Path,
 ) -> None:
     """Quantize MODEL (.keras, .h5 or SavedModel dir) for a device profile and write a bundle.
 
@@ -108,12 +203,30 @@ def convert(
     from converter.report import render
 
     opts = ConvertOptions(
-        model=model, profile=profile, calibration=calibration, validation=validation, output=output,
-        mean=mean, std=std, color_order=ColorOrder(color_order) if color_order else None,
-        resize=ResizeMode(resize), labels=labels, name=name, version=version, task=task, sign_key=sign_key,
-        force=force, fallback=not no_fallback, calibration_samples=calibration_samples,
-        validation_samples=validation_samples, latency_runs=latency_runs, custom_objects=custom_objects,
-        prune=do_prune, prune_epochs=prune_epochs, protect=protect, fold_bgr=fold_bgr,
+        model=model,
+        profile=profile,
+        calibration=calibration,
+        validation=validation,
+        output=output,
+        mean=mean,
+        std=std,
+        color_order=ColorOrder(color_order) if color_order else None,
+        resize=ResizeMode(resize),
+        labels=labels,
+        name=name,
+        version=version,
+        task=task,
+        sign_key=sign_key,
+        force=force,
+        fallback=not no_fallback,
+        calibration_samples=calibration_samples,
+        validation_samples=validation_samples,
+        latency_runs=latency_runs,
+        custom_objects=custom_objects,
+        prune=do_prune,
+        prune_epochs=prune_epochs,
+        protect=protect,
+        fold_bgr=fold_bgr,
     )
     with progress() as bar:
         reporter = _ProgressReporter(bar, STAGES)
@@ -122,5 +235,7 @@ def convert(
     console.print(render(result))
     if not result.passed:
         if not force:
-            raise click.ClickException(f"{result.reason} (no bundle written; --force writes it marked failed)")
+            raise click.ClickException(
+                f"{result.reason} (no bundle written; --force writes it marked failed)"
+            )
         console.print(f"[bold red]bundle written with failed gates[/] ({result.reason})")

@@ -15,10 +15,23 @@ logger = logging.getLogger(__name__)
 
 @click.command("eval")
 @click.argument("models", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True,
-              help="COCO-style folder: annotations.json and the images it names.")
-@click.option("--count", type=click.IntRange(0), default=0, help="Use only the first N images (0 = all).")
-@click.option("--threads", type=click.IntRange(1, 64), default=2, show_default=True, help="Interpreter threads for bundles.")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="COCO-style folder: annotations.json and the images it names.",
+)
+@click.option(
+    "--count", type=click.IntRange(0), default=0, help="Use only the first N images (0 = all)."
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Interpreter threads for bundles.",
+)
 def eval_cmd(models: tuple[Path, ...], data_dir: Path, count: int, threads: int) -> None:
     """Score detectors on a dataset: mAP@0.5 and mAP@0.5:0.95 (COCO protocol).
 
@@ -55,5 +68,11 @@ def eval_cmd(models: tuple[Path, ...], data_dir: Path, count: int, threads: int)
     for col in ("model", "kind", "images", "mAP@0.5", "mAP@0.5:0.95"):
         table.add_column(col, justify="right" if col.startswith(("mAP", "images")) else "left")
     for r in results:
-        table.add_row(r.model, r.kind, str(r.result.images), f"{r.result.map50:.4f}", f"{r.result.map50_95:.4f}")
+        table.add_row(
+            r.model,
+            r.kind,
+            str(r.result.images),
+            f"{r.result.map50:.4f}",
+            f"{r.result.map50_95:.4f}",
+        )
     console.print(table)

@@ -26,8 +26,13 @@ def keys() -> None:
 
 
 @keys.command("generate")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Directory for edgegap.key (private, mode 0600) and edgegap.pub.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Directory for edgegap.key (private, mode 0600) and edgegap.pub.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing keypair.")
 def generate(out_dir: Path, force: bool) -> None:
     """Write a new Ed25519 keypair."""

@@ -40,13 +40,25 @@ def profiles() -> None:
 def list_cmd() -> None:
     """Print every shipped profile as a table."""
     table = Table(title="Device profiles")
-    for col in ("name", "target", "runtime", "quantization", "I/O", "max bytes", "latency", "max drop", "pruning"):
+    for col in (
+        "name",
+        "target",
+        "runtime",
+        "quantization",
+        "I/O",
+        "max bytes",
+        "latency",
+        "max drop",
+        "pruning",
+    ):
         table.add_column(col)
     for p in list_profiles():
         table.add_row(
             p.name,
-            f"{p.target.cpu} ({p.target.arch})" + (f" + {p.target.accelerator}" if p.target.accelerator else ""),
-            f"{p.runtime.engine}, {p.runtime.threads} thr" + (f", {p.runtime.delegate}" if p.runtime.delegate else ""),
+            f"{p.target.cpu} ({p.target.arch})"
+            + (f" + {p.target.accelerator}" if p.target.accelerator else ""),
+            f"{p.runtime.engine}, {p.runtime.threads} thr"
+            + (f", {p.runtime.delegate}" if p.runtime.delegate else ""),
             p.quantization.scheme.value,
             f"{p.quantization.input_dtype.value}/{p.quantization.output_dtype.value}",
             human_bytes(p.budgets.max_model_bytes),
@@ -59,7 +71,12 @@ def list_cmd() -> None:
 
 @profiles.command("show")
 @click.argument("profile", type=PROFILE)
-@click.option("--yaml", "as_yaml", is_flag=True, help="Print the validated profile as YAML instead of a table.")
+@click.option(
+    "--yaml",
+    "as_yaml",
+    is_flag=True,
+    help="Print the validated profile as YAML instead of a table.",
+)
 def show_cmd(profile: Profile, as_yaml: bool) -> None:
     """Show one profile: a shipped NAME or a path to a .yaml file."""
     data = profile.model_dump(mode="json")

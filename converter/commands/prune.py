@@ -26,8 +26,18 @@ def _cost_table(report: Any) -> Table:
     b, a = report.before, report.after
     table.add_row("MACs", f"{b.macs:,}", f"{a.macs:,}", _ratio(a.macs / b.macs if b.macs else 1))
     table.add_row("MACs predicted by the graph", "", f"{report.predicted_macs:,}", "")
-    table.add_row("parameters", f"{b.params:,}", f"{a.params:,}", _ratio(a.params / b.params if b.params else 1))
-    table.add_row("weight bytes", human_bytes(b.bytes), human_bytes(a.bytes), _ratio(a.bytes / b.bytes if b.bytes else 1))
+    table.add_row(
+        "parameters",
+        f"{b.params:,}",
+        f"{a.params:,}",
+        _ratio(a.params / b.params if b.params else 1),
+    )
+    table.add_row(
+        "weight bytes",
+        human_bytes(b.bytes),
+        human_bytes(a.bytes),
+        _ratio(a.bytes / b.bytes if b.bytes else 1),
+    )
     table.add_row(
         "channels (prunable groups)", f"{report.channels_before:,}", f"{report.channels_after:,}",
         _ratio(report.channels_after / report.channels_before if report.channels_before else 1),
@@ -51,15 +61,26 @@ def _load(model_path: Path, custom_objects: tuple[str, ...]) -> Any:
     return load_model(model_path, custom_objects).model
 
 
-def _data(path: Path, model: Any, mean: list[float], std: list[float], color_order: str | None, limit: int) -> Any:
+def _data(
+    path: Path, model: Any, mean: list[float], std: list[float], color_order: str | None, limit: int
+) -> Any:
     from agent.bundle.manifest import ColorOrder
     from converter.data import Normalization, default_color_order, load_data
 
     shape = tuple(int(d) for d in model.inputs[0].shape[1:])
     order = ColorOrder(color_order) if color_order else default_color_order(shape[-1])
-    ds = load_data(path, shape, Normalization(mean=mean, std=std, color_order=order), limit=limit, what="--data")
+    ds = load_data(
+        path,
+        shape,
+        Normalization(mean=mean, std=std, color_order=order),
+        limit=limit,
+        what="--data",
+    )
     labels = ds.labels.get("y") if isinstance(ds.labels, dict) else None
-    console.print(f"data: {ds.source}" + (" with labels" if labels is not None else " (no labels: distillation only)"))
+    console.print(
+        f"data: {ds.source}"
+        + (" with labels" if labels is not None else " (no labels: distillation only)")
+    )
     return ds.x, labels
 
 
@@ -76,7 +97,9 @@ def _check_detector_options(task: Any, data: Path | None, importance: str) -> No
 
     ctx = click.get_current_context()
     given = {
-        name: None if ctx.get_parameter_source(name) in (None, ParameterSource.DEFAULT) else ctx.params[name]
+        name: None
+        if ctx.get_parameter_source(name) in (None, ParameterSource.DEFAULT)
+        else ctx.params[name]
         for name in ("mean", "std", "color_order")
     }
     flag = task.normalization().contradicted_by(given["mean"], given["std"], given["color_order"])
@@ -104,7 +127,11 @@ def _detector_data(task: Any, model: Any, data: Path, limit: int) -> tuple[Any, 
         return ds.x, targets, f"{len(ds.x)} labelled images"
     shape = tuple(int(d) for d in model.inputs[0].shape[1:])
     ds = load_data(data, shape, task.normalization(), limit=limit, what="--data")
-    why = f"no {ANNOTATIONS_FILE} in {data}" if data.is_dir() else f"{data} is not a COCO-style folder"
+    why = (
+        f"no {ANNOTATIONS_FILE} in {data}"
+        if data.is_dir()
+        else f"{data} is not a COCO-style folder"
+    )
     return ds.x, None, f"{len(ds.x)} images ({why}, so no detection labels)"
 
 
@@ -121,44 +148,124 @@ def _loss_line(labels: Any, alpha: float, what: str) -> str:
 @click.command("prune")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--channels", type=float, help="Fraction of channels to remove, in [0, 1), e.g. 0.5.")
-@click.option("--importance", type=click.Choice(["l1", "l2", "bn", "taylor"]), default="l1", show_default=True,
-              help="Filter L1/L2 norm, BatchNorm |gamma|, or first-order Taylor on --data.")
-@click.option("--mode", type=click.Choice(["uniform", "global"]), default="uniform", show_default=True,
-              help="uniform: every group loses the fraction; global: the least important channels overall.")
-@click.option("--min-channels", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Channels always kept per group.")
-@click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Round kept channel counts to multiples of this, up or down so the total removed stays "
-                   "closest to --channels: int8 kernels work in channel tiles, so a multiple can cost no "
-                   "latency (benchmarks/channel_rounding.py finds it).")
-@click.option("--protect", multiple=True, metavar="NAME",
-              help="Layer whose output channels are never removed (repeatable or comma-separated).")
-@click.option("--data", type=click.Path(path_type=Path),
-              help="Image folder or .npy/.npz (x, optional y) for Taylor scores and fine-tuning; for a "
-                   "detector, a COCO-style folder (annotations.json + images) gives its task loss.")
-@click.option("--epochs", type=click.IntRange(min=0), help="Fine-tune epochs per step [default: 3 with --data].")
-@click.option("--steps", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Prune in this many steps, each followed by a fine-tune.")
-@click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="Weight of the task loss against distillation when --data has labels (or boxes).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
-              help="Fine-tune learning rate (Adam).")
+@click.option(
+    "--importance",
+    type=click.Choice(["l1", "l2", "bn", "taylor"]),
+    default="l1",
+    show_default=True,
+    help="Filter L1/L2 norm, BatchNorm |gamma|, or first-order Taylor on --data.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["uniform", "global"]),
+    default="uniform",
+    show_default=True,
+    help="uniform: every group loses the fraction; global: the least important channels overall.",
+)
+@click.option(
+    "--min-channels",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Channels always kept per group.",
+)
+@click.option(
+    "--round-to",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Round kept channel counts to multiples of this, up or down so the total removed stays "
+    "closest to --channels: int8 kernels work in channel tiles, so a multiple can cost no "
+    "latency (benchmarks/channel_rounding.py finds it).",
+)
+@click.option(
+    "--protect",
+    multiple=True,
+    metavar="NAME",
+    help="Layer whose output channels are never removed (repeatable or comma-separated).",
+)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    help="Image folder or .npy/.npz (x, optional y) for Taylor scores and fine-tuning; for a "
+    "detector, a COCO-style folder (annotations.json + images) gives its task loss.",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=0),
+    help="Fine-tune epochs per step [default: 3 with --data].",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Prune in this many steps, each followed by a fine-tune.",
+)
+@click.option(
+    "--alpha",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Weight of the task loss against distillation when --data has labels (or boxes).",
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1e-3,
+    show_default=True,
+    help="Fine-tune learning rate (Adam).",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--patience", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Stop a fine-tune after this many epochs without validation improvement.")
-@click.option("--limit", type=click.IntRange(min=1), default=2000, show_default=True,
-              help="At most this many samples from --data.")
-@click.option("--mean", type=FLOAT_LIST, default="0", show_default=True,
-              help="Pixel mean for image --data (a detector's sidecar sets its own; another value is an error).")
-@click.option("--std", type=FLOAT_LIST, default="255", show_default=True,
-              help="Pixel std for image --data (a detector's sidecar sets its own; another value is an error).")
-@click.option("--color-order", type=click.Choice(["rgb", "bgr", "gray"]),
-              help="Channel order for image --data (a detector's sidecar sets its own).")
-@click.option("--sparsity", type=float,
-              help="Unstructured magnitude pruning: fraction of each kernel zeroed (shrinks the zip, not latency).")
-@click.option("--custom-objects", multiple=True, help="Python file or module registering custom Keras classes.")
-@click.option("--output", type=click.Path(path_type=Path, dir_okay=False), required=True,
-              help="Where to write the pruned model (.keras).")
+@click.option(
+    "--patience",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Stop a fine-tune after this many epochs without validation improvement.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=2000,
+    show_default=True,
+    help="At most this many samples from --data.",
+)
+@click.option(
+    "--mean",
+    type=FLOAT_LIST,
+    default="0",
+    show_default=True,
+    help="Pixel mean for image --data (a detector's sidecar sets its own; another value is an error).",
+)
+@click.option(
+    "--std",
+    type=FLOAT_LIST,
+    default="255",
+    show_default=True,
+    help="Pixel std for image --data (a detector's sidecar sets its own; another value is an error).",
+)
+@click.option(
+    "--color-order",
+    type=click.Choice(["rgb", "bgr", "gray"]),
+    help="Channel order for image --data (a detector's sidecar sets its own).",
+)
+@click.option(
+    "--sparsity",
+    type=float,
+    help="Unstructured magnitude pruning: fraction of each kernel zeroed (shrinks the zip, not latency).",
+)
+@click.option(
+    "--custom-objects",
+    multiple=True,
+    help="Python file or module registering custom Keras classes.",
+)
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="Where to write the pruned model (.keras).",
+)
 def prune(
     model: Path, channels: float | None, importance: str, mode: str, min_channels: int, round_to: int,
     protect: tuple[str, ...], data: Path | None, epochs: int | None, steps: int, alpha: float, lr: float,
@@ -192,7 +299,12 @@ def prune(
         _check_detector_options(task, data, importance)
     keras_model = _load(model, custom_objects)
     x = labels = None
-    tune: dict[str, Any] = {"alpha": alpha, "learning_rate": lr, "batch_size": batch_size, "patience": patience}
+    tune: dict[str, Any] = {
+        "alpha": alpha,
+        "learning_rate": lr,
+        "batch_size": batch_size,
+        "patience": patience,
+    }
     if task is not None:
         names, x, labels = _detector_inputs(task, keras_model, names, data, limit, n_epochs, tune)
     elif data is not None:
@@ -204,7 +316,9 @@ def prune(
             min_channels=min_channels, round_to=round_to, protect=names, steps=steps, epochs=n_epochs,
         )  # fmt: skip
     if sparsity is not None:
-        result = _zero_weights(result, sparsity, x, labels, n_epochs if channels is None else 0, tune)
+        result = _zero_weights(
+            result, sparsity, x, labels, n_epochs if channels is None else 0, tune
+        )
     output.parent.mkdir(parents=True, exist_ok=True)
     result.save(output)
     console.print(f"wrote {output}")
@@ -217,13 +331,17 @@ def _check_options(
 ) -> int:  # fmt: skip
     """Refuse contradictory or out-of-range options; the fine-tune epochs (3 by default with data)."""
     if channels is None and sparsity is None:
-        raise click.UsageError("give --channels FRACTION (structured) and/or --sparsity FRACTION (unstructured)")
+        raise click.UsageError(
+            "give --channels FRACTION (structured) and/or --sparsity FRACTION (unstructured)"
+        )
     if channels is not None and not 0 <= channels < 1:
         raise click.BadParameter(f"{channels} is not in [0, 1)", param_hint="--channels")
     if sparsity is not None and not 0 < sparsity < 1:
         raise click.BadParameter(f"{sparsity} is not in (0, 1)", param_hint="--sparsity")
     if output.suffix != ".keras":
-        raise click.BadParameter("the pruned model is written as a .keras file", param_hint="--output")
+        raise click.BadParameter(
+            "the pruned model is written as a .keras file", param_hint="--output"
+        )
     if importance == "taylor" and data is None:
         raise click.UsageError("--importance taylor needs --data")
     n_epochs = (3 if data is not None else 0) if epochs is None else epochs
@@ -244,7 +362,9 @@ def _detector_inputs(
     `tune`): the protected names, the inputs and the labels (None without data or boxes)."""
     heads = task.protected_layers(keras_model)
     names = (*names, *(h for h in heads if h not in names))
-    console.print(f"detector: head output convolutions protected: {', '.join(heads) or 'none found'}")
+    console.print(
+        f"detector: head output convolutions protected: {', '.join(heads) or 'none found'}"
+    )
     if data is None:
         return names, None, None
     from converter.pruning import detection_distill_loss
@@ -274,16 +394,21 @@ def _prune_channels(
     else:
         console.print("Layers kept whole: none")
     for u in report.unsupported:
-        console.print(f"[yellow]not followed by the channel graph, kept whole:[/] {u.layer} ({u.reason})")
+        console.print(
+            f"[yellow]not followed by the channel graph, kept whole:[/] {u.layer} ({u.reason})"
+        )
     for i, ft in enumerate(report.fine_tune, 1):
         console.print(
             f"fine-tune {i}: {ft.epochs_run} epoch(s), validation loss {ft.start_val_loss:.4g} -> "
-            f"{ft.best_val_loss:.4g} (best epoch {ft.best_epoch}" + (", stopped early)" if ft.stopped_early else ")")
+            f"{ft.best_val_loss:.4g} (best epoch {ft.best_epoch}"
+            + (", stopped early)" if ft.stopped_early else ")")
         )
     return result
 
 
-def _zero_weights(model: Any, sparsity: float, x: Any, labels: Any, epochs: int, tune: dict[str, Any]) -> Any:
+def _zero_weights(
+    model: Any, sparsity: float, x: Any, labels: Any, epochs: int, tune: dict[str, Any]
+) -> Any:
     """Unstructured magnitude pruning, with the zipped sizes and the latency note printed."""
     from converter.pruning import LATENCY_NOTE, magnitude_prune
 

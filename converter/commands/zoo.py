@@ -33,19 +33,59 @@ def zoo() -> None:
 
 
 @zoo.command("train-detector")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Where to write the .keras model; the sidecar NAME.detector.json goes next to it.")
-@click.option("--epochs", type=click.IntRange(1, 1000), default=None, help="Training epochs (default: the recipe's).")
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed of data, weights and order.")
-@click.option("--train-count", type=click.IntRange(64), default=None, help="Generated training images (default: the recipe's).")
-@click.option("--val-count", type=click.IntRange(16), default=300, show_default=True, help="Validation images for the final mAP.")
-@click.option("--input-size", type=click.IntRange(64, 512), default=None,
-              help="Input side in pixels, a multiple of 32 (default: the recipe's, 224).")
-@click.option("--width", type=click.FloatRange(0.25, 1.0), default=None,
-              help="Backbone width multiplier (default: the recipe's, 0.5).")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Where to write the .keras model; the sidecar NAME.detector.json goes next to it.",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(1, 1000),
+    default=None,
+    help="Training epochs (default: the recipe's).",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Seed of data, weights and order.",
+)
+@click.option(
+    "--train-count",
+    type=click.IntRange(64),
+    default=None,
+    help="Generated training images (default: the recipe's).",
+)
+@click.option(
+    "--val-count",
+    type=click.IntRange(16),
+    default=300,
+    show_default=True,
+    help="Validation images for the final mAP.",
+)
+@click.option(
+    "--input-size",
+    type=click.IntRange(64, 512),
+    default=None,
+    help="Input side in pixels, a multiple of 32 (default: the recipe's, 224).",
+)
+@click.option(
+    "--width",
+    type=click.FloatRange(0.25, 1.0),
+    default=None,
+    help="Backbone width multiplier (default: the recipe's, 0.5).",
+)
 def train_detector(
-    output: Path, epochs: int | None, seed: int, train_count: int | None, val_count: int,
-    input_size: int | None, width: float | None,
+    output: Path,
+    epochs: int | None,
+    seed: int,
+    train_count: int | None,
+    val_count: int,
+    input_size: int | None,
+    width: float | None,
 ) -> None:
     """Train the reference SSD detector from scratch on the generated dataset.
 
@@ -70,12 +110,16 @@ def train_detector(
 
     if input_size is not None and input_size % 32:
         raise click.BadParameter(f"{input_size} is not a multiple of 32", param_hint="--input-size")
-    recipe = dataclasses.replace(RECIPE, input_size=input_size or RECIPE.input_size, width=width or RECIPE.width)
+    recipe = dataclasses.replace(
+        RECIPE, input_size=input_size or RECIPE.input_size, width=width or RECIPE.width
+    )
     import_tf()
     epochs = epochs or recipe.epochs
     train_count = train_count or recipe.train_count
     with progress() as bar:
-        shown = _TrainingProgress(bar, bar.add_task("generating data", total=train_count + val_count), epochs)
+        shown = _TrainingProgress(
+            bar, bar.add_task("generating data", total=train_count + val_count), epochs
+        )
         start = time.monotonic()
         with quiet_native_stderr():
             result = train_reference(
@@ -123,12 +167,30 @@ def _trained_table(output: Path, result: TrainOutcome, total_seconds: float) -> 
 
 
 @zoo.command("make-dataset")
-@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder to write images/ and annotations.json into.")
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
-@click.option("--count", type=click.IntRange(1, 100_000), default=200, show_default=True, help="Number of images.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder to write images/ and annotations.json into.",
+)
+@click.option(
+    "--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True
+)
+@click.option(
+    "--count",
+    type=click.IntRange(1, 100_000),
+    default=200,
+    show_default=True,
+    help="Number of images.",
+)
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Dataset seed.")
-@click.option("--size", type=click.IntRange(32, 2048), default=None, help="Image side in pixels (default: the detector's input size).")
+@click.option(
+    "--size",
+    type=click.IntRange(32, 2048),
+    default=None,
+    help="Image side in pixels (default: the detector's input size).",
+)
 def make_dataset(output: Path, split: str, count: int, seed: int, size: int | None) -> None:
     """Write a split of the generated detection dataset as a COCO-style folder.
 
@@ -152,4 +214,6 @@ def make_dataset(output: Path, split: str, count: int, seed: int, size: int | No
     info = {"split": split, "seed": seed, "count": count, "size": size}
     ann = write_folder(output, samples, info)
     boxes = sum(len(s.boxes) for s in samples)
-    console.print(f"wrote {count} images with {boxes} boxes to {output} ({ann.name}: {json.dumps(info)})")
+    console.print(
+        f"wrote {count} images with {boxes} boxes to {output} ({ann.name}: {json.dumps(info)})"
+    )

@@ -37,7 +37,9 @@ _DEFAULT_MACS_PER_MS = 2.0e6
 
 @dataclass
 class PruneReport:
-    ratio: float  # fraction of channels removed, as asked of the plan (last step, relative to start)
+    ratio: (
+        float  # fraction of channels removed, as asked of the plan (last step, relative to start)
+    )
     before: ModelCost
     after: ModelCost
     predicted_macs: int  # the graph analysis' prediction for the final model
@@ -106,7 +108,16 @@ def prune(
         current = rebuild(plan)
         if data is not None and epochs > 0:
             label = f"step {step}/{steps} fine-tune" if steps > 1 else "fine-tune"
-            tuned = distill(current, teacher, data, labels, epochs=epochs, checkpoint=checkpoint, label=label, **fine_tune)
+            tuned = distill(
+                current,
+                teacher,
+                data,
+                labels,
+                epochs=epochs,
+                checkpoint=checkpoint,
+                label=label,
+                **fine_tune,
+            )
             results.append(tuned)
         report = _report(ratio, before, current, plan, first_plan, importance, steps, results)
     assert report is not None
@@ -268,7 +279,9 @@ def _ratio_for_latency(
     return ratio, latency
 
 
-def _estimate_latency(planner: Planner, target: Any, profile: Any, host: str) -> tuple[float, dict[str, Any]]:
+def _estimate_latency(
+    planner: Planner, target: Any, profile: Any, host: str
+) -> tuple[float, dict[str, Any]]:
     """The latency budget turned into a MAC budget by the profile's cost model."""
     rate = cost_model_macs_per_ms(profile)
     budget = int(target.latency_ms * rate)
@@ -308,7 +321,12 @@ def _search_latency(
                 [dense, candidate], threads=threads, iterations=30, withhold_amx=withhold_amx
             )
             cache[ratio] = cand_ms
-            logger.info("latency search: %.0f%% channels removed: %.2f ms (dense %.2f ms)", 100 * ratio, cand_ms, dense_ms)
+            logger.info(
+                "latency search: %.0f%% channels removed: %.2f ms (dense %.2f ms)",
+                100 * ratio,
+                cand_ms,
+                dense_ms,
+            )
         return cache[ratio]
 
     (dense_ms,) = interleaved_latency(

@@ -133,7 +133,9 @@ def _optimizer(schedule: str, learning_rate: float, total_steps: int) -> Any:
 
     lr: Any = learning_rate
     if schedule == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, total_steps), alpha=0.05)
+        lr = keras.optimizers.schedules.CosineDecay(
+            learning_rate, decay_steps=max(1, total_steps), alpha=0.05
+        )
     elif schedule != "constant":
         raise ValueError(f"unknown schedule {schedule!r}: cosine or constant")
     return keras.optimizers.Adam(lr)
@@ -193,7 +195,10 @@ def _fit(batches: _Batches, train_step: Callable[..., Any], run: _Run) -> FineTu
             val = batches.evaluate(run.eval_idx)
             result.history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_loss": val})
             result.epochs_run = epoch
-            bar.update(task_id, description=f"{label}: epoch {epoch}/{epochs} val {val:.4g} (best {min(best, val):.4g})")
+            bar.update(
+                task_id,
+                description=f"{label}: epoch {epoch}/{epochs} val {val:.4g} (best {min(best, val):.4g})",
+            )
             logger.info("%s epoch %d: loss %.5g val %.5g", label, epoch, np.mean(losses), val)
             if val < best:
                 best, stale, result.best_epoch = val, 0, epoch
@@ -210,7 +215,9 @@ def _fit(batches: _Batches, train_step: Callable[..., Any], run: _Run) -> FineTu
     return result
 
 
-def _shuffled_batches(rng: np.random.Generator, train_idx: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+def _shuffled_batches(
+    rng: np.random.Generator, train_idx: np.ndarray, batch_size: int
+) -> Iterator[np.ndarray]:
     order = rng.permutation(train_idx)
     for start in range(0, len(order), batch_size):
         yield np.sort(order[start : start + batch_size])
@@ -243,7 +250,9 @@ def distill(
     The learning rate follows a cosine decay over the planned steps (schedule="constant" keeps
     it). BatchNorm statistics are frozen when the fine-tune is too short to settle them (fewer
     than FREEZE_BN_BELOW_STEPS steps) unless freeze_batchnorm says otherwise."""
-    teacher_out = [np.asarray(t) for t in _as_list(teacher.predict(x, batch_size=batch_size, verbose=0))]
+    teacher_out = [
+        np.asarray(t) for t in _as_list(teacher.predict(x, batch_size=batch_size, verbose=0))
+    ]
     w_task = alpha if labels is not None else 0.0
     loss_fn = _loss_function(teacher_out, task_loss or default_loss, w_task, distill_loss)
     train_idx, val_idx = _split(len(x), val_fraction, seed)
@@ -270,7 +279,9 @@ def _all_layers(model: Any) -> list[Any]:
     return out
 
 
-def detection_distill_loss(box_index: int = 0, logits_index: int = 1) -> Callable[[list[Any], list[Any]], Any]:
+def detection_distill_loss(
+    box_index: int = 0, logits_index: int = 1
+) -> Callable[[list[Any], list[Any]], Any]:
     """Distillation for an SSD-style detector with raw box encodings and sigmoid class logits:
     binary cross-entropy toward the teacher's class probabilities, plus squared error on the box
     encodings weighted by the teacher's confidence (background anchors' boxes do not matter)."""
@@ -286,4 +297,3 @@ def detection_distill_loss(box_index: int = 0, logits_index: int = 1) -> Callabl
         return cls + box
 
     return loss
-

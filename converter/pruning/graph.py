@@ -144,7 +144,9 @@ def _functional_of(op: Any) -> Any | None:
     if isinstance(op, Sequential):
         fn = getattr(op, "_functional", None)
         if fn is None:
-            raise PruningError(f"Sequential model {op.name!r} is not built: give it an input shape first")
+            raise PruningError(
+                f"Sequential model {op.name!r} is not built: give it an input shape first"
+            )
         return fn
     return None
 
@@ -257,10 +259,11 @@ def protect(g: ChannelGraph, names: list[str] | tuple[str, ...]) -> None:
         import difflib
 
         hints = {m: difflib.get_close_matches(m, list(by_name), n=3) for m in missing}
-        detail = "; ".join(f"{m!r}" + (f" (did you mean {', '.join(h)}?)" if h else "") for m, h in hints.items())
+        detail = "; ".join(
+            f"{m!r}" + (f" (did you mean {', '.join(h)}?)" if h else "") for m, h in hints.items()
+        )
         raise PruningError(f"--protect: no layer named {detail}")
     for name in names:
         for n in by_name[name]:
             for k in n.outputs:
                 g.fix(g.tensors[k].atoms, f"protected ({name})")
-

@@ -111,12 +111,16 @@ def _batch_labels(labels: Any, start: int, stop: int) -> Any:
     return labels[start:stop]
 
 
-def _class_contributions(g: ChannelGraph, slots: list[_Slot], variables: list[Any], grads: list[Any]) -> dict[int, float]:
+def _class_contributions(
+    g: ChannelGraph, slots: list[_Slot], variables: list[Any], grads: list[Any]
+) -> dict[int, float]:
     """Sum over each channel class's weights of w * dL/dw, for one batch."""
     contrib: dict[int, float] = {}
     for n, first, count in slots:
         per_out = None
-        for v, gr in zip(variables[first : first + count], grads[first : first + count], strict=True):
+        for v, gr in zip(
+            variables[first : first + count], grads[first : first + count], strict=True
+        ):
             if gr is None:
                 continue
             prod = np.asarray(v) * np.asarray(gr)
@@ -126,7 +130,11 @@ def _class_contributions(g: ChannelGraph, slots: list[_Slot], variables: list[An
             per_out = s if per_out is None else per_out + s
         if per_out is None:
             continue
-        atoms = g.producer_atoms.get(n.layer_id) if n.kind is not Kind.BN else g.sink_atoms[(n.layer_id, 0)]
+        atoms = (
+            g.producer_atoms.get(n.layer_id)
+            if n.kind is not Kind.BN
+            else g.sink_atoms[(n.layer_id, 0)]
+        )
         if atoms is None:
             continue
         for pos, atom in enumerate(atoms):
@@ -156,7 +164,13 @@ def _taylor_scores(
         yb = _batch_labels(labels, start, start + batch_size)
         with tf.GradientTape() as tape:
             out = model(xb, training=False)
-            outs = out if isinstance(out, (list, tuple)) else list(out.values()) if isinstance(out, dict) else [out]
+            outs = (
+                out
+                if isinstance(out, (list, tuple))
+                else list(out.values())
+                if isinstance(out, dict)
+                else [out]
+            )
             loss = loss_fn(list(outs), yb)
         grads = tape.gradient(loss, [v.value if hasattr(v, "value") else v for v in variables])
         for root, value in _class_contributions(g, slots, variables, grads).items():

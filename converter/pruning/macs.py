@@ -26,7 +26,11 @@ def _spatial(shape: tuple[int | None, ...]) -> int:
 
 
 def layer_macs(
-    op: Any, in_shape: tuple[int | None, ...], out_shape: tuple[int | None, ...], cin: int, cout: int
+    op: Any,
+    in_shape: tuple[int | None, ...],
+    out_shape: tuple[int | None, ...],
+    cin: int,
+    cout: int,
 ) -> int:
     """MACs of one call, given its input/output shapes and the (possibly reduced) channel counts."""
     t = type(op).__name__

@@ -83,7 +83,16 @@ def magnitude_prune(
 
     result = None
     if data is not None and epochs > 0:
-        result = distill(student, model, data, labels, epochs=epochs, after_step=hold_zeros, label="sparse fine-tune", **fine_tune)
+        result = distill(
+            student,
+            model,
+            data,
+            labels,
+            epochs=epochs,
+            after_step=hold_zeros,
+            label="sparse fine-tune",
+            **fine_tune,
+        )
         hold_zeros()
     zeros = sum(int((np.asarray(v) == 0).sum()) for v, _ in masks)
     total = sum(int(np.prod(v.shape)) for v, _ in masks)

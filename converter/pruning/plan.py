@@ -80,7 +80,9 @@ class PrunePlan:
                 continue
             reasons = _main_reasons(set().union(*grp.fixed.values()) if grp.fixed else set())
             if len(grp.fixed) < grp.size:
-                rounding = f" or rounding to multiples of {self.round_to}" if self.round_to > 1 else ""
+                rounding = (
+                    f" or rounding to multiples of {self.round_to}" if self.round_to > 1 else ""
+                )
                 reasons.append(f"minimum channels{rounding}")
             for p in grp.producers:
                 out.append(KeptWhole(p, len(grp.filters_of(p, grp.roots)), "; ".join(reasons)))
@@ -93,7 +95,11 @@ class PrunePlan:
         out = []
         for n in g.unsupported:
             roots = {g.find(a) for k in n.inputs for a in (g.tensors[k].atoms or [])}
-            own = {why for why in set().union(*(fixed.get(r, set()) for r in roots)) if n.name in why} if roots else set()
+            own = (
+                {why for why in set().union(*(fixed.get(r, set()) for r in roots)) if n.name in why}
+                if roots
+                else set()
+            )
             pinned = sum(
                 1
                 for grp in self.groups
@@ -132,7 +138,9 @@ def _round_keeps(
     down: dict[int, int] = {}
     for grp in groups:
         keep = keeps[grp.index]
-        out[grp.index] = keep if keep >= grp.size else min(grp.size, math.ceil(keep / round_to) * round_to)
+        out[grp.index] = (
+            keep if keep >= grp.size else min(grp.size, math.ceil(keep / round_to) * round_to)
+        )
         lower = (keep // round_to) * round_to
         floor = max(round_to, min(min_channels, grp.size), grp.size - len(grp.prunable))
         if floor <= lower < out[grp.index]:
@@ -209,7 +217,9 @@ class Planner:
         overrides = dict(per_layer or {})
         unknown = [n for n in overrides if not any(n in grp.producers for grp in self.groups)]
         if unknown:
-            raise PruningError(f"per-layer ratio for unknown or non-prunable layer(s): {', '.join(unknown)}")
+            raise PruningError(
+                f"per-layer ratio for unknown or non-prunable layer(s): {', '.join(unknown)}"
+            )
         if self.mode == "uniform" or overrides:
             keeps = {}
             for grp in self.groups:
@@ -217,11 +227,18 @@ class Planner:
                 keeps[grp.index] = _exact_keep(grp, r, self.min_channels)
         else:
             _global(plan, ratio, self.min_channels)
-            keeps = {grp.index: grp.size - sum(r in plan.removed for r in grp.roots) for grp in self.groups}
+            keeps = {
+                grp.index: grp.size - sum(r in plan.removed for r in grp.roots)
+                for grp in self.groups
+            }
         if self.round_to > 1:
-            keeps = _round_keeps(self.groups, keeps, self.channel_cost, self.min_channels, self.round_to)
+            keeps = _round_keeps(
+                self.groups, keeps, self.channel_cost, self.min_channels, self.round_to
+            )
         for grp in self.groups:  # the least important go; a global pick is kept where it fits
-            ranked = sorted(grp.prunable, key=lambda root: (root not in plan.removed, plan.scores[root]))
+            ranked = sorted(
+                grp.prunable, key=lambda root: (root not in plan.removed, plan.scores[root])
+            )
             plan.removed.difference_update(grp.roots)
             plan.removed.update(ranked[: max(0, grp.size - keeps[grp.index])])
         logger.info(

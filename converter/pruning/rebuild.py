@@ -35,7 +35,11 @@ def _sliced_weights(
     for v in n.op.weights:
         w, name = np.asarray(v), _var_name(v)
         if n.kind in (Kind.CONV, Kind.DENSE):
-            w = _slice(_slice(w, in_keep, -2), out_keep, -1) if name == "kernel" else _slice(w, out_keep, 0)
+            w = (
+                _slice(_slice(w, in_keep, -2), out_keep, -1)
+                if name == "kernel"
+                else _slice(w, out_keep, 0)
+            )
         elif n.kind is Kind.DEPTHWISE:
             w = _slice(w, in_keep, -2) if name == "kernel" else _slice(w, out_keep, 0)
         elif n.kind is Kind.SEPARABLE:
@@ -91,7 +95,10 @@ def rebuild(plan: PrunePlan) -> Any:
     made: dict[int, Any] = {}
     shared_with_original: list[str] = []
     for n in g.nodes:
-        local = {id(kt): tensors[k] for kt, k in zip(n.knode.arguments.keras_tensors, n.inputs, strict=True)}
+        local = {
+            id(kt): tensors[k]
+            for kt, k in zip(n.knode.arguments.keras_tensors, n.inputs, strict=True)
+        }
         args, kwargs = n.knode.arguments.fill_in(local)
         first_call = n.layer_id not in made
         if first_call:
@@ -101,7 +108,12 @@ def rebuild(plan: PrunePlan) -> Any:
         outs = keras.tree.flatten(result)
         for k, t in zip(n.outputs, outs, strict=True):
             tensors[k] = t
-        if first_call and isinstance(layer, keras.layers.Layer) and layer is not n.op and n.op.weights:
+        if (
+            first_call
+            and isinstance(layer, keras.layers.Layer)
+            and layer is not n.op
+            and n.op.weights
+        ):
             in_keep = plan.kept(n.inputs[0]) if n.inputs else None
             out_keep = plan.kept(n.outputs[0])
             c_in = g.tensors[n.inputs[0]].channels if n.inputs else None

@@ -54,11 +54,13 @@ class ClassificationTask(TensorTask):
 
     def output_roles(self, outputs: Sequence[TensorInfo]) -> list[OutputRole]:
         if len(outputs) != 1:
-            raise ModelLoadError(f"a classifier has one output; the converted model has {len(outputs)}")
+            raise ModelLoadError(
+                f"a classifier has one output; the converted model has {len(outputs)}"
+            )
         return [OutputRole.PROBABILITIES if self.probabilities else OutputRole.LOGITS]
 
     def accuracy(self, float_fn: FloatFn, quant: LoadedModel, data: Dataset) -> AccuracyReport:
-        (_, f, q), = self._paired(float_fn, quant, data)
+        ((_, f, q),) = self._paired(float_fn, quant, data)
         f_top, q_top = f.reshape(q.shape).argmax(axis=-1), q.argmax(axis=-1)
         agreement = float(np.mean(f_top == q_top)) if len(q_top) else 0.0
         detail: dict[str, Any] = {"samples": int(len(q_top)), "classes": int(q.shape[-1])}

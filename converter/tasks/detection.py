@@ -54,13 +54,19 @@ class DetectionTask(Task):
         if self._cfg is None:
             path = getattr(self.source, "source", None)
             if path is None:
-                raise SidecarError("the detection task needs the detector sidecar (MODEL.detector.json next to the .keras file)")
+                raise SidecarError(
+                    "the detection task needs the detector sidecar (MODEL.detector.json next to the .keras file)"
+                )
             self._cfg, self._doc = read_sidecar(Path(path))
         return self._cfg
 
     def protected_layers(self, model: Any) -> list[str]:
         """The heads' 1x1 output convolutions: the anchor count depends on their width."""
-        return [layer.name for layer in model.layers if re.fullmatch(r"head\d+_(box|cls)_out", layer.name)]
+        return [
+            layer.name
+            for layer in model.layers
+            if re.fullmatch(r"head\d+_(box|cls)_out", layer.name)
+        ]
 
     @staticmethod
     def applies_to(model_path: str | Path) -> bool:
@@ -100,7 +106,9 @@ class DetectionTask(Task):
         float_dets: list[Detections] = []
         for i in range(0, len(data.x), _BATCH):
             float_dets += self._float_detections(float_fn(data.x[i : i + _BATCH]))
-        roles = dict(zip(self.output_roles(quant.outputs), (o.index for o in quant.outputs), strict=True))
+        roles = dict(
+            zip(self.output_roles(quant.outputs), (o.index for o in quant.outputs), strict=True)
+        )
         quant_dets = ssd.run_postprocessed(quant, data.x, roles)
         f = coco_map(labels.boxes, labels.classes, float_dets, self.cfg.num_classes)
         q = coco_map(labels.boxes, labels.classes, quant_dets, self.cfg.num_classes)
@@ -109,11 +117,17 @@ class DetectionTask(Task):
             float_value=f.map50,
             quant_value=q.map50,
             drop=f.map50 - q.map50,
-            detail={"map50_95_float": f.map50_95, "map50_95_quant": q.map50_95, "images": len(data.x),
-                    "source": data.source},  # fmt: skip
+            detail={
+                "map50_95_float": f.map50_95,
+                "map50_95_quant": q.map50_95,
+                "images": len(data.x),
+                "source": data.source,
+            },  # fmt: skip
         )
 
-    def _float_detections(self, outputs: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> list[Detections]:
+    def _float_detections(
+        self, outputs: Sequence[np.ndarray] | Mapping[str, np.ndarray]
+    ) -> list[Detections]:
         """Float outputs are either the Keras model's raw (box encodings, class logits), decoded
         as the op decodes them, or the post-processed outputs (a mapping by signature key, or a
         sequence in the op's order: boxes, classes, scores, count)."""
@@ -130,7 +144,9 @@ class DetectionTask(Task):
                 Detections(b[: int(n)], s[: int(n)], np.rint(k[: int(n)]).astype(np.int32))
                 for b, k, s, n in zip(boxes, classes, scores, count, strict=True)
             ]
-        raise ValueError(f"float outputs with shapes {[o.shape for o in outs]} are neither raw SSD nor post-processed")
+        raise ValueError(
+            f"float outputs with shapes {[o.shape for o in outs]} are neither raw SSD nor post-processed"
+        )
 
     def manifest_extra(self) -> dict[str, Any]:
         doc = self.cfg.to_dict()
@@ -162,7 +178,9 @@ class DetectionTask(Task):
         seed = int(training.get("seed", 0))
         return self.dataset(None, split="val", count=min(limit, 300), seed=seed)
 
-    def dataset(self, data_dir: Path | None = None, split: str = "val", count: int = 200, seed: int = 0) -> Dataset:
+    def dataset(
+        self, data_dir: Path | None = None, split: str = "val", count: int = 200, seed: int = 0
+    ) -> Dataset:
         """Validation (or calibration) data with ground truth: a COCO-style folder, or images of
         the generated dataset's split when no folder is given."""
         size = (self.cfg.input_size, self.cfg.input_size)

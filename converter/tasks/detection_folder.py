@@ -55,7 +55,9 @@ def read_folder(path: Path) -> DetectionFolder:
         raise DatasetError(f"data folder not found: {path}")
     ann = path / ANNOTATIONS_FILE
     if not ann.is_file():
-        raise DatasetError(f"{path} has no {ANNOTATIONS_FILE} (make one with `edgegap zoo make-dataset`)")
+        raise DatasetError(
+            f"{path} has no {ANNOTATIONS_FILE} (make one with `edgegap zoo make-dataset`)"
+        )
     try:
         doc = json.loads(ann.read_text())
         cats = sorted(doc["categories"], key=lambda c: int(c["id"]))
@@ -63,7 +65,9 @@ def read_folder(path: Path) -> DetectionFolder:
         images = sorted(doc["images"], key=lambda im: int(im["id"]))
         per_image: dict[int, list[tuple[list[float], int]]] = {int(im["id"]): [] for im in images}
         for a in doc["annotations"]:
-            per_image[int(a["image_id"])].append(([float(v) for v in a["bbox"]], cat_index[int(a["category_id"])]))
+            per_image[int(a["image_id"])].append(
+                ([float(v) for v in a["bbox"]], cat_index[int(a["category_id"])])
+            )
     except (ValueError, KeyError, TypeError) as exc:
         raise DatasetError(f"{ann} is not a valid COCO annotations file: {exc!r}") from exc
     files, boxes, classes = [], [], []
@@ -73,7 +77,9 @@ def read_folder(path: Path) -> DetectionFolder:
             raise DatasetError(f"{ann} names a missing image: {f}")
         h, w = float(im["height"]), float(im["width"])
         anns = per_image[int(im["id"])]
-        b = np.array([[y / h, x / w, (y + bh) / h, (x + bw) / w] for (x, y, bw, bh), _ in anns], np.float32)
+        b = np.array(
+            [[y / h, x / w, (y + bh) / h, (x + bw) / w] for (x, y, bw, bh), _ in anns], np.float32
+        )
         files.append(f)
         boxes.append(b.reshape(-1, 4))
         classes.append(np.array([c for _, c in anns], np.int32))

@@ -73,7 +73,9 @@ class DetectorConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DetectorConfig:
         if d.get("format") != SIDECAR_FORMAT or d.get("kind") != "ssd":
-            raise ValueError(f"unsupported detector sidecar (format {d.get('format')!r}, kind {d.get('kind')!r})")
+            raise ValueError(
+                f"unsupported detector sidecar (format {d.get('format')!r}, kind {d.get('kind')!r})"
+            )
         norm = d["normalization"]
         cfg = cls(
             input_size=int(d["input_size"]),
@@ -100,7 +102,9 @@ def has_sidecar(model_path: Path) -> bool:
     return sidecar_path(model_path).is_file()
 
 
-def write_sidecar(model_path: Path, cfg: DetectorConfig, extra: dict[str, Any] | None = None) -> Path:
+def write_sidecar(
+    model_path: Path, cfg: DetectorConfig, extra: dict[str, Any] | None = None
+) -> Path:
     path = sidecar_path(model_path)
     path.write_text(json.dumps({**cfg.to_dict(), **(extra or {})}, indent=2) + "\n")
     return path
@@ -110,7 +114,9 @@ def read_sidecar(model_path: Path) -> tuple[DetectorConfig, dict[str, Any]]:
     """The config and the whole sidecar document (training record, measured metrics)."""
     path = sidecar_path(model_path)
     if not path.is_file():
-        raise SidecarError(f"{model_path} has no detector sidecar {path.name} (written by `edgegap zoo train-detector`)")
+        raise SidecarError(
+            f"{model_path} has no detector sidecar {path.name} (written by `edgegap zoo train-detector`)"
+        )
     try:
         doc = json.loads(path.read_text())
         return DetectorConfig.from_dict(doc), doc

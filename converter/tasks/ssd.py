@@ -34,8 +34,18 @@ POSTPROCESS_OP = "TFLite_Detection_PostProcess"
 INPUT_NAME = "images"
 # Signature output keys. The converted outputs are named "<call>:<k>", k being the position of the
 # key in sorted order, which for these keys is also the op's output order.
-OUTPUT_KEYS: tuple[str, ...] = ("detection_boxes", "detection_classes", "detection_scores", "num_detections")
-ROLES: tuple[OutputRole, ...] = (OutputRole.BOXES, OutputRole.CLASSES, OutputRole.SCORES, OutputRole.COUNT)
+OUTPUT_KEYS: tuple[str, ...] = (
+    "detection_boxes",
+    "detection_classes",
+    "detection_scores",
+    "num_detections",
+)
+ROLES: tuple[OutputRole, ...] = (
+    OutputRole.BOXES,
+    OutputRole.CLASSES,
+    OutputRole.SCORES,
+    OutputRole.COUNT,
+)
 
 
 class ExportError(RuntimeError):
@@ -57,7 +67,9 @@ def implements_signature(cfg: DetectorConfig) -> str:
         ("w_scale", f"f: {float(coder.w_scale)!r}"),
         ("use_regular_nms", f"b: {'true' if nms.use_regular_nms else 'false'}"),
     ]
-    parts = [f'name: "{POSTPROCESS_OP}"'] + [f'attr {{ key: "{k}" value {{ {v} }} }}' for k, v in attrs]
+    parts = [f'name: "{POSTPROCESS_OP}"'] + [
+        f'attr {{ key: "{k}" value {{ {v} }} }}' for k, v in attrs
+    ]
     return " ".join(parts)
 
 
@@ -67,7 +79,9 @@ def _postprocess_stub(cfg: DetectorConfig) -> Callable[..., Any]:
     m = cfg.nms.max_detections
 
     @tf.function(experimental_implements=implements_signature(cfg))
-    def postprocess(box_encodings: Any, class_scores: Any, anchors: Any) -> tuple[Any, Any, Any, Any]:
+    def postprocess(
+        box_encodings: Any, class_scores: Any, anchors: Any
+    ) -> tuple[Any, Any, Any, Any]:
         # Only the signature matters: the converter replaces the body by the custom op.
         del box_encodings, class_scores, anchors
         return (
@@ -111,7 +125,9 @@ def configure_converter(converter: Any) -> None:
 
 
 def convert(
-    saved_model_dir: Path, representative: Iterable[np.ndarray] | None = None, input_type: str = "int8"
+    saved_model_dir: Path,
+    representative: Iterable[np.ndarray] | None = None,
+    input_type: str = "int8",
 ) -> bytes:
     """Convert a SavedModel to TFLite: float without data, full-integer int8 with it.
 
@@ -131,7 +147,11 @@ def convert(
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = dataset
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[input_type]
+        converter.inference_input_type = {
+            "int8": tf.int8,
+            "uint8": tf.uint8,
+            "float32": tf.float32,
+        }[input_type]
     configure_converter(converter)
     return bytes(converter.convert())
 
@@ -151,7 +171,9 @@ def _role_by_name(name: str) -> OutputRole | None:
 def output_roles(outputs: Sequence[TensorInfo]) -> list[OutputRole]:
     """Role of each converted output from its name, checked against the shape the role must have."""
     if len(outputs) != len(ROLES):
-        raise ExportError(f"expected {len(ROLES)} post-processing outputs, the model has {len(outputs)}")
+        raise ExportError(
+            f"expected {len(ROLES)} post-processing outputs, the model has {len(outputs)}"
+        )
     roles = []
     for out in outputs:
         role = _role_by_name(out.name)
@@ -168,7 +190,9 @@ def output_roles(outputs: Sequence[TensorInfo]) -> list[OutputRole]:
             OutputRole.COUNT: len(out.shape) == 1,
         }[role]
         if not ok:
-            raise ExportError(f"output {out.name!r} has shape {list(out.shape)}, not a {role.value} shape")
+            raise ExportError(
+                f"output {out.name!r} has shape {list(out.shape)}, not a {role.value} shape"
+            )
     return roles
 
 
@@ -242,7 +266,9 @@ def postprocess(
     return out_b, out_c, out_s, k
 
 
-def detections_from_raw(box: np.ndarray, logits: np.ndarray, cfg: DetectorConfig) -> list[Detections]:
+def detections_from_raw(
+    box: np.ndarray, logits: np.ndarray, cfg: DetectorConfig
+) -> list[Detections]:
     """Per image detections from raw outputs (N, A, 4) and (N, A, C), through the NumPy twin
     of the TFLite post-process, with the sidecar's NMS settings."""
     anchors = generate_anchors(cfg.anchors)

@@ -34,7 +34,9 @@ def export_signature(source: SourceModel, out_dir: Path) -> None:
     spec = tf.TensorSpec((1, *source.input_shape), tf.float32, name=source.input_name)
 
     def serve(x: Any) -> dict[str, Any]:
-        return dict(zip(source.output_names, source.outputs_of(model(x, training=False)), strict=True))
+        return dict(
+            zip(source.output_names, source.outputs_of(model(x, training=False)), strict=True)
+        )
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -71,7 +73,9 @@ def pair_outputs(names: Sequence[str], outputs: Sequence[TensorInfo]) -> list[in
         return [by_name[n] for n in names]
     if len(names) == len(outputs) == 1:
         return [0]
-    raise ValueError(f"cannot pair float outputs {list(names)} with converted outputs {[o.name for o in outputs]}")
+    raise ValueError(
+        f"cannot pair float outputs {list(names)} with converted outputs {[o.name for o in outputs]}"
+    )
 
 
 def r2_drop(float_out: np.ndarray, quant_out: np.ndarray) -> tuple[float, dict[str, float]]:
@@ -111,7 +115,9 @@ class TensorTask(Task):
     def output_roles(self, outputs: Sequence[TensorInfo]) -> list[OutputRole]:
         return [OutputRole.TENSOR for _ in outputs]
 
-    def _paired(self, float_fn: FloatFn, quant: LoadedModel, data: Dataset) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    def _paired(
+        self, float_fn: FloatFn, quant: LoadedModel, data: Dataset
+    ) -> list[tuple[str, np.ndarray, np.ndarray]]:
         names = self.source.output_names if self.source else [o.name for o in quant.outputs]
         floats = list(float_fn(data.x))
         quants = run_model(quant, data.x)

@@ -108,7 +108,10 @@ def _shape_mask(rng: np.random.Generator, kind: str, h: int, w: int) -> np.ndarr
     else:  # square: a rectangle, sometimes slightly rotated inside its box
         angle = rng.uniform(-12, 12) if rng.random() < 0.4 else 0.0
         c, s = np.cos(np.radians(angle)), np.sin(np.radians(angle))
-        hw, hh = W / 2 / (abs(c) + abs(s) * H / max(W, 1)), H / 2 / (abs(c) + abs(s) * W / max(H, 1))
+        hw, hh = (
+            W / 2 / (abs(c) + abs(s) * H / max(W, 1)),
+            H / 2 / (abs(c) + abs(s) * W / max(H, 1)),
+        )
         rect = np.array([[-hw, -hh], [hw, -hh], [hw, hh], [-hw, hh]])
         pts = rect @ np.array([[c, s], [-s, c]]) + [W / 2, H / 2]
         cv2.fillPoly(canvas, [np.round(pts).astype(np.int32)], 255, cv2.LINE_AA)
@@ -133,11 +136,15 @@ def _fill(rng: np.random.Generator, h: int, w: int, behind: np.ndarray, digit: b
     candidates = rng.uniform(0, 255, (8, 3))
     mean = behind.reshape(-1, 3).mean(axis=0)
     color = candidates[np.argmax(np.linalg.norm(candidates - mean, axis=1))]
-    gy = np.linspace(rng.uniform(0.8, 1.0), rng.uniform(1.0, 1.2), h, dtype=np.float32)[:, None, None]
+    gy = np.linspace(rng.uniform(0.8, 1.0), rng.uniform(1.0, 1.2), h, dtype=np.float32)[
+        :, None, None
+    ]
     return np.clip(np.broadcast_to(color, (h, w, 3)) * gy, 0, 255)
 
 
-def _place(rng: np.random.Generator, taken: list[tuple[int, int, int, int]], size: int, h: int, w: int) -> tuple[int, int] | None:
+def _place(
+    rng: np.random.Generator, taken: list[tuple[int, int, int, int]], size: int, h: int, w: int
+) -> tuple[int, int] | None:
     for _ in range(30):
         y, x = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
         if all(_overlap((y, x, y + h, x + w), t) < 0.1 for t in taken):
@@ -203,8 +210,13 @@ def make_sample(split: str, index: int, seed: int = 0, size: int = 192) -> Sampl
     for _ in range(int(rng.integers(1, 5))):
         cls = int(rng.integers(len(CLASSES)))
         side = size * float(np.exp(rng.uniform(np.log(0.12), np.log(0.42))))
-        aspect = rng.uniform(1.0, 1.4) if CLASSES[cls] == "digit" else np.exp(rng.uniform(-0.35, 0.35))
-        h, w = max(6, int(round(side * np.sqrt(aspect)))), max(6, int(round(side / np.sqrt(aspect))))
+        aspect = (
+            rng.uniform(1.0, 1.4) if CLASSES[cls] == "digit" else np.exp(rng.uniform(-0.35, 0.35))
+        )
+        h, w = (
+            max(6, int(round(side * np.sqrt(aspect)))),
+            max(6, int(round(side / np.sqrt(aspect)))),
+        )
         h, w = min(h, size - 2), min(w, size - 2)
         if CLASSES[cls] == "square" and rng.random() < 0.5:
             h = w = min(h, w)
@@ -223,7 +235,14 @@ def make_sample(split: str, index: int, seed: int = 0, size: int = 192) -> Sampl
         fill = _fill(rng, h, w, behind, CLASSES[cls] == "digit")
         a = mask[..., None]
         img[y : y + h, x : x + w] = behind * (1 - a) + fill * a
-        taken.append((y + int(rows.min()), x + int(cols.min()), y + int(rows.max()) + 1, x + int(cols.max()) + 1))
+        taken.append(
+            (
+                y + int(rows.min()),
+                x + int(cols.min()),
+                y + int(rows.max()) + 1,
+                x + int(cols.max()) + 1,
+            )
+        )
         classes.append(cls)
     for box in taken:
         if rng.random() < 0.25:
@@ -232,7 +251,9 @@ def make_sample(split: str, index: int, seed: int = 0, size: int = 192) -> Sampl
     return Sample(_lighting(rng, img), boxes, np.asarray(classes, np.int32))
 
 
-def generate(split: str, count: int, seed: int = 0, size: int = 192, start: int = 0) -> Iterator[Sample]:
+def generate(
+    split: str, count: int, seed: int = 0, size: int = 192, start: int = 0
+) -> Iterator[Sample]:
     for i in range(start, start + count):
         yield make_sample(split, i, seed, size)
 
@@ -243,7 +264,9 @@ def to_arrays(samples: Sequence[Sample]) -> tuple[np.ndarray, list[np.ndarray], 
     return images, [s.boxes for s in samples], [s.classes for s in samples]
 
 
-def write_folder(out_dir: Path, samples: Sequence[Sample], info: dict[str, object] | None = None) -> Path:
+def write_folder(
+    out_dir: Path, samples: Sequence[Sample], info: dict[str, object] | None = None
+) -> Path:
     """Write images/NNNNNN.png and a COCO-style annotations.json (pixel boxes, 1-based categories)."""
     out_dir = Path(out_dir)
     (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)

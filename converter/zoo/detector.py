@@ -33,7 +33,15 @@ CLASS_OUTPUT = "class_logits"
 _PRIOR = 0.01  # initial foreground probability of every anchor, as in RetinaNet
 BN_MOMENTUM = 0.9  # short training: moving statistics must keep up with the weights
 # MobileNetV2 stages (expansion, channels at width 1, repeats, stride), with fewer repeats.
-_STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 3, 2), (6, 96, 2, 1), (6, 160, 2, 2), (6, 320, 1, 1))
+_STAGES = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 3, 2),
+    (6, 96, 2, 1),
+    (6, 160, 2, 2),
+    (6, 320, 1, 1),
+)
 
 
 def _channels(c: float) -> int:
@@ -41,13 +49,17 @@ def _channels(c: float) -> int:
 
 
 def _conv_bn(x: Any, filters: int, kernel: int, stride: int, name: str, act: bool = True) -> Any:
-    x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.Conv2D(
+        filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv"
+    )(x)
     x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return layers.ReLU(6.0, name=f"{name}_relu")(x) if act else x
 
 
 def _dw_bn(x: Any, stride: int, name: str) -> Any:
-    x = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"{name}_dw")(x)
+    x = layers.DepthwiseConv2D(
+        3, strides=stride, padding="same", use_bias=False, name=f"{name}_dw"
+    )(x)
     x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_dw_bn")(x)
     return layers.ReLU(6.0, name=f"{name}_dw_relu")(x)
 
@@ -59,7 +71,9 @@ def build_detector(cfg: DetectorConfig) -> keras.Model:
     if s % 32:
         raise ValueError(f"input size {s} must be a multiple of 32")
     if cfg.anchors.feature_maps != (s // 8, s // 16, s // 32):
-        raise ValueError(f"anchor feature maps {cfg.anchors.feature_maps} do not fit input size {s}")
+        raise ValueError(
+            f"anchor feature maps {cfg.anchors.feature_maps} do not fit input size {s}"
+        )
     inputs = keras.Input((s, s, 3), name="images")
     x = _conv_bn(inputs, _channels(32 * cfg.width), 3, 2, "stem")
     taps = []
@@ -88,7 +102,9 @@ def build_detector(cfg: DetectorConfig) -> keras.Model:
             y = _dw_bn(feat, 1, f"head{level}_{kind}")
             width = 4 if kind == "box" else num_classes
             init = "zeros" if kind == "box" else bias
-            y = layers.Conv2D(k * width, 1, bias_initializer=init, name=f"head{level}_{kind}_out")(y)
+            y = layers.Conv2D(k * width, 1, bias_initializer=init, name=f"head{level}_{kind}_out")(
+                y
+            )
             out.append(layers.Reshape((-1, width), name=f"head{level}_{kind}_flat")(y))
     box = layers.Concatenate(axis=1, name=BOX_OUTPUT)(boxes)
     cls = layers.Concatenate(axis=1, name=CLASS_OUTPUT)(logits)
@@ -150,7 +166,9 @@ class TrainingData(keras.utils.PyDataset):
             if self.rng.random() < 0.5:
                 x[j] = x[j, :, ::-1]
                 b[:, [1, 3]] = 1.0 - b[:, [3, 1]]
-            bt, ct = match(self.anchors, b, self.classes[k], self.cfg.num_classes, self.cfg.nms.coder)
+            bt, ct = match(
+                self.anchors, b, self.classes[k], self.cfg.num_classes, self.cfg.nms.coder
+            )
             box_t.append(bt)
             cls_t.append(ct)
         return normalize(x, self.cfg), (np.stack(box_t), np.stack(cls_t))
@@ -164,7 +182,11 @@ class TrainResult:
 
 
 class _Progress(keras.callbacks.Callback):
-    def __init__(self, on_batch: Callable[[int, int, float], None], on_epoch: Callable[[int, dict[str, float]], None]) -> None:
+    def __init__(
+        self,
+        on_batch: Callable[[int, int, float], None],
+        on_epoch: Callable[[int, dict[str, float]], None],
+    ) -> None:
         super().__init__()
         self.on_batch, self.on_epoch = on_batch, on_epoch
         self.epoch = 0
@@ -193,23 +215,41 @@ def train(
     keras.utils.set_random_seed(seed)
     model = build_detector(cfg)
     images = np.stack([s.image for s in train_samples])
-    data = TrainingData(images, [s.boxes for s in train_samples], [s.classes for s in train_samples], cfg, batch_size, seed)
+    data = TrainingData(
+        images,
+        [s.boxes for s in train_samples],
+        [s.classes for s in train_samples],
+        cfg,
+        batch_size,
+        seed,
+    )
     steps = len(data) * epochs
     schedule = keras.optimizers.schedules.CosineDecay(
-        learning_rate * 0.05, decay_steps=max(1, steps - steps // 20), warmup_target=learning_rate,
-        warmup_steps=max(1, steps // 20), alpha=0.02,
+        learning_rate * 0.05,
+        decay_steps=max(1, steps - steps // 20),
+        warmup_target=learning_rate,
+        warmup_steps=max(1, steps // 20),
+        alpha=0.02,
     )
     model.compile(
         optimizer=keras.optimizers.Adam(schedule, clipnorm=10.0),
         loss={BOX_OUTPUT: box_loss, CLASS_OUTPUT: focal_loss},
     )
-    callbacks = [_Progress(on_batch or (lambda e, b, loss: None), on_epoch or (lambda e, logs: None))]
+    callbacks = [
+        _Progress(on_batch or (lambda e, b, loss: None), on_epoch or (lambda e, logs: None))
+    ]
     start = time.monotonic()
     hist = model.fit(data, epochs=epochs, verbose=0, callbacks=callbacks, shuffle=False)
-    return TrainResult(model, time.monotonic() - start, {k: [float(v) for v in vals] for k, vals in hist.history.items()})
+    return TrainResult(
+        model,
+        time.monotonic() - start,
+        {k: [float(v) for v in vals] for k, vals in hist.history.items()},
+    )
 
 
-def predict_raw(model: keras.Model, x: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def predict_raw(
+    model: keras.Model, x: np.ndarray, batch_size: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
     """Box encodings (N, A, 4) and class logits (N, A, C) for normalized inputs."""
     box, logits = model.predict(x, batch_size=batch_size, verbose=0)
     return np.asarray(box), np.asarray(logits)

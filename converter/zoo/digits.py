@@ -49,7 +49,9 @@ def digits_pixels(size: int = DIGITS_SIZE) -> tuple[np.ndarray, np.ndarray]:
     return pixels[..., np.newaxis], digits.target.astype(np.int64)
 
 
-def load_digits_split(size: int = DIGITS_SIZE, test_fraction: float = 0.3, seed: int = 0) -> DigitsData:
+def load_digits_split(
+    size: int = DIGITS_SIZE, test_fraction: float = 0.3, seed: int = 0
+) -> DigitsData:
     x, y = digits_pixels(size)
     order = np.random.default_rng(seed).permutation(len(x))
     n_test = int(round(len(x) * test_fraction))
@@ -74,7 +76,11 @@ def build_digits_cnn(size: int = DIGITS_SIZE, width: int = 32, dense: int = 256)
 
 
 def train_digits_cnn(
-    epochs: int = 8, seed: int = 0, size: int = DIGITS_SIZE, width: int = 32, dense: int = 256,
+    epochs: int = 8,
+    seed: int = 0,
+    size: int = DIGITS_SIZE,
+    width: int = 32,
+    dense: int = 256,
     data: DigitsData | None = None,
 ) -> tuple[Any, DigitsData]:
     """Train the digits CNN with a fixed seed; returns the model and the data split it used."""
@@ -83,8 +89,19 @@ def train_digits_cnn(
     data = data or load_digits_split(size, seed=seed)
     keras.utils.set_random_seed(seed)
     model = build_digits_cnn(size, width, dense)
-    model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(DigitsData.normalize(data.train_x), data.train_y, epochs=epochs, batch_size=32, shuffle=True, verbose=0)
+    model.compile(
+        optimizer=keras.optimizers.Adam(2e-3),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    model.fit(
+        DigitsData.normalize(data.train_x),
+        data.train_y,
+        epochs=epochs,
+        batch_size=32,
+        shuffle=True,
+        verbose=0,
+    )
     _, acc = model.evaluate(DigitsData.normalize(data.test_x), data.test_y, verbose=0)
     logger.info("digits CNN: held-out accuracy %.4f after %d epochs", acc, epochs)
     return model, data

@@ -35,11 +35,15 @@ class EvalResult:
     result: MapResult
 
 
-def _remap(dets: list[Detections], model_labels: list[str], data_labels: list[str]) -> list[Detections]:
+def _remap(
+    dets: list[Detections], model_labels: list[str], data_labels: list[str]
+) -> list[Detections]:
     """Model class indices -> dataset class indices by name; classes the data lacks are dropped."""
     if not model_labels:
         return dets
-    table = np.array([data_labels.index(n) if n in data_labels else -1 for n in model_labels], np.int32)
+    table = np.array(
+        [data_labels.index(n) if n in data_labels else -1 for n in model_labels], np.int32
+    )
     out = []
     for d in dets:
         valid = (d.classes >= 0) & (d.classes < len(table))
@@ -49,14 +53,21 @@ def _remap(dets: list[Detections], model_labels: list[str], data_labels: list[st
     return out
 
 
-def evaluate_bundle(bundle_dir: Path, folder: DetectionFolder, threads: int = 2, limit: int = 0) -> EvalResult:
+def evaluate_bundle(
+    bundle_dir: Path, folder: DetectionFolder, threads: int = 2, limit: int = 0
+) -> EvalResult:
     """Run a bundle's model.tflite over the folder, reading outputs by the manifest's roles."""
     bundle = load_bundle(Path(bundle_dir))
     m = bundle.manifest
     if m.decoder is not Decoder.SSD_POSTPROCESS:
-        raise EvalError(f"{bundle_dir}: eval reads detectors with {Decoder.SSD_POSTPROCESS.value} outputs, this bundle's decoder is {m.decoder.value}")
+        raise EvalError(
+            f"{bundle_dir}: eval reads detectors with {Decoder.SSD_POSTPROCESS.value} outputs, this bundle's decoder is {m.decoder.value}"
+        )
     try:
-        roles = {r: m.output(r).index for r in (OutputRole.BOXES, OutputRole.CLASSES, OutputRole.SCORES, OutputRole.COUNT)}
+        roles = {
+            r: m.output(r).index
+            for r in (OutputRole.BOXES, OutputRole.CLASSES, OutputRole.SCORES, OutputRole.COUNT)
+        }
     except KeyError as exc:
         raise EvalError(f"{bundle_dir}: {exc.args[0]}") from exc
     model = open_model(bundle.model_bytes(), threads)
@@ -103,7 +114,9 @@ def evaluate_keras_file(model_path: Path, folder: DetectionFolder, limit: int = 
     size = (cfg.input_size, cfg.input_size)
     dets: list[Detections] = []
     for start in range(0, n, 32):
-        batch = np.stack([resize_image(folder.image(i), size)[0] for i in range(start, min(n, start + 32))])
+        batch = np.stack(
+            [resize_image(folder.image(i), size)[0] for i in range(start, min(n, start + 32))]
+        )
         box, logits = model.predict(normalize(batch, cfg), verbose=0)
         dets += detections_from_raw(np.asarray(box), np.asarray(logits), cfg)
     dets = _remap(dets, list(cfg.classes), folder.labels)

@@ -15,8 +15,13 @@ logger = logging.getLogger(__name__)
 
 
 def match(
-    anchors: np.ndarray, boxes: np.ndarray, classes: np.ndarray, num_classes: int, coder: BoxCoder,
-    pos_iou: float = 0.5, neg_iou: float = 0.4,
+    anchors: np.ndarray,
+    boxes: np.ndarray,
+    classes: np.ndarray,
+    num_classes: int,
+    coder: BoxCoder,
+    pos_iou: float = 0.5,
+    neg_iou: float = 0.4,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Training targets for one image.
 
