@@ -213,7 +213,7 @@ def test_ssd_postprocess_box_order_known_answer(
     import agent.decoders.ssd_postprocess as decoders
 
     if not small:
-        monkeypatch.setattr(decoders, "SMALL_N", -1)
+        monkeypatch.setattr(decoders.SSDPostprocessDecoder, "small_n", -1)
     m = manifest(
         Decoder.SSD_POSTPROCESS,
         [(R.SCORES, [1, 2]), (R.BOXES, [1, 2, 4]), (R.COUNT, [1]), (R.CLASSES, [1, 2])],
@@ -272,7 +272,7 @@ def test_ssd_postprocess_small_and_array_paths_agree(
     )
     dec = make_decoder(m, score_threshold=0.3, max_detections=20)
     small = dec(outs, transform)
-    monkeypatch.setattr(decoders, "SMALL_N", -1)
+    monkeypatch.setattr(decoders.SSDPostprocessDecoder, "small_n", -1)
     array = dec(outs, transform)
     assert [(d.class_id, d.label, d.score) for d in small] == [
         (d.class_id, d.label, d.score) for d in array
@@ -297,7 +297,7 @@ def test_non_finite_outputs_never_become_detections(
     import agent.decoders.ssd_postprocess as decoders
 
     if not small:
-        monkeypatch.setattr(decoders, "SMALL_N", -1)
+        monkeypatch.setattr(decoders.SSDPostprocessDecoder, "small_n", -1)
     nan, inf = float("nan"), float("inf")
     boxes = [[0.1, 0.1, 0.5, 0.5], [nan, 0.1, 0.5, 0.5], [0.1, 0.1, 0.5, 0.5], [0.1, 0.1, 0.5, 0.5],
              [0.2, -inf, 0.6, inf], [0.1, 0.1, 0.5, 0.5]]  # fmt: skip

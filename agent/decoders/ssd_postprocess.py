@@ -16,19 +16,22 @@ from agent.geometry.letterbox import FrameTransform
 
 logger = logging.getLogger(__name__)
 
+SMALL_N = 32  # rows up to which SSD post-process outputs are read in plain Python
+
 
 class SSDPostprocessDecoder(OutputDecoder):
     """TFLite_Detection_PostProcess outputs: already decoded and suppressed on the model side."""
 
     decoder = Decoder.SSD_POSTPROCESS
     roles = (OutputRole.BOXES, OutputRole.CLASSES, OutputRole.SCORES, OutputRole.COUNT)
+    small_n = SMALL_N  # an instance may lower it (benchmarks/agent_overhead.py --ab ssd_small)
 
     def __call__(self, outputs: Outputs, transform: FrameTransform | None) -> list[Detection]:
         boxes = outputs[OutputRole.BOXES].reshape(-1, 4)
         scores = outputs[OutputRole.SCORES].reshape(-1)
         # max(0, nan) is 0 and min(inf, ...) the row count: a broken count cannot raise here
         n = int(min(max(0, outputs[OutputRole.COUNT].item(0)), len(scores), len(boxes)))
-        if n <= SMALL_N:
+        if n <= self.small_n:
             return self._small(boxes, scores, outputs[OutputRole.CLASSES].reshape(-1), n, transform)
         keep = np.flatnonzero(scores[:n] >= self.score_threshold)
         if not keep.size:  # nothing above threshold: skip the remaining array work
@@ -81,5 +84,4 @@ class SSDPostprocessDecoder(OutputDecoder):
         return out
 
 
-SMALL_N = 32  # rows up to which SSD post-process outputs are read in plain Python
 _IDENTITY = (1.0, 1.0, 0.0, 0.0, 1.0, 1.0)  # no transform: boxes stay normalized
