@@ -47,6 +47,8 @@ FLAG_KEYS = {
     "preview_bind": "preview.bind",
     "max_frames": "pipeline.max_frames",
     "prewarm_ms": "pipeline.prewarm_ms",
+    "channel": "updates.channel",
+    "state_dir": "updates.state_dir",
 }
 
 
@@ -183,6 +185,12 @@ def cli(verbose: int, quiet: bool) -> None:
     "--prewarm-ms",
     type=float,
     help="Redo the last frame's pre/post work this long before the next is due (0: off; default 2).",
+)
+@click.option("--channel", help="Follow this model channel over MQTT (updates.channel).")
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    help="Bundle store and staged downloads (updates.state_dir, default /var/lib/edgegap).",
 )
 def run(config_file: Path | None, preview: bool | None, **flags: Any) -> None:
     """Serve a bundle on a camera, stream, video file or image folder.
