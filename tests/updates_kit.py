@@ -132,11 +132,17 @@ class Mqtt:
         release = Release(channel=CHANNEL, manifest=manifest, blob=blob, published=published)
         self.put(TOPICS.release(CHANNEL), release.to_bytes())
 
-    def publish(self, bundle: Bundle, chunk_size: int = CHUNK, only: list[int] | range | None = None) -> Blob:
+    def publish(
+        self,
+        bundle: Bundle,
+        chunk_size: int = CHUNK,
+        only: list[int] | range | None = None,
+        manifest: Manifest | None = None,
+    ) -> Blob:
         """What `edgegap publish` does: chunks and meta first, then the release (all retained)."""
         blob, parts = cut(bundle.model_bytes(), chunk_size)
         self.chunks(blob, parts, only)
-        self.release(bundle.manifest, blob)
+        self.release(manifest or bundle.manifest, blob)
         return blob
 
     def close(self) -> None:
