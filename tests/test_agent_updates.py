@@ -219,3 +219,74 @@ def test_a_bad_update_is_rejected_and_the_old_model_keeps_serving(
     out = results(tmp_path / "out.jsonl")
     assert {r["model"]["version"] for r in out} == {1}
     assert [r["frame"]["index"] for r in out] == list(range(len(out)))
+
+
+# ---- probation, rollback, commands ------------------------------------------------------------
+
+
+def test_probation_rolls_back_a_model_slower_than_its_manifest_says(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    """v2's manifest claims 0.0001 ms per invoke: its median is far over 3x that, so it goes."""
+    kit = Mqtt(mosquitto)
+    v2 = variant("ssd_postprocess", 2, tmp_path / "v2", metrics={"latency_ms_p50": 0.0001})
+    v3 = variant("ssd_raw", 3, tmp_path / "v3")
+    with running_agent(agent_config(mosquitto, tmp_path)) as agent:
+        kit.wait_event("probation_passed", version=1)
+        blob = kit.publish(v2)
+        rolled = kit.wait_event("rolled_back", version=2)
+        assert rolled["to"] == 1 and "median latency" in rolled["reason"], rolled
+        assert "over 3 x the manifest's latency" in rolled["reason"]
+        assert served_version(agent) == 1
+        store = BundleStore(tmp_path / "state")
+        assert store.is_rejected(blob.sha256, 2) and store.sha("active") != blob.sha256
+        kit.command({"cmd": "reload"})  # the same release again: its model is not tried again
+        kit.wait_event("command", cmd="reload")
+        rejected = kit.wait_event("rejected", version=2)
+        assert "was rejected before" in rejected["reason"]
+        kit.publish(v3)  # a newer version is tried
+        kit.wait_event("probation_passed", version=3)
+        assert served_version(agent) == 3
+    kinds = [e["event"] for e in kit.events() if e.get("version") == 2]
+    assert kinds[-3:] == ["activating", "activated", "rolled_back"] or kinds[-1] == "rejected"
+
+
+def test_rollback_pin_unpin_and_threshold_commands(mosquitto: Broker, tmp_path: Path) -> None:
+    kit = Mqtt(mosquitto)
+    v2 = variant("ssd_postprocess", 2, tmp_path / "v2")
+    with running_agent(agent_config(mosquitto, tmp_path)) as agent:
+        kit.wait_event("probation_passed", version=1)
+        kit.publish(v2)
+        kit.wait_event("probation_passed", version=2)
+        kit.command({"cmd": "rollback"})
+        rolled = kit.wait_event("rolled_back")
+        assert (rolled["version"], rolled["to"], rolled["reason"]) == (2, 1, "rollback command")
+        kit.wait_event("command", cmd="rollback", ok=True)
+        assert served_version(agent) == 1
+        # the release of v2 is still retained, but a pinned device ignores it
+        kit.command({"cmd": "pin", "version": 1})
+        kit.wait_event("command", cmd="pin", ok=True)
+        kit.command({"cmd": "pin", "version": 9})
+        refused = kit.wait_event("command", cmd="pin", ok=False)
+        assert refused["reason"] == "version 9 is not in the bundle store"
+        kit.command({"cmd": "reload"})
+        kit.wait_event("command", cmd="reload", ok=True)
+        assert served_version(agent) == 1
+        kit.command({"cmd": "set_threshold", "value": 1.0})
+        kit.wait_event("command", cmd="set_threshold", ok=True)
+        seen = len(results(tmp_path / "out.jsonl"))
+        wait_until(lambda: len(results(tmp_path / "out.jsonl")) > seen + 5, what="more frames")
+        assert results(tmp_path / "out.jsonl")[-1]["detections"] == []
+        before = len(kit.events())
+        for raw in (b"not json", b'{"cmd": "reboot"}', b'{"cmd": "pin"}', b"[1]"):
+            kit.command(raw)
+        wait_until(lambda: len(kit.events()) >= before + 4, what="four refusals")
+        refusals = kit.events()[before:]
+        assert [(e["event"], e.get("cmd"), e["ok"]) for e in refusals] == [
+            ("command", None, False), ("command", "reboot", False),
+            ("command", "pin", False), ("command", None, False),
+        ]  # fmt: skip
+        assert all(e["reason"] for e in refusals) and served_version(agent) == 1
+        kit.command({"cmd": "unpin"})  # follows the channel again: v2 comes back
+        kit.wait_event("activated", version=2, previous=1)
+        wait_until(lambda: served_version(agent) == 2, what="v2 served")
