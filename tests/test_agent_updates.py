@@ -289,3 +289,47 @@ def test_rollback_pin_unpin_and_threshold_commands(mosquitto: Broker, tmp_path: 
         kit.command({"cmd": "unpin"})  # follows the channel again: v2 comes back
         kit.wait_event("activated", version=2, previous=1)
         wait_until(lambda: served_version(agent) == 2, what="v2 served")
+
+
+def _rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_a_hundred_swaps_back_and_forth_lose_no_frame(mosquitto: Broker, tmp_path: Path) -> None:
+    """pin alternates v1 and v2 (each loaded anew, off the frame path) 100 times while frames
+    flow in lockstep; every frame has its result, and memory does not grow with the swaps."""
+    kit = Mqtt(mosquitto)
+    keys = agent_config(mosquitto, tmp_path, **{"source.rate": "all"})
+    rss: list[int] = []
+    with running_agent(keys) as agent:
+        kit.wait_event("probation_passed", version=1)
+        kit.publish(variant("ssd_postprocess", 2, tmp_path / "v2"))
+        kit.wait_event("probation_passed", version=2)
+        for n in range(100):
+            version = 1 + n % 2
+            before = len(kit.events())
+            kit.command({"cmd": "pin", "version": version})
+            wait_until(
+                lambda: any(e["event"] == "command" for e in kit.events()[before:]), what=f"pin {n}"
+            )
+            assert kit.events()[-1]["ok"] and served_version(agent) == version
+            if n in (9, 99):
+                rss.append(_rss_kib())
+        assert agent.pipeline is not None and agent.pipeline.stats.failed == 0
+    out = results(tmp_path / "out.jsonl")
+    assert [r["frame"]["index"] for r in out] == list(range(len(out))), "a frame was lost"
+    versions = [r["model"]["version"] for r in out]
+    swaps = [i for i in range(1, len(out)) if versions[i] != versions[i - 1]]
+    assert len(swaps) == 101  # v1 -> v2 by the update, then 100 pins
+    gaps = [out[i]["sent"] - out[i - 1]["sent"] for i in range(1, len(out))]
+    at_swap = sorted(gaps[i - 1] for i in swaps)
+    usual = sorted(gaps)[len(gaps) // 2]
+    print(
+        f"\n{len(out)} frames, {len(swaps)} swaps, 0 lost; frame gap median {usual * 1e3:.2f} ms, "
+        f"at a swap median {at_swap[len(at_swap) // 2] * 1e3:.2f} ms, max {at_swap[-1] * 1e3:.2f} ms; "
+        f"RSS after 10 swaps {rss[0] / 1024:.1f} MiB, after 100 {rss[1] / 1024:.1f} MiB"
+    )
+    assert rss[1] - rss[0] < 64 * 1024, rss
