@@ -18,6 +18,7 @@ from updates_kit import (
     Mqtt,
     agent_config,
     broken_golden,
+    failing_bundle,
     results,
     running_agent,
     served_version,
@@ -333,3 +334,22 @@ def test_a_hundred_swaps_back_and_forth_lose_no_frame(mosquitto: Broker, tmp_pat
         f"RSS after 10 swaps {rss[0] / 1024:.1f} MiB, after 100 {rss[1] / 1024:.1f} MiB"
     )
     assert rss[1] - rss[0] < 64 * 1024, rss
+
+
+def test_probation_rolls_back_a_model_whose_invoke_fails_on_real_frames(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    kit = Mqtt(mosquitto)
+    with running_agent(agent_config(mosquitto, tmp_path)) as agent:
+        kit.wait_event("probation_passed", version=1)
+        blob = kit.publish(failing_bundle(2, tmp_path / "v2"))
+        rolled = kit.wait_event("rolled_back", version=2)
+        assert rolled["to"] == 1 and rolled["reason"].startswith("invoke error:"), rolled
+        assert "gather index out of bounds" in rolled["reason"]
+        seen = len(results(tmp_path / "out.jsonl"))
+        wait_until(lambda: len(results(tmp_path / "out.jsonl")) > seen + 5, what="more frames")
+        assert served_version(agent) == 1
+        assert BundleStore(tmp_path / "state").is_rejected(blob.sha256, 2)
+    assert update_events(kit, 2) == [*UPDATE[:-1], "rolled_back"]
+    out = results(tmp_path / "out.jsonl")
+    assert {r["model"]["version"] for r in out} == {1}  # the failed frames had no result

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import cache
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,9 @@ from test_agent_kit import cached_bundle, write_video
 
 from agent.app import Agent
 from agent.bundle.loading import Bundle, load_bundle, write_bundle
-from agent.bundle.manifest import Manifest
+from agent.bundle.golden import record_golden
+from agent.bundle.manifest import Decoder, InputSpec, Manifest, ModelFile, OutputRole, OutputSpec
+from agent.runtime import open_model
 from agent.bundle.signing import sign_manifest
 from agent.config import load_config
 from agent.updates.protocol import Blob, Release, Topics, cut
@@ -68,6 +71,42 @@ def broken_golden(m: Manifest) -> Manifest:
     ]
     golden = m.golden.model_copy(update={"expected": zero, "atol": [0.0] * len(m.golden.atol)})
     return m.model_copy(update={"golden": golden})
+
+
+@cache
+def _fails_on_frames() -> bytes:
+    """A float classifier that reproduces its golden outputs (random pixels, mean near 0.5) and
+    runs on zeros, but whose invoke fails on the kit's dark video frames (mean near 0.01): a
+    GATHER indexed out of bounds when the mean pixel is between 0.001 and 0.3."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 64, 64, 3], tf.float32)])
+    def serve(x: Any) -> Any:
+        mean = tf.reduce_mean(x)
+        index = tf.reshape(tf.cast(tf.logical_and(mean > 0.001, mean < 0.3), tf.int32) * 1000, [1])
+        table = tf.constant([[0.5, 0.5]], tf.float32) + tf.reduce_max(x) * 0.0
+        return tf.gather(table, index)
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], serve)
+    return bytes(converter.convert())
+
+
+def failing_bundle(version: int, out: Path) -> Bundle:
+    """A bundle whose model passes every check on load and fails its invoke on real frames."""
+    content = _fails_on_frames()
+    loaded = open_model(content)
+    inp, outp = loaded.inputs[0], loaded.outputs[0]
+    manifest = Manifest(
+        name="fails-on-frames", version=version, profile="x86-avx2",
+        created="2026-01-01T00:00:00Z", task="classification", decoder=Decoder.CLASSIFICATION,
+        model=ModelFile(sha256=sha_of(content), size=len(content)),
+        input=InputSpec(name=inp.name, shape=list(inp.shape), dtype="float32", mean=[0.0], std=[255.0]),
+        outputs=[OutputSpec(name=outp.name, index=outp.index, role=OutputRole.PROBABILITIES,
+                            shape=list(outp.shape), dtype="float32")],
+        labels=["red", "green"],
+    )  # fmt: skip
+    manifest = manifest.model_copy(update={"golden": record_golden(loaded, manifest)})
+    return write_bundle(out, content, manifest)
 
 
 class Mqtt:
