@@ -186,10 +186,18 @@ BAD: dict[str, tuple[Callable[[Mqtt, Path], None], str, dict[str, Any]]] = {
     "older version": (older_version, "version 0 is not above the active version 1", {}),
     "equal version": (equal_version, "version 1 is not above the active version 1", {}),
     "oversized message": (oversized_message, "over the 2097152-byte limit", {}),
-    "oversized model": (oversized_model, "over the 2000-byte limit", {"updates.max_bundle_bytes": 2000}),
+    "oversized model": (
+        oversized_model,
+        "over the 2000-byte limit",
+        {"updates.max_bundle_bytes": 2000},
+    ),
     "too many chunks": (too_many_chunks, "chunks, over the limit of 3", {"updates.max_chunks": 3}),
     "missing chunk": (missing_chunk, "chunk 3 never arrived", {"updates.chunk_timeout_s": 0.2}),
-    "wrong profile": (wrong_profile, "profile 'raspberry-pi-4' is not accepted here (x86-avx2)", {}),
+    "wrong profile": (
+        wrong_profile,
+        "profile 'raspberry-pi-4' is not accepted here (x86-avx2)",
+        {},
+    ),
     "unfeedable input": (unfeedable_input, "is not an image [1, H, W, 1 or 3]", {}),
     "unknown decoder": (unknown_decoder, "decoder 'tensor' is not served here", {}),
     "malformed JSON": (malformed_json, "release is not valid JSON", {}),
@@ -313,9 +321,7 @@ def test_a_hundred_swaps_back_and_forth_lose_no_frame(mosquitto: Broker, tmp_pat
             version = 1 + n % 2
             before = len(kit.events())
             kit.command({"cmd": "pin", "version": version})
-            wait_until(
-                lambda: any(e["event"] == "command" for e in kit.events()[before:]), what=f"pin {n}"
-            )
+            wait_until(lambda b=before: kit.kinds()[b:].count("command") == 1, what=f"pin {n}")
             assert kit.events()[-1]["ok"] and served_version(agent) == version
             if n in (9, 99):
                 rss.append(_rss_kib())

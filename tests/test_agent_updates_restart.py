@@ -12,7 +12,15 @@ from pathlib import Path
 
 import yaml
 from conftest import Broker
-from updates_kit import Mqtt, agent_config, results, running_agent, served_version, variant, wait_until
+from updates_kit import (
+    Mqtt,
+    agent_config,
+    results,
+    running_agent,
+    served_version,
+    variant,
+    wait_until,
+)
 
 from agent.store import BundleStore
 from agent.updates.protocol import cut

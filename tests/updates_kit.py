@@ -11,8 +11,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import cache
 from datetime import datetime, timezone
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from test_agent_kit import cached_bundle, write_video
 
 from agent.app import Agent
-from agent.bundle.loading import Bundle, load_bundle, write_bundle
 from agent.bundle.golden import record_golden
+from agent.bundle.loading import Bundle, load_bundle, write_bundle
 from agent.bundle.manifest import Decoder, InputSpec, Manifest, ModelFile, OutputRole, OutputSpec
-from agent.runtime import open_model
 from agent.bundle.signing import sign_manifest
 from agent.config import load_config
+from agent.runtime import open_model
 from agent.updates.protocol import Blob, Release, Topics, cut
 
 PREFIX = "edgegap/test"
@@ -66,7 +66,12 @@ def broken_golden(m: Manifest) -> Manifest:
     """The manifest with golden outputs the model cannot reproduce (all zeros, tolerance 0)."""
     assert m.golden is not None
     zero = [
-        [base64.b64encode(np.zeros_like(np.frombuffer(base64.b64decode(e), "<f4")).tobytes()).decode() for e in outs]
+        [
+            base64.b64encode(
+                np.zeros_like(np.frombuffer(base64.b64decode(e), "<f4")).tobytes()
+            ).decode()
+            for e in outs
+        ]
         for outs in m.golden.expected
     ]
     golden = m.golden.model_copy(update={"expected": zero, "atol": [0.0] * len(m.golden.atol)})
@@ -87,7 +92,9 @@ def _fails_on_frames() -> bytes:
         table = tf.constant([[0.5, 0.5]], tf.float32) + tf.reduce_max(x) * 0.0
         return tf.gather(table, index)
 
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], serve)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [serve.get_concrete_function()], serve
+    )
     return bytes(converter.convert())
 
 
@@ -116,7 +123,9 @@ class Mqtt:
         self.messages: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"kit-{time.monotonic_ns()}")
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"kit-{time.monotonic_ns()}"
+        )
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_message = self._on_message
@@ -141,7 +150,9 @@ class Mqtt:
 
         def seen() -> bool:
             found[:] = [
-                e for e in self.events() if e["event"] == kind and all(e.get(k) == v for k, v in match.items())
+                e
+                for e in self.events()
+                if e["event"] == kind and all(e.get(k) == v for k, v in match.items())
             ]
             return bool(found)
 
@@ -160,7 +171,9 @@ class Mqtt:
         raw = cmd if isinstance(cmd, bytes) else json.dumps(cmd).encode()
         self.put(f"{PREFIX}/devices/{DEVICE}/cmd", raw, retain=False)
 
-    def chunks(self, blob: Blob, parts: list[bytes], only: Iterator[int] | list[int] | range | None = None) -> None:
+    def chunks(
+        self, blob: Blob, parts: list[bytes], only: Iterator[int] | list[int] | range | None = None
+    ) -> None:
         for i in range(blob.chunks) if only is None else only:
             self.put(TOPICS.chunk(blob.sha256, i), parts[i])
         meta = {"sha256": blob.sha256, "size": blob.size, "chunks": blob.chunks, "channel": CHANNEL}
