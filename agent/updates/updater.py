@@ -248,7 +248,6 @@ class Updater:
         self.probation = None
         activation.swap(self.pipeline, served)
         self.previous = old
-        self.config.detection.score_threshold = served.decoder.score_threshold
         return old
 
     def _start_probation(self, served: ServedModel) -> None:
