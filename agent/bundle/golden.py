@@ -78,11 +78,8 @@ class GoldenResult:
     reason: str = ""
 
 
-def check_golden(
-    model: LoadedModel, manifest: Manifest, reverse_channels: bool = False
-) -> GoldenResult:
-    """Re-run the golden inputs; every output must match within its tolerance. reverse_channels:
-    the model takes the channels in reverse order (agent.runtime.bgr_fold), so its inputs are reversed."""
+def check_golden(model: LoadedModel, manifest: Manifest) -> GoldenResult:
+    """Re-run the golden inputs; every output must match within its tolerance."""
     g = manifest.golden
     if g is None:
         return GoldenResult(False, [], "manifest has no golden check")
@@ -90,8 +87,6 @@ def check_golden(
         return GoldenResult(False, [], "golden check does not match the manifest's outputs")
     worst = [0.0] * len(manifest.outputs)
     for i, x in enumerate(golden_inputs(manifest, g.seed, g.count)):
-        if reverse_channels:
-            x = np.ascontiguousarray(x[..., ::-1])
         got = _outputs(model, manifest, x)
         for j, (value, enc) in enumerate(zip(got, g.expected[i], strict=True)):
             want = np.frombuffer(base64.b64decode(enc), dtype="<f4")
