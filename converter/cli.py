@@ -14,6 +14,7 @@ from converter.commands.eval import eval_cmd
 from converter.commands.keys import keys
 from converter.commands.profiles import profiles
 from converter.commands.prune import prune
+from converter.commands.publish import publish_cmd
 from converter.commands.zoo import zoo
 from firmware_profiles import ProfileError
 
@@ -71,6 +72,7 @@ cli.add_command(inspect)
 cli.add_command(bench)
 cli.add_command(eval_cmd)
 cli.add_command(zoo)
+cli.add_command(publish_cmd)
 
 
 def main() -> None:
