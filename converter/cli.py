@@ -8,6 +8,7 @@ import sys
 import click
 
 from agent.errors import EdgegapError
+from converter.commands.broker import broker_cmd
 from converter.commands.bundle_tools import bench, inspect, verify
 from converter.commands.convert import convert
 from converter.commands.eval import eval_cmd
@@ -73,6 +74,7 @@ cli.add_command(bench)
 cli.add_command(eval_cmd)
 cli.add_command(zoo)
 cli.add_command(publish_cmd)
+cli.add_command(broker_cmd)
 
 
 def main() -> None:
