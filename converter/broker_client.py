@@ -14,6 +14,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,7 @@ class Connection:
         self._last = 0.0
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
+        self._streams: list[tuple[str, Callable[[str, bytes], None]]] = []
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
@@ -167,6 +169,9 @@ class Connection:
         self._subscribed.set()
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        for topic_filter, handler in self._streams:
+            if not msg.retain and paho.topic_matches_sub(topic_filter, msg.topic):
+                handler(msg.topic, bytes(msg.payload))
         # Only retained messages on the filter being read count (a broker may send others).
         with self._lock:
             if self._filter is None or not msg.retain:
@@ -178,6 +183,16 @@ class Connection:
                 self._messages[msg.topic] = bytes(msg.payload)
             else:
                 self._messages.pop(msg.topic, None)
+
+    def stream(self, topic_filter: str, handler: Callable[[str, bytes], None]) -> None:
+        """Call handler(topic, payload) on paho's thread for each live (not retained) message."""
+        self._streams.append((topic_filter, handler))
+        self._subscribed.clear()
+        result, _ = self.client.subscribe(topic_filter, qos=1)
+        if result != paho.MQTT_ERR_SUCCESS or not self._subscribed.wait(self.options.timeout_s):
+            raise BrokerError(
+                f"broker {self.where} did not accept a subscription to {topic_filter}"
+            )
 
     def read_retained(self, topic_filter: str, quiet_s: float = 0.3) -> dict[str, bytes]:
         """The retained messages on topic_filter: collected after the SUBACK until none came for

@@ -12,6 +12,7 @@ from converter.commands.broker import broker_cmd
 from converter.commands.bundle_tools import bench, inspect, verify
 from converter.commands.convert import convert
 from converter.commands.eval import eval_cmd
+from converter.commands.fleet import fleet, gc
 from converter.commands.keys import keys
 from converter.commands.profiles import profiles
 from converter.commands.prune import prune
@@ -75,6 +76,8 @@ cli.add_command(eval_cmd)
 cli.add_command(zoo)
 cli.add_command(publish_cmd)
 cli.add_command(broker_cmd)
+cli.add_command(fleet)
+cli.add_command(gc)
 
 
 def main() -> None:

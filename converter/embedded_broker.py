@@ -70,7 +70,9 @@ class EmbeddedBroker:
     def start(self, timeout: float = 10.0) -> EmbeddedBroker:
         self._thread.start()
         if not self._ready.wait(timeout):
-            raise EmbeddedBrokerError(f"broker did not start on {self.host}:{self.port} in {timeout:g} s")
+            raise EmbeddedBrokerError(
+                f"broker did not start on {self.host}:{self.port} in {timeout:g} s"
+            )
         if self._error is not None:
             raise EmbeddedBrokerError(
                 f"broker cannot listen on {self.host}:{self.port}: {self._error}"
