@@ -110,6 +110,7 @@ class Connection:
         self.options = options
         self.client, self.host, self.port = make_client(options, role)
         self._connected = threading.Event()
+        self._answered = threading.Event()  # a CONNACK came, accepting or refusing
         self._refused: str | None = None
         self._messages: dict[str, bytes] = {}
         self._filter: str | None = None
@@ -144,7 +145,8 @@ class Connection:
         except OSError as exc:
             raise BrokerError(f"broker {self.where} is unreachable: {_reason(exc)}") from exc
         self.client.loop_start()
-        if not self._connected.wait(timeout):
+        self._answered.wait(timeout)
+        if not self._connected.is_set():
             self.close()
             reason = self._refused or f"no answer within {timeout:g} s"
             raise BrokerError(f"broker {self.where} refused the connection: {reason}")
@@ -160,8 +162,9 @@ class Connection:
     ) -> None:
         if rc.is_failure:
             self._refused = str(rc)
-            return
-        self._connected.set()
+        else:
+            self._connected.set()
+        self._answered.set()
 
     def _on_subscribe(
         self, client: paho.Client, userdata: Any, mid: int, codes: Any, props: Any

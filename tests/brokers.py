@@ -3,6 +3,7 @@ with a password file and an ACL."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -45,8 +46,10 @@ def start_acl_mosquitto(tmp_path: Path, acl: str, users: dict[str, str]) -> Brok
     (tmp_path / "acl").write_text(acl)
     port = free_port()
     config = tmp_path / "mosquitto-acl.conf"
+    # As root, mosquitto drops to user mosquitto, who cannot read pytest's private tmp dirs.
+    as_root = "user root\n" if os.geteuid() == 0 else ""
     config.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous false\npersistence false\n"
+        f"{as_root}listener {port} 127.0.0.1\nallow_anonymous false\npersistence false\n"
         f"password_file {passwords}\nacl_file {tmp_path / 'acl'}\n"
     )
     return Broker("127.0.0.1", port, _spawn(config, port), config)
