@@ -158,8 +158,8 @@ def device_rows(
     rows = []
     for device_id in sorted(set(statuses) | set(events)):
         s = statuses.get(device_id, {})
-        model = s.get("model") if isinstance(s.get("model"), dict) else {}
-        latency = s.get("latency_ms") if isinstance(s.get("latency_ms"), dict) else {}
+        model: dict[str, Any] = s["model"] if isinstance(s.get("model"), dict) else {}
+        latency: dict[str, Any] = s["latency_ms"] if isinstance(s.get("latency_ms"), dict) else {}
         sha = str(model.get("sha256", ""))
         rows.append(
             DeviceRow(
