@@ -139,3 +139,43 @@ def test_the_broker_command_serves_until_interrupted(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0 and b"broker listening on mqtt://127.0.0.1" in out
+
+
+def test_the_agent_reports_through_the_embedded_broker(
+    amqtt_broker: EmbeddedBroker,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from test_agent_kit import cached_bundle, write_video
+
+    from agent.app import Agent
+    from agent.config import load_config
+
+    cfg = load_config(
+        None,
+        {
+            "bundle.path": str(cached_bundle("yolo").path), "source.uri": str(write_video(tmp_path / "c.avi", 10)),
+            "source.loop": True, "device_id": "lab-cam", "mqtt.broker": amqtt_broker.url,
+        },
+    )  # fmt: skip
+    agent = Agent(cfg)
+    agent.start()
+    thread = threading.Thread(target=agent.run)
+    thread.start()
+    try:
+        assert agent.mqtt is not None and agent.mqtt.wait_connected(10)
+        deadline = time.monotonic() + 20
+        while agent.mqtt.published < 5:
+            assert time.monotonic() < deadline, "no detections published through amqtt"
+            time.sleep(0.05)
+        result = CliRunner().invoke(
+            cli, ["fleet", "status", "--broker", amqtt_broker.url, "--wait", "0", "--json"]
+        )
+        row = json.loads(result.output)
+        assert (
+            row["device_id"] == "lab-cam"
+            and row["state"] == "online"
+            and row["model"] == "grid-yolo"
+        )
+    finally:
+        agent.request_stop()
+        thread.join(20)

@@ -15,6 +15,7 @@ pytest.importorskip("tensorflow")
 
 from conftest import Broker, free_port  # noqa: E402
 from publish_kit import bundle, converted, public_key, publish_raw, retained  # noqa: E402
+from test_agent_mqtt import PASSWORD, tls_broker  # noqa: E402, F401
 
 from agent.bundle.manifest import Manifest  # noqa: E402
 from agent.bundle.signing import load_public_key, verify_manifest  # noqa: E402
@@ -158,3 +159,34 @@ def test_the_manifest_model_is_what_the_release_names(tmp_path: Path) -> None:
         m.model.size,
     )
     assert b"".join(prepared.chunks) == (tmp_path / "b" / "model.tflite").read_bytes()
+
+
+def test_publish_over_tls_with_a_password_file(
+    tls_broker: tuple[Broker, Path],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    broker, ca = tls_broker
+    secret = tmp_path / "mqtt-password"
+    secret.write_text(PASSWORD + "\n")
+    url = f"mqtts://cam@127.0.0.1:{broker.port}"
+    args = [
+        "publish",
+        bundle(tmp_path / "b", version=1),
+        "--broker",
+        url,
+        "--channel",
+        "lobby",
+        "--ca",
+        ca,
+    ]
+    ok = run(*args, "--password-file", secret)
+    assert ok.exit_code == 0, ok.output
+    wrong = tmp_path / "wrong"
+    wrong.write_text("nope\n")
+    refused = run(*args, "--password-file", wrong)
+    assert refused.exit_code == 1 and "refused the connection" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1
+    untrusted = run(
+        "publish", converted(), "--broker", url, "--channel", "lobby", "--password-file", secret
+    )
+    assert untrusted.exit_code == 1 and "TLS handshake" in untrusted.output, untrusted.output
