@@ -97,7 +97,6 @@ class Agent:
             cfg.source.loop,
             cfg.source.reconnect,
             prepare=served.preprocess if self._prepare_on_grab(served.threads) else None,
-            inline=cfg.pipeline.inline_reads,
         )
         self.outputs = self._open_outputs(f"{cfg.device_id}: {m.name} v{m.version}")
         self.pipeline = Pipeline(
@@ -107,7 +106,6 @@ class Agent:
             self.metrics,
             self.rolling,
             cfg.pipeline.overlap_post,
-            cfg.pipeline.prewarm_ms / 1000.0,
         )
         if cfg.metrics.enabled:
             with _opening("metrics.port"):

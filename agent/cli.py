@@ -25,7 +25,6 @@ FLAG_KEYS = {
     "fps": "source.fps",
     "backend": "runtime.backend",
     "threads": "runtime.threads",
-    "fold_bgr": "runtime.fold_bgr",
     "score_threshold": "detection.score_threshold",
     "max_detections": "detection.max_detections",
     "top_k": "detection.top_k",
@@ -46,7 +45,6 @@ FLAG_KEYS = {
     "preview_port": "preview.port",
     "preview_bind": "preview.bind",
     "max_frames": "pipeline.max_frames",
-    "prewarm_ms": "pipeline.prewarm_ms",
 }
 
 
@@ -138,11 +136,6 @@ def cli(verbose: int, quiet: bool) -> None:
 @click.option("--fps", type=float, help="Frame rate for native pacing when the source has none.")
 @click.option("--backend", help="Runtime backend: litert, tflite-runtime or tf.lite.")
 @click.option("--threads", type=int, help="Interpreter threads (default: the bundle profile's).")
-@click.option(
-    "--fold-bgr/--no-fold-bgr",
-    default=None,
-    help="Fold an RGB model's color swap into its first convolutions at load (default on).",
-)
 @click.option("--score-threshold", type=float, help="Minimum detection score.")
 @click.option("--max-detections", type=int, help="Most detections per frame.")
 @click.option("--top-k", type=int, help="Classifiers: classes reported.")
@@ -179,11 +172,6 @@ def cli(verbose: int, quiet: bool) -> None:
 @click.option("--preview-port", type=int, help="Port of the preview page (implies --preview).")
 @click.option("--preview-bind", help="Address for the preview (default 127.0.0.1).")
 @click.option("--max-frames", type=int, help="Stop after this many frames (0: run until stopped).")
-@click.option(
-    "--prewarm-ms",
-    type=float,
-    help="Redo the last frame's pre/post work this long before the next is due (0: off; default 2).",
-)
 def run(config_file: Path | None, preview: bool | None, **flags: Any) -> None:
     """Serve a bundle on a camera, stream, video file or image folder.
 
@@ -247,10 +235,6 @@ def print_summary(summary: Any) -> None:
     if summary.failed:
         console.print(
             f"failed frames (decoding or publishing raised; skipped, see the log): {summary.failed}"
-        )
-    if summary.prewarms:
-        console.print(
-            f"prewarm (off the frame path): {summary.prewarms} passes, median {summary.prewarm_ms} ms"
         )
     swap = "" if summary.color_swap == "none" else f", color swap {summary.color_swap}"
     console.print(f"backend {summary.backend} {summary.backend_version}{swap}")

@@ -167,8 +167,6 @@ class PipelineStats:
     stages: dict[str, deque[float]] = field(
         default_factory=lambda: {s: deque(maxlen=HISTORY) for s in (*STAGES, "total")}
     )
-    prewarms: int = 0
-    prewarm: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))  # off the path
     failed: int = 0  # frames whose decoding or publishing raised: skipped, serving went on
     failing: int = 0  # ... of them in a row, up to the last frame (0 once one succeeds)
 
@@ -190,10 +188,5 @@ class PipelineStats:
             "fps": round(self.fps, 2),
             "median_ms": {s: self.median_ms(s) for s in (*STAGES, "total")},
             "p99_total_ms": self.percentile_ms("total", 99),
-            "prewarms": self.prewarms,
-            "prewarm_ms": self.median_prewarm_ms(),
             "failed": self.failed,
         }
-
-    def median_prewarm_ms(self) -> float | None:
-        return round(float(np.median(self.prewarm)) * 1000.0, 3) if self.prewarm else None

@@ -8,11 +8,6 @@ it was captured (decoded) to the moment its result was published.
 
 The pipeline serves one `ServedModel` at a time. `swap()` hands it another, which takes over at
 the next frame: the frame in flight finishes, decoded by the model that inferred it.
-
-While frames are read inline, the inference thread idles between them and the Python work it
-does for each frame goes cold. Shortly before the next frame is due (Grabber.set_prewarm) it
-therefore redoes the last frame's pre-processing, decoding and message building on scratch
-buffers, publishing nothing and leaving the interpreter alone (prewarm_s, 0: off).
 """
 
 from __future__ import annotations
@@ -67,21 +62,21 @@ class _PostWorker:
         self._thread.start()
 
     def submit(self, job: _Job, next_frame_waiting: bool) -> None:
-        if not next_frame_waiting and self.run_if_idle(self._process, job):
+        if not next_frame_waiting and self._run_if_idle(job):
             return
         with self._lock:
             self._pending += 1
         self._queue.put(job)
 
-    def run_if_idle(self, fn: Callable[[_Job], None], job: _Job) -> bool:
-        """Run fn(job) on the caller's thread, unless a job is being processed or waits; True if
-        run."""
+    def _run_if_idle(self, job: _Job) -> bool:
+        """Process job on the caller's thread, unless a job is being processed or waits; True if
+        done."""
         if not self._lock.acquire(blocking=False):
             return False
         try:
             if self._pending:
                 return False
-            fn(job)
+            self._process(job)
             return True
         finally:
             self._lock.release()
@@ -116,7 +111,6 @@ class Pipeline:
         metrics: AgentMetrics | None = None,
         rolling: RollingStats | None = None,
         overlap: bool = True,
-        prewarm_s: float = 0.0,
     ) -> None:
         self.served = served
         self.grabber = grabber
@@ -124,12 +118,8 @@ class Pipeline:
         self.metrics = metrics
         self.rolling = rolling or RollingStats()
         self.overlap = overlap
-        self.prewarm_s = prewarm_s
         self.stats = PipelineStats()
         self._next: ServedModel | None = None  # handed over by swap(), taken at the next frame
-        self._last: _Job | None = None  # the last published frame, redone by _prewarm
-        self._worker: _PostWorker | None = None
-        self._scratch: np.ndarray | None = None
 
     def swap(self, served: ServedModel) -> None:
         """Serve `served` from the next frame on (thread-safe: one reference is replaced)."""
@@ -141,9 +131,7 @@ class Pipeline:
         Returns the number of frames inferred; re-raises a source failure. A frame whose decoding
         or publishing raises is logged and skipped (stats.failed), and serving goes on.
         """
-        worker = self._worker = _PostWorker(self._post) if self.overlap else None
-        if self.prewarm_s > 0:
-            self.grabber.set_prewarm(self._prewarm, self.prewarm_s)
+        worker = _PostWorker(self._post) if self.overlap else None
         pending: _Job | None = None  # inferred, its post deferred until the next invoke starts
         n = 0
         started = time.perf_counter()
@@ -177,12 +165,10 @@ class Pipeline:
                 else:
                     worker.submit(job, False)
         finally:
-            self.grabber.set_prewarm(None)
             if worker is not None:
                 if pending is not None:
                     worker.submit(pending, False)
                 worker.close()
-            self._worker = None
             if n:
                 self.stats.busy_s += time.perf_counter() - started
         if worker is not None and worker.error is not None:
@@ -197,7 +183,6 @@ class Pipeline:
         if nxt is not None:
             self.served = nxt
             self.grabber.prepare = nxt.preprocess if self.grabber.prepare is not None else None
-            self._scratch = None
         return self.served
 
     def _infer(
@@ -244,7 +229,6 @@ class Pipeline:
         job.timings["publish"] = t2 - t1
         total = t2 - job.frame.captured
         self._record(job.timings, total, len(result.detections))
-        self._last = job
 
     def _result(self, job: _Job) -> FrameResult:
         """The frame's outputs, dequantized where they are integers, decoded into its result."""
@@ -256,33 +240,6 @@ class Pipeline:
             )
         detections = job.served.decoder(outs, job.transform)
         return FrameResult(job.frame, detections, job.served.ref, job.timings, job.picked)
-
-    def _prewarm(self) -> None:
-        """Redo the last frame's work off the frame path (see the module docstring)."""
-        job, worker = self._last, self._worker
-        if job is None or job.served is not self.served:
-            return
-        if worker is None:
-            self._rehearse(job)
-        else:  # the decoder is not shared with a post thread that is busy
-            worker.run_if_idle(self._rehearse, job)
-
-    def _rehearse(self, job: _Job) -> None:
-        t0 = time.perf_counter()
-        try:
-            if self._scratch is None:
-                self._scratch = job.served.preprocess.new_input()
-            job.served.preprocess(job.frame.image, self._scratch)
-            self.outputs.encode(self._result(job))
-        except Exception:
-            logger.warning(
-                "prewarm failed; turned off (frames are served as before)", exc_info=True
-            )
-            self.prewarm_s = 0.0
-            self.grabber.set_prewarm(None)
-            return
-        self.stats.prewarms += 1
-        self.stats.prewarm.append(time.perf_counter() - t0)
 
     def _failed(self, job: _Job, exc: Exception) -> None:
         """Count a frame whose decoding or publishing raised; log the first of each run of them."""

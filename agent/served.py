@@ -1,7 +1,6 @@
 """One servable model: everything that belongs to one bundle, built off the frame path.
 
-`load_served_model` verifies the bundle, opens its model in an interpreter, folds the color swap
-into it where it can, checks its tensors against the manifest and runs the golden check. The
+`load_served_model` verifies the bundle, opens its model in an interpreter, checks its tensors against the manifest and runs the golden check. The
 result, a `ServedModel`, holds the interpreter with the pre-processing and decoder that go with it,
 so the pipeline can be handed one whole model and, later, swap it for another between two frames.
 """
@@ -21,13 +20,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from agent.bundle.golden import GoldenResult, check_golden
 from agent.bundle.io_check import check_model_io
 from agent.bundle.loading import Bundle, BundleError, load_bundle
-from agent.bundle.manifest import ColorOrder, InputSpec, Manifest, OutputRole, OutputSpec
+from agent.bundle.manifest import ColorOrder, Manifest, OutputRole, OutputSpec
 from agent.config import AgentConfig, GoldenPolicy
 from agent.decoders import OutputDecoder, make_decoder, needed_roles
 from agent.outputs.messages import ModelRef
 from agent.preprocess import Preprocessor
 from agent.runtime import LoadedModel, open_model
-from agent.runtime.bgr_fold import FoldRefused, bgr_input, fold_bgr
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +44,9 @@ class ServedModel:
 
     bundle: Bundle
     model: LoadedModel
-    input_spec: InputSpec  # what the interpreter takes: the manifest's, or BGR when folded
     preprocess: Preprocessor
     decoder: OutputDecoder
-    color_swap: str  # "folded" into the model, "per frame", or "none" (not an RGB model)
+    color_swap: str  # "per frame" (an RGB model gets BGR frames swapped) or "none"
     golden: GoldenResult | None  # None when the check was skipped
     threads: int
     signed: bool  # the signature was verified against a trusted key
@@ -104,39 +101,19 @@ def resolve_threads(config: AgentConfig, manifest: Manifest, cpus: int | None = 
 
 
 def load_served_model(path: Path, config: AgentConfig, keys: list[Ed25519PublicKey]) -> ServedModel:
-    """Verify, open, fold, check and wrap the bundle at path. Raises BundleError subclasses."""
+    """Verify, open, check and wrap the bundle at path. Raises BundleError subclasses."""
     bundle = load_bundle(path, keys)
     m = bundle.manifest
     threads = resolve_threads(config, m)
-    content = bundle.model_bytes()
-    folded = _folded(content, m) if config.runtime.fold_bgr else None
-    if folded is None and m.input.color_order is ColorOrder.RGB and not config.runtime.fold_bgr:
-        logger.info("color swap: every frame (runtime.fold_bgr is off)")
-    model = _open(folded or content, threads, config)
+    model = _open(bundle.model_bytes(), threads, config)
     check_model_io(model, m)
-    try:
-        golden = _check_golden(bundle, model, config.bundle.golden, reverse_channels=bool(folded))
-    except GoldenCheckFailed as exc:
-        if folded is None:
-            raise
-        logger.warning(
-            "with the color swap folded in, the model failed its golden check (%s); serving it "
-            "as shipped and swapping every frame",
-            exc,
-        )
-        folded = None
-        model = _open(content, threads, config)
-        golden = _check_golden(bundle, model, config.bundle.golden, reverse_channels=False)
-    spec = bgr_input(m.input) if folded else m.input
+    golden = _check_golden(bundle, model, config.bundle.golden)
     det = config.detection
-    swap = "none"
-    if m.input.color_order is ColorOrder.RGB:
-        swap = "folded" if folded else "per frame"
+    swap = "per frame" if m.input.color_order is ColorOrder.RGB else "none"
     served = ServedModel(
         bundle=bundle,
         model=model,
-        input_spec=spec,
-        preprocess=Preprocessor(spec, pad_value=int(m.extra.get("pad_value", 0))),
+        preprocess=Preprocessor(m.input, pad_value=int(m.extra.get("pad_value", 0))),
         decoder=make_decoder(m, det.score_threshold, det.max_detections, det.top_k),
         color_swap=swap,
         golden=golden,
@@ -157,22 +134,6 @@ def load_served_model(path: Path, config: AgentConfig, keys: list[Ed25519PublicK
     return served
 
 
-def _folded(content: bytes, m: Manifest) -> bytes | None:
-    """The model with the BGR->RGB swap folded in, when it takes RGB and the fold is exact."""
-    if m.input.color_order is not ColorOrder.RGB:
-        return None
-    try:
-        folded = fold_bgr(content)
-    except FoldRefused as exc:
-        logger.info("color swap: every frame, as it cannot be folded into the model: %s", exc)
-        return None
-    logger.info(
-        "color swap: folded into the model's %d first convolution(s); frames go in as BGR",
-        folded.convolutions,
-    )
-    return folded.content
-
-
 def _open(content: bytes, threads: int, config: AgentConfig) -> LoadedModel:
     """The model opened and invoked once on zeros, so its first frame pays no lazy start-up."""
     model = open_model(content, threads=threads, backend=config.runtime.backend)
@@ -182,10 +143,8 @@ def _open(content: bytes, threads: int, config: AgentConfig) -> LoadedModel:
     return model
 
 
-def _check_golden(
-    bundle: Bundle, model: LoadedModel, policy: GoldenPolicy, reverse_channels: bool
-) -> GoldenResult | None:
-    """Apply bundle.golden; raises GoldenCheckFailed. reverse_channels: the model takes BGR."""
+def _check_golden(bundle: Bundle, model: LoadedModel, policy: GoldenPolicy) -> GoldenResult | None:
+    """Apply bundle.golden; raises GoldenCheckFailed."""
     m = bundle.manifest
     if policy is GoldenPolicy.SKIP:
         return None
@@ -196,7 +155,7 @@ def _check_golden(
             )
         logger.warning("bundle has no golden check; serving it unchecked")
         return None
-    result = check_golden(model, m, reverse_channels)
+    result = check_golden(model, m)
     if not result.passed:
         raise GoldenCheckFailed(f"{bundle.path}: golden check failed: {result.reason}")
     logger.info(

@@ -25,13 +25,11 @@ class RunSummary:
     p99_total_ms: float | None
     backend: str
     backend_version: str
-    color_swap: str = "none"  # ServedModel.color_swap: "folded", "per frame" or "none"
+    color_swap: str = "none"  # ServedModel.color_swap: "per frame" or "none"
     published: int = 0
     publish_dropped: int = 0
     reconnects: int = 0
     stopped_by: str = "end of source"
-    prewarms: int = 0  # pipeline.prewarm_ms passes run, off the frame path
-    prewarm_ms: float | None = None  # their median duration
     failed: int = 0  # frames whose decoding or publishing raised (skipped)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -58,8 +56,6 @@ def run_summary(
         publish_dropped=published[1],
         reconnects=grabber.stats.reconnects,
         stopped_by=stopped_by,
-        prewarms=s["prewarms"],
-        prewarm_ms=s["prewarm_ms"],
         failed=s["failed"],
     )
 

@@ -4,7 +4,6 @@ from the held-out test split, and score what it publishes (JSONL and MQTT) again
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +19,6 @@ from conftest import Broker
 from paho.mqtt.enums import CallbackAPIVersion
 from test_agent_kit import detections_by_frame
 
-from agent import served as served_module
 from agent.app import Agent
 from agent.bundle.loading import load_bundle
 from agent.bundle.manifest import ColorOrder, InputSpec
@@ -28,7 +26,6 @@ from agent.cli import cli as agent_cli
 from agent.config import load_config
 from agent.outputs.schemas import DetectionsMessage, StatusMessage
 from agent.preprocess import Normalizer, Preprocessor
-from agent.runtime.bgr_fold import FoldedModel
 from converter.cli import cli as convert_cli
 from converter.evaluation import Detections, coco_map
 from converter.tasks.detector_config import read_sidecar
@@ -151,7 +148,7 @@ def test_reference_detector_through_the_agent_matches_ground_truth(
          "--score-threshold", "0.05", "--max-detections", "20"],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert "color swap folded" in res.output  # the model takes RGB: its swap is folded at load
+    assert "color swap per frame" in res.output  # the model takes RGB, frames come as BGR
 
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert [m["frame"]["index"] for m in lines] == list(range(FRAMES))  # lockstep: none dropped
@@ -203,13 +200,18 @@ def test_preprocessing_shortcuts_equal_the_normalizer(
     np.testing.assert_array_equal(x, want)
 
 
-def _serve(bundle: Path, video: Path, out: Path, fold: bool) -> tuple[Agent, dict[str, Any]]:
-    """Run the agent over the whole clip; returns it (closed) and the status it reported."""
+def test_an_rgb_model_gets_its_color_swap_per_frame_and_says_so(
+    bundle: Path, clip: tuple[Path, list[np.ndarray], list[np.ndarray]], tmp_path: Path
+) -> None:
+    """The reference detector takes RGB: the agent swaps each BGR frame's channels, finds the
+    digits, and its status and summary say how the colours reach the model."""
+    assert load_bundle(bundle).manifest.input.color_order is ColorOrder.RGB
+    out = tmp_path / "detections.jsonl"
     cfg = load_config(
         None,
         {
-            "bundle.path": str(bundle), "source.uri": str(video), "source.rate": "all",
-            "outputs.jsonl": str(out), "runtime.fold_bgr": fold, "detection.score_threshold": 0.05,
+            "bundle.path": str(bundle), "source.uri": str(clip[0]), "source.rate": "all",
+            "outputs.jsonl": str(out), "detection.score_threshold": 0.05,
         },
     )  # fmt: skip
     agent = Agent(cfg)
@@ -217,53 +219,8 @@ def _serve(bundle: Path, video: Path, out: Path, fold: bool) -> tuple[Agent, dic
     status = agent.status()
     summary = agent.run()
     assert summary.frames == FRAMES and summary.failed == 0
-    assert agent.pipeline is not None and summary.color_swap == agent.pipeline.served.color_swap
-    return agent, status
-
-
-def test_the_color_swap_folded_at_load_changes_no_detection(
-    bundle: Path,
-    clip: tuple[Path, list[np.ndarray], list[np.ndarray]],
-    tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """The reference detector takes RGB: folded into its first convolution, or swapped on every
-    frame, the agent publishes the very same detections (int8 sums do not depend on order)."""
-    assert load_bundle(bundle).manifest.input.color_order is ColorOrder.RGB
-    caplog.set_level(logging.INFO, logger="agent.served")
-    folded, status = _serve(bundle, clip[0], tmp_path / "folded.jsonl", fold=True)
-    assert (
-        folded.pipeline.served.color_swap == "folded"
-        and folded.pipeline.served.input_spec is not None
-    )
-    assert folded.pipeline.served.input_spec.color_order is ColorOrder.BGR
-    assert "color swap: folded into the model's 1 first convolution(s)" in caplog.text
     assert StatusMessage.model_validate(status).model is not None
-    assert status["model"]["color_swap"] == "folded"
-    swapped, status = _serve(bundle, clip[0], tmp_path / "swapped.jsonl", fold=False)
-    assert swapped.pipeline.served.color_swap == status["model"]["color_swap"] == "per frame"
-    want = detections_by_frame(tmp_path / "swapped.jsonl")
-    assert list(want) == list(range(FRAMES))
-    assert sum(len(d) for d in want.values()) >= FRAMES  # the detector does find the digits
-    assert detections_by_frame(tmp_path / "folded.jsonl") == want
-
-
-def test_a_fold_that_fails_the_golden_check_is_dropped_and_serving_goes_on(
-    bundle: Path,
-    clip: tuple[Path, list[np.ndarray], list[np.ndarray]],
-    tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A wrong fold (here: one that reorders nothing, so the model reads BGR as RGB) fails the
-    golden check, which then runs on BGR inputs; the agent reopens the model as shipped."""
-    monkeypatch.setattr(served_module, "fold_bgr", lambda content: FoldedModel(content, 1))
-    caplog.set_level(logging.INFO, logger="agent.served")
-    agent, status = _serve(bundle, clip[0], tmp_path / "fallback.jsonl", fold=True)
-    assert "with the color swap folded in, the model failed its golden check" in caplog.text
-    assert agent.pipeline.served.color_swap == status["model"]["color_swap"] == "per frame"
-    monkeypatch.undo()
-    _serve(bundle, clip[0], tmp_path / "swapped.jsonl", fold=False)
-    assert detections_by_frame(tmp_path / "fallback.jsonl") == detections_by_frame(
-        tmp_path / "swapped.jsonl"
-    )
+    assert status["model"]["color_swap"] == summary.color_swap == "per frame"
+    found = detections_by_frame(out)
+    assert list(found) == list(range(FRAMES))
+    assert sum(len(d) for d in found.values()) >= FRAMES  # the detector does find the digits

@@ -30,6 +30,7 @@ from test_agent_kit import (
     COLORS_BGR,
     SRC_H,
     SRC_W,
+    ManualClock,
     cached_bundle,
     cell_box,
     detections_by_frame,
@@ -39,6 +40,7 @@ from test_agent_kit import (
     write_video,
 )
 
+import agent.sources.grabber as grabber_module
 from agent.app import Agent, RunSummary
 from agent.bundle.loading import write_bundle
 from agent.cli import cli
@@ -55,6 +57,13 @@ def wait_until(cond: Callable[[], bool], timeout: float = 30.0, what: str = "con
     while not cond():
         assert time.monotonic() < deadline, f"{what} not met in {timeout} s"
         time.sleep(0.02)
+
+
+def step_through(clock: ManualClock, interval: float, frames: int, done: Callable[[], int]) -> None:
+    """Let a paced file's frames fall due one at a time, each once the one before is done."""
+    for k in range(1, frames):
+        wait_until(lambda k=k: done() >= k, what=f"frame {k - 1} done")
+        clock.advance(interval)
 
 
 def check_frame(msg: dict[str, Any]) -> None:
@@ -546,64 +555,23 @@ def test_commands_over_mqtt(
     assert not thread.is_alive()
 
 
-def test_prewarm_changes_no_result_and_a_failing_one_turns_itself_off(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """At camera pace the agent prewarms between frames, off the frame path: the detections are
-    those of an agent that does not. A prewarm that fails is turned off; serving goes on."""
-    bundle = cached_bundle("ssd_postprocess")
-    video = write_video(tmp_path / "clip.avi", 24, fps=50.0)
-
-    def run(name: str, prewarm_ms: float, break_it: bool = False) -> tuple[RunSummary, Path]:
-        out = tmp_path / f"{name}.jsonl"
-        agent = Agent(
-            load_config(
-                None,
-                {
-                    "bundle.path": str(bundle.path),
-                    "source.uri": str(video),
-                    "source.rate": "native",
-                    "outputs.jsonl": str(out),
-                    "pipeline.prewarm_ms": prewarm_ms,
-                },
-            )
-        )
-        agent.start()
-        if break_it:  # a scratch input of the wrong shape: the first prewarm raises
-            assert agent.pipeline is not None
-            agent.pipeline._scratch = np.zeros((1, 2, 2, 3), np.float32)
-        return agent.run(), out
-
-    on, on_out = run("on", 2.0)
-    off, off_out = run("off", 0.0)
-    assert on.frames == off.frames == 24
-    assert off.prewarms == 0 and off.prewarm_ms is None
-    assert on.prewarms > 0 and on.prewarm_ms is not None and on.prewarm_ms > 0
-    with_prewarm, without = detections_by_frame(on_out), detections_by_frame(off_out)
-    assert list(with_prewarm) == list(range(24)) and with_prewarm == without
-    assert sum(len(d) for d in without.values()) >= 24  # the clip has squares in every frame
-
-    with caplog.at_level("WARNING", logger="agent.pipeline"):
-        broken, broken_out = run("broken", 2.0, break_it=True)
-    assert broken.frames == 24 and broken.prewarms == 0
-    assert detections_by_frame(broken_out) == without
-    assert sum("prewarm failed; turned off" in r.getMessage() for r in caplog.records) == 1
-
-
 @pytest.mark.parametrize("rate", ["native", "all"])
 def test_a_frame_whose_outputs_fail_is_skipped_and_serving_goes_on(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, rate: str
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, rate: str
 ) -> None:
     """Decoding that raises on some frames (outputs a decoder cannot read, or a bug they hit)
     skips those frames only: the rest are published, and the failures are counted and logged
-    once per run of them. Camera pace decodes inline; lockstep on the post thread."""
+    once per run of them. At camera pace each frame is decoded on the inference thread (it is
+    idle when the frame is due); in lockstep, on the post thread."""
     bundle = cached_bundle("ssd_postprocess")
     video = write_video(tmp_path / "clip.avi", 24, fps=50.0)
     out = tmp_path / "out.jsonl"
     overrides = {
         "bundle.path": str(bundle.path), "source.uri": str(video), "source.rate": rate,
-        "outputs.jsonl": str(out), "pipeline.prewarm_ms": 0,  # prewarm passes decode too
+        "outputs.jsonl": str(out),
     }  # fmt: skip
+    clock = ManualClock()  # camera pace: a frame falls due when the last one is done
+    monkeypatch.setattr(grabber_module, "SystemClock", lambda: clock)
     agent = Agent(load_config(None, overrides))
     agent.start()
     assert agent.pipeline is not None
@@ -621,6 +589,13 @@ def test_a_frame_whose_outputs_fail_is_skipped_and_serving_goes_on(
     # handed over as a swapped-in model, which the pipeline takes before the first frame
     agent.pipeline.swap(dataclasses.replace(served, decoder=Flaky()))  # type: ignore[arg-type]
     with caplog.at_level("INFO", logger="agent.pipeline"):
+        if rate == "native":
+            stats = agent.pipeline.stats
+            threading.Thread(
+                target=step_through,
+                args=(clock, 0.02, 25, lambda: stats.frames + stats.failed),
+                daemon=True,
+            ).start()
         summary = agent.run()
     assert summary.dropped == 0 and summary.frames == 20 and summary.failed == 4
     assert list(detections_by_frame(out)) == [i for i in range(24) if i not in bad]

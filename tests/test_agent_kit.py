@@ -13,6 +13,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from functools import cache
@@ -367,3 +368,26 @@ def detections_by_frame(path: Path) -> dict[int, list[Any]]:
         msg = json.loads(line)
         out[msg["frame"]["index"]] = msg["detections"]
     return out
+
+
+class ManualClock:
+    """Time that moves only when the test moves it: pacing tested without the machine's speed."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+        self._cond = threading.Condition()
+
+    def now(self) -> float:
+        return self.t
+
+    def wait(self, seconds: float, stop: threading.Event) -> bool:
+        with self._cond:
+            target = round(self.t + seconds, 9)  # to the nanosecond: 10 x 0.02 is 0.2
+            while self.t < target and not stop.is_set():
+                self._cond.wait(0.05)
+        return stop.is_set()
+
+    def advance(self, seconds: float) -> None:
+        with self._cond:
+            self.t = round(self.t + seconds, 9)
+            self._cond.notify_all()

@@ -9,11 +9,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from test_agent_kit import render_frame, write_images, write_video
+from test_agent_kit import ManualClock, render_frame, write_images, write_video
 
 from agent.config import Rate, ReconnectConfig, SourceConfig, SourceKind
 from agent.outputs.preview import PreviewServer
-from agent.sources.grabber import INLINE_AFTER, Grabber
+from agent.sources.grabber import Grabber
 from agent.sources.readers import (
     ImageFolderSource,
     SourceError,
@@ -75,13 +75,15 @@ def test_slow_consumer_sees_the_newest_frame(tmp_path: Path) -> None:
     g.stop()
 
 
-def test_paced_source_with_slow_consumer_drops_and_counts(tmp_path: Path) -> None:
-    g = grabber_for(write_video(tmp_path / "v.avi", 30, fps=200.0), Rate.NATIVE)
+def test_a_slow_consumer_drops_and_counts_stale_frames(tmp_path: Path) -> None:
+    """A consumer that takes a frame only after the source has read two more: every frame is
+    either seen, in order, or counted as dropped."""
+    g = grabber_for(write_video(tmp_path / "v.avi", 30), Rate.MAX)
     g.start()
     seen = []
     while (f := g.next(timeout=5)) is not None:
         seen.append(f.index)
-        time.sleep(0.03)  # a slow model
+        wait_until(lambda i=f.index: g.stats.read >= min(i + 3, 30))  # a slow model
     g.stop()
     assert seen == sorted(set(seen)) and seen[-1] == 29
     assert g.stats.dropped > 0
@@ -209,144 +211,36 @@ def test_stream_that_never_comes_back_gives_up_after_max_attempts(
     assert "did not come back after 3 attempts" in str(g.error)
 
 
-def test_quick_consumer_reads_inline_and_keeps_every_frame(tmp_path: Path) -> None:
-    """A consumer idle when frames arrive reads them on its own thread: no hand-off, no drops."""
-    g = grabber_for(write_video(tmp_path / "v.avi", 40, fps=100.0), Rate.NATIVE)
+def paced_grabber(path: Path, frames: int, fps: float) -> tuple[Grabber, ManualClock]:
+    clock = ManualClock()
+    source = make_source(SourceConfig(uri=str(write_video(path, frames, fps=fps))))
+    return Grabber(source, Rate.NATIVE, clock=clock), clock
+
+
+def test_a_paced_file_gives_each_frame_when_it_falls_due(tmp_path: Path) -> None:
+    g, clock = paced_grabber(tmp_path / "v.avi", 4, fps=50.0)
     g.start()
-    seen, inline_seen = [], 0
-    while (f := g.next(timeout=5)) is not None:
-        seen.append(f.index)
-        inline_seen += g.reading_inline
-    g.stop()
-    assert seen == list(range(40)) and g.stats.dropped == 0 and g.error is None
-    assert g.stats.inline >= 40 - INLINE_AFTER - 2 and inline_seen >= g.stats.inline - 1
-    assert g.done
-
-
-def test_inline_reads_leave_the_model_input_to_the_consumer(tmp_path: Path) -> None:
-    """The grabber thread prepares each frame's input; an inline read does not, so the consumer
-    writes the input in place (Pipeline._prepare) instead of copying a prepared one."""
-    source = make_source(SourceConfig(uri=str(write_video(tmp_path / "v.avi", 30, fps=100.0))))
-    prepared_by: list[str] = []
-
-    def prepare(image: object) -> tuple[str, str]:
-        prepared_by.append(threading.current_thread().name)
-        return "input", "transform"
-
-    g = Grabber(source, Rate.NATIVE, prepare=prepare)
-    g.start()
-    on_grabber = inline = 0
-    while (f := g.next(timeout=5)) is not None:
-        if f.prepared is None:
-            inline += 1
-        else:
-            on_grabber += 1
-            assert f.prepared.tensor == "input" and f.prepared.by is prepare
-    g.stop()
-    assert inline == g.stats.inline >= 30 - INLINE_AFTER - 2 and on_grabber + inline == 30
-    assert len(prepared_by) == on_grabber and threading.main_thread().name not in prepared_by
-
-
-def test_consumer_falling_behind_hands_reads_back_to_the_grabber(tmp_path: Path) -> None:
-    """Inline while quick; once frames keep the consumer busy, stale frames are dropped again."""
-    g = grabber_for(write_video(tmp_path / "v.avi", 60, fps=50.0), Rate.NATIVE)
-    g.start()
-    seen = []
-    while (f := g.next(timeout=5)) is not None:
-        seen.append(f.index)
-        if len(seen) == 20:
-            assert g.reading_inline
-        if len(seen) > 20:
-            time.sleep(0.05)  # the model got slow: 2.5 frame intervals per frame
-    g.stop()
-    assert not g.reading_inline
-    assert seen == sorted(set(seen)) and seen[-1] == 59
-    assert g.stats.dropped > 0 and len(seen) + g.stats.dropped == g.stats.read == 60
-
-
-@pytest.mark.parametrize("restart", [False, True])
-def test_pause_catches_up_unless_pacing_restarts(tmp_path: Path, restart: bool) -> None:
-    """A paused consumer of a paced file: the frames due meanwhile come at once (dropped if the
-    consumer is slower than decoding), or, after restart_pacing(), the clip goes on at its pace."""
-    g = grabber_for(write_video(tmp_path / "v.avi", 40, fps=50.0), Rate.NATIVE)
-    g.start()
-    first = [g.next(timeout=5) for _ in range(10)]
-    time.sleep(0.4)  # 20 frame intervals
-    if restart:
-        g.restart_pacing()
-    t0 = time.perf_counter()
-    rest = drain(g)
-    took = time.perf_counter() - t0
-    g.stop()
-    assert [f.index for f in first if f is not None] == list(range(10))
-    assert rest[-1] == 39 and len(rest) + g.stats.dropped == 30
-    if restart:  # 30 frames at 50 fps, none dropped: at least 0.58 s, however busy the machine
-        assert rest == list(range(10, 40)) and took > 0.5
-
-
-def test_inline_reads_can_be_turned_off(tmp_path: Path) -> None:
-    source = make_source(SourceConfig(uri=str(write_video(tmp_path / "v.avi", 20, fps=100.0))))
-    g = Grabber(source, Rate.NATIVE, inline=False)
-    g.start()
-    assert drain(g) == list(range(20))
-    assert g.stats.inline == 0
+    first = g.next(timeout=10)
+    assert first is not None and first.index == 0 and first.captured == 0.0
+    assert g.next(timeout=0.2) is None and not g.done  # frame 1 is due at 0.02 s
+    for k in (1, 2, 3):
+        clock.advance(0.02)
+        f = g.next(timeout=10)
+        assert f is not None and f.index == k and f.captured == pytest.approx(0.02 * k)
+    clock.advance(0.02)  # the end of the file is found when a fifth frame would be due
+    assert g.next(timeout=10) is None and g.done and g.stats.dropped == 0
     g.stop()
 
 
-def test_live_stream_lost_during_inline_reads_is_reopened(
-    mjpeg_stream: Callable[[int], PreviewServer],
-) -> None:
-    server = mjpeg_stream(0)
-    uri = f"http://127.0.0.1:{server.port}/stream.mjpg"
-    g = grabber_for(uri, Rate.AUTO, open_timeout_s=2.0, read_timeout_s=1.0)
+def test_a_paused_consumer_of_a_paced_file_gets_the_newest_frame(tmp_path: Path) -> None:
+    """While the consumer is busy, the clip keeps its pace: frames that fell due meanwhile are
+    read and dropped, and the consumer goes on from the newest."""
+    g, clock = paced_grabber(tmp_path / "v.avi", 12, fps=50.0)
     g.start()
-    wait_for_inline = time.monotonic() + 20
-    while not g.reading_inline:
-        assert g.next(timeout=5) is not None
-        assert time.monotonic() < wait_for_inline, "reads never moved inline"
-    before = g.stats.inline
-    assert g.next(timeout=5) is not None and g.stats.inline == before + 1
-    server.close()
-    wait_until(lambda: g.next(timeout=0.2) is None and g.stats.lost_since is not None)
-    assert not g.reading_inline and not g.done
-    mjpeg_stream(server.port)
-    wait_until(lambda: g.stats.reconnects >= 1)
-    assert g.next(timeout=10) is not None
-    assert g.error is None
+    assert (f := g.next(timeout=10)) is not None and f.index == 0
+    clock.advance(0.1)  # five frame intervals
+    wait_until(lambda: g.stats.read == 6)
+    assert (f := g.next(timeout=10)) is not None and f.index == 5 and g.stats.dropped == 4
+    clock.advance(0.02)
+    assert (f := g.next(timeout=10)) is not None and f.index == 6
     g.stop()
-
-
-def test_prewarm_runs_on_the_consumer_thread_before_inline_reads(tmp_path: Path) -> None:
-    """Before each inline read of a paced file (at most once per frame) the prewarm function runs
-    on the consumer's own thread; every frame still arrives, in order."""
-    g = grabber_for(write_video(tmp_path / "v.avi", 30, fps=50.0), Rate.NATIVE)
-    calls: list[tuple[str, int]] = []
-    g.set_prewarm(lambda: calls.append((threading.current_thread().name, g.stats.read)), 0.002)
-    g.start()
-    seen = drain(g)
-    g.stop()
-    assert seen == list(range(30)) and g.stats.dropped == 0
-    assert {name for name, _ in calls} == {threading.current_thread().name}
-    before_frame = [read for _, read in calls]
-    assert before_frame == sorted(set(before_frame))
-    assert len(calls) <= g.stats.inline + 1  # + the read that found the end
-    assert len(calls) >= g.stats.inline // 2 > 0
-
-
-def test_prewarm_time_of_a_live_source_follows_its_steady_interval() -> None:
-    """A live source's next frame is predicted from its measured interval; prewarming starts a
-    quarter interval plus the lead ahead of it, and not at all while the interval is unsteady."""
-    g = Grabber(make_source(SourceConfig(uri="rtsp://cam/x")), Rate.AUTO)
-    g.set_prewarm(lambda: None, 0.002)
-    assert g._prewarm_at() is None  # no interval measured yet
-    t = 100.0
-    for _ in range(10):
-        g._note_arrival(t)
-        t += 0.040
-    last = t - 0.040
-    at = g._prewarm_at()
-    assert at is not None and at == pytest.approx(last + 0.75 * 0.040 - 0.002, abs=1e-6)
-    for gap in (0.010, 0.070, 0.015, 0.060):  # frames arriving in bursts and gaps
-        t += gap
-        g._note_arrival(t)
-    assert g._prewarm_at() is None

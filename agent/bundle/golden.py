@@ -78,11 +78,8 @@ class GoldenResult:
     reason: str = ""
 
 
-def check_golden(
-    model: LoadedModel, manifest: Manifest, reverse_channels: bool = False
-) -> GoldenResult:
-    """Re-run the golden inputs; every output must match within its tolerance. reverse_channels:
-    the model takes the channels in reverse order (agent.runtime.bgr_fold), so its inputs are reversed."""
+def check_golden(model: LoadedModel, manifest: Manifest) -> GoldenResult:
+    """Re-run the golden inputs; every output must match within its tolerance."""
     g = manifest.golden
     if g is None:
         return GoldenResult(False, [], "manifest has no golden check")
@@ -92,8 +89,6 @@ def check_golden(
         return GoldenResult(False, [], f"golden tolerance {g.atol} is not finite and non-negative")
     worst = [0.0] * len(manifest.outputs)
     for i, x in enumerate(golden_inputs(manifest, g.seed, g.count)):
-        if reverse_channels:
-            x = np.ascontiguousarray(x[..., ::-1])
         got = _outputs(model, manifest, x)
         for j, value in enumerate(got):
             if not np.isfinite(value).all():  # whatever was recorded: NaN or inf never passes

@@ -110,14 +110,6 @@ class RuntimeConfig(_Strict):
         le=64,
         description="Interpreter threads; empty takes the bundle profile's value, at most one per CPU.",
     )
-    fold_bgr: bool = Field(
-        default=True,
-        description=(
-            "For a model that takes RGB: reverse the input channels of its first convolutions when "
-            "it loads, so frames go in as OpenCV reads them (BGR) with no swap per frame. Exact; "
-            "done only where the graph allows it, and checked by the golden check (docs/agent.md)."
-        ),
-    )
 
 
 class DetectionConfig(_Strict):
@@ -185,24 +177,5 @@ class PipelineConfig(_Strict):
         description=(
             "Make the model input on the grabber thread right after decoding, off the inference "
             "thread; empty: on when the CPU has more cores than interpreter threads."
-        ),
-    )
-    inline_reads: bool = Field(
-        default=True,
-        description=(
-            "While the model easily keeps up with a paced or live source, read frames on the "
-            "inference thread (no thread hand-off per frame); the grabber thread takes over "
-            "again as soon as the model falls behind."
-        ),
-    )
-    prewarm_ms: float = Field(
-        default=2.0,
-        ge=0.0,
-        le=50.0,
-        description=(
-            "While frames are read inline, redo the last frame's pre- and post-processing on "
-            "scratch buffers this many ms before the next frame is due (a paced file's schedule, "
-            "or a live source's measured interval), so the new frame's own pass runs on warm "
-            "caches. It costs one such pass of CPU per frame; 0 turns it off."
         ),
     )

@@ -80,11 +80,11 @@ class StatusModel(_Schema):
     version: int = Field(ge=0)
     sha256: str
     profile: str
-    color_swap: Literal["folded", "per frame", "none"] | None = Field(
+    color_swap: Literal["per frame", "none"] | None = Field(
         default=None,
         description=(
-            "How BGR frames reach an RGB model: the swap folded into its first convolutions at "
-            "load (runtime.fold_bgr), or done on every frame; none for a BGR or gray model."
+            "per frame: an RGB model gets each BGR frame's channels swapped in pre-processing; "
+            "none: a BGR or gray model (`edgegap convert --fold-bgr` makes one)."
         ),
     )
 
