@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_agent_kit import ManualClock, render_frame, write_images, write_video
 
@@ -19,6 +20,7 @@ from agent.sources.readers import (
     SourceError,
     SourceLost,
     StreamSource,
+    SyntheticSource,
     VideoFileSource,
     make_source,
     redact,
@@ -244,3 +246,54 @@ def test_a_paused_consumer_of_a_paced_file_gets_the_newest_frame(tmp_path: Path)
     clock.advance(0.02)
     assert (f := g.next(timeout=10)) is not None and f.index == 6
     g.stop()
+
+
+def test_synthetic_source_makes_moving_frames_at_its_rate() -> None:
+    source = make_source(SourceConfig(uri="synthetic:64x48@50"))
+    assert isinstance(source, SyntheticSource) and source.live
+    assert source.describe() == "synthetic 64x48@50" and source.fps == 50
+    source.open()
+    t0 = time.monotonic()
+    frames = [source.read() for _ in range(26)]
+    elapsed = time.monotonic() - t0
+    source.close()
+    assert all(f is not None and f.shape == (48, 64, 3) and f.dtype == np.uint8 for f in frames)
+    assert 0.45 <= elapsed < 2.0  # frame k is due k / 50 s after open: 25 intervals
+    assert not np.array_equal(frames[0], frames[1])  # the square moves
+    assert frames[0] is not frames[1] and not np.shares_memory(frames[0], frames[1])
+
+
+def test_synthetic_source_behind_skips_to_now_like_a_camera() -> None:
+    source = SyntheticSource(SourceConfig(uri="synthetic:32x32@100"))
+    source.open()
+    source.read()
+    time.sleep(0.3)  # 30 frames fell due meanwhile
+    t0 = time.monotonic()
+    for _ in range(3):
+        source.read()
+    assert time.monotonic() - t0 < 0.1  # no burst of 30 stale frames, no long wait either
+
+
+def test_synthetic_source_spec_and_kind() -> None:
+    default = make_source(SourceConfig(uri="synthetic"))
+    assert (default.width, default.height, default.fps) == (640, 480, 30.0)  # type: ignore[attr-defined]
+    forced = make_source(SourceConfig(kind=SourceKind.SYNTHETIC, width=320, height=240, fps=5))
+    assert forced.describe() == "synthetic 320x240@5"
+    assert make_source(SourceConfig(uri="synthetic:@12.5")).fps == 12.5
+    for bad in ("synthetic:640x480@0", "synthetic:4x4", "synthetic:big", "synthetic:640x@30"):
+        with pytest.raises(SourceError, match="synthetic"):
+            make_source(SourceConfig(uri=bad))
+
+
+def test_synthetic_source_through_the_grabber_newest_wins() -> None:
+    g = Grabber(make_source(SourceConfig(uri="synthetic:64x48@100")), Rate.AUTO)
+    assert g.rate is Rate.MAX
+    g.start()
+    try:
+        first = g.next(timeout=5)
+        time.sleep(0.2)  # ~20 frames come meanwhile; only the newest is kept
+        later = g.next(timeout=5)
+        assert first is not None and later is not None
+        assert later.index - first.index >= 5 and g.stats.dropped >= 4
+    finally:
+        g.stop()
