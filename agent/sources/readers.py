@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import ClassVar
@@ -230,41 +229,32 @@ class ImageFolderSource(FrameSource):
 
 
 class SyntheticSource(FrameSource):
-    """Frames made in memory and paced like a camera, for benches and headless test rigs.
+    """Frames made in memory, for benches and headless rigs: no camera, no file, never ending.
 
-    A red square crosses a gray gradient, one step per frame. `read` blocks until the next frame
-    is due (frame k at k / fps after open); a reader that fell behind gets the frame due now, as
-    from a camera, not a burst of stale ones. Making a 640x480 frame is one copy (~0.1 ms).
+    A red square crosses a gray gradient, one step per frame. The grabber paces it at its fps
+    like a camera (rate `native`, the default; `max` and `all` run it unpaced). Making a 640x480
+    frame is one copy (~0.1 ms), so the `grab` stage is nearly free.
     """
 
     kind = SourceKind.SYNTHETIC
-    live = True
 
     def __init__(self, config: SourceConfig) -> None:
         super().__init__(config)
         self.width, self.height, self._fps = synthetic_spec(config)
         self._background: np.ndarray | None = None
-        self._start = 0.0
-        self._next = 0
+        self._index = 0
 
     def open(self) -> None:
         ramp = np.linspace(40, 200, self.width).astype(np.uint8)
         self._background = np.repeat(
             np.broadcast_to(ramp[None, :, None], (self.height, self.width, 1)), 3, axis=2
         )
-        self._start, self._next = time.monotonic(), 0
+        self._index = 0
 
     def read(self) -> np.ndarray | None:
         if self._background is None:
-            raise SourceLost(f"{self.describe()} is not open")
-        period = 1.0 / self._fps
-        now = time.monotonic()
-        due = self._start + self._next * period
-        if now < due:
-            time.sleep(due - now)
-        elif now - due > period:  # behind: the frames due meanwhile are gone, as from a camera
-            self._next = int((now - self._start) / period)
-        index, self._next = self._next, self._next + 1
+            raise SourceError(f"{self.describe()} is not open")
+        index, self._index = self._index, self._index + 1
         frame = self._background.copy()
         side = max(4, min(self.width, self.height) // 6)
         x = (index * 4) % max(1, self.width - side)
