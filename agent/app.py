@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from agent.bundle.signing import load_public_key
 from agent.config import AgentConfig, ConfigError
 from agent.metrics import AgentMetrics, RollingStats
@@ -36,6 +38,9 @@ from agent.served import GoldenCheckFailed, ServedModel, load_served_model
 from agent.sources.grabber import Grabber
 from agent.sources.readers import make_source
 from agent.status import RunSummary, run_summary, status_message
+from agent.store import BundleStore
+from agent.updates.startup import open_store, serve_from_store
+from agent.updates.updater import Updater
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +60,15 @@ class Agent:
         self.metrics = AgentMetrics()
         self.rolling = RollingStats()
         self.served: ServedModel | None = None
+        self.keys: list[Ed25519PublicKey] = []
         self.grabber: Grabber | None = None
         self.pipeline: Pipeline | None = None
         self.outputs: Outputs | None = None
         self.mqtt: MqttLink | None = None
         self.preview: PreviewServer | None = None
+        self.store: BundleStore | None = None  # with updates.channel: the device's bundle store
+        self.updater: Updater | None = None
+        self._on_probation = False  # the model served at start has not passed probation
         self.health = "starting"
         self._status_thread: threading.Thread | None = None
         self._last_status = 0.0
@@ -67,16 +76,23 @@ class Agent:
 
     # ---- startup ------------------------------------------------------------------------
     def load_model(self) -> ServedModel:
-        """Load the configured bundle as a ServedModel (the pipeline serves it once started)."""
+        """Load the bundle to serve as a ServedModel (the pipeline serves it once started): the
+        store's active one when the device follows a channel, else the configured one."""
         cfg = self.config
-        assert cfg.bundle.path is not None
-        keys = [load_public_key(p) for p in cfg.bundle.trusted_keys]
+        keys = self.keys = [load_public_key(p) for p in cfg.bundle.trusted_keys]
         if not keys:
             logger.warning(
                 "no trusted keys (bundle.trusted_keys / --trusted-key): the bundle's signature "
                 "is not checked"
             )
-        served = load_served_model(cfg.bundle.path, cfg, keys)
+        if cfg.updates.channel:
+            self.store = open_store(cfg)
+            served, self._on_probation = serve_from_store(
+                self.store, cfg, lambda path: load_served_model(path, cfg, keys)
+            )
+        else:
+            assert cfg.bundle.path is not None
+            served = load_served_model(cfg.bundle.path, cfg, keys)
         m = served.manifest
         self.metrics.set_model(
             m.name, m.version, m.model.sha256, served.model.backend, served.model.backend_version
@@ -107,6 +123,8 @@ class Agent:
             self.rolling,
             cfg.pipeline.overlap_post,
         )
+        if self.mqtt is not None:
+            self.updater = Updater(cfg, self.pipeline, self.mqtt, self.store, self.keys)
         if cfg.metrics.enabled:
             with _opening("metrics.port"):
                 self.metrics.serve(cfg.metrics.bind, cfg.metrics.port)
@@ -118,6 +136,8 @@ class Agent:
                 logger.warning(
                     "mqtt: broker not reachable yet; serving anyway, publishing once it is"
                 )
+        if self.updater is not None:
+            self.updater.start(probation=self._on_probation)
         self.grabber.start()
         self._status_thread = threading.Thread(
             target=self._status_loop, name="edgegap-status", daemon=True
@@ -184,29 +204,10 @@ class Agent:
     def request_stop(self) -> None:
         self.stop_event.set()
 
-    def on_command(self, cmd: dict[str, Any]) -> None:
-        """Commands on devices/<id>/cmd. set_threshold and status; others are reported as rejected."""
-        name = cmd.get("cmd")
-        value = cmd.get("value")
-        if name == "set_threshold" and isinstance(value, int | float) and 0 <= value <= 1:
-            self.config.detection.score_threshold = float(value)
-            if self.pipeline is not None:
-                self.pipeline.served.decoder.score_threshold = float(value)
-            logger.info("score threshold set to %s by command", value)
-            self._event({"event": "command", "cmd": name, "ok": True})
-        elif name == "status":
-            if self.mqtt is not None:
-                self.mqtt.publish_status()
-        else:
-            logger.warning("ignored command %r", name)
-            reason = "unknown or malformed command"
-            self._event({"event": "command", "cmd": str(name), "ok": False, "reason": reason})
-
-    def _event(self, event: dict[str, Any]) -> None:
-        if self.mqtt is not None:
-            self.mqtt.publish_event(
-                {"device_id": self.config.device_id, "ts": round(time.time(), 3), **event}
-            )
+    def on_command(self, raw: bytes) -> None:
+        """A message on devices/<id>/cmd (paho's thread): queued for the updater thread."""
+        if self.updater is not None:
+            self.updater.on_command(raw)
 
     def status(self) -> dict[str, Any]:
         """The retained status message (state online)."""
@@ -220,6 +221,7 @@ class Agent:
             self.grabber,
             p.stats if p is not None else None,
             self.rolling,
+            self.config.updates.channel,
         )
 
     def _status_loop(self) -> None:
@@ -262,6 +264,8 @@ class Agent:
             self.grabber.stop()
         if self._status_thread is not None:
             self._status_thread.join(timeout=2)
+        if self.updater is not None:
+            self.updater.stop()
         if self.outputs is not None:
             self.outputs.close()
         if self.mqtt is not None:

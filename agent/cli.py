@@ -45,6 +45,8 @@ FLAG_KEYS = {
     "preview_port": "preview.port",
     "preview_bind": "preview.bind",
     "max_frames": "pipeline.max_frames",
+    "channel": "updates.channel",
+    "state_dir": "updates.state_dir",
 }
 
 
@@ -120,11 +122,13 @@ def cli(verbose: int, quiet: bool) -> None:
     "--golden", type=click.Choice(["require", "check", "skip"]), help="Golden check policy."
 )
 @click.option(
-    "--source", help="Camera index, video file, rtsp:// or http(s):// stream, or image folder."
+    "--source",
+    help="Camera index, video file, rtsp:// or http(s):// stream, image folder, or "
+    "synthetic:640x480@30 (frames made in memory, paced like a camera).",
 )
 @click.option(
     "--source-kind",
-    type=click.Choice(["auto", "camera", "file", "stream", "images"]),
+    type=click.Choice(["auto", "camera", "file", "stream", "images", "synthetic"]),
     help="Force the source kind.",
 )
 @click.option("--loop/--no-loop", default=None, help="Loop a video file or image folder.")
@@ -172,6 +176,12 @@ def cli(verbose: int, quiet: bool) -> None:
 @click.option("--preview-port", type=int, help="Port of the preview page (implies --preview).")
 @click.option("--preview-bind", help="Address for the preview (default 127.0.0.1).")
 @click.option("--max-frames", type=int, help="Stop after this many frames (0: run until stopped).")
+@click.option("--channel", help="Follow this model channel over MQTT (updates.channel).")
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    help="Bundle store and staged downloads (updates.state_dir, default /var/lib/edgegap).",
+)
 def run(config_file: Path | None, preview: bool | None, **flags: Any) -> None:
     """Serve a bundle on a camera, stream, video file or image folder.
 

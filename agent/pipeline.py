@@ -32,6 +32,10 @@ from agent.sources.grabber import Frame, Grabber
 
 logger = logging.getLogger(__name__)
 
+# Told about every frame: the model that served it, its invoke seconds, or the error that failed
+# it: with no invoke time, the invoke; with one, decoding or publishing. Called on the inference or the post thread: it must be quick.
+FrameObserver = Callable[[ServedModel, float | None, BaseException | None], None]
+
 
 @dataclass
 class _Job:
@@ -120,6 +124,7 @@ class Pipeline:
         self.overlap = overlap
         self.stats = PipelineStats()
         self._next: ServedModel | None = None  # handed over by swap(), taken at the next frame
+        self.observer: FrameObserver | None = None  # set by the updater (probation)
 
     def swap(self, served: ServedModel) -> None:
         """Serve `served` from the next frame on (thread-safe: one reference is replaced)."""
@@ -156,8 +161,10 @@ class Pipeline:
                     # not while this thread still needs the GIL to prepare and load it.
                     handoff = functools.partial(worker.submit, pending, True)
                     pending = None
-                job = self._infer(self._take_served(), frame, handoff)
+                job = self._observed_infer(self._take_served(), frame, handoff)
                 n += 1
+                if job is None:
+                    continue
                 if worker is None:
                     self._post(job)
                 elif self.grabber.has_frame() and not stop.is_set() and n != max_frames:
@@ -184,6 +191,32 @@ class Pipeline:
             self.served = nxt
             self.grabber.prepare = nxt.preprocess if self.grabber.prepare is not None else None
         return self.served
+
+    def _observed_infer(
+        self, served: ServedModel, frame: Frame, handoff: Callable[[], None] | None
+    ) -> _Job | None:
+        """_infer, reported to the observer; with one set, a frame whose invoke raises is counted
+        as failed and skipped (the observer rolls the model back) instead of ending the run."""
+        observer = self.observer
+        if observer is None:
+            return self._infer(served, frame, handoff)
+        called: list[bool] = []
+
+        def once() -> None:
+            if handoff is not None and not called:
+                called.append(True)
+                handoff()
+
+        try:
+            job = self._infer(served, frame, once)
+        except Exception as exc:
+            once()  # the previous frame's result still goes out
+            self.stats.failed += 1
+            logger.error("frame %d: invoke failed: %s", frame.index, exc)
+            observer(served, None, exc)
+            return None
+        observer(served, job.timings["invoke"], None)
+        return job
 
     def _infer(
         self, served: ServedModel, frame: Frame, before_invoke: Callable[[], None] | None
@@ -243,6 +276,8 @@ class Pipeline:
 
     def _failed(self, job: _Job, exc: Exception) -> None:
         """Count a frame whose decoding or publishing raised; log the first of each run of them."""
+        if self.observer is not None:
+            self.observer(job.served, job.timings["invoke"], exc)
         s = self.stats
         s.failed += 1
         s.failing += 1

@@ -68,6 +68,7 @@ def status_message(
     grabber: Grabber | None,
     stats: PipelineStats | None,
     rolling: RollingStats,
+    channel: str | None = None,
 ) -> dict[str, Any]:
     """The retained status message (state online); its schema is docs/schemas/status.json."""
     out: dict[str, Any] = {
@@ -79,6 +80,8 @@ def status_message(
         "ts": round(time.time(), 3),
         "health": health,
     }
+    if channel is not None:
+        out["channel"] = channel
     if served is not None:
         out["model"] = served.describe()
         out["backend"] = {"name": served.model.backend, "version": served.model.backend_version}

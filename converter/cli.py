@@ -8,12 +8,16 @@ import sys
 import click
 
 from agent.errors import EdgegapError
-from converter.commands.bundle_tools import bench, inspect, verify
+from converter.commands.broker import broker_cmd
+from converter.commands.bundle_tools import bench, verify
 from converter.commands.convert import convert
 from converter.commands.eval import eval_cmd
+from converter.commands.fleet import fleet, gc
+from converter.commands.inspect import inspect
 from converter.commands.keys import keys
 from converter.commands.profiles import profiles
 from converter.commands.prune import prune
+from converter.commands.publish import publish_cmd
 from converter.commands.zoo import zoo
 from firmware_profiles import ProfileError
 
@@ -71,6 +75,10 @@ cli.add_command(inspect)
 cli.add_command(bench)
 cli.add_command(eval_cmd)
 cli.add_command(zoo)
+cli.add_command(publish_cmd)
+cli.add_command(broker_cmd)
+cli.add_command(fleet)
+cli.add_command(gc)
 
 
 def main() -> None:

@@ -541,11 +541,14 @@ def test_commands_over_mqtt(
         live.client.publish(
             "edgegap/default/devices/cam-4/cmd", b'{"cmd": "set_threshold", "value": 1.0}', qos=1
         )
-        wait_until(
-            lambda: any(e.get("ok") for e in live.on("/events")), what="command acknowledged"
-        )
+        wait_until(lambda: len(live.on("/events")) >= 3, what="command acknowledged")
         events = live.on("/events")
-        assert [(e["cmd"], e["ok"]) for e in events] == [("reboot", False), ("set_threshold", True)]
+        assert [(e.get("cmd"), e["ok"]) for e in events] == [
+            (None, False),  # not JSON: refused, with the reason
+            ("reboot", False),
+            ("set_threshold", True),
+        ]
+        assert "not valid JSON" in events[0]["reason"] and "unknown command" in events[1]["reason"]
         seen = len(live.on("/detections"))
         wait_until(lambda: len(live.on("/detections")) >= seen + 5, what="more detections")
         assert live.on("/detections")[-1]["detections"] == []

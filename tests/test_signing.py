@@ -131,3 +131,39 @@ def test_keys_cli(tmp_path: Path) -> None:
     res = runner.invoke(cli, ["keys", "generate", "--out", str(tmp_path / "k")])
     assert res.exit_code == 1
     assert "already exists" in res.output and "Traceback" not in res.output
+
+
+TAMPERS = {
+    "input spec": lambda m: m["input"].update(zero_point=m["input"]["zero_point"] + 1),
+    "input mean": lambda m: m["input"].update(mean=[1.0]),
+    "outputs": lambda m: m["outputs"][0].update(scale=m["outputs"][0]["scale"] * 2),
+    "output index": lambda m: m["outputs"][0].update(index=m["outputs"][0]["index"] + 1),
+    "decoder": lambda m: m.update(decoder="tensor"),
+    "extra": lambda m: m.update(extra={**m.get("extra", {}), "iou_threshold": 0.99}),
+    "golden expected": lambda m: m["golden"]["expected"][0].__setitem__(0, "AAAAAA=="),
+    "golden tolerance": lambda m: m["golden"].update(atol=[1e9] * len(m["golden"]["atol"])),
+    "labels": lambda m: m.update(labels=list(reversed(m["labels"]))),
+    "metrics": lambda m: m.update(metrics={**m["metrics"], "accuracy_drop": 0.0}),
+    "gates": lambda m: m.update(gates={"passed": True}),
+    "version": lambda m: m.update(version=m["version"] + 1),
+    "model sha256": lambda m: m["model"].update(sha256="0" * 64),
+    "profile": lambda m: m.update(profile="raspberry-pi-4"),
+    "name": lambda m: m.update(name="other"),
+}
+
+
+@pytest.mark.parametrize("field", sorted(TAMPERS))
+def test_a_real_signed_bundle_refuses_each_tampered_field(field: str) -> None:
+    pytest.importorskip("tensorflow")
+    from publish_kit import converted, public_key
+
+    from agent.bundle.signing import SignatureError, verify_manifest
+
+    manifest = json.loads((converted() / "manifest.json").read_text())
+    trusted = [load_public_key(public_key())]
+    verify_manifest(parse_manifest(json.dumps(manifest)), trusted)  # the untouched one verifies
+    before = json.dumps(manifest, sort_keys=True)
+    TAMPERS[field](manifest)
+    assert json.dumps(manifest, sort_keys=True) != before, f"the {field} change changed nothing"
+    with pytest.raises(SignatureError, match="does not verify"):
+        verify_manifest(parse_manifest(json.dumps(manifest)), trusted)

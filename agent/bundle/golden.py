@@ -85,9 +85,15 @@ def check_golden(model: LoadedModel, manifest: Manifest) -> GoldenResult:
         return GoldenResult(False, [], "manifest has no golden check")
     if len(g.expected) != g.count or len(g.atol) != len(manifest.outputs):
         return GoldenResult(False, [], "golden check does not match the manifest's outputs")
+    if not all(np.isfinite(t) and t >= 0 for t in g.atol):
+        return GoldenResult(False, [], f"golden tolerance {g.atol} is not finite and non-negative")
     worst = [0.0] * len(manifest.outputs)
     for i, x in enumerate(golden_inputs(manifest, g.seed, g.count)):
         got = _outputs(model, manifest, x)
+        for j, value in enumerate(got):
+            if not np.isfinite(value).all():  # whatever was recorded: NaN or inf never passes
+                name = manifest.outputs[j].name
+                return GoldenResult(False, worst, f"output {name!r} is not finite (NaN or inf)")
         for j, (value, enc) in enumerate(zip(got, g.expected[i], strict=True)):
             want = np.frombuffer(base64.b64decode(enc), dtype="<f4")
             if want.size != value.size:

@@ -41,6 +41,7 @@ from agent.config.sections import (
     SourceConfig,
     SourceKind,
 )
+from agent.config.updates import UpdatesConfig
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ __all__ = [
     "SourceConfig",
     "SourceKind",
     "TLSConfig",
+    "UpdatesConfig",
     "load_config",
     "parse_broker_url",
 ]
@@ -108,6 +110,9 @@ class AgentConfig(_Strict):
     pipeline: PipelineConfig = Field(
         default_factory=PipelineConfig, description="Frame loop settings."
     )
+    updates: UpdatesConfig = Field(
+        default_factory=UpdatesConfig, description="Model updates over MQTT and the bundle store."
+    )
 
     @field_validator("device_id", "fleet")
     @classmethod
@@ -121,12 +126,14 @@ class AgentConfig(_Strict):
     def require_runnable(self) -> None:
         """`run` needs a bundle and a source; validate-config accepts partial files."""
         missing = []
-        if self.bundle.path is None:
-            missing.append("bundle.path: required (or --bundle DIR)")
+        if self.bundle.path is None and not self.updates.channel:
+            missing.append("bundle.path: required (or --bundle DIR), unless updates.channel is set")
         if not self.source.uri:
             missing.append("source.uri: required (or --source URI)")
         if missing:
             raise ConfigError(missing)
+        if self.updates.channel and not self.mqtt.broker:
+            raise ConfigError(["updates.channel: needs mqtt.broker (or --broker URL)"])
 
 
 def _sanitize(name: str) -> str:

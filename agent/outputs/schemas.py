@@ -111,6 +111,9 @@ class StatusMessage(_Schema):
         default=None, description="Offline only: shutdown, or lost (the last will)."
     )
     health: Literal["starting", "ok", "degraded", "stopped"] | None = None
+    channel: str | None = Field(
+        default=None, description="The model channel the device follows (updates.channel)."
+    )
     model: StatusModel | None = None
     backend: BackendInfo | None = None
     source: str | None = None
