@@ -34,6 +34,12 @@ UPDATE_EVENTS = (
     "probation_passed",
 )
 VIDEO_FPS = 15.0
+# The agent's defaults are 30 frames and 10 s of probation; the demo waits through two of them.
+AGENT_YAML = """\
+# The demo device's config; the command line gives the rest (flags win over this file).
+updates:
+  probation_s: 3          # default 10: each new model is watched this long before it is 'good'
+"""
 
 
 def _free_port() -> int:
@@ -219,7 +225,8 @@ def render_video(test: Path, path: Path, size: tuple[int, int] = (480, 480)) -> 
 def agent_args(demo: Demo, video: Path, folder: Path) -> list[str]:
     assert demo.broker is not None
     return [
-        "run", "--bundle", str(demo.detector_bundles["x86-avx2"]),
+        "run", "--config", str(folder / "agent.yaml"),
+        "--bundle", str(demo.detector_bundles["x86-avx2"]),
         "--trusted-key", str(demo.files["public_key"]),
         "--source", str(video), "--loop", "--rate", "native",
         "--broker", demo.broker, "--fleet", demo.fleet, "--device-id", DEVICE_ID,
@@ -239,6 +246,7 @@ def step_device(demo: Demo) -> None:
     shutil.rmtree(folder, ignore_errors=True)  # a fresh device: empty store, empty outputs
     folder.mkdir(parents=True)
     video = render_video(demo.files["detection_test"], folder / "camera.avi")
+    (folder / "agent.yaml").write_text(AGENT_YAML)
     console.print(
         f"camera: {video}, {VIDEO_FPS:g} fps, looped; the agent's log: {folder / 'agent.log'}"
     )

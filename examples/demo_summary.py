@@ -59,7 +59,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 class Served:
     frames: int
     by_version: dict[int, int]
-    dropped: int  # indices missing anywhere in the run
+    dropped: dict[int, int]  # indices missing (dropped frames) while each version served
     last_v1: int  # frame index of the last frame v1 served
     first_v2: int  # ... and of the first v2 served
     lost_at_swap: int
@@ -84,7 +84,7 @@ def measure(records: list[dict[str, Any]]) -> Served:
     return Served(
         frames=len(records),
         by_version={v: version.count(v) for v in sorted(set(version))},
-        dropped=index[-1] - index[0] + 1 - len(set(index)),
+        dropped={v: _dropped(index, version, v) for v in sorted(set(version))},
         last_v1=index[switch - 1],
         first_v2=index[switch],
         lost_at_swap=index[switch] - index[switch - 1] - 1,
@@ -95,15 +95,27 @@ def measure(records: list[dict[str, Any]]) -> Served:
     )
 
 
+def _dropped(index: list[int], version: list[int], v: int) -> int:
+    """Indices skipped just before a frame that version v served, the swap itself excluded."""
+    return sum(
+        b - a - 1
+        for a, b, va, vb in zip(index, index[1:], version, version[1:], strict=False)
+        if va == vb == v
+    )
+
+
 def summary_table(s: Served, device: Device) -> Table:
     t = Table(title="summary", title_justify="left", show_header=False)
     t.add_column("what", style="bold")
     t.add_column("measured")
     versions = ", ".join(f"v{v}: {n}" for v, n in s.by_version.items())
     t.add_row("frames served", f"{s.frames} ({versions})")
+    dropped = ", ".join(f"{n} while v{v} served" for v, n in s.dropped.items() if n)
     t.add_row(
         "frame indices",
-        "contiguous, none dropped" if not s.dropped else f"{s.dropped} missing (dropped frames)",
+        f"{dropped} (missing indices: frames dropped, newest frame wins)"
+        if dropped
+        else "contiguous: no frame dropped",
     )
     lost = "none lost" if not s.lost_at_swap else f"[red]{s.lost_at_swap} lost[/]"
     t.add_row(
