@@ -196,17 +196,25 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(demo: Demo, steps: list[Callable[[Demo], None]]) -> int:
     """Run the steps in order; any failure ends the demo with its reason and exit code 1."""
+    from agent.errors import EdgegapError
     from converter.loading import import_tf
 
     import_tf()  # once, quietly, before any step
     start = time.monotonic()
+    took: list[str] = []
     try:
         with demo.cleanup:  # stops the agent and the broker, however the steps end
             for step in steps:
+                t0 = time.monotonic()
                 step(demo)
-    except DemoError as exc:
+                took.append(f"{step.__name__.removeprefix('step_')} {time.monotonic() - t0:.0f} s")
+    except (DemoError, EdgegapError) as exc:
         console.print(f"[bold red]demo failed:[/] {exc}")
         return 1
+    except KeyboardInterrupt:
+        console.print("[bold red]demo interrupted[/]")
+        return 130
+    console.print(f"[dim]time per step: {', '.join(took)}[/]")
     failed = [r.profile.name for r in demo.results if not r.passed]
     if failed:
         console.print(f"[bold red]demo failed: gates failed for {', '.join(failed)}[/]")
