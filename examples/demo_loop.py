@@ -214,7 +214,8 @@ def render_video(test: Path, path: Path, size: tuple[int, int] = (480, 480)) -> 
     from converter.tasks.detection_folder import read_folder
 
     folder = read_folder(test)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), VIDEO_FPS, size)
+    fourcc = cv2.VideoWriter_fourcc(*"MJPG")  # type: ignore[attr-defined]
+    writer = cv2.VideoWriter(str(path), fourcc, VIDEO_FPS, size)
     for i in range(len(folder)):
         frame = cv2.resize(folder.image(i), size, interpolation=cv2.INTER_LINEAR)
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
