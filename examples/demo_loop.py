@@ -91,7 +91,7 @@ def step_broker(demo: Demo) -> None:
             [sys.executable, "-m", "converter", "broker", "--port", str(port)],
             stdout=f, stderr=subprocess.STDOUT, env=_env(), cwd=demo.out,
         )  # fmt: skip
-    demo.cleanup.callback(_stop, proc, signal.SIGINT, 10)
+    demo.cleanup.callback(_stop, proc, signal.SIGTERM, 10)  # SIGINT may be ignored (a &-job)
     deadline = time.monotonic() + 30
     while True:
         if proc.poll() is not None:
