@@ -122,11 +122,13 @@ def cli(verbose: int, quiet: bool) -> None:
     "--golden", type=click.Choice(["require", "check", "skip"]), help="Golden check policy."
 )
 @click.option(
-    "--source", help="Camera index, video file, rtsp:// or http(s):// stream, or image folder."
+    "--source",
+    help="Camera index, video file, rtsp:// or http(s):// stream, image folder, or "
+    "synthetic:640x480@30 (frames made in memory, paced like a camera).",
 )
 @click.option(
     "--source-kind",
-    type=click.Choice(["auto", "camera", "file", "stream", "images"]),
+    type=click.Choice(["auto", "camera", "file", "stream", "images", "synthetic"]),
     help="Force the source kind.",
 )
 @click.option("--loop/--no-loop", default=None, help="Loop a video file or image folder.")

@@ -10,6 +10,7 @@ messages are dropped and counted rather than queued without bound.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,16 @@ from agent.outputs.messages import encode
 logger = logging.getLogger(__name__)
 
 MAX_QUEUED = 100
+
+
+def no_delay(client: paho.Client, userdata: Any, sock: Any) -> None:
+    """paho's on_socket_open: turn Nagle's algorithm off. A pull sends a PUBACK, an UNSUBSCRIBE
+    and a SUBSCRIBE per chunk, all small; with Nagle on, each waited for the broker's delayed
+    ACK (~40 ms), and a 30 MB model took 1.3 s to pull on loopback instead of 0.1 s."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):  # not a TCP socket (a unix socket, a websocket wrapper)
+        logger.debug("mqtt: TCP_NODELAY not set on %r", sock)
 
 
 class MqttLink:
@@ -67,6 +78,7 @@ class MqttLink:
             protocol=paho.MQTTv311,
             clean_session=True,
         )
+        client.on_socket_open = no_delay
         username = cfg.username or self.address.username
         if username:
             client.username_pw_set(username, cfg.read_password())

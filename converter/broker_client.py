@@ -24,6 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config.broker import parse_broker_url
 from agent.errors import EdgegapError
+from agent.mqtt import no_delay
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ def make_client(options: BrokerOptions, role: str) -> tuple[paho.Client, str, in
         clean_session=True,
     )
     client.connect_timeout = options.timeout_s
+    client.on_socket_open = no_delay  # PUBACKs and small messages are not held back by Nagle
     client.max_inflight_messages_set(WINDOW)
     username = address.username or os.environ.get(USERNAME_ENV) or None
     if username:

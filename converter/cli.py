@@ -9,10 +9,11 @@ import click
 
 from agent.errors import EdgegapError
 from converter.commands.broker import broker_cmd
-from converter.commands.bundle_tools import bench, inspect, verify
+from converter.commands.bundle_tools import bench, verify
 from converter.commands.convert import convert
 from converter.commands.eval import eval_cmd
 from converter.commands.fleet import fleet, gc
+from converter.commands.inspect import inspect
 from converter.commands.keys import keys
 from converter.commands.profiles import profiles
 from converter.commands.prune import prune

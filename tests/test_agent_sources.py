@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_agent_kit import ManualClock, render_frame, write_images, write_video
 
@@ -19,6 +20,7 @@ from agent.sources.readers import (
     SourceError,
     SourceLost,
     StreamSource,
+    SyntheticSource,
     VideoFileSource,
     make_source,
     redact,
@@ -244,3 +246,56 @@ def test_a_paused_consumer_of_a_paced_file_gets_the_newest_frame(tmp_path: Path)
     clock.advance(0.02)
     assert (f := g.next(timeout=10)) is not None and f.index == 6
     g.stop()
+
+
+def test_synthetic_source_makes_moving_frames_paced_at_its_fps() -> None:
+    source = make_source(SourceConfig(uri="synthetic:64x48@50"))
+    assert isinstance(source, SyntheticSource) and not source.live
+    assert source.describe() == "synthetic 64x48@50" and source.fps == 50
+    g = Grabber(source, Rate.AUTO)
+    assert g.rate is Rate.NATIVE  # paced like a camera
+    g.start()
+    try:
+        t0 = time.monotonic()
+        frames = [g.next(timeout=5) for _ in range(26)]
+        elapsed = time.monotonic() - t0
+    finally:
+        g.stop()
+    assert all(f is not None and f.image.shape == (48, 64, 3) for f in frames)
+    assert 0.4 <= elapsed < 2.0  # frame k is due k / 50 s after the start: 25 intervals
+    indices = [f.index for f in frames if f is not None]
+    assert indices == sorted(set(indices)) and indices[-1] < 40  # in order, hardly any dropped
+    a, b = frames[0], frames[1]
+    assert a is not None and b is not None and not np.array_equal(a.image, b.image)  # it moves
+    grabs = sorted(f.grab_s for f in frames if f is not None)
+    assert grabs[len(grabs) // 2] < 0.01  # the pacing wait is not counted as grab time
+
+
+def test_synthetic_source_paced_drops_for_a_slow_reader_like_a_camera() -> None:
+    g = Grabber(make_source(SourceConfig(uri="synthetic:64x48@100")), Rate.AUTO)
+    g.start()
+    try:
+        first = g.next(timeout=5)
+        time.sleep(0.2)  # ~20 frames come meanwhile; only the newest is kept
+        later = g.next(timeout=5)
+        assert first is not None and later is not None
+        assert later.index - first.index >= 5 and g.stats.dropped >= 4
+    finally:
+        g.stop()
+
+
+def test_synthetic_source_spec_and_kind() -> None:
+    default = make_source(SourceConfig(uri="synthetic"))
+    assert (default.width, default.height, default.fps) == (640, 480, 30.0)  # type: ignore[attr-defined]
+    forced = make_source(SourceConfig(kind=SourceKind.SYNTHETIC, width=320, height=240, fps=5))
+    assert forced.describe() == "synthetic 320x240@5"
+    assert make_source(SourceConfig(uri="synthetic:@12.5")).fps == 12.5
+    for bad in ("synthetic:640x480@0", "synthetic:4x4", "synthetic:big", "synthetic:640x@30"):
+        with pytest.raises(SourceError, match="synthetic"):
+            make_source(SourceConfig(uri=bad))
+    unpaced = Grabber(make_source(SourceConfig(uri="synthetic:32x32@1")), Rate.ALL)
+    unpaced.start()
+    try:
+        assert [unpaced.next(timeout=5) is not None for _ in range(20)] == [True] * 20
+    finally:
+        unpaced.stop()

@@ -38,6 +38,7 @@ class SourceKind(str, Enum):
     FILE = "file"
     STREAM = "stream"
     IMAGES = "images"
+    SYNTHETIC = "synthetic"  # frames made in memory, paced like a camera (benches, headless rigs)
 
 
 class Rate(str, Enum):
@@ -64,7 +65,10 @@ class ReconnectConfig(_Strict):
 class SourceConfig(_Strict):
     uri: str | None = Field(
         default=None,
-        description="Camera index (0), video file, rtsp:// or http(s):// stream, or a folder of images.",
+        description=(
+            "Camera index (0), video file, rtsp:// or http(s):// stream, a folder of images, "
+            "or synthetic:640x480@30 (frames made in memory)."
+        ),
     )
     kind: SourceKind = Field(
         default=SourceKind.AUTO, description="How to read uri; auto decides from its form."

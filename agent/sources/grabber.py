@@ -85,7 +85,8 @@ class GrabberStats:
 def resolve_rate(rate: Rate, kind: SourceKind) -> Rate:
     if rate is not Rate.AUTO:
         return rate
-    return {SourceKind.FILE: Rate.NATIVE, SourceKind.IMAGES: Rate.ALL}.get(kind, Rate.MAX)
+    paced = {SourceKind.FILE: Rate.NATIVE, SourceKind.SYNTHETIC: Rate.NATIVE}
+    return {**paced, SourceKind.IMAGES: Rate.ALL}.get(kind, Rate.MAX)
 
 
 class Grabber:

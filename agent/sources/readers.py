@@ -1,4 +1,5 @@
-"""Frame sources, all through OpenCV: camera index, video file, RTSP/HTTP stream, image folder.
+"""Frame sources: camera index, video file, RTSP/HTTP stream, image folder (all through OpenCV),
+and synthetic frames made in memory (`synthetic:640x480@30`: no camera, no file).
 
 A source reads BGR frames one at a time. Finite sources (files, folders) return None at their
 end; live sources (cameras, streams) raise SourceLost on a dropout so the grabber can reopen them.
@@ -22,6 +23,8 @@ from agent.errors import EdgegapError
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
+SYNTHETIC_PREFIX = "synthetic"
+SYNTHETIC = re.compile(r"^(?:synthetic:?)?(?:(\d{1,5})x(\d{1,5}))?(?:@(\d{1,4}(?:\.\d+)?))?\Z")
 STREAM_SCHEMES = (
     "rtsp://",
     "rtsps://",
@@ -225,6 +228,70 @@ class ImageFolderSource(FrameSource):
         self._files = []
 
 
+class SyntheticSource(FrameSource):
+    """Frames made in memory, for benches and headless rigs: no camera, no file, never ending.
+
+    A red square crosses a gray gradient, one step per frame. The grabber paces it at its fps
+    like a camera (rate `native`, the default; `max` and `all` run it unpaced). Making a 640x480
+    frame is one copy (~0.1 ms), so the `grab` stage is nearly free.
+    """
+
+    kind = SourceKind.SYNTHETIC
+
+    def __init__(self, config: SourceConfig) -> None:
+        super().__init__(config)
+        self.width, self.height, self._fps = synthetic_spec(config)
+        self._background: np.ndarray | None = None
+        self._index = 0
+
+    def open(self) -> None:
+        ramp = np.linspace(40, 200, self.width).astype(np.uint8)
+        self._background = np.repeat(
+            np.broadcast_to(ramp[None, :, None], (self.height, self.width, 1)), 3, axis=2
+        )
+        self._index = 0
+
+    def read(self) -> np.ndarray | None:
+        if self._background is None:
+            raise SourceError(f"{self.describe()} is not open")
+        index, self._index = self._index, self._index + 1
+        frame = self._background.copy()
+        side = max(4, min(self.width, self.height) // 6)
+        x = (index * 4) % max(1, self.width - side)
+        y = (index * 3) % max(1, self.height - side)
+        frame[y : y + side, x : x + side] = (0, 0, 255)
+        return frame
+
+    def close(self) -> None:
+        self._background = None
+
+    @property
+    def fps(self) -> float | None:
+        return self._fps
+
+    def describe(self) -> str:
+        return f"synthetic {self.width}x{self.height}@{self._fps:g}"
+
+
+def synthetic_spec(config: SourceConfig) -> tuple[int, int, float]:
+    """Width, height and fps of a synthetic source: from `synthetic:WxH@FPS` (each part
+    optional), else source.width, source.height and source.fps, else 640x480 at 30 fps."""
+    match = SYNTHETIC.match(config.uri or "")
+    if match is None:
+        raise SourceError(
+            f"synthetic source must look like synthetic:640x480@30, got {config.uri!r}"
+        )
+    w, h, fps = match.groups()
+    width = int(w) if w else config.width or 640
+    height = int(h) if h else config.height or 480
+    rate = float(fps) if fps else config.fps or 30.0
+    if not (8 <= width <= 8192 and 8 <= height <= 8192 and 0 < rate <= 1000):
+        raise SourceError(
+            f"synthetic source {width}x{height}@{rate:g}: sides must be 8-8192 px, fps 0-1000"
+        )
+    return width, height, rate
+
+
 def redact(uri: str) -> str:
     """A stream URL without its password, for logs and status."""
     return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", uri)
@@ -236,6 +303,8 @@ def resolve_kind(config: SourceConfig) -> SourceKind:
         return config.kind
     if uri.isdigit():
         return SourceKind.CAMERA
+    if uri.split(":", 1)[0] == SYNTHETIC_PREFIX:
+        return SourceKind.SYNTHETIC
     if uri.lower().startswith(STREAM_SCHEMES):
         return SourceKind.STREAM
     if Path(uri).is_dir():
@@ -244,17 +313,18 @@ def resolve_kind(config: SourceConfig) -> SourceKind:
 
 
 SOURCES: dict[SourceKind, type[FrameSource]] = {
-    cls.kind: cls for cls in (CameraSource, StreamSource, VideoFileSource, ImageFolderSource)
+    cls.kind: cls
+    for cls in (CameraSource, StreamSource, VideoFileSource, ImageFolderSource, SyntheticSource)
 }
 
 
 def make_source(config: SourceConfig) -> FrameSource:
     """The source for config.uri; nothing is opened yet, but a video file must exist."""
-    if not config.uri:
-        raise SourceError("no source given (source.uri or --source)")
     kind = resolve_kind(config)
-    if kind is SourceKind.CAMERA and not config.uri.isdigit():
+    if not config.uri and kind is not SourceKind.SYNTHETIC:
+        raise SourceError("no source given (source.uri or --source)")
+    if kind is SourceKind.CAMERA and not (config.uri or "").isdigit():
         raise SourceError(f"camera source must be an index like 0, got {config.uri!r}")
-    if kind is SourceKind.FILE and not Path(config.uri).is_file():
+    if kind is SourceKind.FILE and not Path(config.uri or "").is_file():
         raise SourceError(f"video file not found: {config.uri}")
     return SOURCES[kind](config)

@@ -2,13 +2,17 @@
 
 Layout under the state directory:
 
-    staging/<sha256>/<index>     chunk index of the blob, each written atomically
+    staging/<sha256>/<index>     chunk index of the blob, each written whole (temp file, rename)
     staging/<sha256>.tflite      the assembled model, once every chunk is in and it verified
 
 Every chunk is checked (index, length, sha256) before it is written, and re-checked when a
 download resumes (`have`), since what is on disk after a crash is not to be trusted. The whole
 file's sha256 and size are checked when the chunks are assembled. Limits on the size and chunk
 count are applied before anything is created on disk.
+
+Chunks are not fsynced: since every staged chunk is re-hashed when a download resumes, one that a
+power cut left empty or torn is simply fetched again, and the assembled model is fsynced before
+the store takes it. (An fsync per chunk cost ~8 ms on the development VM; a 30 MB model is 241 chunks.)
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from agent.atomic import TMP_PREFIX, atomic_write, fsync_dir
+from agent.atomic import TMP_PREFIX, fsync_dir
 from agent.store.files import (
     StoreError,
     clean_temp,
@@ -80,7 +84,7 @@ class Staging:
         problem = self._problem(index, data)
         if problem is not None:
             raise StoreError(f"chunk {index} of {self.blob.sha256[:12]}… refused: {problem}")
-        atomic_write(self.dir / str(index), data)
+        _write_chunk(self.dir / str(index), data)
         if self._have is not None:
             self._have.add(index)
 
@@ -209,6 +213,18 @@ def _check_blob(blob: Blob, limits: Limits) -> None:
         )
     if len(blob.chunk_sha256) != blob.chunks or not all(is_sha256(h) for h in blob.chunk_sha256):
         raise StoreError("the chunk hashes do not match the chunk count, or are not sha256")
+
+
+def _write_chunk(path: Path, data: bytes) -> None:
+    """Write path whole (a temp file renamed over it), without fsync: see the module docstring."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _index(name: str, chunks: int) -> int | None:

@@ -20,6 +20,7 @@ from agent.served import ServedModel
 from agent.store import BundleStore, Staging, StoreError, clean_staging
 from agent.updates import activation
 from agent.updates.checks import Device, Ignored, Rejected, check_release
+from agent.updates.commands import run_command
 from agent.updates.events import Events
 from agent.updates.pins import Pin
 from agent.updates.probation import Probation
@@ -140,8 +141,6 @@ class Updater:
                 if pull.done:
                     self._finish_pull(pull)
         elif work.kind == "command":
-            from agent.updates.commands import run_command
-
             run_command(self, work.payload)
 
     def _tick(self) -> None:

@@ -7,52 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
 
-from converter.console import console, human_bytes
+from converter.commands.prune_report import cost_table, kept_table, loss_line, sparsity_table
+from converter.console import console
 from converter.params import FLOAT_LIST
 
 logger = logging.getLogger(__name__)
-
-
-def _ratio(value: float) -> str:
-    return f"{value:.3f}×"
-
-
-def _cost_table(report: Any) -> Table:
-    table = Table(title="Pruning: original vs pruned (per sample, float weights)")
-    for col in ("", "original", "pruned", "pruned/original"):
-        table.add_column(col, justify="right" if col else "left")
-    b, a = report.before, report.after
-    table.add_row("MACs", f"{b.macs:,}", f"{a.macs:,}", _ratio(a.macs / b.macs if b.macs else 1))
-    table.add_row("MACs predicted by the graph", "", f"{report.predicted_macs:,}", "")
-    table.add_row(
-        "parameters",
-        f"{b.params:,}",
-        f"{a.params:,}",
-        _ratio(a.params / b.params if b.params else 1),
-    )
-    table.add_row(
-        "weight bytes",
-        human_bytes(b.bytes),
-        human_bytes(a.bytes),
-        _ratio(a.bytes / b.bytes if b.bytes else 1),
-    )
-    table.add_row(
-        "channels (prunable groups)", f"{report.channels_before:,}", f"{report.channels_after:,}",
-        _ratio(report.channels_after / report.channels_before if report.channels_before else 1),
-    )  # fmt: skip
-    return table
-
-
-def _kept_table(report: Any) -> Table:
-    table = Table(title="Layers kept whole (no filter removed)")
-    table.add_column("layer")
-    table.add_column("filters", justify="right")
-    table.add_column("why", overflow="fold")
-    for k in report.kept_whole:
-        table.add_row(k.layer, str(k.channels), k.reason)
-    return table
 
 
 def _load(model_path: Path, custom_objects: tuple[str, ...]) -> Any:
@@ -133,16 +93,6 @@ def _detector_data(task: Any, model: Any, data: Path, limit: int) -> tuple[Any, 
         else f"{data} is not a COCO-style folder"
     )
     return ds.x, None, f"{len(ds.x)} images ({why}, so no detection labels)"
-
-
-def _loss_line(labels: Any, alpha: float, what: str) -> str:
-    if labels is None:
-        return f"fine-tune: distillation alone (detection distillation loss) on {what}"
-    if alpha >= 1:
-        return f"fine-tune: detection task loss alone (alpha 1) on {what}"
-    if alpha <= 0:
-        return f"fine-tune: detection distillation alone (alpha 0; labels unused) on {what}"
-    return f"fine-tune: detection task loss + distillation (alpha {alpha:g}) on {what}"
 
 
 @click.command("prune")
@@ -373,7 +323,7 @@ def _detector_inputs(
     x, labels, what = _detector_data(task, keras_model, data, limit)
     tune.update(task_loss=detection_task_loss, distill_loss=detection_distill_loss())
     if n_epochs:
-        console.print(_loss_line(labels, tune["alpha"], what))
+        console.print(loss_line(labels, tune["alpha"], what))
     return names, x, labels
 
 
@@ -388,9 +338,9 @@ def _prune_channels(
         model, channels, importance=importance, mode=mode, min_channels=min_channels, round_to=round_to,
         protect=protect, data=x, labels=labels, steps=steps, epochs=epochs, **tune,
     )  # fmt: skip
-    console.print(_cost_table(report))
+    console.print(cost_table(report))
     if report.kept_whole:
-        console.print(_kept_table(report))
+        console.print(kept_table(report))
     else:
         console.print("Layers kept whole: none")
     for u in report.unsupported:
@@ -413,14 +363,7 @@ def _zero_weights(
     from converter.pruning import LATENCY_NOTE, magnitude_prune
 
     result, sreport = magnitude_prune(model, sparsity, x, labels, epochs=epochs, **tune)
-    table = Table(title=f"Magnitude pruning: {sreport.sparsity:.1%} of kernel weights are zero")
-    for col in ("", "dense", "sparse", "sparse/dense"):
-        table.add_column(col, justify="right" if col else "left")
-    table.add_row(
-        "zipped weights", human_bytes(sreport.dense_zipped), human_bytes(sreport.sparse_zipped),
-        _ratio(sreport.sparse_zipped / sreport.dense_zipped),
-    )  # fmt: skip
-    console.print(table)
+    console.print(sparsity_table(sreport))
     console.print(f"[bold]Note:[/] {LATENCY_NOTE}")
     return result
 

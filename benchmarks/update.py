@@ -1,0 +1,302 @@
+"""Model updates over MQTT, end to end on one machine: `edgegap publish` to agents serving.
+
+Real bundles: wide conv nets converted by the converter (x86-avx2, int8, `--force`) to about
+4 MB and 30 MB of .tflite, signed with a key generated for the run; a 64 KB model of the same
+input is what every agent serves before the update. Every agent is `python -m agent run` in its
+own process (TF-free, `--threads 1`, a synthetic source), against mosquitto on a free loopback
+port started here (or `--broker URL`). Publishing is in-process: `converter.publishing.prepare`
+and `publish`, what `edgegap publish` calls, timed from before it reads the bundle.
+
+- publish-to-active: from the start of the publish to the agent's `activated` event, on a
+  fresh agent serving the 64 KB model at 640x480@30; divided by the time one raw MQTT message of
+  the same size takes through the same broker (paho, QoS 1, publish to a subscriber's receipt).
+  Update and raw trials alternate (update first in odd trials); medians of --trials.
+- frames lost and swap stall, from the agent's JSONL in the same trials, in the window from the
+  publish to 1 s after `activated`: lost = frame indices missing from the results; stall =
+  longest gap between two results minus the median gap before the publish (goal < 33 ms).
+- RSS of one agent across --swaps consecutive swaps (releases alternating the 4 MB and the 64 KB
+  model, each a new version; the agent loads from its store when it still holds the model).
+- fleet: --agents agents (synthetic 64x64@2) get one publish of the 4 MB bundle; time until all
+  are active / one agent alone (median of 3); every `activated` event must name the signed sha256.
+
+Usage: python benchmarks/update.py [--quick] [--trials 5] [--swaps 100] [--agents 50]
+       [--broker mqtt://host:port] [--cache DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import threading
+import time
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+from update_kit import (
+    PREFIX,
+    AgentProc,
+    Mosquitto,
+    Watcher,
+    bundles,
+    client,
+    results,
+    scratch,
+    spawn_agent,
+    versioned,
+    wait_until,
+)
+
+from agent.bundle.loading import MODEL_FILE, read_manifest
+from agent.updates.protocol import DEFAULT_CHUNK_SIZE, Topics
+from converter.broker_client import BrokerOptions, Connection
+from converter.publishing import Published, prepare, publish
+
+SOLO_SOURCE = "synthetic:640x480@30"
+FLEET_SOURCE = "synthetic:64x64@2"
+START_S = 120.0  # an agent's start, or a whole fleet's
+UPDATE_S = 300.0
+
+
+class Bench:
+    def __init__(self, url: str, cache: Path, work: Path, watcher: Watcher) -> None:
+        self.url, self.cache, self.work, self.watcher = url, cache, work, watcher
+        self.key = cache / "keys" / "edgegap.key"
+        self.pub = cache / "keys" / "edgegap.pub"
+        self.topics = Topics(PREFIX)
+        self.seeded: set[str] = set()
+
+    def publish(self, bundle: Path, channel: str) -> Published:
+        """What `edgegap publish BUNDLE --channel CHANNEL` does, in this process."""
+        prepared = prepare(bundle, channel, DEFAULT_CHUNK_SIZE)
+        with Connection(BrokerOptions(self.url), "publish") as conn:
+            return publish(conn, self.topics, prepared)
+
+    def bundle(self, model: str, version: int) -> Path:
+        out = self.work / "bundles" / f"{model}-v{version}"
+        if not out.exists():
+            versioned(self.cache / model, version, self.key, out)
+        return out
+
+    def agent(self, device: str, channel: str, source: str, jsonl: bool = False) -> AgentProc:
+        """An agent serving the 64 KB model v1, following channel (seeded with that release)."""
+        if channel not in self.seeded:
+            self.publish(self.bundle("small", 1), channel)
+            self.seeded.add(channel)
+        return spawn_agent(
+            self.url, device, channel, self.cache / "small", self.pub, self.work / device,
+            source, jsonl,
+        )  # fmt: skip
+
+    def started(self, agents: list[AgentProc]) -> None:
+        def all_online() -> bool:
+            for a in agents:
+                if a.process.poll() is not None:
+                    log = (a.workdir / "agent.log").read_text()[-2000:]
+                    raise RuntimeError(f"agent {a.device} exited:\n{log}")
+            return all(self.watcher.online(a.device) for a in agents)
+
+        wait_until(all_online, START_S, f"{len(agents)} agent(s) online")
+
+    def activated(self, agents: list[AgentProc], sha: str, since: float) -> dict[str, float]:
+        """Seconds from since to each agent's `activated` event; each must name sha."""
+        devices = {a.device for a in agents}
+
+        def done() -> bool:
+            bad = [e for e in self.watcher.find("rejected", after=since) if e.device in devices]
+            if bad:
+                raise RuntimeError(f"{bad[0].device} rejected the update: {bad[0].body}")
+            return {e.device for e in self.watcher.find("activated", after=since)} >= devices
+
+        wait_until(done, UPDATE_S, f"{len(devices)} agent(s) activated")
+        out: dict[str, float] = {}
+        for e in self.watcher.find("activated", after=since):
+            if e.device in devices and e.device not in out:
+                if e.body.get("sha256") != sha:
+                    raise RuntimeError(f"{e.device} activated {e.body.get('sha256')}, not {sha}")
+                out[e.device] = e.at - since
+        return out
+
+    # ---- publish-to-active, frames lost, stall -------------------------------------------------
+    def update_trial(self, model: str, trial: int) -> dict[str, float]:
+        device = f"solo-{model}-{trial}"
+        agent = self.agent(device, f"t-{model}-{trial}", SOLO_SOURCE, jsonl=True)
+        try:
+            self.started([agent])
+            time.sleep(1.5)  # the usual gap between results, before the update
+            bundle = self.bundle(model, 2 + trial)
+            sha = read_manifest(bundle).model.sha256
+            t0, wall0 = time.perf_counter(), time.time()
+            self.publish(bundle, f"t-{model}-{trial}")
+            seconds = self.activated([agent], sha, t0)[device]
+            time.sleep(1.2)
+        finally:
+            agent.stop()
+        return {"update_s": seconds, **swap_figures(results(agent), wall0, wall0 + seconds + 1.0)}
+
+    def raw_trial(self, payload: bytes, trial: int) -> float:
+        got = threading.Event()
+        sub = client(self.url, f"raw-sub-{trial}")
+        sub.on_message = lambda c, u, m: got.set()
+        subscribed = threading.Event()
+        sub.on_subscribe = lambda *a: subscribed.set()
+        sub.subscribe(f"bench/raw/{trial}", qos=1)
+        pub = client(self.url, f"raw-pub-{trial}")
+        try:
+            subscribed.wait(10)
+            time.sleep(0.1)
+            t0 = time.perf_counter()
+            info = pub.publish(f"bench/raw/{trial}", payload, qos=1)
+            if not got.wait(UPDATE_S):
+                raise RuntimeError("the raw message did not arrive")
+            seconds = time.perf_counter() - t0
+            info.wait_for_publish(30)
+        finally:
+            for c in (sub, pub):
+                c.disconnect()
+                c.loop_stop()
+        return seconds
+
+    # ---- RSS across swaps ------------------------------------------------------------------------
+    def rss(self, swaps: int, marks: tuple[int, ...]) -> dict[int, float]:
+        agent = self.agent("rss", "rss", "synthetic:320x240@30")
+        seen: dict[int, float] = {}
+        try:
+            self.started([agent])
+            for n in range(1, swaps + 1):
+                bundle = self.bundle("4MB" if n % 2 else "small", 1 + n)
+                t0 = time.perf_counter()
+                self.publish(bundle, "rss")
+                self.activated([agent], read_manifest(bundle).model.sha256, t0)
+                shutil.rmtree(bundle)
+                if n in marks:
+                    time.sleep(0.5)
+                    seen[n] = agent.rss_mb()
+        finally:
+            agent.stop()
+        return seen
+
+    # ---- the fleet -------------------------------------------------------------------------------
+    def fleet_update(self, name: str, count: int) -> dict[str, Any]:
+        agents = [self.agent(f"{name}-{i:02d}", name, FLEET_SOURCE) for i in range(count)]
+        try:
+            self.started(agents)
+            time.sleep(1.0)
+            tf = [a.device for a in agents if a.imports_tensorflow()]
+            rss = sum(a.rss_mb() for a in agents)
+            bundle = self.bundle("4MB", 2)
+            t0 = time.perf_counter()
+            self.publish(bundle, name)
+            times = self.activated(agents, read_manifest(bundle).model.sha256, t0)
+            end = t0 + max(times.values())
+            inflight = [n for at, n in self.watcher.inflight if t0 <= at <= end + 1.0]
+        finally:
+            for a in agents:
+                a.stop()
+        return {"seconds": max(times.values()), "verified": len(times), "tf": tf, "rss": rss,
+                "inflight": max(inflight, default=None)}  # fmt: skip
+
+
+def swap_figures(rows: list[dict[str, Any]], start: float, end: float) -> dict[str, float]:
+    """Frames lost and the longest gap between results from start to end (wall clock)."""
+    rows = sorted(rows, key=lambda r: r["frame"]["index"])
+    before = [r["sent"] for r in rows if start - 1.0 <= r["sent"] < start]
+    usual = statistics.median(b - a for a, b in pairwise(before))
+    first = next(i for i, r in enumerate(rows) if r["sent"] >= start)
+    window = [r for r in rows[max(0, first - 1) :] if r["sent"] <= end]
+    idx = [r["frame"]["index"] for r in window]
+    sent = [r["sent"] for r in window]
+    old = [r["frame"]["index"] for r in window if r["model"]["version"] == 1]
+    new = [r["frame"]["index"] for r in window if r["model"]["version"] != 1]
+    return {
+        "lost": sum(b - a - 1 for a, b in pairwise(idx)),
+        "lost_at_swap": min(new) - max(old) - 1 if old and new else -1,
+        "stall_s": max(b - a for a, b in pairwise(sent)) - usual,
+        "usual_s": usual,
+    }
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smoke run: small models, few agents")
+    ap.add_argument("--trials", type=int, help="update/raw trial pairs per size (default 5)")
+    ap.add_argument("--swaps", type=int, help="consecutive swaps for the RSS figure (default 100)")
+    ap.add_argument("--agents", type=int, help="agents in the fleet (default 50)")
+    ap.add_argument("--broker", help="use this broker instead of a mosquitto started here")
+    ap.add_argument("--cache", type=Path, default=Path.home() / ".cache/edgegap/bench-update")
+    args = ap.parse_args()
+    mode = "quick" if args.quick else "full"
+    trials = args.trials or (2 if args.quick else 5)
+    swaps = args.swaps or (12 if args.quick else 100)
+    count = args.agents or (4 if args.quick else 50)
+    cache = bundles(args.cache, mode)
+    work = scratch()
+    broker = None if args.broker else Mosquitto(work)
+    url = args.broker or broker.url  # type: ignore[union-attr]
+    watcher = Watcher(url)
+    bench = Bench(url, cache, work, watcher)
+    sizes = {m: (cache / m / MODEL_FILE).stat().st_size for m in ("small", "4MB", "30MB")}
+    print(f"broker {url}; models: " + ", ".join(f"{m} {s / 2**20:.2f} MiB" for m, s in sizes.items())
+          + f"; chunks of {DEFAULT_CHUNK_SIZE // 1024} KiB; {mode} run")  # fmt: skip
+    try:
+        updates: dict[str, list[dict[str, float]]] = {}
+        raws: dict[str, list[float]] = {}
+        for model in ("4MB", "30MB"):
+            payload = (cache / model / MODEL_FILE).read_bytes()
+            updates[model], raws[model] = [], []
+            for t in range(trials):
+                order = ("update", "raw") if t % 2 == 0 else ("raw", "update")
+                for step in order:
+                    if step == "update":
+                        updates[model].append(bench.update_trial(model, t))
+                    else:
+                        raws[model].append(bench.raw_trial(payload, t))
+                u = updates[model][-1]
+                print(f"[{model}] trial {t + 1}: publish-to-active {u['update_s']:.3f} s, "
+                      f"raw {raws[model][-1]:.3f} s, lost {u['lost']:.0f} "
+                      f"(at the swap {u['lost_at_swap']:.0f}), stall {u['stall_s'] * 1e3:.1f} ms")  # fmt: skip
+        marks = (10, swaps) if swaps > 10 else (swaps,)
+        rss = bench.rss(swaps, marks)
+        print("agent RSS: " + ", ".join(f"after swap {n} {mb:.1f} MB" for n, mb in rss.items()))
+        solo = [bench.fleet_update(f"solo{i}", 1)["seconds"] for i in range(3)]
+        fleet = bench.fleet_update("fleet", count)
+    finally:
+        watcher.close()
+        if broker is not None:
+            broker.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    every = [u for us in updates.values() for u in us]
+    print()
+    print(f"frames lost during an update (publish .. activated + 1 s), all {len(every)} trials: "
+          f"{sum(u['lost'] for u in every):.0f}; at the swap itself: "
+          f"{sum(max(0, u['lost_at_swap']) for u in every):.0f} (goal 0)")  # fmt: skip
+    for model, us in updates.items():
+        stall = [u["stall_s"] * 1e3 for u in us]
+        print(f"swap stall, {model}: median {med(stall):.1f} ms, max {max(stall):.1f} ms over the "
+              f"usual gap of {med([u['usual_s'] for u in us]) * 1e3:.1f} ms (goal < 33 ms)")  # fmt: skip
+    first, last = rss[marks[0]], rss[marks[-1]]
+    print(f"agent RSS across {swaps} swaps: {first:.1f} MB after swap {marks[0]}, {last:.1f} MB "
+          f"after swap {marks[-1]}: growth {last - first:+.1f} MB (goal < 10 MB)")  # fmt: skip
+    flight = "not reported" if fleet["inflight"] is None else f"{fleet['inflight']}"
+    print(f"fleet: {fleet['verified']}/{count} agents activated the signed sha256; TensorFlow "
+          f"loaded in {len(fleet['tf'])} agent(s); agents' RSS {fleet['rss'] / 1024:.1f} GB in all; "
+          f"peak inflight ($SYS/broker/messages/inflight): {flight}; chunk subscriptions open "
+          f"at most {8 * count} (window 8 x {count} agents)")  # fmt: skip
+    print()
+    print(f"fleet / one agent, {count} agents, 4 MB: {fleet['seconds'] / med(solo):.2f}  "
+          f"(all active {fleet['seconds']:.3f} s, one agent {med(solo):.3f} s; goal <= 3)")  # fmt: skip
+    for model in updates:
+        u, r = med([u["update_s"] for u in updates[model]]), med(raws[model])
+        print(f"publish-to-active / raw transfer, {model} ({sizes[model] / 2**20:.1f} MiB): "
+              f"{u / r:.2f}  (update {u:.3f} s, raw {r:.3f} s; medians of {trials}"
+              f"{'; goal <= 1.0' if model == '30MB' else ''})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
