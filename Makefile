@@ -14,8 +14,9 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e '.[host,dev]'
 	touch $(STAMP)
 
+# make demo BROKER=mqtt://host:1883 runs the update loop through that broker instead of its own
 demo: $(STAMP)
-	$(BIN)/python examples/demo.py --output demo-output
+	$(BIN)/python examples/demo.py --output demo-output $(if $(BROKER),--broker $(BROKER))
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -1,71 +1,34 @@
-"""The edgegap demo, run by `make demo`: convert a classifier and a detector for two devices, then serve.
+"""The edgegap demo, run by `make demo`: convert models for two devices, serve one, update it live.
 
 Part one trains a digits CNN, converts it for two profiles, and verifies the bundles. Part two
-takes the reference SSD detector (committed weights, or retrained with --train-detector), converts
-it for the same profiles, compares float and int8 mAP, renders a video from the held-out test
-split, and runs the device agent on it, printing per-stage latency and fps.
+takes the reference SSD detector (committed weights, or retrained with --train-detector),
+converts it for the same profiles and compares float and int8 mAP. Part three is the update
+loop: a broker (`edgegap broker`, or yours with --broker), a device (`edgegap-agent`) serving
+the detector as v1 on a looped video, a refreshed detector fine-tuned on fresh data and
+published as v2 (`edgegap publish`), swapped in live while the device serves, the fleet's view
+(`edgegap fleet status`), and what the device served across the swap.
 
-Each step is a function taking the shared Demo state; STEPS lists them in order. Later parts of
-the project append their own steps (a detector, the device agent over MQTT) to STEPS.
+Each step is a function taking the shared Demo state (demo_kit.py); STEPS lists them in order.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import shlex
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import click
 import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from converter.console import console  # noqa: E402
+from demo_kit import ROOT, Demo, DemoError, console, edgegap, heading
+from demo_loop import step_broker, step_device, step_publish
+from demo_refresh import step_refresh
+from demo_summary import step_fleet, step_stop
 
 logger = logging.getLogger(__name__)
 
 PROFILES = ("x86-avx2", "raspberry-pi-4")
-
-
-@dataclass
-class Demo:
-    """What the steps share: where things are written, and what earlier steps produced."""
-
-    out: Path
-    quick: bool = False
-    files: dict[str, Path] = field(default_factory=dict)
-    results: list[Any] = field(default_factory=list)  # converter.pipeline.ConvertResult per profile
-    bundles: dict[str, Path] = field(default_factory=dict)
-    train_detector: bool = False
-    detector_bundles: dict[str, Path] = field(default_factory=dict)
-
-
-def heading(text: str) -> None:
-    console.rule(f"[bold]{text}")
-
-
-def edgegap(*args: Any) -> None:
-    """Run an `edgegap` command in this process, exactly as a user would type it."""
-    from converter.cli import cli
-
-    argv = [str(a) for a in args]
-    console.print(f"[dim]$ edgegap {shlex.join(argv)}[/]")
-    try:
-        cli.main(argv, prog_name="edgegap", standalone_mode=False)
-    except click.ClickException as exc:
-        exc.show()
-        raise SystemExit(exc.exit_code) from None
-    except SystemExit as exc:
-        if exc.code:
-            raise
 
 
 def step_train(demo: Demo) -> None:
@@ -189,60 +152,18 @@ def step_detector(demo: Demo) -> None:
     edgegap("eval", model, *demo.detector_bundles.values(), "--data", test)
 
 
-def _render_video(test: Path, path: Path, frames: int, size: tuple[int, int]) -> Path:
-    """Write the test images as an MJPG video, scaled up to a camera-like frame size."""
-    import cv2
-
-    from converter.tasks.detection_folder import read_folder
-
-    folder = read_folder(test)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 15.0, size)
-    for i in range(min(frames, len(folder))):
-        frame = cv2.resize(folder.image(i), size, interpolation=cv2.INTER_LINEAR)
-        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    writer.release()
-    return path
-
-
-def step_agent(demo: Demo) -> None:
-    """Run the device agent on a video rendered from the test split, as a device would."""
-    import subprocess
-
-    heading("7. Serve it: edgegap-agent on a video from the test split")
-    video = _render_video(
-        demo.files["detection_test"], demo.out / "test-split.avi", 120, (480, 480)
-    )
-    bundle = demo.detector_bundles["x86-avx2"]
-    out = demo.out / "agent"
-    args = [
-        "run",
-        "--bundle",
-        str(bundle),
-        "--trusted-key",
-        str(demo.files["public_key"]),
-        "--source",
-        str(video),
-        "--rate",
-        "all",
-        "--jsonl",
-        str(out / "detections.jsonl"),
-        "--annotate-dir",
-        str(out / "annotated"),
-        "--annotate-every",
-        "10",
-    ]
-    console.print(f"[dim]$ edgegap-agent {shlex.join(args)}[/]")
-    subprocess.run([sys.executable, "-m", "agent", *args], check=True)
-    console.print(f"detections: {out / 'detections.jsonl'}; annotated frames: {out / 'annotated'}")
-
-
 STEPS: list[Callable[[Demo], None]] = [
     step_train,
     step_keys,
     step_convert,
     step_verify,
     step_detector,
-    step_agent,
+    step_broker,
+    step_device,
+    step_refresh,
+    step_publish,
+    step_fleet,
+    step_stop,
 ]
 
 
@@ -251,25 +172,56 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--output", type=Path, default=Path("demo-output"), help="Where everything is written."
     )
-    parser.add_argument("--quick", action="store_true", help="Fewer training epochs.")
+    parser.add_argument("--quick", action="store_true", help="Fewer training epochs and steps.")
     parser.add_argument(
         "--train-detector",
         action="store_true",
         help="Retrain the reference detector (about 10 minutes).",
     )
+    parser.add_argument(
+        "--broker",
+        metavar="URL",
+        help="Use this MQTT broker (mqtt://host:1883) instead of starting `edgegap broker`.",
+    )
     args = parser.parse_args(argv)
     args.output.mkdir(parents=True, exist_ok=True)
-    demo = Demo(out=args.output.resolve(), quick=args.quick, train_detector=args.train_detector)
+    demo = Demo(
+        out=args.output.resolve(),
+        quick=args.quick,
+        train_detector=args.train_detector,
+        broker=args.broker,
+    )
+    return run(demo, STEPS)
+
+
+def run(demo: Demo, steps: list[Callable[[Demo], None]]) -> int:
+    """Run the steps in order; any failure ends the demo with its reason and exit code 1."""
+    from agent.errors import EdgegapError
     from converter.loading import import_tf
 
     import_tf()  # once, quietly, before any step
-    for step in STEPS:
-        step(demo)
+    start = time.monotonic()
+    took: list[str] = []
+    try:
+        with demo.cleanup:  # stops the agent and the broker, however the steps end
+            for step in steps:
+                t0 = time.monotonic()
+                step(demo)
+                took.append(f"{step.__name__.removeprefix('step_')} {time.monotonic() - t0:.0f} s")
+    except (DemoError, EdgegapError) as exc:
+        console.print(f"[bold red]demo failed:[/] {exc}")
+        return 1
+    except KeyboardInterrupt:
+        console.print("[bold red]demo interrupted[/]")
+        return 130
+    console.print(f"[dim]time per step: {', '.join(took)}[/]")
     failed = [r.profile.name for r in demo.results if not r.passed]
     if failed:
-        console.print(f"[bold red]gates failed for {', '.join(failed)}[/]")
+        console.print(f"[bold red]demo failed: gates failed for {', '.join(failed)}[/]")
         return 1
-    console.print(f"[green]demo finished; everything is in {demo.out}[/]")
+    console.print(
+        f"[green]demo finished in {time.monotonic() - start:.0f} s; everything is in {demo.out}[/]"
+    )
     return 0
 
 

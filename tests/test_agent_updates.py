@@ -43,7 +43,7 @@ def test_an_update_is_pulled_verified_swapped_in_and_passes_probation(
     mosquitto: Broker, tmp_path: Path
 ) -> None:
     kit = Mqtt(mosquitto)
-    keys = agent_config(mosquitto, tmp_path, **{"source.rate": "all"})
+    keys = agent_config(mosquitto, tmp_path)
     v2 = variant("ssd_postprocess", 2, tmp_path / "v2")
     with running_agent(keys) as agent:
         kit.wait_event("probation_passed", version=1)
@@ -248,7 +248,7 @@ def test_probation_rolls_back_a_model_slower_than_its_manifest_says(
         assert "over 3 x the manifest's latency" in rolled["reason"]
         assert served_version(agent) == 1
         store = BundleStore(tmp_path / "state")
-        assert store.is_rejected(blob.sha256, 2) and store.sha("active") != blob.sha256
+        assert store.rejections.holds(blob.sha256, 2) and store.sha("active") != blob.sha256
         kit.command({"cmd": "reload"})  # the same release again: its model is not tried again
         kit.wait_event("command", cmd="reload")
         rejected = kit.wait_event("rejected", version=2)
@@ -311,7 +311,7 @@ def test_a_hundred_swaps_back_and_forth_lose_no_frame(mosquitto: Broker, tmp_pat
     """pin alternates v1 and v2 (each loaded anew, off the frame path) 100 times while frames
     flow in lockstep; every frame has its result, and memory does not grow with the swaps."""
     kit = Mqtt(mosquitto)
-    keys = agent_config(mosquitto, tmp_path, **{"source.rate": "all"})
+    keys = agent_config(mosquitto, tmp_path)
     rss: list[int] = []
     with running_agent(keys) as agent:
         kit.wait_event("probation_passed", version=1)
@@ -355,7 +355,7 @@ def test_probation_rolls_back_a_model_whose_invoke_fails_on_real_frames(
         seen = len(results(tmp_path / "out.jsonl"))
         wait_until(lambda: len(results(tmp_path / "out.jsonl")) > seen + 5, what="more frames")
         assert served_version(agent) == 1
-        assert BundleStore(tmp_path / "state").is_rejected(blob.sha256, 2)
+        assert BundleStore(tmp_path / "state").rejections.holds(blob.sha256, 2)
     assert update_events(kit, 2) == [*UPDATE[:-1], "rolled_back"]
     out = results(tmp_path / "out.jsonl")
     assert {r["model"]["version"] for r in out} == {1}  # the failed frames had no result

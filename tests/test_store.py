@@ -139,7 +139,7 @@ def test_activate_mark_good_rollback_and_reopen(store: BundleStore, tmp_path: Pa
     assert reopened.rollback() == a  # an operator's rollback: b stays available as previous
     assert (reopened.sha("active"), reopened.sha("previous")) == (a, b)
     reopened.activate(c)
-    reopened.reject(c, 1, "probation failed: invoke error")
+    reopened.rejections.add(c, 1, "probation failed: invoke error")
     assert reopened.rollback() == a  # a rejected bundle does not become previous
     assert reopened.sha("active") == a
     assert reopened.sha("previous") is None  # previous would be good, which is a itself
@@ -248,10 +248,12 @@ def test_a_crash_looping_bundle_falls_back_to_good_and_is_rejected(
     reason = BundleStore(tmp_path / "state").note_start()
     assert reason == "crash loop: 3 starts without passing probation"
     assert store.sha("active") == a
-    assert store.is_rejected(b)
-    assert store.is_rejected(b, version=2)
-    assert not store.is_rejected(b, version=3)  # a newer release of the same model is tried again
-    assert store.rejection(b) == reason
+    assert store.rejections.holds(b)
+    assert store.rejections.holds(b, version=2)
+    assert not store.rejections.holds(
+        b, version=3
+    )  # a newer release of the same model is tried again
+    assert store.rejections.reason(b) == reason
     assert store.sha("previous") != b
     for _ in range(5):
         assert store.note_start() is None  # the good bundle never counts
@@ -295,20 +297,20 @@ def test_crash_loop_without_good_falls_back_to_previous_then_to_nothing(tmp_path
     assert store.note_start() is None
     assert store.note_start() is not None  # a never passed probation either
     assert store.active() is None  # the agent starts from its configured bundle
-    assert store.is_rejected(a) and store.is_rejected(b)
+    assert store.rejections.holds(a) and store.rejections.holds(b)
 
 
 def test_rejections_are_bounded_and_survive_garbage(store: BundleStore, tmp_path: Path) -> None:
     for i in range(100):
-        store.reject(hashlib.sha256(str(i).encode()).hexdigest(), i, "é" * 1000)
+        store.rejections.add(hashlib.sha256(str(i).encode()).hexdigest(), i, "é" * 1000)
     entries = json.loads((tmp_path / "state" / "rejected.json").read_text())
     assert len(entries) == 64
-    assert store.is_rejected(hashlib.sha256(b"99").hexdigest())
-    assert not store.is_rejected(hashlib.sha256(b"0").hexdigest())
+    assert store.rejections.holds(hashlib.sha256(b"99").hexdigest())
+    assert not store.rejections.holds(hashlib.sha256(b"0").hexdigest())
     (tmp_path / "state" / "rejected.json").write_text("{garbage")
-    assert not store.is_rejected(hashlib.sha256(b"99").hexdigest())
+    assert not store.rejections.holds(hashlib.sha256(b"99").hexdigest())
     with pytest.raises(StoreError):
-        store.reject("../x", 1, "no")
+        store.rejections.add("../x", 1, "no")
 
 
 # ---- staging ------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ while True:
     store.mark_good(a)
     store.activate(b)
     store.note_start()
-    store.reject(c, n, f"try {n}")
+    store.rejections.add(c, n, f"try {n}")
     store.rollback()
     store.mark_good(b)
     store.install(manifest, model)
@@ -98,7 +98,7 @@ def _check_bundle_state(state: Path, a: str, b: str, c: str) -> str:
     for name in ("rejected.json", "starts.json"):
         if (state / name).exists():
             assert isinstance(json.loads((state / name).read_text()), dict), f"{name} is torn"
-    assert store.is_rejected(c) == (state / "rejected.json").exists()
+    assert store.rejections.holds(c) == (state / "rejected.json").exists()
     return active
 
 

@@ -203,13 +203,15 @@ class Mqtt:
 
 
 def agent_config(broker: Broker, tmp: Path, **overrides: Any) -> dict[str, Any]:
-    """Config keys for an agent following CHANNEL, serving a looping video as fast as it can."""
+    """Config keys for an agent following CHANNEL, serving a looping video in lockstep (every
+    frame read is inferred, none dropped, so a frame lost to an update shows however fast or
+    busy the machine is)."""
     video = tmp / "clip.avi"
     if not video.exists():
         write_video(video, 24)
     keys = {
         "bundle.path": str(cached_bundle("yolo").path),
-        "source.uri": str(video), "source.loop": True, "source.rate": "native",
+        "source.uri": str(video), "source.loop": True, "source.rate": "all",
         "mqtt.broker": broker.url, "device_id": DEVICE, "fleet": "test",
         "outputs.jsonl": str(tmp / "out.jsonl"),
         "updates.channel": CHANNEL, "updates.state_dir": str(tmp / "state"),

@@ -8,11 +8,11 @@ how the agent uses them. In short:
 - at start: `clean_staging(state, keep=<sha being downloaded or None>)`, then
   `store.note_start()` (logs and returns a reason if it fell back), then serve `store.active()`
   (None: start from the configured bundle; install and activate it if it should be kept);
-- a release: skip it if `store.is_rejected(sha, version)`; `Staging(state, blob, limits)`,
+- a release: skip it if `store.rejections.holds(sha, version)`; `Staging(state, blob, limits)`,
   `missing()`, `put()` each chunk, `assemble()`, `store.install(manifest, path)`,
   `staging.discard()`, `store.activate(sha)`;
 - probation passed: `store.mark_good(sha)`, then `store.prune()`;
-- probation failed: `store.reject(sha, version, reason)`, then `store.rollback()`;
+- probation failed: `store.rejections.add(sha, version, reason)`, then `store.rollback()`;
 - a `rollback` command: `store.rollback()`; a `pin`: `store.activate(store.find_version(v))`.
 """
 

@@ -25,7 +25,6 @@ import logging
 import os
 import tempfile
 import threading
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
@@ -38,20 +37,20 @@ from agent.store.files import (
     clean_temp,
     is_sha256,
     people_errors,
+    read_json,
     read_small,
     remove_file,
     remove_tree,
     sha256_of,
     write_hashed,
 )
+from agent.store.rejections import Rejections
 
 logger = logging.getLogger(__name__)
 
 Pointer = Literal["active", "previous", "good"]
 POINTERS: tuple[Pointer, ...] = ("active", "previous", "good")
 DEFAULT_CRASH_LIMIT = 3
-MAX_REJECTED = 64  # rejected.json keeps the newest entries only
-_MAX_STATE_FILE = 256 * 1024
 
 
 class BundleStore:
@@ -65,6 +64,7 @@ class BundleStore:
         self.bundles_dir = self.state_dir / "bundles"
         self.crash_limit = crash_limit
         self._lock = threading.RLock()
+        self.rejections = Rejections(self.state_dir / "rejected.json", self._lock)
         self.bundles_dir.mkdir(parents=True, exist_ok=True)
         clean_temp(self.state_dir)
         clean_temp(self.bundles_dir)
@@ -277,7 +277,7 @@ class BundleStore:
             if starts < self.crash_limit:
                 return None
             reason = f"crash loop: {starts} starts without passing probation"
-            self.reject(current, self._version(current), reason)
+            self.rejections.add(current, self._version(current), reason)
             target = self._switch_away(("good", "previous"))
             if target is None:
                 remove_file(self.state_dir / "starts.json")
@@ -295,14 +295,14 @@ class BundleStore:
         current = self._active_sha()
         candidates = [self.sha(p) for p in order]
         target = next(
-            (s for s in candidates if s and s != current and not self.is_rejected(s)), None
+            (s for s in candidates if s and s != current and not self.rejections.holds(s)), None
         )
         if target is None:
             return None
         remove_file(self.state_dir / "starts.json")
         others = [current, self.sha("previous"), self.sha("good")]
         new_previous = next(
-            (s for s in others if s and s != target and not self.is_rejected(s)), None
+            (s for s in others if s and s != target and not self.rejections.holds(s)), None
         )
         if new_previous is None:
             remove_file(self.state_dir / "previous")
@@ -323,7 +323,7 @@ class BundleStore:
             raise StoreError(f"bundle {sha[:12]}… is not installed in {self.bundles_dir}")
 
     def _starts(self, sha: str) -> int:
-        data = _read_json(self.state_dir / "starts.json")
+        data = read_json(self.state_dir / "starts.json")
         starts = data.get("starts")
         if data.get("sha256") != sha or not isinstance(starts, int) or isinstance(starts, bool):
             return 0
@@ -334,45 +334,6 @@ class BundleStore:
             return self.manifest(sha).version
         except StoreError:
             return 0
-
-    # ---- rejections -----------------------------------------------------------------------
-
-    @people_errors("recording a rejection")
-    def reject(self, sha: str, version: int, reason: str) -> None:
-        """Remember that sha (at this manifest version) must not be tried again."""
-        if not is_sha256(sha):
-            raise StoreError(f"not a sha256: {sha[:80]!r}")
-        with self._lock:
-            entries = self._rejections()
-            entries.pop(sha, None)
-            entries[sha] = {"version": version, "reason": reason[:200], "ts": round(time.time(), 3)}
-            while len(entries) > MAX_REJECTED:
-                entries.pop(next(iter(entries)))
-            atomic_write(self.state_dir / "rejected.json", json.dumps(entries, indent=1).encode())
-        logger.warning("rejected bundle %s… (version %d): %s", sha[:12], version, reason)
-
-    def is_rejected(self, sha: str, version: int | None = None) -> bool:
-        """True if sha was rejected, at this version or a later one (None: at any version).
-
-        A rejection holds until a newer version comes: the same model in a release of a higher
-        manifest version than the rejected one is tried again.
-        """
-        entry = self._rejections().get(sha)
-        if entry is None:
-            return False
-        rejected_at = entry.get("version")
-        if version is None or not isinstance(rejected_at, int):
-            return True
-        return version <= rejected_at
-
-    def rejection(self, sha: str) -> str | None:
-        """Why sha was rejected, or None."""
-        entry = self._rejections().get(sha)
-        return None if entry is None else str(entry.get("reason", ""))
-
-    def _rejections(self) -> dict[str, dict[str, object]]:
-        data = _read_json(self.state_dir / "rejected.json")
-        return {k: v for k, v in data.items() if is_sha256(k) and isinstance(v, dict)}
 
     # ---- pruning --------------------------------------------------------------------------
 
@@ -427,15 +388,3 @@ def _write_folder(
     with (folder / MANIFEST_FILE).open("wb") as out:
         write_hashed(out, manifest_bytes)
     fsync_dir(folder)
-
-
-def _read_json(path: Path) -> dict[str, object]:
-    raw = read_small(path, _MAX_STATE_FILE)
-    if raw is None:
-        return {}
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        logger.warning("ignoring %s: not valid JSON", path)
-        return {}
-    return data if isinstance(data, dict) else {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import os
 import re
@@ -141,3 +142,19 @@ def sha256_of(path: Path) -> str:
         while block := fh.read(_COPY_BLOCK):
             digest.update(block)
     return digest.hexdigest()
+
+
+MAX_STATE_FILE = 256 * 1024
+
+
+def read_json(path: Path) -> dict[str, object]:
+    """A small JSON object from path; {} if missing, too large or not an object (logged)."""
+    raw = read_small(path, MAX_STATE_FILE)
+    if raw is None:
+        return {}
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        logger.warning("ignoring %s: not valid JSON", path)
+        return {}
+    return data if isinstance(data, dict) else {}

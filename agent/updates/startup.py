@@ -43,7 +43,7 @@ def serve_from_store(
             served = load(path)
         except EdgegapError as exc:
             version = _version(store, sha)
-            store.reject(sha, version, f"does not load: {exc}"[:300])
+            store.rejections.add(sha, version, f"does not load: {exc}"[:300])
             try:
                 store.rollback()
             except StoreError:

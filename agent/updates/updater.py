@@ -164,7 +164,7 @@ class Updater:
             keys=self.keys,
             active=self.pipeline.served.manifest,
             profiles=self.profiles,
-            is_rejected=store.is_rejected if store is not None else (lambda s, v: False),
+            is_rejected=store.rejections.holds if store is not None else (lambda s, v: False),
             pinned=self.pin.version,
         )
 
@@ -213,7 +213,7 @@ class Updater:
         try:
             model = pull.staging.assemble()
         except StoreError as exc:
-            self.store.reject(sha, m.version, str(exc))
+            self.store.rejections.add(sha, m.version, str(exc))
             raise Rejected(str(exc), m.version, sha) from exc
         self.events.emit(EventKind.VERIFIED, m.version, sha)
         self.store.install(m, model)
@@ -228,7 +228,7 @@ class Updater:
             return activation.load(self.store.path(sha), self.config, self.keys)
         except Exception as exc:
             reason = f"does not load: {exc}"[:300]
-            self.store.reject(sha, version, reason)
+            self.store.rejections.add(sha, version, reason)
             raise Rejected(reason, version, sha) from exc
 
     def _activate(self, version: int, sha: str) -> None:
@@ -266,7 +266,7 @@ class Updater:
             self.store.prune()
             self.events.emit(EventKind.PROBATION_PASSED, m.version, sha)
             return
-        self.store.reject(sha, m.version, verdict.reason)
+        self.store.rejections.add(sha, m.version, verdict.reason)
         self.roll_back(verdict.reason)
 
     def roll_back(self, reason: str) -> bool:
