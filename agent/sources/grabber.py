@@ -148,16 +148,15 @@ class Grabber:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
-    def restart_pacing(self) -> None:
-        """A paced file's next frame is due now. For a consumer that paused on purpose (a
-        benchmark between its blocks): the frames that fell due meanwhile are not caught up on."""
+    def _restart_pacing(self) -> None:
+        """A paced file's next frame is due now (at the start, after a loop or a reopen)."""
         self._t_start, self._paced = self.clock.now(), 0
 
     # ---- grabber thread ------------------------------------------------------------------
     def _run(self) -> None:
         try:
             self._open_first()
-            self.restart_pacing()
+            self._restart_pacing()
             while not self._stop.is_set() and (frame := self._read_one()) is not None:
                 self._put(frame)
         except BaseException as exc:  # handed to the consumer through .error
@@ -199,13 +198,13 @@ class Grabber:
                 if not self.source.live:
                     raise
                 self._reopen(exc)
-                self.restart_pacing()
+                self._restart_pacing()
                 continue
             if image is None:
                 if self.loop and not self._stop.is_set():
                     logger.info("source ended; looping")
                     self.source.open()
-                    self.restart_pacing()
+                    self._restart_pacing()
                     continue
                 logger.info("source ended after %d frames", self.stats.read)
                 return None
