@@ -28,8 +28,10 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,6 +42,11 @@ sys.path.insert(0, str(ROOT))
 from converter.amx import WITHHOLD_HELP, amx_label, withhold_amx  # noqa: E402
 from converter.pruning import count_macs, detection_distill_loss, make_plan, prune, rebuild  # noqa: E402
 from converter.pruning.latency import interleaved_latency, to_int8_tflite  # noqa: E402
+
+if TYPE_CHECKING:
+    from converter.pruning import PruneReport
+    from converter.tasks.detector_config import DetectorConfig
+    from converter.zoo.detection_data import Sample
 
 logger = logging.getLogger(__name__)
 
@@ -90,55 +97,64 @@ def architectures(size: int, iterations: int, threads: int) -> list[str]:
 # Reference detector
 
 
-def detector(iterations: int, threads: int, args: argparse.Namespace) -> list[str]:
-    epochs, steps, n_train, n_test, labels = (
-        args.epochs,
-        args.steps,
-        args.train,
-        args.test,
-        not args.no_labels,
-    )
-    if not REFERENCE.is_file():
-        msg = f"detector: skipped: reference detector not found ({REFERENCE.relative_to(ROOT)})"
-        print(msg)
-        return [msg]
-    import keras
+@dataclass
+class DetectorData:
+    """The reference detector's config and the generated train / test images for the run."""
 
-    from converter.tasks.detector_config import read_sidecar
+    cfg: DetectorConfig
+    train: list[Sample]
+    test: list[Sample]
+    x_train: np.ndarray
+    targets: list[np.ndarray] | None
+    task_loss: Callable[[list[Any], list[Any]], Any] | None
+
+
+def detector_data(cfg: DetectorConfig, args: argparse.Namespace) -> DetectorData:
+    """Generate the train and test images (timed) and, with labels, the fine-tune's targets."""
     from converter.zoo.detection_data import generate
-    from converter.zoo.detector import evaluate_keras, normalize
+    from converter.zoo.detector import normalize
     from converter.zoo.finetune import detection_targets, detection_task_loss
 
-    dense = keras.models.load_model(REFERENCE, compile=False)
-    cfg, _ = read_sidecar(REFERENCE)
     size = cfg.input_size
     t0 = time.perf_counter()
-    train = list(generate("train", n_train, size=size))
-    test = list(generate("test", n_test, size=size))
+    train = list(generate("train", args.train, size=size))
+    test = list(generate("test", args.test, size=size))
     x_train = normalize(np.stack([s.image for s in train]), cfg)
     print(
-        f"detector: {n_train} train / {n_test} test images at {size}px generated in {time.perf_counter() - t0:.0f} s"
+        f"detector: {args.train} train / {args.test} test images at {size}px generated in {time.perf_counter() - t0:.0f} s"
+    )
+    if args.no_labels:
+        return DetectorData(cfg, train, test, x_train, None, None)
+    targets = detection_targets(cfg, [s.boxes for s in train], [s.classes for s in train])
+    return DetectorData(cfg, train, test, x_train, targets, detection_task_loss)
+
+
+def freeze_batchnorm(args: argparse.Namespace) -> bool | None:
+    return {"auto": None, "yes": True, "no": False}[args.freeze_bn]
+
+
+def detector_name(round_to: int) -> str:
+    return (
+        f"detector 50% channels (rounded to x{round_to})"
+        if round_to > 1
+        else "detector 50% channels"
     )
 
-    targets = None
-    task_loss = None
-    if labels:
-        targets = detection_targets(cfg, [s.boxes for s in train], [s.classes for s in train])
-        task_loss = detection_task_loss
 
+def prune_detector(
+    dense: Any, d: DetectorData, args: argparse.Namespace
+) -> tuple[Any, PruneReport]:
+    """Remove 50% of the channels in steps with fine-tunes between; print what was removed."""
+    epochs, steps, labels = args.epochs, args.steps, not args.no_labels
+    x_train, targets, task_loss = d.x_train, d.targets, d.task_loss
     t0 = time.perf_counter()
-    freeze = {"auto": None, "yes": True, "no": False}[args.freeze_bn]
+    freeze = freeze_batchnorm(args)
     pruned, report = prune(
         dense, 0.5, data=x_train, labels=targets, task_loss=task_loss, distill_loss=detection_distill_loss(),
         epochs=epochs, steps=steps, patience=args.patience, learning_rate=args.lr, freeze_batchnorm=freeze,
         round_to=args.round_to,
     )  # fmt: skip
     how = "task loss + distillation" if labels else "distillation alone"
-    name = (
-        f"detector 50% channels (rounded to x{args.round_to})"
-        if args.round_to > 1
-        else "detector 50% channels"
-    )
     rounded = f", kept counts rounded to multiples of {args.round_to}" if args.round_to > 1 else ""
     print(f"detector: 50% of channels asked{rounded}: {report.channels_before - report.channels_after} of "
           f"{report.channels_before} prunable channels ({report.removed_fraction:.1%}) removed in {steps} step(s), "
@@ -147,31 +163,58 @@ def detector(iterations: int, threads: int, args: argparse.Namespace) -> list[st
     for i, ft in enumerate(report.fine_tune, 1):
         print(f"  fine-tune {i}: validation loss {ft.start_val_loss:.4g} -> {ft.best_val_loss:.4g}, "
               f"{ft.epochs_run} epoch(s), best {ft.best_epoch}")  # fmt: skip
-    map_dense = 100 * evaluate_keras(dense, cfg, test).map50
-    map_pruned = 100 * evaluate_keras(pruned, cfg, test).map50
-    control_line = []
-    if (
-        args.control
-    ):  # the dense model given the very same fine-tune: separates pruning from training
-        t0 = time.perf_counter()
-        tuned, _ = prune(  # task loss alone and no early stop: distillation toward itself is zero at the start
-            dense, 0.0, data=x_train, labels=targets, task_loss=task_loss, alpha=1.0,
-            epochs=epochs, steps=steps, patience=epochs, learning_rate=args.lr, freeze_batchnorm=freeze,
-        )  # fmt: skip
-        map_control = 100 * evaluate_keras(tuned, cfg, test).map50
-        print(
-            f"  control: dense model with the same fine-tune ({time.perf_counter() - t0:.0f} s): mAP@0.5 {map_control:6.2f}"
-        )
-        control_line = [
-            f"{name}: mAP@0.5 drop {map_control - map_pruned:+.2f} points vs dense float given the same fine-tune"
-        ]
-    calib = x_train[:8]
+    return pruned, report
+
+
+def control(
+    dense: Any, d: DetectorData, args: argparse.Namespace, name: str, map_pruned: float
+) -> list[str]:
+    """The dense model given the very same fine-tune: separates pruning from training."""
+    from converter.zoo.detector import evaluate_keras
+
+    epochs, steps = args.epochs, args.steps
+    x_train, targets, task_loss = d.x_train, d.targets, d.task_loss
+    freeze = freeze_batchnorm(args)
+    t0 = time.perf_counter()
+    tuned, _ = prune(  # task loss alone and no early stop: distillation toward itself is zero at the start
+        dense, 0.0, data=x_train, labels=targets, task_loss=task_loss, alpha=1.0,
+        epochs=epochs, steps=steps, patience=epochs, learning_rate=args.lr, freeze_batchnorm=freeze,
+    )  # fmt: skip
+    map_control = 100 * evaluate_keras(tuned, d.cfg, d.test).map50
+    print(
+        f"  control: dense model with the same fine-tune ({time.perf_counter() - t0:.0f} s): mAP@0.5 {map_control:6.2f}"
+    )
+    return [
+        f"{name}: mAP@0.5 drop {map_control - map_pruned:+.2f} points vs dense float given the same fine-tune"
+    ]
+
+
+def detector(iterations: int, threads: int, args: argparse.Namespace) -> list[str]:
+    if not REFERENCE.is_file():
+        msg = f"detector: skipped: reference detector not found ({REFERENCE.relative_to(ROOT)})"
+        print(msg)
+        return [msg]
+    import keras
+
+    from converter.tasks.detector_config import read_sidecar
+    from converter.zoo.detector import evaluate_keras
+
+    dense = keras.models.load_model(REFERENCE, compile=False)
+    cfg, _ = read_sidecar(REFERENCE)
+    size = cfg.input_size
+    d = detector_data(cfg, args)
+    pruned, report = prune_detector(dense, d, args)
+    name = detector_name(args.round_to)
+    map_dense = 100 * evaluate_keras(dense, cfg, d.test).map50
+    map_pruned = 100 * evaluate_keras(pruned, cfg, d.test).map50
+    control_line = control(dense, d, args, name, map_pruned) if args.control else []
+    calib = d.x_train[:8]
     if args.stages:
         stage_latency(dense, pruned, calib, iterations, threads)
     flats = [to_int8_tflite(dense, calib), to_int8_tflite(pruned, calib)]
     ms = interleaved_latency(flats, threads=threads, iterations=iterations)
     print(f"detector {size}x{size} int8 (raw head outputs; post-processing excluded), {threads} thread(s), {amx_label()}, "
-          f"median of {iterations} interleaved invokes; mAP@0.5 (COCO 101-point) of the float models on {n_test} test images:")  # fmt: skip
+          f"median of {iterations} interleaved invokes; mAP@0.5 (COCO 101-point) of the float models on {args.test} test images:")  # fmt: skip
     print(
         f"  dense : {report.before.macs / 1e6:8.1f} M MACs  {ms[0]:8.2f} ms  mAP@0.5 {map_dense:6.2f}"
     )

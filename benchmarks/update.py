@@ -30,6 +30,7 @@ import shutil
 import statistics
 import threading
 import time
+from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -221,7 +222,31 @@ def med(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def main() -> None:
+@dataclass
+class Plan:
+    """How much to run: the quick smoke run or the full one, with any counts given overriding."""
+
+    mode: str
+    trials: int
+    swaps: int
+    count: int
+
+    @property
+    def marks(self) -> tuple[int, ...]:
+        """The swaps after which the agent's RSS is read: the 10th (if there are more) and the last."""
+        return (10, self.swaps) if self.swaps > 10 else (self.swaps,)
+
+
+@dataclass
+class Measured:
+    updates: dict[str, list[dict[str, float]]]
+    raws: dict[str, list[float]]
+    rss: dict[int, float]
+    solo: list[float]
+    fleet: dict[str, Any]
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: small models, few agents")
     ap.add_argument("--trials", type=int, help="update/raw trial pairs per size (default 5)")
@@ -229,60 +254,71 @@ def main() -> None:
     ap.add_argument("--agents", type=int, help="agents in the fleet (default 50)")
     ap.add_argument("--broker", help="use this broker instead of a mosquitto started here")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache/edgegap/bench-update")
-    args = ap.parse_args()
-    mode = "quick" if args.quick else "full"
-    trials = args.trials or (2 if args.quick else 5)
-    swaps = args.swaps or (12 if args.quick else 100)
-    count = args.agents or (4 if args.quick else 50)
-    cache = bundles(args.cache, mode)
-    work = scratch()
-    broker = None if args.broker else Mosquitto(work)
-    url = args.broker or broker.url  # type: ignore[union-attr]
-    watcher = Watcher(url)
-    bench = Bench(url, cache, work, watcher)
-    sizes = {m: (cache / m / MODEL_FILE).stat().st_size for m in ("small", "4MB", "30MB")}
-    print(f"broker {url}; models: " + ", ".join(f"{m} {s / 2**20:.2f} MiB" for m, s in sizes.items())
-          + f"; chunks of {DEFAULT_CHUNK_SIZE // 1024} KiB; {mode} run")  # fmt: skip
-    try:
-        updates: dict[str, list[dict[str, float]]] = {}
-        raws: dict[str, list[float]] = {}
-        for model in ("4MB", "30MB"):
-            payload = (cache / model / MODEL_FILE).read_bytes()
-            updates[model], raws[model] = [], []
-            for t in range(trials):
-                order = ("update", "raw") if t % 2 == 0 else ("raw", "update")
-                for step in order:
-                    if step == "update":
-                        updates[model].append(bench.update_trial(model, t))
-                    else:
-                        raws[model].append(bench.raw_trial(payload, t))
-                u = updates[model][-1]
-                print(f"[{model}] trial {t + 1}: publish-to-active {u['update_s']:.3f} s, "
-                      f"raw {raws[model][-1]:.3f} s, lost {u['lost']:.0f} "
-                      f"(at the swap {u['lost_at_swap']:.0f}), stall {u['stall_s'] * 1e3:.1f} ms")  # fmt: skip
-        marks = (10, swaps) if swaps > 10 else (swaps,)
-        rss = bench.rss(swaps, marks)
-        print("agent RSS: " + ", ".join(f"after swap {n} {mb:.1f} MB" for n, mb in rss.items()))
-        solo = [bench.fleet_update(f"solo{i}", 1)["seconds"] for i in range(3)]
-        fleet = bench.fleet_update("fleet", count)
-    finally:
-        watcher.close()
-        if broker is not None:
-            broker.stop()
-        shutil.rmtree(work, ignore_errors=True)
+    return ap.parse_args()
 
-    every = [u for us in updates.values() for u in us]
-    print()
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    return Plan(
+        mode="quick" if args.quick else "full",
+        trials=args.trials or (2 if args.quick else 5),
+        swaps=args.swaps or (12 if args.quick else 100),
+        count=args.agents or (4 if args.quick else 50),
+    )
+
+
+def trials_of(
+    bench: Bench, model: str, payload: bytes, trials: int
+) -> tuple[list[dict[str, float]], list[float]]:
+    """Update and raw trials of one model, alternating (update first in odd trials), each printed."""
+    updates: list[dict[str, float]] = []
+    raws: list[float] = []
+    for t in range(trials):
+        order = ("update", "raw") if t % 2 == 0 else ("raw", "update")
+        for step in order:
+            if step == "update":
+                updates.append(bench.update_trial(model, t))
+            else:
+                raws.append(bench.raw_trial(payload, t))
+        u = updates[-1]
+        print(f"[{model}] trial {t + 1}: publish-to-active {u['update_s']:.3f} s, "
+              f"raw {raws[-1]:.3f} s, lost {u['lost']:.0f} "
+              f"(at the swap {u['lost_at_swap']:.0f}), stall {u['stall_s'] * 1e3:.1f} ms")  # fmt: skip
+    return updates, raws
+
+
+def measure(bench: Bench, cache: Path, plan: Plan) -> Measured:
+    """Update/raw trials of the 4 MB and 30 MB models, RSS across swaps, then solo and fleet."""
+    updates: dict[str, list[dict[str, float]]] = {}
+    raws: dict[str, list[float]] = {}
+    for model in ("4MB", "30MB"):
+        payload = (cache / model / MODEL_FILE).read_bytes()
+        updates[model], raws[model] = trials_of(bench, model, payload, plan.trials)
+    rss = bench.rss(plan.swaps, plan.marks)
+    print("agent RSS: " + ", ".join(f"after swap {n} {mb:.1f} MB" for n, mb in rss.items()))
+    solo = [bench.fleet_update(f"solo{i}", 1)["seconds"] for i in range(3)]
+    fleet = bench.fleet_update("fleet", plan.count)
+    return Measured(updates, raws, rss, solo, fleet)
+
+
+def print_swaps(m: Measured, plan: Plan) -> None:
+    """Frames lost, swap stalls and RSS growth across the swaps."""
+    every = [u for us in m.updates.values() for u in us]
     print(f"frames lost during an update (publish .. activated + 1 s), all {len(every)} trials: "
           f"{sum(u['lost'] for u in every):.0f}; at the swap itself: "
           f"{sum(max(0, u['lost_at_swap']) for u in every):.0f} (goal 0)")  # fmt: skip
-    for model, us in updates.items():
+    for model, us in m.updates.items():
         stall = [u["stall_s"] * 1e3 for u in us]
         print(f"swap stall, {model}: median {med(stall):.1f} ms, max {max(stall):.1f} ms over the "
               f"usual gap of {med([u['usual_s'] for u in us]) * 1e3:.1f} ms (goal < 33 ms)")  # fmt: skip
-    first, last = rss[marks[0]], rss[marks[-1]]
+    marks, swaps = plan.marks, plan.swaps
+    first, last = m.rss[marks[0]], m.rss[marks[-1]]
     print(f"agent RSS across {swaps} swaps: {first:.1f} MB after swap {marks[0]}, {last:.1f} MB "
           f"after swap {marks[-1]}: growth {last - first:+.1f} MB (goal < 10 MB)")  # fmt: skip
+
+
+def print_fleet(m: Measured, plan: Plan, sizes: dict[str, int]) -> None:
+    """The fleet's verification and load, then the ratios: fleet / one agent, update / raw."""
+    fleet, count, solo = m.fleet, plan.count, m.solo
     flight = "not reported" if fleet["inflight"] is None else f"{fleet['inflight']}"
     print(f"fleet: {fleet['verified']}/{count} agents activated the signed sha256; TensorFlow "
           f"loaded in {len(fleet['tf'])} agent(s); agents' RSS {fleet['rss'] / 1024:.1f} GB in all; "
@@ -291,11 +327,35 @@ def main() -> None:
     print()
     print(f"fleet / one agent, {count} agents, 4 MB: {fleet['seconds'] / med(solo):.2f}  "
           f"(all active {fleet['seconds']:.3f} s, one agent {med(solo):.3f} s; goal <= 3)")  # fmt: skip
-    for model in updates:
-        u, r = med([u["update_s"] for u in updates[model]]), med(raws[model])
+    for model in m.updates:
+        u, r = med([u["update_s"] for u in m.updates[model]]), med(m.raws[model])
         print(f"publish-to-active / raw transfer, {model} ({sizes[model] / 2**20:.1f} MiB): "
-              f"{u / r:.2f}  (update {u:.3f} s, raw {r:.3f} s; medians of {trials}"
+              f"{u / r:.2f}  (update {u:.3f} s, raw {r:.3f} s; medians of {plan.trials}"
               f"{'; goal <= 1.0' if model == '30MB' else ''})")  # fmt: skip
+
+
+def main() -> None:
+    args = parse_args()
+    plan = make_plan(args)
+    cache = bundles(args.cache, plan.mode)
+    work = scratch()
+    broker = None if args.broker else Mosquitto(work)
+    url = args.broker or broker.url  # type: ignore[union-attr]
+    watcher = Watcher(url)
+    bench = Bench(url, cache, work, watcher)
+    sizes = {m: (cache / m / MODEL_FILE).stat().st_size for m in ("small", "4MB", "30MB")}
+    print(f"broker {url}; models: " + ", ".join(f"{m} {s / 2**20:.2f} MiB" for m, s in sizes.items())
+          + f"; chunks of {DEFAULT_CHUNK_SIZE // 1024} KiB; {plan.mode} run")  # fmt: skip
+    try:
+        measured = measure(bench, cache, plan)
+    finally:
+        watcher.close()
+        if broker is not None:
+            broker.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    print()
+    print_swaps(measured, plan)
+    print_fleet(measured, plan, sizes)
 
 
 if __name__ == "__main__":
