@@ -6,13 +6,13 @@ leaves retained `blobs/<sha256>/meta` and `models/<channel>/manifest` (docs/prot
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.bounded_json import parse_object
 from agent.updates.protocol import SHA256, Limits, ProtocolError, Release, Topics, parse_release
 from converter.broker_client import Connection
 
@@ -22,14 +22,11 @@ MAX_STATUS_BYTES = 64 * 1024
 MAX_EVENT_BYTES = 64 * 1024
 
 
-def _json_object(raw: bytes, limit: int) -> dict[str, Any] | None:
-    if len(raw) > limit:
-        return None
+def _json_object(raw: bytes, limit: int, what: str) -> dict[str, Any] | None:
     try:
-        obj = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        return parse_object(raw, limit, what)
+    except ValueError:
         return None
-    return obj if isinstance(obj, dict) else None
 
 
 def _level(topic: str, from_end: int) -> str:
@@ -40,7 +37,7 @@ def read_statuses(conn: Connection, topics: Topics) -> dict[str, dict[str, Any]]
     """Each device's retained status, by device id (from the topic, not the message)."""
     out: dict[str, dict[str, Any]] = {}
     for topic, raw in conn.read_retained(topics.devices("status")).items():
-        status = _json_object(raw, MAX_STATUS_BYTES)
+        status = _json_object(raw, MAX_STATUS_BYTES, "status")
         if status is None:
             logger.warning("ignored a status that is not a JSON object on %s", topic)
             continue
@@ -70,7 +67,7 @@ class BlobMeta:
 def read_blob_metas(conn: Connection, topics: Topics) -> list[BlobMeta]:
     out = []
     for topic, raw in conn.read_retained(topics.blob_metas()).items():
-        meta = _json_object(raw, MAX_STATUS_BYTES) or {}
+        meta = _json_object(raw, MAX_STATUS_BYTES, "blob meta") or {}
         sha, chunks = meta.get("sha256"), meta.get("chunks")
         if (
             sha != _level(topic, 2)
@@ -92,7 +89,7 @@ class EventLog:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, topic: str, raw: bytes) -> dict[str, Any] | None:
-        event = _json_object(raw, MAX_EVENT_BYTES)
+        event = _json_object(raw, MAX_EVENT_BYTES, "event")
         if event is None:
             return None
         event.setdefault("device_id", _level(topic, 2))

@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from agent.bounded_json import parse_object
+
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -174,14 +176,7 @@ def canonical_json(obj: Any) -> bytes:
 def parse_manifest(raw: bytes | str) -> Manifest:
     """Parse and validate manifest JSON; raises ValueError with a readable reason."""
     data = raw.encode() if isinstance(raw, str) else raw
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise ValueError(f"manifest is {len(data)} bytes, over the {MAX_MANIFEST_BYTES} byte limit")
-    try:
-        obj = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"manifest is not valid JSON: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise ValueError("manifest must be a JSON object")
+    obj = parse_object(data, MAX_MANIFEST_BYTES, "manifest")
     if obj.get("format") not in (None, FORMAT_VERSION):
         raise ValueError(
             f"unsupported bundle format {obj.get('format')!r}; this agent reads {FORMAT_VERSION}"

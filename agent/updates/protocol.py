@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from agent.bounded_json import parse_object
 from agent.bundle.manifest import Manifest
 from agent.errors import EdgegapError
 
@@ -131,16 +132,10 @@ class Release(_Strict):
 
 def parse_release(raw: bytes, limits: Limits) -> Release:
     """The release in raw, checked against limits before and after parsing; raises ProtocolError."""
-    if len(raw) > limits.max_release_bytes:
-        raise ProtocolError(
-            f"release is {len(raw)} bytes, over the {limits.max_release_bytes}-byte limit"
-        )
     try:
-        head = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"release is not valid JSON: {exc}") from exc
-    if not isinstance(head, dict):
-        raise ProtocolError("release must be a JSON object")
+        head = parse_object(raw, limits.max_release_bytes, "release")
+    except ValueError as exc:
+        raise ProtocolError(str(exc)) from exc
     if head.get("schema") != RELEASE_SCHEMA:
         raise ProtocolError(f"unknown release schema {head.get('schema')!r}")
     blob = head.get("blob")
