@@ -20,6 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import MqttConfig, parse_broker_url
 from agent.outputs.messages import encode
+from agent.updates.protocol import Topics
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +52,11 @@ class MqttLink:
         self.config = config
         self.address = parse_broker_url(config.broker)
         self.device_id = device_id
-        prefix = (config.topic_prefix or f"edgegap/{fleet}").rstrip("/")
-        base = f"{prefix}/devices/{device_id}"
-        self.status_topic = f"{base}/status"
-        self.detections_topic = f"{base}/detections"
-        self.cmd_topic = f"{base}/cmd"
-        self.events_topic = f"{base}/events"
+        self.topics = Topics.for_fleet(fleet, config.topic_prefix)
+        self.status_topic = self.topics.device(device_id, "status")
+        self.detections_topic = self.topics.device(device_id, "detections")
+        self.cmd_topic = self.topics.device(device_id, "cmd")
+        self.events_topic = self.topics.device(device_id, "events")
         self._status = status
         self._on_command = on_command
         self._connected = threading.Event()

@@ -1,6 +1,6 @@
 """Bringing a bundle into service: load it off the frame path, then swap it in between frames.
 
-`load_served_model` (verify, open, warm up, fold, check tensors against the manifest, golden
+`load_served_model` (verify, open, warm up, check tensors against the manifest, golden
 check) runs on the calling thread (the updater's), while the pipeline keeps serving the old model.
 The swap itself is one reference handed to the pipeline, taken at its next frame.
 """

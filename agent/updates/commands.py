@@ -74,18 +74,15 @@ def _pin(updater: Updater, version: int) -> None:
     sha = store.find_version(version)
     if sha is None:
         raise Refused(f"version {version} is not in the bundle store")
-    if sha != updater.pipeline.served.manifest.model.sha256:
-        updater.events.emit(EventKind.ACTIVATING, version, sha)
-        served = updater.load(sha, version)
-        old = updater.serve(served)
-        store.activate(sha)
-        store.mark_good(sha)  # chosen by an operator: not on probation
-        updater.events.emit(EventKind.ACTIVATED, version, sha, previous=old.manifest.version)
+    activated = sha != updater.pipeline.served.manifest.model.sha256
+    if activated:
+        updater.activate(version, sha, probation=False)  # chosen by an operator
     if updater.pull is not None:
         updater.pull.stop()
         updater.pull = None
     updater.pin.set(version)
-    updater.link.publish_status()
+    if not activated:
+        updater.link.publish_status()
 
 
 def _reread_release(updater: Updater) -> None:

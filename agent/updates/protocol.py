@@ -56,6 +56,11 @@ class Topics:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix.rstrip("/")
 
+    @classmethod
+    def for_fleet(cls, fleet: str, prefix: str | None = None) -> Topics:
+        """The topics under prefix if one is given, else under edgegap/<fleet>."""
+        return cls(prefix or f"edgegap/{fleet}")
+
     def release(self, channel: str) -> str:
         return f"{self.prefix}/models/{channel}/manifest"
 

@@ -24,7 +24,7 @@ from agent.updates.commands import run_command
 from agent.updates.events import Events
 from agent.updates.pins import Pin
 from agent.updates.probation import Probation
-from agent.updates.protocol import SHA256, EventKind, Limits, Topics
+from agent.updates.protocol import SHA256, EventKind, Limits
 from agent.updates.pull import Pull, PullSettings
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class Updater:
         self.keys = keys
         u = config.updates
         self.channel = u.channel
-        self.topics = Topics(link.status_topic.rsplit("/devices/", 1)[0])
+        self.topics = link.topics
         self.limits = Limits(max_model_bytes=u.max_bundle_bytes, max_chunks=u.max_chunks)
         self.settings = PullSettings(u.window, u.chunk_timeout_s, u.max_retries)
         self.events = Events(link, config.device_id)
@@ -189,7 +189,7 @@ class Updater:
         if self.store.is_installed(blob.sha256):
             self.store.install(m, self.store.path(blob.sha256) / "model.tflite")  # this manifest
             self.events.emit(EventKind.VERIFIED, m.version, blob.sha256)
-            self._activate(m.version, blob.sha256)
+            self.activate(m.version, blob.sha256)
             return
         try:
             staging = Staging(state, blob, self.limits)
@@ -218,7 +218,7 @@ class Updater:
         self.events.emit(EventKind.VERIFIED, m.version, sha)
         self.store.install(m, model)
         pull.staging.discard()
-        self._activate(m.version, sha)
+        self.activate(m.version, sha)
 
     # ---- activation, probation, rollback ---------------------------------------------------
     def load(self, sha: str, version: int) -> ServedModel:
@@ -231,14 +231,19 @@ class Updater:
             self.store.rejections.add(sha, version, reason)
             raise Rejected(reason, version, sha) from exc
 
-    def _activate(self, version: int, sha: str) -> None:
+    def activate(self, version: int, sha: str, probation: bool = True) -> None:
+        """Load bundle sha from the store and serve it; without probation (an operator's pin)
+        it is marked good at once."""
         assert self.store is not None
         self.events.emit(EventKind.ACTIVATING, version, sha)
         served = self.load(sha, version)
         old = self.serve(served)
         self.store.activate(sha)
+        if not probation:
+            self.store.mark_good(sha)
         self.events.emit(EventKind.ACTIVATED, version, sha, previous=old.manifest.version)
-        self._start_probation(served)
+        if probation:
+            self._start_probation(served)
         self.link.publish_status()
 
     def serve(self, served: ServedModel) -> ServedModel:

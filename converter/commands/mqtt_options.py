@@ -77,4 +77,4 @@ def resolve(kwargs: dict[str, Any]) -> tuple[BrokerOptions, Topics]:
         insecure=kwargs.pop("insecure"),
         timeout_s=kwargs.pop("timeout"),
     )
-    return options, Topics(prefix or f"edgegap/{fleet}")
+    return options, Topics.for_fleet(fleet, prefix)
