@@ -22,14 +22,14 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.config.broker import parse_broker_url
+from agent.config.broker import DEFAULT_PASSWORD_ENV, parse_broker_url, password_from
 from agent.errors import EdgegapError
 from agent.mqtt import no_delay
 
 logger = logging.getLogger(__name__)
 
 USERNAME_ENV = "EDGEGAP_MQTT_USERNAME"
-PASSWORD_ENV = "EDGEGAP_MQTT_PASSWORD"
+PASSWORD_ENV = DEFAULT_PASSWORD_ENV
 MAX_PASSWORD_FILE_BYTES = 4096
 WINDOW = 64  # QoS 1 messages in flight (sent, not yet acknowledged) at most
 
@@ -54,15 +54,12 @@ class BrokerOptions:
 def read_password(options: BrokerOptions) -> str | None:
     """The password from the password file (first line), else from EDGEGAP_MQTT_PASSWORD."""
     path = options.password_file
-    if path is None:
-        return os.environ.get(PASSWORD_ENV) or None
     try:
-        if path.stat().st_size > MAX_PASSWORD_FILE_BYTES:
-            raise BrokerError(f"{path} is too large to be a password file")
-        lines = path.read_text().splitlines()
+        return password_from(path, PASSWORD_ENV, MAX_PASSWORD_FILE_BYTES)
+    except ValueError as exc:
+        raise BrokerError(str(exc)) from exc
     except OSError as exc:
         raise BrokerError(f"cannot read the password file {path}: {exc.strerror}") from exc
-    return lines[0] if lines else ""
 
 
 def _client_id(role: str) -> str:
@@ -192,6 +189,10 @@ class Connection:
     def stream(self, topic_filter: str, handler: Callable[[str, bytes], None]) -> None:
         """Call handler(topic, payload) on paho's thread for each live (not retained) message."""
         self._streams.append((topic_filter, handler))
+        self._subscribe(topic_filter)
+
+    def _subscribe(self, topic_filter: str) -> None:
+        """Subscribe at QoS 1 and wait for the SUBACK, at most the timeout."""
         self._subscribed.clear()
         result, _ = self.client.subscribe(topic_filter, qos=1)
         if result != paho.MQTT_ERR_SUCCESS or not self._subscribed.wait(self.options.timeout_s):
@@ -204,12 +205,7 @@ class Connection:
         quiet_s seconds (an exact topic returns as soon as its message is in), at most the timeout."""
         with self._lock:
             self._messages, self._filter, self._last = {}, topic_filter, time.monotonic()
-        self._subscribed.clear()
-        result, _ = self.client.subscribe(topic_filter, qos=1)
-        if result != paho.MQTT_ERR_SUCCESS or not self._subscribed.wait(self.options.timeout_s):
-            raise BrokerError(
-                f"broker {self.where} did not accept a subscription to {topic_filter}"
-            )
+        self._subscribe(topic_filter)
         exact = "+" not in topic_filter and "#" not in topic_filter
         deadline = time.monotonic() + self.options.timeout_s
         with self._lock:

@@ -27,6 +27,19 @@ class BrokerAddress:
     username: str | None
 
 
+def password_from(path: Path | None, env: str, max_bytes: int | None = None) -> str | None:
+    """The first line of the password file at path, else $env; None when neither is set.
+
+    Raises OSError when the file cannot be read, ValueError when it is over max_bytes.
+    """
+    if path is None:
+        return os.environ.get(env) or None
+    if max_bytes is not None and path.stat().st_size > max_bytes:
+        raise ValueError(f"{path} is too large to be a password file")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return lines[0] if lines else ""
+
+
 def parse_broker_url(url: str) -> BrokerAddress:
     """mqtt://[user@]host[:port] or mqtts://...; a password in the URL is refused (it is a secret)."""
     parts = urlsplit(url)
@@ -116,15 +129,12 @@ class MqttConfig(_Strict):
 
     def read_password(self) -> str | None:
         """The broker password from password_file, else from the environment; None when neither."""
-        if self.password_file is not None:
-            try:
-                lines = self.password_file.read_text(encoding="utf-8").splitlines()
-            except OSError as exc:
-                raise ConfigError(
-                    [f"mqtt.password_file: cannot read {self.password_file}: {exc.strerror}"]
-                ) from exc
-            return lines[0] if lines else ""
-        return os.environ.get(self.password_env) or None
+        try:
+            return password_from(self.password_file, self.password_env)
+        except OSError as exc:
+            raise ConfigError(
+                [f"mqtt.password_file: cannot read {self.password_file}: {exc.strerror}"]
+            ) from exc
 
 
 class PublishMode(str, Enum):
