@@ -19,7 +19,7 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 
-from agent.bundle.loading import MODEL_FILE, check_model_file, read_manifest
+from agent.bundle.loading import check_model_digest, read_manifest, sized_model_file
 from agent.bundle.manifest import Manifest
 from agent.bundle.signing import load_public_key, verify_manifest
 from agent.errors import EdgegapError
@@ -81,15 +81,15 @@ def prepare(
     """Read the bundle, check it (files, sha256, signature) and cut its model into chunks."""
     check_channel(channel)
     manifest = read_manifest(bundle)
-    check_model_file(bundle, manifest)
+    model = sized_model_file(bundle, manifest)
+    blob, chunks = cut(model.read_bytes(), chunk_size)  # hashes the model, once
+    check_model_digest(model, blob.sha256, manifest)
     if manifest.signature is None and not allow_unsigned:
         raise PublishError(
             f"{bundle} is not signed; sign it (edgegap convert --sign-key) or pass --allow-unsigned"
         )
     if keys:
         verify_manifest(manifest, [load_public_key(k) for k in keys])
-    data = (bundle / MODEL_FILE).read_bytes()
-    blob, chunks = cut(data, chunk_size)
     published = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     release = Release(channel=channel, manifest=manifest, blob=blob, published=published)
     try:  # the device's own parser and limits, before anything is sent

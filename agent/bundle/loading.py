@@ -66,6 +66,12 @@ def read_manifest(bundle_dir: Path) -> Manifest:
 
 def check_model_file(bundle_dir: Path, manifest: Manifest) -> None:
     """The model file must exist, have the recorded size, and hash to the recorded sha256."""
+    model = sized_model_file(bundle_dir, manifest)
+    check_model_digest(model, sha256_file(model), manifest)
+
+
+def sized_model_file(bundle_dir: Path, manifest: Manifest) -> Path:
+    """The bundle's model file, once it exists and has the recorded size (not yet hashed)."""
     model = bundle_dir / MODEL_FILE
     if not model.is_file():
         raise BundleError(f"{bundle_dir} is not a bundle: no {MODEL_FILE}")
@@ -76,7 +82,11 @@ def check_model_file(bundle_dir: Path, manifest: Manifest) -> None:
         raise BundleError(
             f"{model} is {size} bytes but the manifest says {manifest.model.size}: tampered or truncated"
         )
-    digest = sha256_file(model)
+    return model
+
+
+def check_model_digest(model: Path, digest: str, manifest: Manifest) -> None:
+    """digest, the model file's sha256, must be the recorded one."""
     if digest != manifest.model.sha256:
         raise BundleError(
             f"{model} sha256 {digest[:16]}… does not match the manifest: tampered or corrupt"
