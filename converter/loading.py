@@ -121,18 +121,7 @@ def describe(
         )
     raw_name = str(getattr(inp, "name", "") or "input")
     probe = model(np.zeros((fixed_batch or 1, *shape), np.float32), training=False)
-    keys: list[Any]
-    if isinstance(probe, dict):
-        keys = list(probe.keys())
-        raws = [str(k) for k in keys]
-    elif isinstance(probe, (list, tuple)):
-        keys = list(range(len(probe)))
-        declared = list(getattr(model, "output_names", []) or [])
-        raws = declared if len(declared) == len(keys) else [f"output_{i}" for i in keys]
-    else:
-        keys = [0]
-        declared = list(getattr(model, "output_names", []) or [])
-        raws = [declared[0] if len(declared) == 1 else "output_0"]
+    keys, raws = _output_keys(model, probe)
     names: list[str] = []
     for raw in raws:
         names.append(signature_name(raw, names))
@@ -151,6 +140,18 @@ def describe(
         output_names=names,
         fixed_batch=fixed_batch,
     )
+
+
+def _output_keys(model: Any, probe: Any) -> tuple[list[Any], list[str]]:
+    """How to pick each output out of the model's result, and the name each should get."""
+    declared = list(getattr(model, "output_names", []) or [])
+    if isinstance(probe, dict):
+        keys: list[Any] = list(probe.keys())
+        return keys, [str(k) for k in keys]
+    if isinstance(probe, (list, tuple)):
+        keys = list(range(len(probe)))
+        return keys, declared if len(declared) == len(keys) else [f"output_{i}" for i in keys]
+    return [0], [declared[0] if len(declared) == 1 else "output_0"]
 
 
 def import_custom_objects(paths: Sequence[str | Path]) -> None:
