@@ -239,7 +239,9 @@ def running_agent(keys: dict[str, Any]) -> Iterator[Agent]:
 
 
 def results(jsonl: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    """The agent's complete JSONL lines: one it is still writing (no newline yet) is left out."""
+    complete = jsonl.read_text().split("\n")[:-1]
+    return [json.loads(line) for line in complete if line.strip()]
 
 
 def served_version(agent: Agent) -> int:
