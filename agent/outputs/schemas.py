@@ -42,6 +42,22 @@ class DetectionItem(_Schema):
         max_length=4,
         description="[xmin, ymin, xmax, ymax] in source-frame pixels; null for classifiers.",
     )
+    keypoints: list[float] | None = Field(
+        default=None,
+        description="x, y pairs in source-frame pixels (ssd_raw with extra_values); else absent.",
+    )
+
+
+class TensorValue(_Schema):
+    shape: list[int] = Field(description="The output's shape.")
+    values: list[float] | None = Field(
+        default=None, description="Every value, dequantized, row-major (small outputs)."
+    )
+    min: float | None = Field(default=None, description="Smallest value (large outputs).")
+    max: float | None = Field(default=None, description="Largest value (large outputs).")
+    argmax: list[int] | None = Field(
+        default=None, description="Index of the largest value into shape (large outputs)."
+    )
 
 
 class Latency(_Schema):
@@ -66,6 +82,10 @@ class DetectionsMessage(_Schema):
     frame: FrameInfo
     model: ModelInfo
     detections: list[DetectionItem]
+    tensors: dict[str, TensorValue] | None = Field(
+        default=None,
+        description="Decoder tensor only: each output by name, in full or summarized.",
+    )
     latency_ms: Latency
     sent: float = Field(description="Time the message was built, Unix seconds.")
 
@@ -110,7 +130,10 @@ class StatusMessage(_Schema):
     reason: str | None = Field(
         default=None, description="Offline only: shutdown, or lost (the last will)."
     )
-    health: Literal["starting", "ok", "degraded", "stopped"] | None = None
+    health: Literal["starting", "ok", "degraded", "failed", "stopped"] | None = Field(
+        default=None,
+        description="failed: the decoder failed pipeline.failed_after_frames frames in a row.",
+    )
     channel: str | None = Field(
         default=None, description="The model channel the device follows (updates.channel)."
     )
