@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -22,6 +23,7 @@ import numpy as np
 from agent.bundle.golden import record_golden
 from agent.bundle.loading import write_bundle
 from agent.bundle.manifest import (
+    MAX_MANIFEST_BYTES,
     ColorOrder,
     Decoder,
     InputSpec,
@@ -60,6 +62,7 @@ logger = logging.getLogger(__name__)
 
 MAX_MODEL_BYTES = 512 * 1024 * 1024  # the bundle's own bound (docs/bundle-format.md)
 REPORT_FILE = "report.json"
+GOLDEN_BUDGET = 256 * 1024  # bytes of base64 the golden outputs may take in the manifest
 
 
 class ImportFailed(EdgegapError, ValueError):
@@ -127,6 +130,7 @@ def import_model(opts: ImportOptions) -> ImportResult:
         extra={**layout.extra, **opts.extra},
     )
     check_decoder(manifest)
+    manifest = with_golden_stride(manifest, opts.golden_count)
     recorded = record_golden(model, manifest, seed=0, count=opts.golden_count)
     manifest = manifest.model_copy(update={"golden": golden_tolerance(manifest, recorded)})
     gates, latency = check_gates(opts, graph, model_bytes)
@@ -137,6 +141,7 @@ def import_model(opts: ImportOptions) -> ImportResult:
         }
     )
     manifest = Manifest.model_validate(manifest.model_dump())
+    check_size(manifest)
     if key is not None:
         manifest = sign_manifest(manifest, key)
     result = ImportResult(manifest, layout, graph, gates, latency, model_bytes, note)
@@ -144,6 +149,25 @@ def import_model(opts: ImportOptions) -> ImportResult:
         result.bundle = write_bundle(opts.output, model_bytes, manifest).path
         result.report_path = write_report(result, opts.output / REPORT_FILE)
     return result
+
+
+def with_golden_stride(manifest: Manifest, count: int) -> Manifest:
+    """Large outputs are recorded every k-th value (extra.golden_stride), so the golden check
+    fits its share of the manifest's 1 MiB."""
+    values = sum(math.prod(o.shape) for o in manifest.outputs)
+    stride = math.ceil(count * values * 4 * 4 / 3 / GOLDEN_BUDGET)
+    if stride <= 1:
+        return manifest
+    return manifest.model_copy(update={"extra": {**manifest.extra, "golden_stride": stride}})
+
+
+def check_size(manifest: Manifest) -> None:
+    size = len(manifest.canonical_bytes())
+    if size > MAX_MANIFEST_BYTES - 4096:  # room for the signature
+        raise ImportFailed(
+            f"the manifest would be {size:,} bytes, over the bundle's {MAX_MANIFEST_BYTES:,} "
+            "(too many anchors or labels?)"
+        )
 
 
 def check_decoder(manifest: Manifest) -> None:

@@ -320,3 +320,24 @@ def test_import_works_in_the_device_install(built: dict[str, Path], tmp_path: Pa
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "bundle" / "manifest.json").is_file()
     assert (tmp_path / "bundle" / "report.json").is_file()
+
+
+def test_large_outputs_are_golden_checked_every_kth_value(
+    built: dict[str, Path], keys: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A YOLO head's outputs would not fit the manifest's 1 MiB three times over: the golden
+    check then records every k-th value. Here the budget is made small for a small model."""
+    import base64
+
+    from converter import importing
+
+    monkeypatch.setattr(importing, "GOLDEN_BUDGET", 2048)
+    bundle = tmp_path / "bundle"
+    edgegap("import", built["landmarks"], "--profile", "x86-avx2", "--latency-runs", "2",
+            "--sign-key", keys / "edgegap.key", "--output", bundle)  # fmt: skip
+    m = json.loads((bundle / "manifest.json").read_text())
+    k = m["extra"]["golden_stride"]
+    assert k == 4  # ceil(3 inputs x 411 values x 4 bytes x 4/3 / 2048)
+    sizes = [len(base64.b64decode(e)) // 4 for e in m["golden"]["expected"][0]]
+    assert sorted(sizes) == sorted(-(-n // k) for n in (1, 10, 400))
+    assert "verified" in edgegap("verify", bundle, "--key", keys / "edgegap.pub").output
