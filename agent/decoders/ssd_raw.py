@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,7 @@ from agent.decoders.base import (
     check_output,
 )
 from agent.decoders.raw_boxes import BoxCoding, anchors_from, box_coding
-from agent.geometry.boxes import BoxCoder, batched_nms
+from agent.geometry.boxes import batched_nms
 from agent.geometry.letterbox import FrameTransform
 
 logger = logging.getLogger(__name__)
@@ -85,10 +84,6 @@ class SSDRawDecoder(OutputDecoder):
                 "scores per anchor (or set background_class: false)"
             )
 
-    def decode_boxes(self, enc: np.ndarray, anchors: np.ndarray | None = None) -> np.ndarray:
-        """[K, 4 + E] encodings against [K, 4] anchors (default: all) -> [K, 4] xyxy normalized."""
-        return self.coding.decode(enc, self.anchors if anchors is None else anchors)[0]
-
     def __call__(self, outputs: Outputs, transform: FrameTransform | None) -> list[Detection]:
         enc = outputs[OutputRole.RAW_BOXES].reshape(len(self.anchors), self.coding.width)
         scores = self.activation(outputs[OutputRole.RAW_SCORES].reshape(len(enc), -1))
@@ -111,8 +106,3 @@ class SSDRawDecoder(OutputDecoder):
             transform,
             None if points is None else points[keep],
         )
-
-
-def box_coder(extra: Mapping[str, Any]) -> BoxCoder:
-    """The yxhw scales of manifest.extra as a BoxCoder (box_scales [y, x, h, w] or box_coder)."""
-    return BoxCoder(*box_coding({**extra, "box_coding": "yxhw"}, 1, 1).scales)

@@ -30,7 +30,7 @@ class FrameInfo(_Schema):
 class ModelInfo(_Schema):
     name: str = Field(description="Bundle model name.")
     version: int = Field(ge=0, description="Bundle version.")
-    task: str = Field(description="detection or classification.")
+    task: str = Field(description="detection, classification or tensor.")
 
 
 class DetectionItem(_Schema):
