@@ -89,16 +89,16 @@ class DetectionsEncoder:
                 if not math.isfinite(d.score + b.xmin + b.ymin + b.xmax + b.ymax):
                     raise ValueError(f"detection {d} has a value that is not a JSON number")
                 row = (comma, label, d.class_id, d.score, b.xmin, b.ymin, b.xmax, b.ymax)
-                parts.append(_BOX % row)
-                if d.keypoints is not None:
-                    parts.append(_keypoints(d.keypoints))
-                parts.append("}")
+                if d.keypoints is None:
+                    parts.append(_BOX % row)
+                else:
+                    parts.append(_BOX_OPEN % row + _keypoints(d.keypoints) + "}")
             comma = ","
-        parts.append("]")
         if result.tensors is not None:
-            parts.append(',"tensors":' + _ENCODER.encode(result.tensors))
+            parts.append('],"tensors":' + _ENCODER.encode(result.tensors))
         g, p, w, i, o = (t.get(s, 0.0) * 1000.0 for s in LATENCY_STAGES)
-        parts.append(_TAIL % (g, p, w, i, o, g + p + w + i + o, sent))
+        tail = _TAIL if result.tensors is None else _TAIL_AFTER_TENSORS
+        parts.append(tail % (g, p, w, i, o, g + p + w + i + o, sent))
         return "".join(parts).encode()
 
     def _label(self, label: str) -> str:
@@ -110,12 +110,14 @@ class DetectionsEncoder:
 
 # latency_ms holds every stage but publish, which cannot time itself; total is their sum
 LATENCY_STAGES = tuple(s for s in STAGES if s != "publish")
-_BOX = '%s{"label":%s,"class_id":%d,"score":%.4f,"box":[%.1f,%.1f,%.1f,%.1f]'
+_BOX_OPEN = '%s{"label":%s,"class_id":%d,"score":%.4f,"box":[%.1f,%.1f,%.1f,%.1f]'
+_BOX = _BOX_OPEN + "}"
 _NO_BOX = '%s{"label":%s,"class_id":%d,"score":%.4f,"box":null}'
-_TAIL = (
+_TAIL_AFTER_TENSORS = (
     ',"latency_ms":{"grab":%.3f,"pre":%.3f,"wait":%.3f,"invoke":%.3f,"post":%.3f,"total":%.3f},'
     '"sent":%.6f}'
 )
+_TAIL = "]" + _TAIL_AFTER_TENSORS  # closes the detections list
 
 
 def _keypoints(values: tuple[float, ...]) -> str:
