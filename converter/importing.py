@@ -207,6 +207,12 @@ def input_spec(info: TensorInfo, opts: ImportOptions) -> tuple[InputSpec, str]:
     if len(shape) != 4 or shape[0] != 1 or shape[-1] not in (1, 3):
         raise ImportFailed(f"the model's input is {shape}; a bundle feeds [1, H, W, 1 or 3] images")
     dtype = np.dtype(info.dtype).name
+    if dtype not in ("float32", "uint8", "int8", "int16"):
+        raise ImportFailed(
+            f"the model's input is {dtype}; a bundle feeds float32 or 8/16-bit images"
+        )
+    if dtype != "float32" and info.scale <= 0:
+        raise ImportFailed(f"the model's {dtype} input has no quantization scale to feed it by")
     mean, std, note = opts.mean, opts.std, ""
     if mean is None and std is None:
         if dtype in ("uint8", "int8") and info.scale > 0:
@@ -216,10 +222,6 @@ def input_spec(info: TensorInfo, opts: ImportOptions) -> tuple[InputSpec, str]:
         else:
             note = f"{dtype} input assumed to take pixel / 255; give --mean and --std if not"
     mean, std = mean or [0.0], std or [255.0]
-    if dtype not in ("float32", "uint8", "int8", "int16"):
-        raise ImportFailed(
-            f"the model's input is {dtype}; a bundle feeds float32 or 8/16-bit images"
-        )
     color = opts.color_order or (ColorOrder.GRAY if shape[-1] == 1 else ColorOrder.RGB)
     try:
         spec = InputSpec(
