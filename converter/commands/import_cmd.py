@@ -53,6 +53,8 @@ def _decoder_options(fn: Any) -> Any:
                      help="tensor: outputs with at most this many values go out in full [256]."),
         click.option("--frame-max-values", type=click.IntRange(0, 1_000_000),
                      help="tensor: at most this many values in full per frame [4096]."),
+        click.option("--pad-value", type=click.IntRange(0, 255),
+                     help="--resize letterbox: pixel value of the bars [0; Ultralytics: 114]."),
         click.option("--label-offset", type=click.IntRange(min=0),
                      help="Labels-file line of class 0 (1 when the file starts with a background)."),
     ]  # fmt: skip
@@ -64,7 +66,7 @@ def _decoder_options(fn: Any) -> Any:
 EXTRA_KEYS = (
     "box_coding", "box_scales", "box_units", "extra_values", "score_activation",
     "background_class", "iou_threshold", "transposed", "box_format", "objectness",
-    "full_max_values", "frame_max_values", "label_offset",
+    "full_max_values", "frame_max_values", "label_offset", "pad_value",
 )  # fmt: skip
 
 
