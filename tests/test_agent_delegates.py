@@ -160,3 +160,21 @@ def test_profile_delegate_is_used_and_fallback_serves_on_cpu(tmp_path: Path, ima
     ref = load_served_model(src.path, config, [])  # x86-avx2: no delegate, no fallback
     status = status_message("cam", "lab", "ok", ref, None, None, RollingStats())
     assert status["backend"]["delegate"] is None and "delegate_fallback" not in status["backend"]
+
+
+def test_profile_and_config_delegate_names_are_checked() -> None:
+    from pydantic import ValidationError
+
+    from agent.config import ConfigError
+    from firmware_profiles import Profile, load_profile
+
+    doc = load_profile("x86-avx2").model_dump(mode="json")
+    doc["runtime"]["delegate"] = "tpu9000"
+    with pytest.raises(ValidationError, match="tpu9000"):
+        Profile.model_validate(doc)
+    doc["runtime"]["delegate"] = "/opt/npu/libvx_delegate.so"
+    doc["runtime"]["delegate_options"] = {"device": "usb"}
+    assert Profile.model_validate(doc).runtime.delegate_options == {"device": "usb"}
+    assert load_profile("coral-edgetpu").runtime.delegate == "edgetpu"
+    with pytest.raises(ConfigError, match="runtime.delegate"):
+        load_config(None, {"bundle.path": "b", "runtime.delegate": "tpu9000"})

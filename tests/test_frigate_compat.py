@@ -66,7 +66,7 @@ def uint8_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     res = CliRunner().invoke(
         convert_cli,
         ["convert", str(WEIGHTS), "--profile", "x86-avx2", "--input-dtype", "uint8",
-         "--calibration", str(calib), "--latency-runs", "3", "--name", "frigate-detector",
+         "--calibration", str(calib), "--validation-samples", "24", "--latency-runs", "3", "--name", "frigate-detector",
          "--version", "1", "--force", "--output", str(out)],
     )  # fmt: skip
     assert res.exit_code == 0, res.output

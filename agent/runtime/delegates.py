@@ -28,9 +28,9 @@ _CORAL_INSTALL = (
     "then apt-get install libedgetpu1-std)"
 )
 _GPU_INSTALL = (
-    "build LiteRT's GPU delegate as an external delegate library "
-    "(bazel build -c opt //tflite/delegates/gpu:libtensorflowlite_gpu_delegate.so) or install "
-    "your board vendor's build, and put it on the library path or give its path as "
+    "build LiteRT's GPU delegate as a library that exports the external delegate interface "
+    "(tflite_plugin_create_delegate; the stock libtensorflowlite_gpu_delegate.so target does not), "
+    "or install your board vendor's, and put it on the library path or give its path as "
     "runtime.delegate"
 )
 
