@@ -124,3 +124,24 @@ def test_reorder_outputs_refuses_what_is_not_a_permutation(uint8_bundle: Path) -
     assert output_indices(swapped) == current[::-1] and len(swapped) == len(model_bytes)
     with pytest.raises(ValueError, match="not a permutation"):
         reorder_outputs(model_bytes, [*current[:-1], 9999])
+
+
+def test_input_dtype_needs_an_integer_scheme(tmp_path: Path) -> None:
+    import yaml
+
+    from firmware_profiles import load_profile
+
+    doc = load_profile("x86-avx2").model_dump(mode="json")
+    doc["name"] = "x86-float16"
+    doc["quantization"] = {"scheme": "float16", "input_dtype": "float32", "output_dtype": "float32"}
+    profile = tmp_path / "x86-float16.yaml"
+    profile.write_text(yaml.safe_dump(doc))
+    res = CliRunner().invoke(
+        convert_cli,
+        ["convert", str(WEIGHTS), "--profile", str(profile), "--input-dtype", "uint8",
+         "--calibration", str(tmp_path), "--output", str(tmp_path / "out")],
+    )  # fmt: skip
+    assert res.exit_code != 0
+    (line,) = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+    assert "--input-dtype uint8 needs scheme int8 or int8-fallback" in line and "float16" in line
+    assert not (tmp_path / "out").exists()
