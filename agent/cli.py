@@ -207,6 +207,7 @@ def run(config_file: Path | None, preview: bool | None, **flags: Any) -> None:
       edgegap-agent run --bundle bundle/ --source 0 --broker mqtt://pi@broker.local
       edgegap-agent run --bundle bundle/ --source clip.mp4 --rate all --jsonl out.jsonl
       edgegap-agent run --bundle bundle/ --source rtsp://cam/stream --preview-port 8090
+      edgegap-agent run --bundle coral-bundle/ --source 0 --delegate edgetpu --delegate-fallback cpu
     """
     from agent.app import run_agent
     from agent.config import load_config
