@@ -25,6 +25,8 @@ FLAG_KEYS = {
     "fps": "source.fps",
     "backend": "runtime.backend",
     "threads": "runtime.threads",
+    "delegate": "runtime.delegate",
+    "delegate_fallback": "runtime.delegate_fallback",
     "score_threshold": "detection.score_threshold",
     "max_detections": "detection.max_detections",
     "top_k": "detection.top_k",
@@ -140,6 +142,15 @@ def cli(verbose: int, quiet: bool) -> None:
 @click.option("--fps", type=float, help="Frame rate for native pacing when the source has none.")
 @click.option("--backend", help="Runtime backend: litert, tflite-runtime or tf.lite.")
 @click.option("--threads", type=int, help="Interpreter threads (default: the bundle profile's).")
+@click.option(
+    "--delegate",
+    help="edgetpu, gpu, a delegate library path, or none (default: the bundle profile's).",
+)
+@click.option(
+    "--delegate-fallback",
+    type=click.Choice(["none", "cpu"]),
+    help="cpu: serve on the CPU when the delegate cannot be loaded (default: none, refuse).",
+)
 @click.option("--score-threshold", type=float, help="Minimum detection score.")
 @click.option("--max-detections", type=int, help="Most detections per frame.")
 @click.option("--top-k", type=int, help="Classifiers: classes reported.")
@@ -196,6 +207,7 @@ def run(config_file: Path | None, preview: bool | None, **flags: Any) -> None:
       edgegap-agent run --bundle bundle/ --source 0 --broker mqtt://pi@broker.local
       edgegap-agent run --bundle bundle/ --source clip.mp4 --rate all --jsonl out.jsonl
       edgegap-agent run --bundle bundle/ --source rtsp://cam/stream --preview-port 8090
+      edgegap-agent run --bundle coral-bundle/ --source 0 --delegate edgetpu --delegate-fallback cpu
     """
     from agent.app import run_agent
     from agent.config import load_config
@@ -248,7 +260,10 @@ def print_summary(summary: Any) -> None:
             f"failed frames (decoding or publishing raised; skipped, see the log): {summary.failed}"
         )
     swap = "" if summary.color_swap == "none" else f", color swap {summary.color_swap}"
-    console.print(f"backend {summary.backend} {summary.backend_version}{swap}")
+    delegate = f"delegate {summary.delegate}" if summary.delegate else "delegate none (CPU)"
+    console.print(f"backend {summary.backend} {summary.backend_version}, {delegate}{swap}")
+    if summary.delegate_fallback:
+        console.print(f"delegate fallback to the CPU: {summary.delegate_fallback}")
 
 
 @cli.command("validate-config")

@@ -22,10 +22,11 @@ from agent.bundle.io_check import check_model_io
 from agent.bundle.loading import Bundle, BundleError, load_bundle
 from agent.bundle.manifest import ColorOrder, Manifest, OutputRole, OutputSpec
 from agent.config import AgentConfig, GoldenPolicy
+from agent.config.sections import DelegateFallback
 from agent.decoders import OutputDecoder, make_decoder, needed_outputs
 from agent.outputs.messages import ModelRef
 from agent.preprocess import Preprocessor
-from agent.runtime import LoadedModel, open_model
+from agent.runtime import DelegateSpec, LoadedModel, delegate_spec, open_model
 
 logger = logging.getLogger(__name__)
 
@@ -100,12 +101,31 @@ def resolve_threads(config: AgentConfig, manifest: Manifest, cpus: int | None = 
     return min(wanted, cpus)
 
 
+def resolve_delegate(config: AgentConfig, manifest: Manifest) -> DelegateSpec | None:
+    """The delegate from the config (`none` there means the CPU), else from the bundle's device
+    profile; the config's delegate_options are added to the profile's."""
+    runtime = config.runtime
+    name, options = runtime.delegate, {}
+    if name is None:
+        try:
+            from firmware_profiles import ProfileError, load_profile
+
+            profile = load_profile(manifest.profile).runtime
+        except (ProfileError, ImportError) as exc:
+            logger.info("profile %s not found here (%s); no delegate", manifest.profile, exc)
+            profile = None
+        if profile is not None:
+            name, options = profile.delegate, dict(profile.delegate_options)
+    return delegate_spec(name, {**options, **runtime.delegate_options})
+
+
 def load_served_model(path: Path, config: AgentConfig, keys: list[Ed25519PublicKey]) -> ServedModel:
     """Verify, open, check and wrap the bundle at path. Raises BundleError subclasses."""
     bundle = load_bundle(path, keys)
     m = bundle.manifest
     threads = resolve_threads(config, m)
-    model = _open(bundle.model_bytes(), threads, config)
+    delegate = resolve_delegate(config, m)
+    model = _open(bundle.model_bytes(), threads, config, delegate)
     check_model_io(model, m)
     golden = _check_golden(bundle, model, config.bundle.golden)
     det = config.detection
@@ -121,7 +141,7 @@ def load_served_model(path: Path, config: AgentConfig, keys: list[Ed25519PublicK
         signed=bool(keys),
     )
     logger.info(
-        "bundle %s v%d (%s, %s) on %s %s with %d thread(s)%s",
+        "bundle %s v%d (%s, %s) on %s %s with %d thread(s), delegate %s%s",
         m.name,
         m.version,
         m.profile,
@@ -129,14 +149,23 @@ def load_served_model(path: Path, config: AgentConfig, keys: list[Ed25519PublicK
         model.backend,
         model.backend_version,
         threads,
+        model.delegate or "none",
         ", signature verified" if keys else "",
     )
     return served
 
 
-def _open(content: bytes, threads: int, config: AgentConfig) -> LoadedModel:
+def _open(
+    content: bytes, threads: int, config: AgentConfig, delegate: DelegateSpec | None
+) -> LoadedModel:
     """The model opened and invoked once on zeros, so its first frame pays no lazy start-up."""
-    model = open_model(content, threads=threads, backend=config.runtime.backend)
+    model = open_model(
+        content,
+        threads=threads,
+        backend=config.runtime.backend,
+        delegate=delegate,
+        fallback_cpu=config.runtime.delegate_fallback is DelegateFallback.CPU,
+    )
     spec = model.inputs[0]
     model.set_input(np.zeros(spec.shape, dtype=spec.dtype))
     model.invoke()

@@ -26,6 +26,8 @@ class RunSummary:
     backend: str
     backend_version: str
     color_swap: str = "none"  # ServedModel.color_swap: "per frame" or "none"
+    delegate: str | None = None  # LoadedModel.delegate: None on the CPU
+    delegate_fallback: str | None = None  # why the delegate asked for is not in use
     published: int = 0
     publish_dropped: int = 0
     reconnects: int = 0
@@ -52,6 +54,8 @@ def run_summary(
         backend=served.model.backend,
         backend_version=served.model.backend_version,
         color_swap=served.color_swap,
+        delegate=served.model.delegate,
+        delegate_fallback=served.model.delegate_fallback,
         published=published[0],
         publish_dropped=published[1],
         reconnects=grabber.stats.reconnects,
@@ -84,7 +88,13 @@ def status_message(
         out["channel"] = channel
     if served is not None:
         out["model"] = served.describe()
-        out["backend"] = {"name": served.model.backend, "version": served.model.backend_version}
+        out["backend"] = {
+            "name": served.model.backend,
+            "version": served.model.backend_version,
+            "delegate": served.model.delegate,
+        }
+        if served.model.delegate_fallback is not None:
+            out["backend"]["delegate_fallback"] = served.model.delegate_fallback
     if grabber is not None:
         out["source"] = grabber.source.describe()
         out["dropped"] = grabber.stats.dropped

@@ -98,11 +98,14 @@ def describe(
         inputs = model.inputs
     except (AttributeError, ValueError) as exc:
         raise ModelLoadError(
-            f"{source}: the model has no defined input (a subclassed model must be wrapped in a "
-            f"functional model with keras.Input): {one_line(exc)}"
+            f"{source}: the model has no defined input (a subclassed model): give its input shape "
+            f"with --input-shape H,W,C ({one_line(exc)})"
         ) from exc
     if not inputs:
-        raise ModelLoadError(f"{source}: the model has no defined input; wrap it with keras.Input")
+        raise ModelLoadError(
+            f"{source}: the model has no defined input (a subclassed model): give its input shape "
+            "with --input-shape H,W,C"
+        )
     if len(inputs) != 1:
         raise ModelLoadError(
             f"{source}: the model has {len(inputs)} inputs; edgegap converts single-input models"
@@ -154,30 +157,64 @@ def _output_keys(model: Any, probe: Any) -> tuple[list[Any], list[str]]:
     return [0], [declared[0] if len(declared) == 1 else "output_0"]
 
 
-def import_custom_objects(paths: Sequence[str | Path]) -> None:
-    """Import Python files or modules that register custom Keras classes before a model is loaded."""
+def import_custom_objects(paths: Sequence[str | Path]) -> dict[str, Any]:
+    """Import Python files or modules that define custom Keras classes before a model is loaded.
+
+    Returns the classes each defines, by bare class name: a .keras saved without a registration
+    package names its classes that way, and Keras finds them only through `custom_objects`.
+    """
+    found: dict[str, Any] = {}
     for item in paths:
-        path = Path(item)
-        if path.suffix == ".py":
-            if not path.is_file():
-                raise ModelLoadError(f"custom objects file not found: {path}")
-            mod_name = f"edgegap_custom_{re.sub(r'[^A-Za-z0-9_]', '_', path.stem)}"
-            spec = importlib.util.spec_from_file_location(mod_name, path)
-            if spec is None or spec.loader is None:
-                raise ModelLoadError(f"cannot import {path}")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[mod_name] = module
-            try:
-                spec.loader.exec_module(module)
-            except Exception as exc:
-                raise ModelLoadError(f"importing {path} failed: {one_line(exc)}") from exc
-        else:
-            try:
-                importlib.import_module(str(item))
-            except ImportError as exc:
-                raise ModelLoadError(
-                    f"cannot import custom objects module {item!r}: {one_line(exc)}"
-                ) from exc
+        module = _import_one(item)
+        found.update(_classes_of(module))
+    return found
+
+
+def _import_one(item: str | Path) -> Any:
+    path = Path(item)
+    if path.suffix != ".py":
+        try:
+            return importlib.import_module(str(item))
+        except ImportError as exc:
+            raise ModelLoadError(
+                f"cannot import custom objects module {item!r}: {one_line(exc)}"
+            ) from exc
+    if not path.is_file():
+        raise ModelLoadError(f"custom objects file not found: {path}")
+    mod_name = f"edgegap_custom_{re.sub(r'[^A-Za-z0-9_]', '_', path.stem)}"
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    if spec is None or spec.loader is None:
+        raise ModelLoadError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise ModelLoadError(f"importing {path} failed: {one_line(exc)}") from exc
+    return module
+
+
+def _classes_of(module: Any) -> dict[str, Any]:
+    """The classes a module defines itself (not those it imports), by bare name."""
+    return {
+        name: obj
+        for name, obj in vars(module).items()
+        if isinstance(obj, type) and obj.__module__ == module.__name__ and not name.startswith("_")
+    }
+
+
+def wrap_subclassed(model: Any, input_shape: Sequence[int], source: str) -> Any:
+    """A functional model taking `input_shape` (no batch) around a subclassed model."""
+    import keras
+
+    inp = keras.Input(tuple(int(d) for d in input_shape), name="input")
+    try:
+        out = model(inp)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{source}: the model does not take input shape {tuple(input_shape)}: {one_line(exc)}"
+        ) from exc
+    return keras.Model(inp, out, name=signature_name(getattr(model, "name", "model")))
 
 
 def _kind_of(path: Path) -> str:
@@ -205,7 +242,7 @@ def _hint(exc: BaseException) -> str:
         or "Unknown layer" in str(exc)
         or "custom" in str(exc).lower()
     ):
-        text += " (define the class with @keras.saving.register_keras_serializable and pass --custom-objects FILE.py)"
+        text += " (pass the file or module that defines the class with --custom-objects FILE.py)"
     return text
 
 
@@ -243,14 +280,22 @@ def _load_saved_model(path: Path) -> tuple[Any, int | None]:
     return model, shape[0]
 
 
-def load_model(path: str | Path, custom_objects: Sequence[str | Path] = ()) -> SourceModel:
-    """Load MODEL from disk; every failure is a ModelLoadError with a one-line reason."""
+def load_model(
+    path: str | Path,
+    custom_objects: Sequence[str | Path] = (),
+    input_shape: Sequence[int] | None = None,
+) -> SourceModel:
+    """Load MODEL from disk; every failure is a ModelLoadError with a one-line reason.
+
+    With `input_shape`, a subclassed model (which has no input of its own) is wrapped in a
+    functional model taking that shape.
+    """
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"model not found: {path}")
     kind = _kind_of(path)
     import_tf()
-    import_custom_objects(custom_objects)
+    classes = import_custom_objects(custom_objects)
     import keras
 
     fixed_batch = None
@@ -258,11 +303,12 @@ def load_model(path: str | Path, custom_objects: Sequence[str | Path] = ()) -> S
         model, fixed_batch = _load_saved_model(path)
     else:
         try:
-            model = keras.models.load_model(str(path), compile=False)
+            model = keras.models.load_model(str(path), custom_objects=classes, compile=False)
         except Exception as exc:
             raise ModelLoadError(f"could not load {path}: {_hint(exc)}") from exc
     if not isinstance(model, keras.Model):
         raise ModelLoadError(f"not a model: {path} holds a {type(model).__name__}")
     logger.info("loaded %s model from %s", kind, path)
-    source = describe(model, str(path), kind, fixed_batch)
-    return source
+    if input_shape is not None:
+        model = wrap_subclassed(model, input_shape, str(path))
+    return describe(model, str(path), kind, fixed_batch)

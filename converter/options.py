@@ -13,7 +13,7 @@ from agent.bundle.manifest import ColorOrder, ResizeMode
 from agent.errors import EdgegapError
 from converter.data import Dataset
 from converter.tasks.base import Task
-from firmware_profiles import Profile
+from firmware_profiles import IODtype, Profile
 
 logger = logging.getLogger(__name__)
 
@@ -76,3 +76,5 @@ class ConvertOptions:
     prune_importance: str = "l1"
     protect: Sequence[str] = ()  # layer names never pruned (the task adds its own)
     fold_bgr: bool = False  # fold the BGR-to-RGB swap into the model (converter.color_fold)
+    input_dtype: IODtype | None = None  # the model input's dtype; default: the profile's
+    input_shape: tuple[int, ...] | None = None  # wraps a subclassed model in a functional one

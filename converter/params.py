@@ -44,5 +44,25 @@ class FloatListType(click.ParamType):
             self.fail(f"{value!r} is not a number or a comma-separated list of numbers", param, ctx)
 
 
+class ShapeType(click.ParamType):
+    """An input shape without the batch dimension, e.g. 96,96,3."""
+
+    name = "H,W,C"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[int, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            dims = tuple(int(v) for v in str(value).split(","))
+        except ValueError:
+            dims = ()
+        if not dims or any(d < 1 or d > 65536 for d in dims):
+            self.fail(f"{value!r} is not a shape like 96,96,3 (positive integers)", param, ctx)
+        return dims
+
+
 PROFILE = ProfileType()
+SHAPE = ShapeType()
 FLOAT_LIST = FloatListType()

@@ -18,6 +18,7 @@ from converter.loading import SourceModel
 from converter.options import ConvertError, ConvertOptions, Reporter
 from converter.tasks import TASK_NAMES
 from converter.tasks.base import Task
+from firmware_profiles import IODtype, Profile, QuantScheme
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,26 @@ def read_labels(labels: list[str] | str | Path | None) -> list[str]:
     if not path.is_file():
         raise ConvertError(f"labels file not found: {path}")
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def with_input_dtype(profile: Profile, dtype: IODtype | None) -> Profile:
+    """The profile with its model input dtype replaced (--input-dtype); unchanged for None.
+
+    Only integer inputs are offered: a uint8 input takes camera pixels as they come, which is what
+    Coral's and Frigate's TFLite detectors feed.
+    """
+    q = profile.quantization
+    if dtype is None or dtype is q.input_dtype:
+        return profile
+    if dtype not in (IODtype.INT8, IODtype.UINT8):
+        raise ConvertError(f"--input-dtype is int8 or uint8, not {dtype.value}")
+    if q.scheme not in (QuantScheme.INT8, QuantScheme.INT8_FALLBACK):
+        raise ConvertError(
+            f"--input-dtype {dtype.value} needs scheme int8 or int8-fallback; "
+            f"profile {profile.name} uses {q.scheme.value}"
+        )
+    quant = q.model_copy(update={"input_dtype": dtype})
+    return profile.model_copy(update={"quantization": quant})
 
 
 def make_task(task: str | Task, source: SourceModel) -> Task:

@@ -9,6 +9,7 @@ that one interpreter serves the accuracy measurement, the manifest and the golde
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -39,7 +40,7 @@ from converter.gates import (
     withholds_amx,
 )
 from converter.graph import ModelGraph, read_graph
-from converter.loading import SourceModel, describe, load_model
+from converter.loading import SourceModel, describe, load_model, wrap_subclassed
 from converter.manifest import (
     build_manifest,
     bundle_metrics,
@@ -48,6 +49,7 @@ from converter.manifest import (
     pruning_metrics,
 )
 from converter.options import REPORT_FILE, ConvertError, ConvertOptions, Reporter
+from converter.output_order import reorder_outputs
 from converter.prepare import (
     NAME_RE,
     dataset,
@@ -59,6 +61,7 @@ from converter.prepare import (
     prune_source,
     read_labels,
     swap_channels,
+    with_input_dtype,
 )
 from converter.quantize import convert_float, export_saved_model, quantize
 from converter.result import ConvertResult, PruningSummary
@@ -130,7 +133,11 @@ class ConvertState:
             self.reporter.stage(label)
 
     def open_quant(self, model_bytes: bytes) -> None:
-        """Make model_bytes the converted model: its graph read and the model opened, once."""
+        """Make model_bytes the converted model, its outputs in the task's order: its graph read
+        and the model opened, once."""
+        order = self.task.output_order(model_bytes)
+        if order is not None:
+            model_bytes = reorder_outputs(model_bytes, order)
         self.model_bytes = model_bytes
         self.graph = read_graph(model_bytes)
         self.quant = open_converted(model_bytes, self.graph)
@@ -159,6 +166,10 @@ def start(opts: ConvertOptions, reporter: Reporter, workdir: Path) -> ConvertSta
     output = Path(opts.output)
     if output.exists() and not output.is_dir():
         raise ConvertError(f"--output {output} exists and is not a directory")
+    if opts.input_dtype is not None:  # a copy of the options: the caller's are never changed
+        opts = dataclasses.replace(
+            opts, profile=with_input_dtype(opts.profile, opts.input_dtype), input_dtype=None
+        )
     return ConvertState(opts, reporter, name, version, output, signing_key, workdir)
 
 
@@ -167,7 +178,9 @@ def load(s: ConvertState) -> None:
     s.enter("load model")
     opts = s.opts
     if isinstance(opts.model, (str, Path)):
-        s.original = load_model(opts.model, opts.custom_objects)
+        s.original = load_model(opts.model, opts.custom_objects, opts.input_shape)
+    elif opts.input_shape is not None:
+        s.original = describe(wrap_subclassed(opts.model, opts.input_shape, "<in-memory>"))
     else:
         s.original = describe(opts.model)
     s.source = s.original

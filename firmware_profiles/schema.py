@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -62,7 +63,25 @@ class Target(_Strict):
 class Runtime(_Strict):
     engine: str = Field(default="litert", description="litert, tflite-micro or edgetpu.")
     threads: int = Field(default=1, ge=1, le=64, description="Interpreter threads.")
-    delegate: str | None = Field(default=None, description="Delegate: xnnpack, edgetpu or null.")
+    delegate: str | None = Field(
+        default=None,
+        description="Delegate the agent loads: edgetpu, gpu, the path of an external delegate "
+        "library, or null / xnnpack for the CPU (LiteRT applies XNNPACK by itself).",
+    )
+    delegate_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="Options passed to the delegate, e.g. {device: usb} for the Edge TPU.",
+    )
+
+    @model_validator(mode="after")
+    def _known_delegate(self) -> Runtime:
+        d = (self.delegate or "").strip()
+        known = {"xnnpack", "edgetpu", "gpu", "none", "cpu", ""}
+        if d.lower() not in known and not re.search(r"[/\\]|\.(so(\.\d+)*|dylib|dll)$", d):
+            raise ValueError(
+                f"delegate {d!r}: use edgetpu, gpu, xnnpack, null, or the path of a delegate library"
+            )
+        return self
 
 
 class Quantization(_Strict):

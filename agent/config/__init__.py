@@ -91,7 +91,7 @@ class AgentConfig(_Strict):
         default_factory=SourceConfig, description="Where frames come from."
     )
     runtime: RuntimeConfig = Field(
-        default_factory=RuntimeConfig, description="Interpreter backend and threads."
+        default_factory=RuntimeConfig, description="Interpreter backend, threads and delegate."
     )
     detection: DetectionConfig = Field(
         default_factory=DetectionConfig, description="Decoder thresholds."

@@ -103,6 +103,11 @@ class SourceConfig(_Strict):
         return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
+class DelegateFallback(str, Enum):
+    NONE = "none"
+    CPU = "cpu"
+
+
 class RuntimeConfig(_Strict):
     backend: str | None = Field(
         default=None,
@@ -114,6 +119,31 @@ class RuntimeConfig(_Strict):
         le=64,
         description="Interpreter threads; empty takes the bundle profile's value, at most one per CPU.",
     )
+    delegate: str | None = Field(
+        default=None,
+        description="edgetpu, gpu, the path of an external delegate library, or none (the CPU); "
+        "empty takes the bundle profile's delegate.",
+    )
+    delegate_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="Options for the delegate (added to the profile's), e.g. device: usb.",
+    )
+    delegate_fallback: DelegateFallback = Field(
+        default=DelegateFallback.NONE,
+        description="cpu: when the delegate cannot be loaded, serve on the CPU if the model runs "
+        "there; none: refuse the bundle.",
+    )
+
+    @field_validator("delegate")
+    @classmethod
+    def _known_delegate(cls, v: str | None) -> str | None:
+        from agent.runtime.delegates import DelegateError, delegate_spec
+
+        try:
+            delegate_spec(v)
+        except DelegateError as exc:
+            raise ValueError(str(exc)) from exc
+        return v
 
 
 class DetectionConfig(_Strict):

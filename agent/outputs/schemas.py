@@ -93,6 +93,14 @@ class DetectionsMessage(_Schema):
 class BackendInfo(_Schema):
     name: str = Field(description="litert, tflite-runtime or tf.lite.")
     version: str
+    delegate: str | None = Field(
+        default=None,
+        description="The delegate in use: edgetpu, gpu or a library path; null on the CPU.",
+    )
+    delegate_fallback: str | None = Field(
+        default=None,
+        description="Why the delegate asked for is not in use (runtime.delegate_fallback: cpu).",
+    )
 
 
 class StatusModel(_Schema):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -40,11 +40,18 @@ class Backend(ABC):
     def version(self) -> str: ...
 
     @abstractmethod
-    def _interpreter(self, model_content: bytes, threads: int) -> Any: ...
+    def _interpreter(self, model_content: bytes, threads: int, delegates: Sequence[Any]) -> Any: ...
 
-    def open(self, model_content: bytes, threads: int = 1) -> LoadedModel:
+    @abstractmethod
+    def load_delegate(self, library: str, options: dict[str, str]) -> Any:
+        """The package's load_delegate: raises OSError for a missing library, ValueError when
+        the delegate refuses to start."""
+
+    def open(
+        self, model_content: bytes, threads: int = 1, delegates: Sequence[Any] = ()
+    ) -> LoadedModel:
         try:
-            interp = self._interpreter(model_content, threads)
+            interp = self._interpreter(model_content, threads, delegates)
             interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"{self.name} could not load the model: {exc}") from exc
@@ -80,6 +87,8 @@ class LoadedModel:
         self._interp = interpreter
         self.backend = backend
         self.backend_version = backend_version
+        self.delegate: str | None = None  # the delegate in use (agent.runtime.delegates.describe)
+        self.delegate_fallback: str | None = None  # why a delegate asked for is not in use
         self.inputs = [_info(d) for d in interpreter.get_input_details()]
         self.outputs = [_info(d) for d in interpreter.get_output_details()]
 

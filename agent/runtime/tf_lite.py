@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from agent.runtime.base import Backend, BackendUnavailable
@@ -25,5 +26,12 @@ class TFLiteBackend(Backend):
     def version(self) -> str:
         return str(self._tf.__version__)
 
-    def _interpreter(self, model_content: bytes, threads: int) -> Any:
-        return self._tf.lite.Interpreter(model_content=model_content, num_threads=threads)
+    def _interpreter(self, model_content: bytes, threads: int, delegates: Sequence[Any]) -> Any:
+        return self._tf.lite.Interpreter(
+            model_content=model_content,
+            num_threads=threads,
+            experimental_delegates=list(delegates) or None,
+        )
+
+    def load_delegate(self, library: str, options: dict[str, str]) -> Any:
+        return self._tf.lite.experimental.load_delegate(library, options)

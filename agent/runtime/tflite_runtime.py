@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from agent.runtime.base import Backend, BackendUnavailable
@@ -27,5 +28,12 @@ class TFLiteRuntimeBackend(Backend):
 
         return str(getattr(tflite_runtime, "__version__", "unknown"))
 
-    def _interpreter(self, model_content: bytes, threads: int) -> Any:
-        return self._mod.Interpreter(model_content=model_content, num_threads=threads)
+    def _interpreter(self, model_content: bytes, threads: int, delegates: Sequence[Any]) -> Any:
+        return self._mod.Interpreter(
+            model_content=model_content,
+            num_threads=threads,
+            experimental_delegates=list(delegates) or None,
+        )
+
+    def load_delegate(self, library: str, options: dict[str, str]) -> Any:
+        return self._mod.load_delegate(library, options)

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from converter.console import console, progress
-from converter.params import FLOAT_LIST, PROFILE
+from converter.params import FLOAT_LIST, PROFILE, SHAPE
 from converter.tasks import TASK_NAMES as TASKS
 from firmware_profiles import Profile
 
@@ -75,6 +75,18 @@ class _ProgressReporter:
     "input channels: the device skips a pass over each frame. Other TFLite tools then need BGR too.",
 )
 @click.option(
+    "--input-dtype",
+    type=click.Choice(["int8", "uint8"]),
+    help="Model input dtype [default: the profile's]. uint8 takes camera pixels as they come, as "
+    "Frigate's and Coral's TFLite detectors feed them.",
+)
+@click.option(
+    "--input-shape",
+    type=SHAPE,
+    help="Input shape H,W,C for a subclassed Keras model, which has none of its own: the model is "
+    "wrapped in a functional one taking that shape.",
+)
+@click.option(
     "--resize",
     type=click.Choice(["stretch", "letterbox"]),
     default="stretch",
@@ -133,7 +145,8 @@ class _ProgressReporter:
 @click.option(
     "--custom-objects",
     multiple=True,
-    help="Python file or module that registers custom Keras classes (repeatable).",
+    help="Python file or module defining custom Keras classes (repeatable); its Keras classes are "
+    "also registered under their bare names.",
 )
 @click.option(
     "--prune",
@@ -164,6 +177,8 @@ def convert(
     std: list[float] | None,
     color_order: str | None,
     fold_bgr: bool,
+    input_dtype: str | None,
+    input_shape: tuple[int, ...] | None,
     resize: str,
     labels: Path | None,
     task: str,
@@ -196,6 +211,10 @@ def convert(
       edgegap convert model.keras --profile raspberry-pi-4 --calibration train.npz \\
           --prune --prune-epochs 3 --validation val.npz --output bundle/
       edgegap convert detector.keras --profile x86-avx2 --calibration images/ --fold-bgr --output bundle/
+      edgegap convert detector.keras --profile x86-avx2 --calibration images/ \\
+          --input-dtype uint8 --output bundle/          # for Frigate's CPU detector
+      edgegap convert subclassed.keras --input-shape 96,96,3 --custom-objects my_layers.py \\
+          --profile raspberry-pi-4 --calibration images/ --output bundle/
     """
     from agent.bundle.manifest import ColorOrder, ResizeMode
 
@@ -203,6 +222,7 @@ def convert(
     from converter.pipeline import STAGES, ConvertOptions
     from converter.pipeline import convert as run_convert
     from converter.report import render
+    from firmware_profiles import IODtype
 
     opts = ConvertOptions(
         model=model,
@@ -229,6 +249,8 @@ def convert(
         prune_epochs=prune_epochs,
         protect=protect,
         fold_bgr=fold_bgr,
+        input_dtype=IODtype(input_dtype) if input_dtype else None,
+        input_shape=input_shape,
     )
     with progress() as bar:
         reporter = _ProgressReporter(bar, STAGES)

@@ -53,6 +53,11 @@ class Task(ABC):
     def accuracy(self, float_fn: FloatFn, quant: LoadedModel, data: Dataset) -> AccuracyReport:
         """Score the converted model against the float model on validation data."""
 
+    def output_order(self, model_bytes: bytes) -> list[int] | None:
+        """Tensor indices in the order the converted model should list its outputs; None keeps
+        the converter's order (converter.output_order)."""
+        return None
+
     def protected_layers(self, model: Any) -> list[str]:
         """Layers that channel pruning must leave whole (e.g. outputs whose width is fixed)."""
         return []

@@ -96,6 +96,11 @@ class DetectionTask(Task):
     def output_roles(self, outputs: Sequence[TensorInfo]) -> list[OutputRole]:
         return ssd.output_roles(outputs)
 
+    def output_order(self, model_bytes: bytes) -> list[int]:
+        """Boxes, classes, scores, count: the order tools that read outputs by position expect."""
+        roles = ssd.roles_from_op(model_bytes)
+        return [roles[r] for r in ssd.ROLES]
+
     def accuracy(self, float_fn: FloatFn, quant: LoadedModel, data: Dataset) -> AccuracyReport:
         labels = data.labels
         if not isinstance(labels, BoxLabels):
