@@ -65,6 +65,7 @@ class ConvertOptions:
     sign_key: Path | None = None
     force: bool = False
     fallback: bool = True  # use the profile's float fallback when it allows one
+    fallback_budget: tuple[float, float] | None = None  # (size, latency) over int8; None: profile's
     calibration_samples: int = 200
     validation_samples: int = 1000
     latency_runs: int = 50

@@ -26,7 +26,7 @@ from agent.bundle.manifest import ColorOrder, Manifest
 from agent.bundle.signing import load_private_key, sign_manifest
 from agent.runtime import LoadedModel
 from converter.data import Dataset, Normalization
-from converter.fallback import FallbackResult, find_float_layers
+from converter.fallback_cost import Budget, CostAwareResult, find_float_layers_within_budget, head
 from converter.gates import (
     GateResult,
     LatencyStats,
@@ -50,6 +50,7 @@ from converter.manifest import (
 from converter.options import REPORT_FILE, ConvertError, ConvertOptions, Reporter
 from converter.prepare import (
     NAME_RE,
+    align_labels,
     dataset,
     default_name,
     fold_bgr,
@@ -103,7 +104,8 @@ class ConvertState:
     quant: LoadedModel = field(init=False)  # evaluate, fallback: model_bytes opened
     accuracy: AccuracyReport = field(init=False)  # evaluate, fallback
     plain_accuracy: AccuracyReport = field(init=False)  # evaluate: before any float fallback
-    fallback: FallbackResult | None = None  # fallback
+    int8_bytes: bytes = field(init=False)  # quantize: the pure int8 model, before any fallback
+    fallback: CostAwareResult | None = None  # fallback
     latency: dict[str, LatencyStats] = field(init=False)  # gate
     gates: list[GateResult] = field(init=False)  # gate
     manifest: Manifest = field(init=False)  # golden, report, sign
@@ -206,6 +208,7 @@ def calibrate(s: ConvertState) -> None:
         s.validation = swapped if s.validation is s.calibration else swap_channels(s.validation)
         s.calibration = swapped
     s.labels = read_labels(opts.labels) or list(getattr(s.task, "labels", []))
+    s.validation = align_labels(s.validation, s.labels)
 
 
 def prune(s: ConvertState) -> None:
@@ -225,7 +228,7 @@ def quantize_model(s: ConvertState) -> None:
     s.enter("float model")
     s.float_bytes = convert_float(s.saved, s.task)
     s.enter("quantize")
-    s.model_bytes = quantize(s.saved, s.profile, s.task, s.calibration)
+    s.model_bytes = s.int8_bytes = quantize(s.saved, s.profile, s.task, s.calibration)
     s.original_float_bytes = s.float_bytes
     if s.prune_report is not None:
         original_saved = s.workdir / "original_saved_model"
@@ -240,9 +243,15 @@ def evaluate(s: ConvertState) -> None:
     s.accuracy = s.plain_accuracy = s.task.accuracy(s.reference, s.quant, s.validation)
 
 
+SENSITIVITY_SAMPLES = (
+    64  # validation samples each candidate layer's output divergence is measured on
+)
+
+
 def fallback(s: ConvertState) -> None:
     """Where the accuracy gate fails and the profile allows it (and --no-fallback is not given),
-    the fewest layers kept in float that pass it."""
+    the fewest layers kept in float that pass it within the fallback budget. When none does, the
+    best in-budget model replaces the int8 one (the accuracy gate still fails)."""
     profile, limit = s.profile, s.profile.budgets.max_accuracy_drop
     if not (
         s.accuracy.drop > limit and s.opts.fallback and profile.quantization.allow_float_fallback
@@ -250,18 +259,25 @@ def fallback(s: ConvertState) -> None:
         return
     s.enter("fallback")
     rep, task, reference, validation = s.reporter, s.task, s.reference, s.validation
+    budget = Budget.of(profile, s.opts.fallback_budget)
     rep.detail(
-        f"accuracy drop {s.accuracy.drop:.2%} > {limit:.2%}: searching for layers to keep in float"
+        f"accuracy drop {s.accuracy.drop:.2%} > {limit:.2%}: ranking layers to keep in float "
+        f"({budget.describe()})"
     )
-    s.fallback = find_float_layers(
+    probe = head(validation, SENSITIVITY_SAMPLES)
+    s.fallback = find_float_layers_within_budget(
         s.saved,
         profile,
         task,
         s.calibration,
+        s.int8_bytes,
+        s.plain_accuracy,
+        budget,
         evaluate=lambda b: task.accuracy(reference, open_converted(b), validation),
+        divergence=lambda b: task.divergence(reference, open_converted(b), probe),
         on_attempt=lambda n: rep.detail(f"fallback: trying {n} float layer(s)"),
     )
-    if s.fallback.passed and s.fallback.model is not None and s.fallback.accuracy is not None:
+    if s.fallback.model is not None and s.fallback.accuracy is not None:
         s.open_quant(s.fallback.model)
         s.accuracy = s.fallback.accuracy
 
@@ -271,6 +287,8 @@ def gate(s: ConvertState) -> None:
     s.enter("gates")
     profile = s.profile
     timed = {"float": s.float_bytes, "quant": s.model_bytes}
+    if s.model_bytes is not s.int8_bytes:
+        timed["int8"] = s.int8_bytes  # the pure int8 model, for the fallback's latency over it
     if s.prune_report is not None:
         timed["original"] = s.original_float_bytes
     s.latency = measure_latency(
@@ -316,6 +334,7 @@ def report(s: ConvertState) -> None:
         s.fallback,
         s.validation,
         s.opts.validation is None,
+        len(s.int8_bytes),
     )
     if s.folded:
         metrics["bgr_folded_into"] = s.folded
@@ -336,12 +355,21 @@ def sign(s: ConvertState) -> None:
         s.manifest = sign_manifest(s.manifest, s.signing_key)
 
 
+def failure_reason(s: ConvertState) -> str:
+    """The first failed gate's reason; for the accuracy gate, the fallback's when it ran out of budget."""
+    reason = first_failure(s.gates)
+    failed = [g.name for g in s.gates if not g.passed]
+    if failed and failed[0] == "accuracy" and s.fallback is not None and not s.fallback.passed:
+        return s.fallback.reason
+    return reason
+
+
 def write(s: ConvertState) -> None:
     """The result; the bundle and report.json only if every gate passed, or with --force."""
     s.result = ConvertResult(
         manifest=s.manifest,
         passed=s.passed,
-        reason=first_failure(s.gates),
+        reason=failure_reason(s),
         gates=s.gates,
         accuracy=s.accuracy,
         plain_accuracy=s.plain_accuracy,
@@ -349,6 +377,7 @@ def write(s: ConvertState) -> None:
         latency=s.latency,
         graph=s.graph,
         model_bytes=s.model_bytes,
+        int8_bytes=s.int8_bytes,
         float_bytes=s.float_bytes,
         profile=s.profile,
         calibration_source=s.calibration.source,

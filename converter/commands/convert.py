@@ -35,6 +35,18 @@ class _ProgressReporter:
         self.bar.update(self.task, completed=len(self.stages), description="done")
 
 
+def budget_pair(values: list[float] | None) -> tuple[float, float] | None:
+    """--fallback-budget as (size, latency); one value stands for both."""
+    if values is None:
+        return None
+    if len(values) not in (1, 2) or any(not 0 <= v <= 10 for v in values):
+        raise click.BadParameter(
+            "give one fraction or SIZE,LATENCY, each between 0 and 10",
+            param_hint="--fallback-budget",
+        )
+    return (values[0], values[-1])
+
+
 @click.command("convert")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option(
@@ -110,6 +122,13 @@ class _ProgressReporter:
     "--no-fallback", is_flag=True, help="Never keep layers in float, even if the profile allows it."
 )
 @click.option(
+    "--fallback-budget",
+    type=FLOAT_LIST,
+    help="Most size and latency the float fallback may add over pure int8, as fractions: one value "
+    "for both, or SIZE,LATENCY, e.g. 0.1 or 0.05,0.2 [default: the profile's, 0.1 on CPU profiles]. "
+    "0 keeps every layer int8.",
+)
+@click.option(
     "--calibration-samples",
     type=click.IntRange(min=1),
     default=200,
@@ -172,6 +191,7 @@ def convert(
     version: int | None,
     force: bool,
     no_fallback: bool,
+    fallback_budget: list[float] | None,
     calibration_samples: int,
     validation_samples: int,
     latency_runs: int,
@@ -196,6 +216,8 @@ def convert(
       edgegap convert model.keras --profile raspberry-pi-4 --calibration train.npz \\
           --prune --prune-epochs 3 --validation val.npz --output bundle/
       edgegap convert detector.keras --profile x86-avx2 --calibration images/ --fold-bgr --output bundle/
+      edgegap convert model.h5 --profile x86-avx2 --calibration images/ --validation val/ \\
+          --mean 127.5 --std 127.5 --fallback-budget 0.05 --output bundle/
     """
     from agent.bundle.manifest import ColorOrder, ResizeMode
 
@@ -221,6 +243,7 @@ def convert(
         sign_key=sign_key,
         force=force,
         fallback=not no_fallback,
+        fallback_budget=budget_pair(fallback_budget),
         calibration_samples=calibration_samples,
         validation_samples=validation_samples,
         latency_runs=latency_runs,
