@@ -76,4 +76,5 @@ class ConvertOptions:
     prune_steps: int = 1
     prune_importance: str = "l1"
     protect: Sequence[str] = ()  # layer names never pruned (the task adds its own)
+    pixel_exact: str = "auto"  # on, off, or auto: fold the normalization where it leaves ties
     fold_bgr: bool = False  # fold the BGR-to-RGB swap into the model (converter.color_fold)

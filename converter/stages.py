@@ -9,6 +9,7 @@ that one interpreter serves the accuracy measurement, the manifest and the golde
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -48,6 +49,15 @@ from converter.manifest import (
     pruning_metrics,
 )
 from converter.options import REPORT_FILE, ConvertError, ConvertOptions, Reporter
+from converter.pixel_input import (
+    PixelFold,
+    PixelFoldError,
+    already_exact,
+    fold_normalization,
+    on_pixels,
+    pixel_normalization,
+    to_pixel_space,
+)
 from converter.prepare import (
     NAME_RE,
     align_labels,
@@ -92,6 +102,7 @@ class ConvertState:
         init=False
     )  # load: the original float model on the converted one's inputs
     folded: list[str] = field(default_factory=list)  # load: layers --fold-bgr changed
+    pixel_fold: PixelFold | None = None  # calibrate: the normalization folded into the model
     calibration: Dataset = field(init=False)  # calibrate
     validation: Dataset = field(init=False)  # calibrate
     labels: list[str] = field(default_factory=list)  # calibrate
@@ -209,6 +220,33 @@ def calibrate(s: ConvertState) -> None:
         s.calibration = swapped
     s.labels = read_labels(opts.labels) or list(getattr(s.task, "labels", []))
     s.validation = align_labels(s.validation, s.labels)
+    fold_input(s)
+
+
+def fold_input(s: ConvertState) -> None:
+    """Pixel-exact input (converter.pixel_input): with --pixel-exact on, or auto where the
+    normalization would leave the int8 input off the pixel grid and the model allows the fold."""
+    mode, channels = s.opts.pixel_exact, s.source.input_shape[-1]
+    integer_input = s.profile.quantization.input_dtype.value in ("int8", "uint8")
+    if mode == "off" or not integer_input or (mode == "auto" and already_exact(s.norm, channels)):
+        return
+    try:
+        if s.source.kind == "saved_model":
+            raise PixelFoldError(
+                "a SavedModel's weights cannot be edited; give the .keras or .h5 file"
+            )
+        model, s.pixel_fold = fold_normalization(s.source.model, s.norm)
+    except PixelFoldError as exc:
+        if mode == "on":
+            raise ConvertError(f"--pixel-exact: {exc}") from exc
+        logger.info("input left as normalized: %s", exc)
+        return
+    s.source = dataclasses.replace(s.source, model=model)
+    s.reference = on_pixels(s.reference, s.norm)
+    same = s.validation is s.calibration
+    s.calibration = to_pixel_space(s.calibration, s.norm, pin_range=True)
+    s.validation = s.calibration if same else to_pixel_space(s.validation, s.norm)
+    s.norm = pixel_normalization(s.norm, channels)
 
 
 def prune(s: ConvertState) -> None:
@@ -338,6 +376,10 @@ def report(s: ConvertState) -> None:
     )
     if s.folded:
         metrics["bgr_folded_into"] = s.folded
+    if s.pixel_fold is not None:
+        info = s.quant.inputs[0]
+        exact = info.scale == 1.0 and info.zero_point in (0, 128)
+        metrics["pixel_input"] = {**s.pixel_fold.record(), "pixel_exact": exact}
     if s.prune_report is not None:
         pruned_accuracy = s.task.accuracy(s.reference, open_converted(s.float_bytes), s.validation)
         s.pruning = PruningSummary(s.prune_report, s.original_float_bytes, pruned_accuracy)

@@ -87,6 +87,15 @@ def budget_pair(values: list[float] | None) -> tuple[float, float] | None:
     "input channels: the device skips a pass over each frame. Other TFLite tools then need BGR too.",
 )
 @click.option(
+    "--pixel-exact",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="Fold the input normalization into the first convolutions so the int8 input is exactly "
+    "pixel - 128 (no rounding ties, same on host and device). auto: where the normalization would "
+    "leave the input off the pixel grid (e.g. --mean 127.5) and the model allows it.",
+)
+@click.option(
     "--resize",
     type=click.Choice(["stretch", "letterbox"]),
     default="stretch",
@@ -183,6 +192,7 @@ def convert(
     std: list[float] | None,
     color_order: str | None,
     fold_bgr: bool,
+    pixel_exact: str,
     resize: str,
     labels: Path | None,
     task: str,
@@ -252,6 +262,7 @@ def convert(
         prune_epochs=prune_epochs,
         protect=protect,
         fold_bgr=fold_bgr,
+        pixel_exact=pixel_exact,
     )
     with progress() as bar:
         reporter = _ProgressReporter(bar, STAGES)
