@@ -171,10 +171,28 @@ def options(key: str, workdir: Path) -> Any:
     )
 
 
+def error_ranked(s: Any, evaluate: Any) -> Any:
+    """The float fallback before the budget: layers ranked by their own error, no cost counted.
+    It keeps no failing model, so the largest one it tried stands for it when it fails."""
+    from converter.fallback import find_float_layers
+
+    seen: list[bytes] = []
+
+    def keep(b: bytes) -> Any:
+        seen.append(b)
+        return evaluate(b)
+
+    fb = find_float_layers(s.saved, s.profile, s.task, s.calibration, keep)
+    if fb.model is None and seen:
+        fb.model = max(seen, key=len)
+        fb.float_layers = fb.ranking[: max(a.float_layers for a in fb.attempts)]
+        fb.reason += " (row: the largest model it tried)"
+    return fb
+
+
 def compare(key: str, runs: int) -> list[Row]:
     """Plain int8, the error-ranked fallback and the cost-aware one on one model, timed together."""
     from converter import stages
-    from converter.fallback import find_float_layers
     from converter.fallback_cost import Budget, find_float_layers_within_budget, head
     from converter.gates import measure_latency
     from converter.manifest import open_converted
@@ -197,28 +215,21 @@ def compare(key: str, runs: int) -> list[Row]:
         layers = {"float32": -1, "int8": 0}
         notes: dict[str, str] = {}
         if s.plain_accuracy.drop > profile.budgets.max_accuracy_drop:
-            seen: dict[int, bytes] = {}
-
-            def keep(b: bytes) -> Any:  # today's search keeps no failing model: remember them
-                seen[len(seen)] = b
-                return evaluate(b)
-
-            old = find_float_layers(s.saved, profile, task, s.calibration, keep)
-            if old.model is None and seen:  # failed: show the largest model it tried
-                old.model = seen[max(range(len(seen)), key=lambda i: len(seen[i]))]
-                old.float_layers = [
-                    e for e in old.ranking[: max(a.float_layers for a in old.attempts)]
-                ]
-            new = find_float_layers_within_budget(
-                s.saved, profile, task, s.calibration, s.int8_bytes, s.plain_accuracy,
-                Budget.of(profile), evaluate, lambda b: task.divergence(ref, open_converted(b), probe),
-            )  # fmt: skip
-            for name, fb in (("error-ranked fallback", old), ("cost-aware fallback", new)):
+            runs_ = [
+                ("error-ranked fallback", error_ranked(s, evaluate)),
+                (
+                    "cost-aware fallback",
+                    find_float_layers_within_budget(
+                        s.saved, profile, task, s.calibration, s.int8_bytes, s.plain_accuracy,
+                        Budget.of(profile), evaluate,
+                        lambda b: task.divergence(ref, open_converted(b), probe),
+                    ),
+                ),
+            ]  # fmt: skip
+            for name, fb in runs_:
                 if fb.model is not None:
                     models[name], layers[name] = fb.model, len(fb.float_layers)
                 notes[name] = "gate passed" if fb.passed else fb.reason
-            if not old.passed:
-                notes["error-ranked fallback"] += " (row: the largest model it tried)"
         lat = measure_latency(models, threads=2, runs=runs, warmup=10)
     base = lat["int8"].p50
     rows = []
@@ -295,6 +306,22 @@ def print_rows(rows: list[Row]) -> None:
     for r in rows:
         if r.note:
             print(f"  {r.model}, {r.variant}: {r.note}")
+
+
+def recovered(rows: list[Row]) -> str:
+    """For one model: the share of pure int8's loss each fallback recovers, and at what size."""
+    by = {r.variant: r for r in rows}
+    base = by["int8"]
+    loss = by["float32"].fidelity - base.fidelity
+    parts = []
+    for name in ("error-ranked fallback", "cost-aware fallback"):
+        if name in by and loss > 0:
+            r = by[name]
+            share = (r.fidelity - base.fidelity) / loss
+            parts.append(f"{name} recovers {share:.0%} of it at {r.size_int8:.3f}x int8 size")
+    if not parts:
+        return f"  {base.model}: int8 loses {loss:.4f}; no fallback needed"
+    return f"  {base.model}: int8 loses {loss:.4f}; " + "; ".join(parts)
 
 
 def main() -> None:

@@ -12,7 +12,6 @@ import csv
 import io
 import logging
 import math
-import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +46,7 @@ class LayerError:
             return f"{self.output} (output, {self.op})"
         parts = self.node.split(";")[0].split("/")
         layer = parts[-2] if len(parts) >= 2 else parts[0]
-        return f"{re.sub(r'_[0-9]+$', '', layer)} ({self.op})"
+        return f"{layer} ({self.op})"
 
 
 def _output_aliases(model_bytes: bytes) -> dict[str, str]:

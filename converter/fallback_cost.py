@@ -189,6 +189,17 @@ def search(
         model, report, _ = tried[tuple(c.layer.node for c in chosen)]
         result.passed, result.kept, result.model, result.accuracy = True, chosen, model, report
         return result
+    return _best_in_budget(result, picked, tried, plain_accuracy, limit)
+
+
+def _best_in_budget(
+    result: CostAwareResult,
+    picked: list[Candidate],
+    tried: dict[tuple[str, ...], tuple[bytes, AccuracyReport, bool]],
+    plain_accuracy: AccuracyReport,
+    limit: float,
+) -> CostAwareResult:
+    """No set passed: the best in-budget model tried (if better than int8), and why it failed."""
     best = min(
         ((k, v) for k, v in tried.items() if v[2]), key=lambda kv: kv[1][1].drop, default=None
     )
@@ -202,7 +213,7 @@ def search(
         )
     result.reason = (
         f"the accuracy gate (drop ≤ {limit:.2%}) cannot be met within the float-fallback budget "
-        f"({budget.describe()}): {drop_note}"
+        f"({result.budget.describe()}): {drop_note}"
     )
     return result
 

@@ -2,8 +2,8 @@
 
 `start` derives what the options ask for (name, version, output, signing key) into a new state;
 then load, calibrate, prune, quantize, evaluate, fallback, gate, golden, report, sign and write
-each fill in their part of it, in that order (converter.pipeline.STAGE_FUNCTIONS). The options
-are only read. The converted model is opened once (again only if the fallback replaces it), and
+each fill in their part of it, in that order (converter.pipeline.STAGE_FUNCTIONS; golden to write
+are in converter.finish). The options are only read. The converted model is opened once (again only if the fallback replaces it), and
 that one interpreter serves the accuracy measurement, the manifest and the golden check.
 """
 
@@ -21,10 +21,8 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.bundle.golden import record_golden
-from agent.bundle.loading import write_bundle
 from agent.bundle.manifest import ColorOrder, Manifest
-from agent.bundle.signing import load_private_key, sign_manifest
+from agent.bundle.signing import load_private_key
 from agent.runtime import LoadedModel
 from converter.data import Dataset, Normalization
 from converter.fallback_cost import Budget, CostAwareResult, find_float_layers_within_budget, head
@@ -32,23 +30,17 @@ from converter.gates import (
     GateResult,
     LatencyStats,
     Measured,
-    first_failure,
     host_threads,
     measure_latency,
     select_gates,
-    verdict,
     withholds_amx,
 )
 from converter.graph import ModelGraph, read_graph
 from converter.loading import SourceModel, describe, load_model
 from converter.manifest import (
-    build_manifest,
-    bundle_metrics,
-    golden_tolerance,
     open_converted,
-    pruning_metrics,
 )
-from converter.options import REPORT_FILE, ConvertError, ConvertOptions, Reporter
+from converter.options import ConvertError, ConvertOptions, Reporter
 from converter.pixel_input import (
     PixelFold,
     PixelFoldError,
@@ -60,6 +52,7 @@ from converter.pixel_input import (
 )
 from converter.prepare import (
     NAME_RE,
+    MemoPredict,
     align_labels,
     dataset,
     default_name,
@@ -221,6 +214,7 @@ def calibrate(s: ConvertState) -> None:
     s.labels = read_labels(opts.labels) or list(getattr(s.task, "labels", []))
     s.validation = align_labels(s.validation, s.labels)
     fold_input(s)
+    s.reference = MemoPredict(s.reference)
 
 
 def fold_input(s: ConvertState) -> None:
@@ -281,9 +275,7 @@ def evaluate(s: ConvertState) -> None:
     s.accuracy = s.plain_accuracy = s.task.accuracy(s.reference, s.quant, s.validation)
 
 
-SENSITIVITY_SAMPLES = (
-    64  # validation samples each candidate layer's output divergence is measured on
-)
+SENSITIVITY_SAMPLES = 128  # validation samples each candidate's output divergence is measured on
 
 
 def fallback(s: ConvertState) -> None:
@@ -339,98 +331,3 @@ def gate(s: ConvertState) -> None:
         graph=s.graph, size=len(s.model_bytes), accuracy=s.accuracy, latency=s.latency["quant"]
     )
     s.gates = [g.check(measured) for g in select_gates(profile)]
-
-
-def golden(s: ConvertState) -> None:
-    """The manifest's I/O spec, and golden outputs recorded on the converted model."""
-    s.enter("manifest")
-    if (
-        s.labels
-        and s.task.name == "classification"
-        and len(s.labels) != (classes := s.quant.outputs[0].shape[-1])
-    ):
-        raise ConvertError(
-            f"labels file has {len(s.labels)} labels but the model has {classes} classes"
-        )
-    manifest = build_manifest(
-        s.profile, s.task, s.quant, s.model_bytes, s.norm, s.labels, s.name, s.version
-    )
-    recorded = record_golden(s.quant, manifest, seed=0, count=s.opts.golden_count)
-    s.manifest = manifest.model_copy(update={"golden": golden_tolerance(manifest, recorded)})
-
-
-def report(s: ConvertState) -> None:
-    """The manifest's metrics (with pruning's, measured here) and the gates' verdict."""
-    metrics = bundle_metrics(
-        s.profile,
-        s.model_bytes,
-        s.float_bytes,
-        s.accuracy,
-        s.plain_accuracy,
-        s.latency,
-        s.graph,
-        s.fallback,
-        s.validation,
-        s.opts.validation is None,
-        len(s.int8_bytes),
-    )
-    if s.folded:
-        metrics["bgr_folded_into"] = s.folded
-    if s.pixel_fold is not None:
-        info = s.quant.inputs[0]
-        exact = info.scale == 1.0 and info.zero_point in (0, 128)
-        metrics["pixel_input"] = {**s.pixel_fold.record(), "pixel_exact": exact}
-    if s.prune_report is not None:
-        pruned_accuracy = s.task.accuracy(s.reference, open_converted(s.float_bytes), s.validation)
-        s.pruning = PruningSummary(s.prune_report, s.original_float_bytes, pruned_accuracy)
-        metrics["pruning"] = pruning_metrics(s.pruning, s.latency, s.profile)
-    manifest = s.manifest.model_copy(
-        update={"metrics": metrics, "gates": verdict(s.gates, forced=s.opts.force)}
-    )
-    s.manifest = Manifest.model_validate(
-        manifest.model_dump()
-    )  # re-validate the assembled manifest
-
-
-def sign(s: ConvertState) -> None:
-    if s.signing_key is not None:
-        s.manifest = sign_manifest(s.manifest, s.signing_key)
-
-
-def failure_reason(s: ConvertState) -> str:
-    """The first failed gate's reason; for the accuracy gate, the fallback's when it ran out of budget."""
-    reason = first_failure(s.gates)
-    failed = [g.name for g in s.gates if not g.passed]
-    if failed and failed[0] == "accuracy" and s.fallback is not None and not s.fallback.passed:
-        return s.fallback.reason
-    return reason
-
-
-def write(s: ConvertState) -> None:
-    """The result; the bundle and report.json only if every gate passed, or with --force."""
-    s.result = ConvertResult(
-        manifest=s.manifest,
-        passed=s.passed,
-        reason=failure_reason(s),
-        gates=s.gates,
-        accuracy=s.accuracy,
-        plain_accuracy=s.plain_accuracy,
-        fallback=s.fallback,
-        latency=s.latency,
-        graph=s.graph,
-        model_bytes=s.model_bytes,
-        int8_bytes=s.int8_bytes,
-        float_bytes=s.float_bytes,
-        profile=s.profile,
-        calibration_source=s.calibration.source,
-        validation_source=s.validation.source,
-        timings=s.timings,
-        pruning=s.pruning,
-    )
-    s.enter("write")
-    if s.result.passed or s.opts.force:
-        from converter.report import write_report
-
-        s.result.bundle = write_bundle(s.output, s.model_bytes, s.manifest).path
-        s.result.report_path = write_report(s.result, s.output / REPORT_FILE)
-    s.enter(None)

@@ -174,8 +174,8 @@ def test_classifier_gets_probabilities_role_and_labels(tmp_path: Path) -> None:
     assert m.task == "classification" and m.decoder.value == "classification"
     assert m.outputs[0].role is OutputRole.PROBABILITIES and m.labels == ["a", "b", "c"]
     assert (
-        result.accuracy.metric == "top1_agreement"
-        and "quant_top1_accuracy" in result.accuracy.detail
+        result.accuracy.metric == "top1_accuracy"  # labelled data: gated on the labels
+        and "top1_agreement" in result.accuracy.detail
     )
     assert m.metrics["accuracy"]["samples"] == 40
 
