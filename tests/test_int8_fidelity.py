@@ -103,6 +103,27 @@ def _pixels(n: int, seed: int) -> np.ndarray:
     return np.clip(imgs, 0, 255).astype(np.uint8)
 
 
+def test_pixel_exact_uint8_input_is_the_pixel(tmp_path: Path) -> None:
+    norm = Normalization([127.5], [127.5])
+    result = convert(
+        ConvertOptions(
+            model=_bordered_model(),
+            profile=load_profile("coral-edgetpu"),
+            calibration=Dataset(norm.apply(_pixels(32, 2))),
+            mean=[127.5],
+            std=[127.5],
+            task="tensor",
+            output=tmp_path,
+            latency_runs=3,
+            force=True,
+        )
+    )
+    m = result.manifest
+    assert (m.input.dtype, m.input.scale, m.input.zero_point) == ("uint8", 1.0, 128)
+    px = _pixels(1, 3)[0]
+    assert np.array_equal(Preprocessor(m.input)(px[..., ::-1].copy())[0][0], px)
+
+
 def test_pixel_exact_input_matches_float_borders_included(tmp_path: Path) -> None:
     model = _bordered_model()
     norm = Normalization([127.5], [127.5])
