@@ -220,7 +220,7 @@ def compare(key: str, runs: int) -> list[Row]:
                 (
                     "cost-aware fallback",
                     find_float_layers_within_budget(
-                        s.saved, profile, task, s.calibration, s.int8_bytes, s.plain_accuracy,
+                        s.saved, profile, task, s.calibration, s.float_bytes, s.int8_bytes, s.plain_accuracy,
                         Budget.of(profile), evaluate,
                         lambda b: task.divergence(ref, open_converted(b), probe),
                     ),

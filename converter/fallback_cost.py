@@ -1,11 +1,11 @@
 """Cost-aware float fallback: keep in float the layers that buy the most fidelity per byte and per
-unit of compute, within a budget over the pure int8 model.
+millisecond, within a budget over the pure int8 model.
 
 Each candidate layer (the worst by their own quantization error, converter.fallback.layer_errors)
 is kept in float alone, and the model's *output* is compared with the float model's on validation
 data (KL divergence for a classifier, the task's drop otherwise): its gain is how much of the int8
-model's divergence that removes. Its cost is the bytes it adds (measured) and the compute it adds
-(estimated from its multiply-accumulates). Candidates are taken greedily by gain per cost while
+model's divergence that removes. Its cost is the bytes it adds (measured) and the latency it adds,
+estimated from its multiply-accumulates and the float model's latency over the int8 one's. Candidates are taken greedily by gain per cost while
 the sum stays within the budget; then the fewest of them that pass the accuracy gate are found by
 doubling and bisection (converter.fallback.select_fewest). Every model tried is a frontier point.
 """
@@ -29,9 +29,11 @@ from firmware_profiles import Profile
 
 logger = logging.getLogger(__name__)
 
-# A float multiply-accumulate costs about two int8 ones on the CPUs the profiles name (XNNPACK), so
-# keeping a layer in float adds about its own int8 compute; QUANTIZE/DEQUANTIZE around it are small.
-FLOAT_MAC_EXTRA = 1.0
+# What a float multiply-accumulate costs over an int8 one, in int8 MACs: measured as the float
+# model's p50 latency over the pure int8 one's on this host (timed interleaved, 20 runs), at least
+# MIN_FLOAT_MAC_EXTRA (QUANTIZE/DEQUANTIZE around a float layer are not free either).
+MIN_FLOAT_MAC_EXTRA = 0.25
+LATENCY_RUNS = 20
 MAX_CANDIDATES = 32
 DEFAULT_MAX_TRIES = 16
 _EPS = 1e-9
@@ -52,7 +54,7 @@ class Budget:
         return cls(q.fallback_size_budget, q.fallback_latency_budget)
 
     def describe(self) -> str:
-        return f"{self.size:.0%} size, {self.latency:.0%} compute over pure int8"
+        return f"{self.size:.0%} size, {self.latency:.0%} latency over pure int8"
 
     def holds(self, size_cost: float, latency_cost: float) -> bool:
         return size_cost <= self.size + _EPS and latency_cost <= self.latency + _EPS
@@ -65,7 +67,7 @@ class Candidate:
     layer: LayerError
     gain: float  # output divergence removed (int8's minus this model's)
     size_cost: float  # bytes added, as a fraction of the pure int8 model
-    latency_cost: float  # compute added, estimated, as a fraction of the pure int8 model's
+    latency_cost: float  # latency added, estimated, as a fraction of the pure int8 model's
 
     @property
     def score(self) -> float:
@@ -80,7 +82,7 @@ class Point:
     metric: float
     drop: float
     size_ratio: float  # over pure int8
-    latency_ratio: float  # estimated compute over pure int8
+    latency_ratio: float  # estimated latency over pure int8
     in_budget: bool
     passed: bool
 
@@ -111,6 +113,7 @@ def measure_candidates(
     plain: bytes,
     profile: Profile,
     divergence: Callable[[bytes], float],
+    float_mac_extra: float,
     limit: int = MAX_CANDIDATES,
 ) -> list[Candidate]:
     """Each of the first `limit` layers kept in float alone; best gain per cost first."""
@@ -125,7 +128,7 @@ def measure_candidates(
                 e,
                 gain=base - divergence(model),
                 size_cost=max(len(model) - len(plain), 0) / len(plain),
-                latency_cost=FLOAT_MAC_EXTRA * macs.get(e.node, 0) / total,
+                latency_cost=float_mac_extra * macs.get(e.node, 0) / total,
             )
         )
     return sorted(out, key=lambda c: (-c.score, c.layer.node))
@@ -231,11 +234,28 @@ def head(data: Dataset, n: int) -> Dataset:
     return dataclasses.replace(data, x=data.x[:n], labels=labels)
 
 
+def float_mac_extra(float_model: bytes, plain: bytes, profile: Profile) -> float:
+    """The float model's latency over the pure int8 one's, less one (see MIN_FLOAT_MAC_EXTRA)."""
+    from converter.gates import host_threads, measure_latency, withholds_amx
+
+    lat = measure_latency(
+        {"float": float_model, "int8": plain},
+        threads=host_threads(profile.runtime.threads),
+        runs=LATENCY_RUNS,
+        warmup=3,
+        withhold_amx=withholds_amx(profile),
+    )
+    ratio = lat["float"].p50 / lat["int8"].p50 if lat["int8"].p50 > 0 else 2.0
+    logger.info("float/int8 latency on this host: %.2f", ratio)
+    return max(ratio - 1.0, MIN_FLOAT_MAC_EXTRA)
+
+
 def find_float_layers_within_budget(
     saved_model: Path,
     profile: Profile,
     task: Task,
     calibration: Dataset,
+    float_model: bytes,
     plain: bytes,
     plain_accuracy: AccuracyReport,
     budget: Budget,
@@ -247,7 +267,8 @@ def find_float_layers_within_budget(
     if budget.size <= 0 and budget.latency <= 0:  # no float layer fits: nothing to measure
         return search(b"", [], plain, plain_accuracy, profile, budget, evaluate, on_attempt)
     calibrated, ranking = layer_errors(saved_model, profile, task, calibration)
-    candidates = measure_candidates(calibrated, ranking, plain, profile, divergence)
+    extra = float_mac_extra(float_model, plain, profile)
+    candidates = measure_candidates(calibrated, ranking, plain, profile, divergence, extra)
     logger.info(
         "fallback candidates: %s",
         ", ".join(

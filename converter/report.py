@@ -173,7 +173,7 @@ def fallback_text(result: ConvertResult) -> Text | None:
         return None
     before = f"int8 drop was {result.plain_accuracy.drop:.2%}"
     kept = "; ".join(
-        f"{c.layer.label}: +{c.size_cost:.1%} size, +{c.latency_cost:.1%} compute, "
+        f"{c.layer.label}: +{c.size_cost:.1%} size, +{c.latency_cost:.1%} latency (est.), "
         f"divergence -{c.gain:.3g}"
         for c in fb.kept
     )
@@ -186,13 +186,21 @@ def fallback_text(result: ConvertResult) -> Text | None:
 
 
 def frontier_table(result: ConvertResult) -> Table | None:
-    """Every model the fallback tried: float layers against fidelity, size and compute."""
+    """Every model the fallback tried: float layers against fidelity, size and latency."""
     fb = result.fallback
     if fb is None:
         return None
     metric = result.plain_accuracy.metric.replace("_", " ")
     table = Table(title=f"Float fallback frontier ({fb.budget.describe()})", title_justify="left")
-    for col in ("float layers", metric, "drop", "size / int8", "compute / int8", "budget", "gate"):
+    for col in (
+        "float layers",
+        metric,
+        "drop",
+        "size / int8",
+        "latency / int8 (est.)",
+        "budget",
+        "gate",
+    ):
         table.add_column(col, justify="right")
     for p in fb.frontier:
         table.add_row(

@@ -300,6 +300,7 @@ def fallback(s: ConvertState) -> None:
         profile,
         task,
         s.calibration,
+        s.float_bytes,
         s.int8_bytes,
         s.plain_accuracy,
         budget,

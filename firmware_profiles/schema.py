@@ -81,7 +81,7 @@ class Quantization(_Strict):
         ge=0,
         le=10,
         description="Most latency the float fallback may add over the pure int8 model, as a "
-        "fraction of its estimated compute (0.10 = 10%).",
+        "fraction of its latency (0.10 = 10%), estimated per layer from its multiply-accumulates.",
     )
 
     @property
