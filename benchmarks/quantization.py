@@ -208,9 +208,6 @@ def compare(key: str, runs: int) -> list[Row]:
         def evaluate(b: bytes) -> Any:
             return task.accuracy(ref, open_converted(b), val)
 
-        def divergence(b: bytes) -> float:
-            return task.divergence(ref, open_converted(b), val)
-
         models: dict[str, bytes] = {"float32": s.float_bytes, "int8": s.int8_bytes}
         layers = {"float32": -1, "int8": 0}
         notes: dict[str, str] = {}
@@ -242,7 +239,7 @@ def compare(key: str, runs: int) -> list[Row]:
                 name,
                 layers[name],
                 float_value if acc is None else acc.quant_value,
-                0.0 if acc is None else divergence(b),
+                0.0 if acc is None else task.divergence(ref, open_converted(b), val),
                 len(b) / len(s.int8_bytes),
                 len(b) / len(s.float_bytes),
                 lat[name].p50 / base,
