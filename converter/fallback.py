@@ -1,9 +1,11 @@
-"""Float fallback: when int8 misses the accuracy gate, keep the fewest layers in float that pass it.
+"""Float fallback pieces: each layer's own quantization error, and the fewest-passing-set search.
 
 Layers are ranked by their own quantization error, measured by TFLite's QuantizationDebugger
-(RMSE of each quantized op against its float twin on the same input, in quantization steps).
-Then the smallest prefix of that ranking that passes the gate is found, and every layer in it
-that the gate does not need is dropped again.
+(RMSE of each quantized op against its float twin on the same input, in quantization steps);
+converter.fallback_cost takes its candidates from that ranking. `select_fewest` finds the
+smallest passing prefix of a ranking and drops every item the gate does not need.
+`find_float_layers` is the error-ranked search with no cost counted and no budget, which convert
+used before converter.fallback_cost; benchmarks/quantization.py compares the two.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import csv
 import io
 import logging
 import math
-import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ class LayerError:
             return f"{self.output} (output, {self.op})"
         parts = self.node.split(";")[0].split("/")
         layer = parts[-2] if len(parts) >= 2 else parts[0]
-        return f"{re.sub(r'_[0-9]+$', '', layer)} ({self.op})"
+        return f"{layer} ({self.op})"
 
 
 def _output_aliases(model_bytes: bytes) -> dict[str, str]:

@@ -234,6 +234,10 @@ class AccuracyGate:
     def check(self, measured: Measured) -> GateResult:
         report, limit = measured.accuracy, self.budget
         value = f"{report.metric} {report.quant_value:.4f} (drop {report.drop:.2%})"
+        ci = report.detail.get("ci95", {})
+        interval = ci.get("quant", ci.get(report.metric))
+        if interval:
+            value += f", 95% interval {interval[0]:.3f}-{interval[1]:.3f} on {report.detail.get('samples', '?')}"
         if report.drop <= limit + 1e-12:
             return GateResult(self.name, PASS, value, f"drop ≤ {limit:.2%}")
         return GateResult(

@@ -154,3 +154,41 @@ def _peak_live_bytes(model: Any, sg: Any) -> int:
         live = sum(sz for idx, sz in sizes.items() if born[idx] <= step <= last.get(idx, born[idx]))
         peak = max(peak, live)
     return peak
+
+
+def _elements(t: Any) -> int:
+    shape = [max(int(d), 1) for d in t.ShapeAsNumpy()] if t.ShapeLength() else []
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def op_macs(model_bytes: bytes) -> dict[str, int]:
+    """Output tensor name -> multiply-accumulates of the op that makes it (main subgraph).
+
+    Convolutions count output elements x kernel taps (x input channels for CONV_2D), fully
+    connected layers output elements x inputs; every other op one per output element.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(model_bytes, 0)
+    names = _builtin_names()
+    sg = model.Subgraphs(0)
+    out: dict[str, int] = {}
+    for j in range(sg.OperatorsLength()):
+        op = sg.Operators(j)
+        oc = model.OperatorCodes(op.OpcodeIndex())
+        name = names.get(max(int(oc.BuiltinCode()), int(oc.DeprecatedBuiltinCode())), "")
+        if not op.OutputsLength() or op.OutputsAsNumpy()[0] < 0:
+            continue
+        result = sg.Tensors(int(op.OutputsAsNumpy()[0]))
+        macs = _elements(result)
+        ins = [int(i) for i in op.InputsAsNumpy()] if op.InputsLength() else []
+        if len(ins) >= 2 and ins[1] >= 0:
+            w = [int(d) for d in sg.Tensors(ins[1]).ShapeAsNumpy()]
+            if name == "CONV_2D" and len(w) == 4:
+                macs *= w[1] * w[2] * w[3]
+            elif name == "DEPTHWISE_CONV_2D" and len(w) == 4:
+                macs *= w[1] * w[2]
+            elif name == "FULLY_CONNECTED" and len(w) == 2:
+                macs *= w[1]
+        out[(result.Name() or b"").decode()] = macs
+    return out

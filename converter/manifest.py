@@ -15,7 +15,7 @@ import numpy as np
 from agent.bundle.manifest import Golden, InputSpec, Manifest, ModelFile, OutputSpec
 from agent.runtime import LoadedModel, open_model
 from converter.data import Dataset, Normalization
-from converter.fallback import FallbackResult
+from converter.fallback_cost import CostAwareResult
 from converter.gates import LatencyStats, host_arch, latency_label
 from converter.graph import ModelGraph, read_graph
 from converter.options import ConvertError
@@ -115,9 +115,10 @@ def bundle_metrics(
     plain: AccuracyReport,
     latency: dict[str, LatencyStats],
     graph: ModelGraph,
-    fallback: FallbackResult | None,
+    fallback: CostAwareResult | None,
     validation: Dataset,
     on_calibration: bool,
+    int8_size: int | None = None,
 ) -> dict[str, Any]:
     q, f = latency["quant"], latency["float"]
     out: dict[str, Any] = {
@@ -148,8 +149,15 @@ def bundle_metrics(
         out["float_fallback"] = {
             "used": bool(fallback and fallback.passed),
             "float_layers": [e.label for e in fallback.float_layers] if fallback else [],
+            "float_ops": len(graph.float_layers),
             "drop_before": plain.drop,
+            "size_over_int8": round(len(model_bytes) / int8_size, 4) if int8_size else 1.0,
         }
+        if fallback is not None:
+            out["float_fallback"]["budget"] = {
+                "size": fallback.budget.size,
+                "latency": fallback.budget.latency,
+            }
     return out
 
 

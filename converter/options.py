@@ -65,6 +65,7 @@ class ConvertOptions:
     sign_key: Path | None = None
     force: bool = False
     fallback: bool = True  # use the profile's float fallback when it allows one
+    fallback_budget: tuple[float, float] | None = None  # (size, latency) over int8; None: profile's
     calibration_samples: int = 200
     validation_samples: int = 1000
     latency_runs: int = 50
@@ -75,6 +76,7 @@ class ConvertOptions:
     prune_steps: int = 1
     prune_importance: str = "l1"
     protect: Sequence[str] = ()  # layer names never pruned (the task adds its own)
+    pixel_exact: str = "auto"  # on, off, or auto: fold the normalization where it leaves ties
     fold_bgr: bool = False  # fold the BGR-to-RGB swap into the model (converter.color_fold)
     input_dtype: IODtype | None = None  # the model input's dtype; default: the profile's
     input_shape: tuple[int, ...] | None = None  # wraps a subclassed model in a functional one

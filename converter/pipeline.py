@@ -13,7 +13,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from converter import stages
+from converter import finish, stages
 from converter.loading import quiet_native_stderr
 from converter.manifest import build_manifest, open_converted
 from converter.options import (
@@ -58,10 +58,10 @@ STAGE_FUNCTIONS: tuple[stages.Stage, ...] = (
     stages.evaluate,
     stages.fallback,
     stages.gate,
-    stages.golden,
-    stages.report,
-    stages.sign,
-    stages.write,
+    finish.golden,
+    finish.report,
+    finish.sign,
+    finish.write,
 )
 
 

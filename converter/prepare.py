@@ -120,6 +120,26 @@ def dataset(
     return load_data(src, source.input_shape, norm, limit=limit, what=what)
 
 
+def align_labels(data: Dataset, model_labels: list[str]) -> Dataset:
+    """Folder-per-class labels as the model's class indices: by the --labels file when it names
+    every folder, else by folder names that are class numbers, else in sorted folder order."""
+    labels = data.labels
+    if not isinstance(labels, dict) or "class_names" not in labels:
+        return data
+    names = [str(n) for n in labels["class_names"]]
+    if model_labels and all(n in model_labels for n in names):
+        index = [model_labels.index(n) for n in names]
+    elif all(n.isdigit() for n in names):
+        index = [int(n) for n in names]
+    else:
+        logger.warning(
+            "class folders %s taken as classes 0..%d in sorted order", names, len(names) - 1
+        )
+        return data
+    y = np.asarray(index, np.int64)[np.asarray(labels["y"], np.int64)]
+    return dataclasses.replace(data, labels={**labels, "y": y})
+
+
 def fold_bgr(source: SourceModel) -> tuple[SourceModel, list[str]]:
     """The source model made to take BGR (converter.color_fold); Keras models only."""
     from converter.color_fold import FoldError
@@ -131,6 +151,24 @@ def fold_bgr(source: SourceModel) -> tuple[SourceModel, list[str]]:
         )
     model, changed = fold(source.model)
     return dataclasses.replace(source, model=model), changed
+
+
+class MemoPredict:
+    """A float model's outputs, computed once per input array: the fallback scores the same
+    validation set against many candidate models."""
+
+    def __init__(self, predict: Callable[[np.ndarray], Any], size: int = 4) -> None:
+        self.predict = predict
+        self.size = size
+        self._seen: list[tuple[np.ndarray, Any]] = []
+
+    def __call__(self, x: np.ndarray) -> Any:
+        for array, out in self._seen:
+            if array is x:
+                return out
+        out = self.predict(x)
+        self._seen = [*self._seen[-(self.size - 1) :], (x, out)]
+        return out
 
 
 def on_swapped(predict: Callable[[np.ndarray], Any], x: np.ndarray) -> Any:

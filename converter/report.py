@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from rich.text import Text
 
 from converter.console import human_bytes
 from converter.gates import host_measured, latency_label
-from converter.result import ConvertResult
+from converter.result import ConvertResult, scheme_line
 
 logger = logging.getLogger(__name__)
 
@@ -44,20 +45,24 @@ def summary_table(result: ConvertResult) -> Table:
     table.add_column("ratio / drop", justify="right")
     fsize, qsize = len(result.float_bytes), len(result.model_bytes)
     table.add_row("size", human_bytes(fsize), human_bytes(qsize), f"{qsize / fsize:.3f}")
+    ci = acc.detail.get("ci95", {})
+    quant_ci = ci.get("quant", ci.get(acc.metric))
     table.add_row(
         acc.metric.replace("_", " "),
-        f"{acc.float_value:.4f}",
-        f"{acc.quant_value:.4f}",
+        f"{acc.float_value:.4f}" + _ci(ci.get("float")),
+        f"{acc.quant_value:.4f}" + _ci(quant_ci),
         f"drop {acc.drop:.2%}",
     )
-    for key, label in (("float_top1_accuracy", "top-1 vs labels"),):
-        if key in acc.detail and "quant_top1_accuracy" in acc.detail:
-            table.add_row(
-                label,
-                f"{acc.detail[key]:.4f}",
-                f"{acc.detail['quant_top1_accuracy']:.4f}",
-                f"{acc.detail[key] - acc.detail['quant_top1_accuracy']:+.2%}",
-            )
+    if acc.metric != "top1_agreement" and "top1_agreement" in acc.detail:
+        agree = acc.detail["top1_agreement"]
+        table.add_row(
+            "top-1 agreement",
+            "1.0000",
+            f"{agree:.4f}" + _ci(ci.get("top1_agreement")),
+            f"{1 - agree:.2%}",
+        )
+    if "kl_divergence" in acc.detail:
+        table.add_row("output KL divergence", "0", f"{acc.detail['kl_divergence']:.4g} nats", "")
     where = m.metrics.get("latency_measured", "")
     table.add_row(
         f"latency p50, {where}, {lat_q.threads} thr",
@@ -66,6 +71,11 @@ def summary_table(result: ConvertResult) -> Table:
         f"{lat_q.p50 / lat_f.p50:.2f}" if lat_f.p50 > 0 else "-",
     )
     return table
+
+
+def _ci(interval: Any) -> str:
+    """' [lo, hi]': a 95% interval beside a proportion; empty when there is none."""
+    return f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
 
 
 SLOWER_THAN_FLOAT = 1.10  # p50 ratios closer to 1 than this are within a short run's noise
@@ -157,17 +167,52 @@ def gates_table(result: ConvertResult) -> Table:
 
 
 def fallback_text(result: ConvertResult) -> Text | None:
+    """What the fallback kept, with what each layer cost and bought; or why it failed."""
     fb = result.fallback
     if fb is None:
         return None
     before = f"int8 drop was {result.plain_accuracy.drop:.2%}"
+    kept = "; ".join(
+        f"{c.layer.label}: +{c.size_cost:.1%} size, +{c.latency_cost:.1%} latency (est.), "
+        f"divergence -{c.gain:.3g}"
+        for c in fb.kept
+    )
     if fb.passed:
-        layers = ", ".join(e.label for e in fb.float_layers)
         return Text(
-            f"float fallback: {before}; kept {len(fb.float_layers)} layer(s) in float: {layers} "
-            f"({len(fb.attempts)} tries)"
+            f"float fallback ({fb.budget.describe()}): {before}; kept {len(fb.kept)} layer(s) in float: {kept}"
         )
-    return Text(f"float fallback failed: {before}; {fb.reason}", style="red")
+    text = f"float fallback failed: {before}; {fb.reason}"
+    return Text(text + (f" (kept: {kept})" if kept else ""), style="red")
+
+
+def frontier_table(result: ConvertResult) -> Table | None:
+    """Every model the fallback tried: float layers against fidelity, size and latency."""
+    fb = result.fallback
+    if fb is None:
+        return None
+    metric = result.plain_accuracy.metric.replace("_", " ")
+    table = Table(title=f"Float fallback frontier ({fb.budget.describe()})", title_justify="left")
+    for col in (
+        "float layers",
+        metric,
+        "drop",
+        "size / int8",
+        "latency / int8 (est.)",
+        "budget",
+        "gate",
+    ):
+        table.add_column(col, justify="right")
+    for p in fb.frontier:
+        table.add_row(
+            str(p.float_layers),
+            f"{p.metric:.4f}",
+            f"{p.drop:.2%}",
+            f"{p.size_ratio:.3f}",
+            f"{p.latency_ratio:.3f}",
+            "within" if p.in_budget else Text("over", style="red"),
+            Text("pass", style="green") if p.passed else Text("fail", style="red"),
+        )
+    return table
 
 
 def render(result: ConvertResult) -> Group:
@@ -175,6 +220,16 @@ def render(result: ConvertResult) -> Group:
     pruned = pruning_table(result)
     if pruned is not None:
         parts.insert(0, pruned)
+    parts.append(
+        Text(
+            scheme_line(
+                result.profile, result.graph, len(result.model_bytes), len(result.int8_bytes)
+            )
+        )
+    )
+    frontier = frontier_table(result)
+    if frontier is not None:
+        parts.append(frontier)
     fb = fallback_text(result)
     if fb is not None:
         parts.append(fb)
@@ -231,7 +286,7 @@ def comparison_table(results: Sequence[ConvertResult]) -> Table:
     for r in results:
         q = r.profile.quantization
         lat_f, lat_q = r.latency["float"], r.latency["quant"]
-        layers = str(len(r.fallback.float_layers)) if r.fallback and r.fallback.passed else "0"
+        layers = str(len(r.graph.float_layers))
         table.add_row(
             r.profile.name,
             r.scheme,
@@ -270,24 +325,39 @@ def report_dict(result: ConvertResult) -> dict[str, Any]:
         "latency": {k: v.to_dict() for k, v in result.latency.items()},
         "gates": [g.to_dict() for g in result.gates],
         "ops": dict(sorted(result.graph.op_counts.items())),
-        "fallback": None
-        if fb is None
-        else {
-            "passed": fb.passed,
-            "reason": fb.reason,
-            "drop_before": result.plain_accuracy.drop,
-            "float_layers": [
-                {"node": e.node, "op": e.op, "rmse_steps": e.rmse_steps} for e in fb.float_layers
-            ],
-            "ranking": [
-                {"node": e.node, "op": e.op, "rmse_steps": e.rmse_steps} for e in fb.ranking[:20]
-            ],
-            "attempts": [
-                {"float_layers": a.float_layers, "drop": a.drop, "passed": a.passed}
-                for a in fb.attempts
-            ],
-        },
+        "scheme": scheme_line(
+            result.profile, result.graph, len(result.model_bytes), len(result.int8_bytes)
+        ),
+        "fallback": None if fb is None else fallback_dict(result),
         "timings_s": result.timings,
+    }
+
+
+def fallback_dict(result: ConvertResult) -> dict[str, Any]:
+    """The fallback for report.json: budget, kept layers with cost and gain, candidates, frontier."""
+    fb = result.fallback
+    assert fb is not None
+
+    def cand(c: Any) -> dict[str, Any]:
+        e = c.layer
+        return {
+            "node": e.node,
+            "layer": e.label,
+            "op": e.op,
+            "rmse_steps": e.rmse_steps,
+            "gain": c.gain,
+            "size_cost": c.size_cost,
+            "latency_cost": c.latency_cost,
+        }
+
+    return {
+        "passed": fb.passed,
+        "reason": fb.reason,
+        "budget": {"size": fb.budget.size, "latency": fb.budget.latency},
+        "drop_before": result.plain_accuracy.drop,
+        "float_layers": [cand(c) for c in fb.kept],
+        "candidates": [cand(c) for c in fb.candidates],
+        "frontier": [dataclasses.asdict(p) for p in fb.frontier],
     }
 
 

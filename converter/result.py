@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.bundle.manifest import Manifest
-from converter.fallback import FallbackResult
+from converter.fallback_cost import CostAwareResult
 from converter.gates import GateResult, LatencyStats
 from converter.graph import ModelGraph
 from converter.tasks.base import AccuracyReport
@@ -26,7 +26,7 @@ class ConvertResult:
     gates: list[GateResult]
     accuracy: AccuracyReport
     plain_accuracy: AccuracyReport  # before any float fallback
-    fallback: FallbackResult | None
+    fallback: CostAwareResult | None
     latency: dict[str, LatencyStats]  # "float" and "quant"
     graph: ModelGraph
     model_bytes: bytes
@@ -35,6 +35,7 @@ class ConvertResult:
     calibration_source: str
     validation_source: str
     timings: dict[str, float]
+    int8_bytes: bytes = b""  # the pure int8 model the fallback's costs are measured against
     bundle: Path | None = None
     report_path: Path | None = None
     pruning: PruningSummary | None = None
@@ -43,6 +44,15 @@ class ConvertResult:
     def scheme(self) -> str:
         """The scheme the bundle is named by (see bundle_scheme)."""
         return bundle_scheme(self.profile, self.graph)
+
+
+def scheme_line(profile: Profile, graph: ModelGraph, size: int, int8_size: int) -> str:
+    """The scheme, how many of the model's layers compute in float, and its size over pure int8."""
+    layers = [op for op in graph.ops if op not in ("QUANTIZE", "DEQUANTIZE")]
+    n = len(graph.float_layers)
+    share = n / len(layers) if layers else 0.0
+    over = f", size {size / int8_size:.3f}x pure int8" if int8_size else ""
+    return f"scheme {bundle_scheme(profile, graph)}: {n} of {len(layers)} layers in float ({share:.1%}){over}"
 
 
 def bundle_scheme(profile: Profile, graph: ModelGraph) -> str:

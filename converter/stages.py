@@ -2,8 +2,8 @@
 
 `start` derives what the options ask for (name, version, output, signing key) into a new state;
 then load, calibrate, prune, quantize, evaluate, fallback, gate, golden, report, sign and write
-each fill in their part of it, in that order (converter.pipeline.STAGE_FUNCTIONS). The options
-are only read. The converted model is opened once (again only if the fallback replaces it), and
+each fill in their part of it, in that order (converter.pipeline.STAGE_FUNCTIONS; golden to write
+are in converter.finish). The options are only read. The converted model is opened once (again only if the fallback replaces it), and
 that one interpreter serves the accuracy measurement, the manifest and the golden check.
 """
 
@@ -21,37 +21,40 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.bundle.golden import record_golden
-from agent.bundle.loading import write_bundle
 from agent.bundle.manifest import ColorOrder, Manifest
-from agent.bundle.signing import load_private_key, sign_manifest
+from agent.bundle.signing import load_private_key
 from agent.runtime import LoadedModel
 from converter.data import Dataset, Normalization
-from converter.fallback import FallbackResult, find_float_layers
+from converter.fallback_cost import Budget, CostAwareResult, find_float_layers_within_budget, head
 from converter.gates import (
     GateResult,
     LatencyStats,
     Measured,
-    first_failure,
     host_threads,
     measure_latency,
     select_gates,
-    verdict,
     withholds_amx,
 )
 from converter.graph import ModelGraph, read_graph
 from converter.loading import SourceModel, describe, load_model, wrap_subclassed
 from converter.manifest import (
-    build_manifest,
-    bundle_metrics,
-    golden_tolerance,
     open_converted,
-    pruning_metrics,
 )
-from converter.options import REPORT_FILE, ConvertError, ConvertOptions, Reporter
+from converter.options import ConvertError, ConvertOptions, Reporter
 from converter.output_order import reorder_outputs
+from converter.pixel_input import (
+    PixelFold,
+    PixelFoldError,
+    already_exact,
+    fold_normalization,
+    on_pixels,
+    pixel_normalization,
+    to_pixel_space,
+)
 from converter.prepare import (
     NAME_RE,
+    MemoPredict,
+    align_labels,
     dataset,
     default_name,
     fold_bgr,
@@ -94,6 +97,7 @@ class ConvertState:
         init=False
     )  # load: the original float model on the converted one's inputs
     folded: list[str] = field(default_factory=list)  # load: layers --fold-bgr changed
+    pixel_fold: PixelFold | None = None  # calibrate: the normalization folded into the model
     calibration: Dataset = field(init=False)  # calibrate
     validation: Dataset = field(init=False)  # calibrate
     labels: list[str] = field(default_factory=list)  # calibrate
@@ -106,7 +110,8 @@ class ConvertState:
     quant: LoadedModel = field(init=False)  # evaluate, fallback: model_bytes opened
     accuracy: AccuracyReport = field(init=False)  # evaluate, fallback
     plain_accuracy: AccuracyReport = field(init=False)  # evaluate: before any float fallback
-    fallback: FallbackResult | None = None  # fallback
+    int8_bytes: bytes = field(init=False)  # quantize: the pure int8 model, before any fallback
+    fallback: CostAwareResult | None = None  # fallback
     latency: dict[str, LatencyStats] = field(init=False)  # gate
     gates: list[GateResult] = field(init=False)  # gate
     manifest: Manifest = field(init=False)  # golden, report, sign
@@ -219,6 +224,35 @@ def calibrate(s: ConvertState) -> None:
         s.validation = swapped if s.validation is s.calibration else swap_channels(s.validation)
         s.calibration = swapped
     s.labels = read_labels(opts.labels) or list(getattr(s.task, "labels", []))
+    s.validation = align_labels(s.validation, s.labels)
+    fold_input(s)
+    s.reference = MemoPredict(s.reference)
+
+
+def fold_input(s: ConvertState) -> None:
+    """Pixel-exact input (converter.pixel_input): with --pixel-exact on, or auto where the
+    normalization would leave the int8 input off the pixel grid and the model allows the fold."""
+    mode, channels = s.opts.pixel_exact, s.source.input_shape[-1]
+    integer_input = s.profile.quantization.input_dtype.value in ("int8", "uint8")
+    if mode == "off" or not integer_input or (mode == "auto" and already_exact(s.norm, channels)):
+        return
+    try:
+        if s.source.kind == "saved_model":
+            raise PixelFoldError(
+                "a SavedModel's weights cannot be edited; give the .keras or .h5 file"
+            )
+        model, s.pixel_fold = fold_normalization(s.source.model, s.norm)
+    except PixelFoldError as exc:
+        if mode == "on":
+            raise ConvertError(f"--pixel-exact: {exc}") from exc
+        logger.info("input left as normalized: %s", exc)
+        return
+    s.source = dataclasses.replace(s.source, model=model)
+    s.reference = on_pixels(s.reference, s.norm)
+    same = s.validation is s.calibration
+    s.calibration = to_pixel_space(s.calibration, s.norm, pin_range=True)
+    s.validation = s.calibration if same else to_pixel_space(s.validation, s.norm)
+    s.norm = pixel_normalization(s.norm, channels)
 
 
 def prune(s: ConvertState) -> None:
@@ -238,7 +272,7 @@ def quantize_model(s: ConvertState) -> None:
     s.enter("float model")
     s.float_bytes = convert_float(s.saved, s.task)
     s.enter("quantize")
-    s.model_bytes = quantize(s.saved, s.profile, s.task, s.calibration)
+    s.model_bytes = s.int8_bytes = quantize(s.saved, s.profile, s.task, s.calibration)
     s.original_float_bytes = s.float_bytes
     if s.prune_report is not None:
         original_saved = s.workdir / "original_saved_model"
@@ -253,9 +287,13 @@ def evaluate(s: ConvertState) -> None:
     s.accuracy = s.plain_accuracy = s.task.accuracy(s.reference, s.quant, s.validation)
 
 
+SENSITIVITY_SAMPLES = 128  # validation samples each candidate's output divergence is measured on
+
+
 def fallback(s: ConvertState) -> None:
     """Where the accuracy gate fails and the profile allows it (and --no-fallback is not given),
-    the fewest layers kept in float that pass it."""
+    the fewest layers kept in float that pass it within the fallback budget. When none does, the
+    best in-budget model replaces the int8 one (the accuracy gate still fails)."""
     profile, limit = s.profile, s.profile.budgets.max_accuracy_drop
     if not (
         s.accuracy.drop > limit and s.opts.fallback and profile.quantization.allow_float_fallback
@@ -263,18 +301,26 @@ def fallback(s: ConvertState) -> None:
         return
     s.enter("fallback")
     rep, task, reference, validation = s.reporter, s.task, s.reference, s.validation
+    budget = Budget.of(profile, s.opts.fallback_budget)
     rep.detail(
-        f"accuracy drop {s.accuracy.drop:.2%} > {limit:.2%}: searching for layers to keep in float"
+        f"accuracy drop {s.accuracy.drop:.2%} > {limit:.2%}: ranking layers to keep in float "
+        f"({budget.describe()})"
     )
-    s.fallback = find_float_layers(
+    probe = head(validation, SENSITIVITY_SAMPLES)
+    s.fallback = find_float_layers_within_budget(
         s.saved,
         profile,
         task,
         s.calibration,
+        s.float_bytes,
+        s.int8_bytes,
+        s.plain_accuracy,
+        budget,
         evaluate=lambda b: task.accuracy(reference, open_converted(b), validation),
+        divergence=lambda b: task.divergence(reference, open_converted(b), probe),
         on_attempt=lambda n: rep.detail(f"fallback: trying {n} float layer(s)"),
     )
-    if s.fallback.passed and s.fallback.model is not None and s.fallback.accuracy is not None:
+    if s.fallback.model is not None and s.fallback.accuracy is not None:
         s.open_quant(s.fallback.model)
         s.accuracy = s.fallback.accuracy
 
@@ -284,6 +330,8 @@ def gate(s: ConvertState) -> None:
     s.enter("gates")
     profile = s.profile
     timed = {"float": s.float_bytes, "quant": s.model_bytes}
+    if s.model_bytes is not s.int8_bytes:
+        timed["int8"] = s.int8_bytes  # the pure int8 model, for the fallback's latency over it
     if s.prune_report is not None:
         timed["original"] = s.original_float_bytes
     s.latency = measure_latency(
@@ -296,83 +344,3 @@ def gate(s: ConvertState) -> None:
         graph=s.graph, size=len(s.model_bytes), accuracy=s.accuracy, latency=s.latency["quant"]
     )
     s.gates = [g.check(measured) for g in select_gates(profile)]
-
-
-def golden(s: ConvertState) -> None:
-    """The manifest's I/O spec, and golden outputs recorded on the converted model."""
-    s.enter("manifest")
-    if (
-        s.labels
-        and s.task.name == "classification"
-        and len(s.labels) != (classes := s.quant.outputs[0].shape[-1])
-    ):
-        raise ConvertError(
-            f"labels file has {len(s.labels)} labels but the model has {classes} classes"
-        )
-    manifest = build_manifest(
-        s.profile, s.task, s.quant, s.model_bytes, s.norm, s.labels, s.name, s.version
-    )
-    recorded = record_golden(s.quant, manifest, seed=0, count=s.opts.golden_count)
-    s.manifest = manifest.model_copy(update={"golden": golden_tolerance(manifest, recorded)})
-
-
-def report(s: ConvertState) -> None:
-    """The manifest's metrics (with pruning's, measured here) and the gates' verdict."""
-    metrics = bundle_metrics(
-        s.profile,
-        s.model_bytes,
-        s.float_bytes,
-        s.accuracy,
-        s.plain_accuracy,
-        s.latency,
-        s.graph,
-        s.fallback,
-        s.validation,
-        s.opts.validation is None,
-    )
-    if s.folded:
-        metrics["bgr_folded_into"] = s.folded
-    if s.prune_report is not None:
-        pruned_accuracy = s.task.accuracy(s.reference, open_converted(s.float_bytes), s.validation)
-        s.pruning = PruningSummary(s.prune_report, s.original_float_bytes, pruned_accuracy)
-        metrics["pruning"] = pruning_metrics(s.pruning, s.latency, s.profile)
-    manifest = s.manifest.model_copy(
-        update={"metrics": metrics, "gates": verdict(s.gates, forced=s.opts.force)}
-    )
-    s.manifest = Manifest.model_validate(
-        manifest.model_dump()
-    )  # re-validate the assembled manifest
-
-
-def sign(s: ConvertState) -> None:
-    if s.signing_key is not None:
-        s.manifest = sign_manifest(s.manifest, s.signing_key)
-
-
-def write(s: ConvertState) -> None:
-    """The result; the bundle and report.json only if every gate passed, or with --force."""
-    s.result = ConvertResult(
-        manifest=s.manifest,
-        passed=s.passed,
-        reason=first_failure(s.gates),
-        gates=s.gates,
-        accuracy=s.accuracy,
-        plain_accuracy=s.plain_accuracy,
-        fallback=s.fallback,
-        latency=s.latency,
-        graph=s.graph,
-        model_bytes=s.model_bytes,
-        float_bytes=s.float_bytes,
-        profile=s.profile,
-        calibration_source=s.calibration.source,
-        validation_source=s.validation.source,
-        timings=s.timings,
-        pruning=s.pruning,
-    )
-    s.enter("write")
-    if s.result.passed or s.opts.force:
-        from converter.report import write_report
-
-        s.result.bundle = write_bundle(s.output, s.model_bytes, s.manifest).path
-        s.result.report_path = write_report(s.result, s.output / REPORT_FILE)
-    s.enter(None)

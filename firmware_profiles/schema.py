@@ -88,6 +88,20 @@ class Quantization(_Strict):
     scheme: QuantScheme = Field(description="Quantization scheme.")
     input_dtype: IODtype = Field(description="Model input tensor dtype.")
     output_dtype: IODtype = Field(description="Model output tensor dtype.")
+    fallback_size_budget: float = Field(
+        default=0.10,
+        ge=0,
+        le=10,
+        description="Most model size the float fallback may add over the pure int8 model, as a "
+        "fraction (0.10 = 10%). 0: no float layer may be kept.",
+    )
+    fallback_latency_budget: float = Field(
+        default=0.10,
+        ge=0,
+        le=10,
+        description="Most latency the float fallback may add over the pure int8 model, as a "
+        "fraction of its latency (0.10 = 10%), estimated per layer from its multiply-accumulates.",
+    )
 
     @property
     def allow_float_fallback(self) -> bool:
@@ -189,4 +203,12 @@ class Profile(_Strict):
             and self.quantization.scheme is not QuantScheme.INT8
         ):
             raise ValueError("the Edge TPU runs full-integer models only: use scheme int8")
+        q = self.quantization
+        if (self.runtime.engine == "tflite-micro" or self.target.accelerator == "edgetpu") and (
+            q.fallback_size_budget or q.fallback_latency_budget
+        ):
+            raise ValueError(
+                "tflite-micro and the Edge TPU take no float layer: set fallback_size_budget and "
+                "fallback_latency_budget to 0"
+            )
         return self

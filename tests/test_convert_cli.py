@@ -93,7 +93,10 @@ def test_convert_writes_a_signed_bundle(files: dict[str, Path]) -> None:
     )
     assert result.exit_code == 0, result.output
     assert (
-        "size" in result.output and "top1 agreement" in result.output and "Gates" in result.output
+        "size" in result.output
+        and "top1 accuracy" in result.output  # val.npz has labels: gated on them
+        and "top-1 agreement" in result.output
+        and "Gates" in result.output
     )
     bundle = load_bundle(root / "bundle", [load_public_key(root / "keys" / "edgegap.pub")])
     m = bundle.manifest
@@ -103,7 +106,13 @@ def test_convert_writes_a_signed_bundle(files: dict[str, Path]) -> None:
         "raspberry-pi-4",
         ["zero", "one", "two"],
     )
-    assert m.input.mean == [127.5] and m.input.std == [127.5] and m.input.dtype == "int8"
+    # --mean 127.5 is folded into the model (--pixel-exact auto): the device feeds pixel - 128
+    assert m.input.mean == [128.0] * 3 and m.input.std == [1.0] * 3 and m.input.dtype == "int8"
+    assert (m.input.scale, m.input.zero_point) == (1.0, 0)
+    assert m.metrics["pixel_input"]["normalization_folded"] == {
+        "mean": [127.5] * 3,
+        "std": [127.5] * 3,
+    }
     assert m.signature is not None and m.golden is not None and m.golden.count == 3
     assert m.metrics["accuracy"]["data"] == "validation" and m.metrics["accuracy"]["samples"] == 60
     report = json.loads((root / "bundle" / "report.json").read_text())
@@ -181,6 +190,7 @@ def _answers(bundle_dir: Path, frames: np.ndarray) -> np.ndarray:
 def test_fold_bgr_bundle_answers_bgr_frames_as_the_rgb_bundle_does(files: dict[str, Path]) -> None:
     root = files["root"]
     norm = ["--mean", "110,127.5,140", "--std", "60,64,70", "--validation", root / "val.npz"]
+    norm += ["--pixel-exact", "off"]  # the manifest keeps the normalization, reversed for BGR
     plain = run(*base_args(root, out="rgb"), *norm)
     folded = run(*base_args(root, out="bgr"), *norm, "--fold-bgr")
     assert plain.exit_code == 0, plain.output

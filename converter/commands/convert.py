@@ -35,6 +35,18 @@ class _ProgressReporter:
         self.bar.update(self.task, completed=len(self.stages), description="done")
 
 
+def budget_pair(values: list[float] | None) -> tuple[float, float] | None:
+    """--fallback-budget as (size, latency); one value stands for both."""
+    if values is None:
+        return None
+    if len(values) not in (1, 2) or any(not 0 <= v <= 10 for v in values):
+        raise click.BadParameter(
+            "give one fraction or SIZE,LATENCY, each between 0 and 10",
+            param_hint="--fallback-budget",
+        )
+    return (values[0], values[-1])
+
+
 @click.command("convert")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option(
@@ -87,6 +99,15 @@ class _ProgressReporter:
     "wrapped in a functional one taking that shape.",
 )
 @click.option(
+    "--pixel-exact",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="Fold the input normalization into the first convolutions so the int8 input is exactly "
+    "pixel - 128 (no rounding ties, same on host and device). auto: where the normalization would "
+    "leave the input off the pixel grid (e.g. --mean 127.5) and the model allows it.",
+)
+@click.option(
     "--resize",
     type=click.Choice(["stretch", "letterbox"]),
     default="stretch",
@@ -120,6 +141,13 @@ class _ProgressReporter:
 )
 @click.option(
     "--no-fallback", is_flag=True, help="Never keep layers in float, even if the profile allows it."
+)
+@click.option(
+    "--fallback-budget",
+    type=FLOAT_LIST,
+    help="Most size and latency the float fallback may add over pure int8, as fractions: one value "
+    "for both, or SIZE,LATENCY, e.g. 0.1 or 0.05,0.2 [default: the profile's, 0.1 on CPU profiles]. "
+    "0 keeps every layer int8.",
 )
 @click.option(
     "--calibration-samples",
@@ -179,6 +207,7 @@ def convert(
     fold_bgr: bool,
     input_dtype: str | None,
     input_shape: tuple[int, ...] | None,
+    pixel_exact: str,
     resize: str,
     labels: Path | None,
     task: str,
@@ -187,6 +216,7 @@ def convert(
     version: int | None,
     force: bool,
     no_fallback: bool,
+    fallback_budget: list[float] | None,
     calibration_samples: int,
     validation_samples: int,
     latency_runs: int,
@@ -215,6 +245,8 @@ def convert(
           --input-dtype uint8 --output bundle/          # for Frigate's CPU detector
       edgegap convert subclassed.keras --input-shape 96,96,3 --custom-objects my_layers.py \\
           --profile raspberry-pi-4 --calibration images/ --output bundle/
+      edgegap convert model.h5 --profile x86-avx2 --calibration images/ --validation val/ \\
+          --mean 127.5 --std 127.5 --fallback-budget 0.05 --output bundle/
     """
     from agent.bundle.manifest import ColorOrder, ResizeMode
 
@@ -241,6 +273,7 @@ def convert(
         sign_key=sign_key,
         force=force,
         fallback=not no_fallback,
+        fallback_budget=budget_pair(fallback_budget),
         calibration_samples=calibration_samples,
         validation_samples=validation_samples,
         latency_runs=latency_runs,
@@ -251,6 +284,7 @@ def convert(
         fold_bgr=fold_bgr,
         input_dtype=IODtype(input_dtype) if input_dtype else None,
         input_shape=input_shape,
+        pixel_exact=pixel_exact,
     )
     with progress() as bar:
         reporter = _ProgressReporter(bar, STAGES)

@@ -34,6 +34,17 @@ class AccuracyReport:
 FloatFn = Callable[[np.ndarray], Sequence[np.ndarray]]
 
 
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval (95% by default) of a proportion measured on n samples."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * float(np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
 class Task(ABC):
     name: ClassVar[str]
     decoder: ClassVar[Decoder]
@@ -57,6 +68,11 @@ class Task(ABC):
         """Tensor indices in the order the converted model should list its outputs; None keeps
         the converter's order (converter.output_order)."""
         return None
+
+    def divergence(self, float_fn: FloatFn, quant: LoadedModel, data: Dataset) -> float:
+        """How far the converted model's outputs are from float's (0: identical); the float
+        fallback ranks layers by how much of it they remove. Default: the accuracy drop."""
+        return self.accuracy(float_fn, quant, data).drop
 
     def protected_layers(self, model: Any) -> list[str]:
         """Layers that channel pruning must leave whole (e.g. outputs whose width is fixed)."""

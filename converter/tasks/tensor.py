@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from agent.bundle.manifest import Decoder, OutputRole
-from agent.preprocess import dequantize
+from agent.preprocess import dequantize, round_to_int
 from agent.runtime import LoadedModel, TensorInfo
 from converter.data import Dataset
 from converter.loading import SourceModel, describe
@@ -45,11 +45,12 @@ def export_signature(source: SourceModel, out_dir: Path) -> None:
 
 
 def quantize_input(x: np.ndarray, info: TensorInfo) -> np.ndarray:
-    """Normalized float input to the tensor's dtype (quantized with its scale and zero point)."""
+    """Normalized float input to the tensor's dtype (quantized with its scale and zero point),
+    rounded as the device's agent.preprocess.Normalizer rounds."""
     name = np.dtype(info.dtype).name
     if name in _INT_RANGES:
         lo, hi = _INT_RANGES[name]
-        q = np.rint(x / info.scale + info.zero_point)
+        q = round_to_int(np.asarray(x, np.float64) / info.scale + info.zero_point)
         return np.clip(q, lo, hi).astype(info.dtype)
     return x.astype(info.dtype)
 
