@@ -24,7 +24,7 @@ from agent.updates.commands import run_command
 from agent.updates.events import Events
 from agent.updates.pins import Pin
 from agent.updates.probation import Probation
-from agent.updates.protocol import SHA256, EventKind, Limits
+from agent.updates.protocol import SHA256, EventKind, Limits, followed_stages
 from agent.updates.pull import Pull, PullSettings
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,12 @@ class Updater:
         u = config.updates
         self.channel = u.channel
         self.topics = link.topics
+        # the release topics followed: the group's own stage and every later one (docs/protocol.md)
+        self.release_topics = (
+            tuple(self.topics.release(self.channel, stage) for stage in followed_stages(u.group))
+            if self.channel is not None
+            else ()
+        )
         self.limits = Limits(max_model_bytes=u.max_bundle_bytes, max_chunks=u.max_chunks)
         self.settings = PullSettings(u.window, u.chunk_timeout_s, u.max_retries)
         self.events = Events(link, config.device_id)
@@ -79,8 +85,8 @@ class Updater:
         if probation:
             self._start_probation(self.pipeline.served)
         self._thread.start()
-        if self.channel is not None:
-            self.link.subscribe(self.topics.release(self.channel))
+        for topic in self.release_topics:
+            self.link.subscribe(topic)
 
     def stop(self) -> None:
         if self._thread.is_alive():
@@ -91,7 +97,7 @@ class Updater:
         self._queue.put(_Work("command", raw))
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        if self.channel is not None and topic == self.topics.release(self.channel):
+        if topic in self.release_topics:
             self._queue.put(_Work("release", payload))
             return
         parts = topic[len(self.topics.prefix) + 1 :].split("/")
@@ -166,6 +172,7 @@ class Updater:
             profiles=self.profiles,
             is_rejected=store.rejections.holds if store is not None else (lambda s, v: False),
             pinned=self.pin.version,
+            older_ignored=len(self.release_topics) > 1,
         )
 
     def on_release(self, raw: bytes) -> None:
@@ -180,6 +187,13 @@ class Updater:
         if self.pull is not None:
             if self.pull.sha256 == blob.sha256:
                 return  # already on it
+            if self.pull.release.manifest.version > m.version:
+                logger.info(
+                    "release v%d ignored: pulling v%d",
+                    m.version,
+                    self.pull.release.manifest.version,
+                )
+                return  # another stage followed offers a newer one
             self.pull.stop()
             self.pull = None
         assert self.store is not None
@@ -270,6 +284,7 @@ class Updater:
             self.store.mark_good(sha)
             self.store.prune()
             self.events.emit(EventKind.PROBATION_PASSED, m.version, sha)
+            self.link.publish_status()  # its model.good is news to a rollout controller
             return
         self.store.rejections.add(sha, m.version, verdict.reason)
         self.roll_back(verdict.reason)

@@ -1,0 +1,169 @@
+"""Staged rollout against a real mosquitto with real agents: a version published to the canary
+stage reaches the canary group only, and the controller promotes it to stable or halts it and
+rolls the canaries back (docs/protocol.md, "Staged rollout")."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from conftest import Broker
+from updates_kit import (
+    CHANNEL,
+    CHUNK,
+    PREFIX,
+    TOPICS,
+    Mqtt,
+    agent_config,
+    failing_bundle,
+    running_agent,
+    served_version,
+    variant,
+    wait_until,
+)
+
+from agent.app import Agent
+from converter.broker_client import BrokerOptions, Connection
+from converter.publishing import prepare, publish
+from converter.rollout import Bounds, RolloutRecord, RolloutState, read_record, roll_out
+
+CANARY, STABLE_DEVICE = "cam-canary", "cam-stable"
+# lenient rate bounds: the versions are different models, and the machine is shared
+LENIENT = Bounds(window_s=1.0, min_fps_ratio=0.05, max_latency_ratio=50, max_p99_ratio=100,
+                 scores="skip")  # fmt: skip
+
+
+@contextlib.contextmanager
+def two_agents(broker: Broker, tmp: Path) -> Iterator[tuple[Agent, Agent, Mqtt]]:
+    """A canary and a stable agent on CHANNEL, both through probation on v1."""
+    kit = Mqtt(broker, f"{PREFIX}/devices/+/#")
+    keys = {}
+    for device, group in ((CANARY, "canary"), (STABLE_DEVICE, "stable")):
+        keys[device] = agent_config(
+            broker, tmp, **{
+                "device_id": device, "updates.group": group,
+                "updates.state_dir": str(tmp / f"state-{device}"),
+                "outputs.jsonl": str(tmp / f"{device}.jsonl"), "mqtt.status_interval_s": 0.3,
+            },
+        )  # fmt: skip
+    with running_agent(keys[CANARY]) as canary, running_agent(keys[STABLE_DEVICE]) as stable:
+        for device in (CANARY, STABLE_DEVICE):
+            kit.wait_event("probation_passed", version=1, device_id=device)
+        wait_until(lambda: CANARY in statuses_with_group(kit), what="canary status")
+        yield canary, stable, kit
+    kit.close()
+
+
+def statuses_with_group(kit: Mqtt) -> set[str]:
+    return {e.get("device_id", "") for e in _statuses(kit) if e.get("group") == "canary"}
+
+
+def _statuses(kit: Mqtt) -> list[dict[str, Any]]:
+    import json
+
+    with kit._lock:
+        return [json.loads(p) for t, p in kit.messages if t.endswith("/status") and p]
+
+
+def connection(broker: Broker) -> Connection:
+    return Connection(BrokerOptions(url=broker.url), "test-rollout")
+
+
+def events_of(kit: Mqtt, device: str, version: int) -> list[dict[str, Any]]:
+    return [e for e in kit.events() if e["device_id"] == device and e.get("version") == version]
+
+
+def test_a_good_version_reaches_the_canary_first_then_is_promoted_to_stable(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    v2 = variant("ssd_postprocess", 2, tmp_path / "v2").path
+    changes: list[tuple[float, RolloutRecord]] = []
+    with two_agents(mosquitto, tmp_path) as (canary, stable, kit), connection(mosquitto) as conn:
+        prepared = prepare(v2, CHANNEL, CHUNK, allow_unsigned=True)
+        record = roll_out(
+            conn, TOPICS, prepared, LENIENT, max_wait_s=60,
+            on_change=lambda r: changes.append((time.time(), r.model_copy(deep=True))),
+        )  # fmt: skip
+        assert record.state is RolloutState.PROMOTED, record.reason
+        assert "1 canary passed probation and stayed in bounds" in record.reason
+        kit.wait_event("probation_passed", version=2, device_id=STABLE_DEVICE)
+        assert served_version(canary) == served_version(stable) == 2
+        retained = read_record(conn, TOPICS, CHANNEL)
+        assert retained is not None and retained.state is RolloutState.PROMOTED
+    # the canary went through the whole update, and was watched in bounds, before the stable
+    # device heard of v2: that was after the last record of the canary stage was written
+    last_canary_write = max(t for t, r in changes if r.state is RolloutState.CANARY)
+    canary_passed = kit.wait_event("probation_passed", version=2, device_id=CANARY)["ts"]
+    stable_heard = events_of(kit, STABLE_DEVICE, 2)[0]
+    assert stable_heard["event"] == "available" and stable_heard["ts"] >= last_canary_write
+    assert canary_passed < last_canary_write
+    states = [r.devices[CANARY].state.value for _, r in changes]
+    assert "watching" in states and states[-1] == "in_bounds"
+
+
+def test_a_version_that_fails_probation_on_the_canary_halts_and_never_reaches_stable(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    bad = failing_bundle(2, tmp_path / "v2").path
+    v3 = variant("ssd_postprocess", 3, tmp_path / "v3").path
+    with two_agents(mosquitto, tmp_path) as (canary, stable, kit), connection(mosquitto) as conn:
+        record = roll_out(
+            conn, TOPICS, prepare(bad, CHANNEL, CHUNK, allow_unsigned=True), LENIENT, 60
+        )
+        assert record.state is RolloutState.HALTED
+        assert record.reason.startswith(f"{CANARY} rolled back: invoke error"), record.reason
+        assert record.devices[CANARY].state.value == "rolled_back"
+        assert served_version(canary) == 1 and served_version(stable) == 1
+        assert events_of(kit, STABLE_DEVICE, 2) == []
+        # nothing offers v2 any more: the canary release is cleared, stable never had it
+        retained = conn.read_retained(f"{PREFIX}/models/{CHANNEL}/#")
+        assert TOPICS.release(CHANNEL, "canary") not in retained
+        assert TOPICS.release(CHANNEL) not in retained
+        # a canary also follows stable: a version published straight to stable reaches both
+        publish(conn, TOPICS, prepare(v3, CHANNEL, CHUNK, allow_unsigned=True))
+        for device in (CANARY, STABLE_DEVICE):
+            kit.wait_event("probation_passed", version=3, device_id=device)
+    assert events_of(kit, STABLE_DEVICE, 2) == []
+
+
+def test_a_canary_out_of_bounds_is_rolled_back_by_the_controller(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    """v2 passes probation, but the bounds allow no latency at all: the controller halts the
+    rollout and sends the canary `rollback`; the canary ends on v1 and does not take v2 again."""
+    v2 = variant("ssd_postprocess", 2, tmp_path / "v2").path
+    strict = Bounds(window_s=5.0, max_latency_ratio=1e-6, min_fps_ratio=0.01, scores="skip")
+    with two_agents(mosquitto, tmp_path) as (canary, stable, kit), connection(mosquitto) as conn:
+        record = roll_out(
+            conn, TOPICS, prepare(v2, CHANNEL, CHUNK, allow_unsigned=True), strict, 60
+        )
+        assert record.state is RolloutState.HALTED
+        assert f"{CANARY} out of bounds on v2: latency p50" in record.reason, record.reason
+        rolled = kit.wait_event("rolled_back", version=2, device_id=CANARY)
+        assert rolled["reason"] == "rollback command" and rolled["to"] == 1
+        assert record.devices[CANARY].state.value == "rolled_back"
+        assert served_version(canary) == 1
+        kit.put(TOPICS.device(CANARY, "cmd"), b'{"cmd": "reload"}', retain=False)
+        kit.wait_event("command", cmd="reload", device_id=CANARY)
+        time.sleep(1.0)
+        assert served_version(canary) == 1 and served_version(stable) == 1
+        assert [e["event"] for e in events_of(kit, CANARY, 2)].count("available") == 1
+    assert events_of(kit, STABLE_DEVICE, 2) == []
+
+
+def test_without_drift_statistics_score_bounds_are_not_evaluable_and_nothing_is_promoted(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    v2 = variant("ssd_postprocess", 2, tmp_path / "v2").path
+    scores = Bounds(window_s=0.5, min_fps_ratio=0.05, max_latency_ratio=50, max_p99_ratio=100)
+    with two_agents(mosquitto, tmp_path) as (canary, stable, kit), connection(mosquitto) as conn:
+        record = roll_out(conn, TOPICS, prepare(v2, CHANNEL, CHUNK, allow_unsigned=True), scores, 6)
+        assert record.state is RolloutState.HALTED
+        assert "not promoted within 6 s" in record.reason
+        assert "score bounds not evaluable: the status has no drift statistics" in record.reason
+        kit.wait_event("rolled_back", version=2, device_id=CANARY)
+        assert served_version(canary) == 1
+    assert events_of(kit, STABLE_DEVICE, 2) == []
