@@ -5,11 +5,13 @@ rolls the canaries back (docs/protocol.md, "Staged rollout")."""
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from click.testing import CliRunner, Result
 from conftest import Broker
 from updates_kit import (
     CHANNEL,
@@ -167,3 +169,71 @@ def test_without_drift_statistics_score_bounds_are_not_evaluable_and_nothing_is_
         kit.wait_event("rolled_back", version=2, device_id=CANARY)
         assert served_version(canary) == 1
     assert events_of(kit, STABLE_DEVICE, 2) == []
+
+
+def cli(*args: Any) -> Result:
+    from converter.cli import cli as edgegap
+
+    return CliRunner().invoke(edgegap, [str(a) for a in args])
+
+
+def test_the_cli_publishes_to_canary_shows_the_rollout_and_watch_promotes_it(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    """`rollout watch` started after the canary took the version (its events long gone) still
+    sees it passed probation, from the status's model.good."""
+    v2 = variant("ssd_postprocess", 2, tmp_path / "v2").path
+    where = ("--broker", mosquitto.url, "--fleet", "test", "--channel", CHANNEL)
+    loose = ("--window", 1, "--scores", "skip", "--min-fps-ratio", 0.05,
+             "--max-latency-ratio", 50, "--max-p99-ratio", 100, "--max-wait", 60)  # fmt: skip
+    with two_agents(mosquitto, tmp_path) as (canary, stable, kit):
+        out = cli(
+            "publish", v2, *where, "--stage", "canary", "--allow-unsigned", "--chunk-size", CHUNK
+        )
+        assert out.exit_code == 0, out.output
+        assert f"canary/manifest: offered to 1 canary device(s) ({CANARY})" in out.output
+        kit.wait_event("probation_passed", version=2, device_id=CANARY)
+        time.sleep(1.0)
+        assert served_version(stable) == 1
+        shown = cli("rollout", "status", *where)
+        assert shown.exit_code == 0, shown.output
+        assert "rollout of" in shown.output and "canary" in shown.output and CANARY in shown.output
+        watched = cli("rollout", "watch", *where, *loose)
+        assert watched.exit_code == 0, watched.output
+        assert "score bounds skipped" in watched.output and "v2: promoted" in watched.output
+        kit.wait_event("probation_passed", version=2, device_id=STABLE_DEVICE)
+        as_json = cli("rollout", "status", *where, "--json")
+        assert as_json.exit_code == 0, as_json.output
+        status = json.loads(as_json.output)
+    assert status["rollout"]["state"] == "promoted" and status["rollout"]["stage"] == "stable"
+    rows = {(r["stage"], r["device"]): r for r in status["rows"]}
+    assert rows[("stable", None)]["version"] == 2 and rows[("canary", None)]["version"] == 2
+    assert rows[("canary", CANARY)]["state"] == "in_bounds"
+    assert rows[("stable", STABLE_DEVICE)]["version"] == 2
+
+
+def test_bad_rollout_input_gets_one_line_errors(mosquitto: Broker, tmp_path: Path) -> None:
+    where = ("--broker", mosquitto.url, "--fleet", "test")
+    v2 = variant("ssd_postprocess", 2, tmp_path / "v2").path
+    cases = [
+        (("rollout", "watch", *where, "--channel", CHANNEL), "has no rollout under edgegap/test"),
+        (("rollout", "status", *where, "--channel", "a/b"), "must be 1-64 letters"),
+        (("publish", v2, *where, "--channel", CHANNEL, "--stage", "canary", "--allow-unsigned"),
+         "no canary device of channel lobby is online"),
+        (("publish", v2, *where, "--channel", CHANNEL, "--stage", "beta"), "'beta' is not one of"),
+        (("rollout", "watch", *where, "--channel", CHANNEL, "--window", -1), "--window"),
+        (("rollout", "watch", *where, "--channel", CHANNEL, "--scores", "maybe"), "--scores"),
+    ]  # fmt: skip
+    for args, message in cases:
+        result = cli(*args)
+        assert result.exit_code != 0, (args, result.output)
+        assert message in result.output, (args, result.output)
+        if result.exit_code == 1:
+            assert len(result.output.strip().splitlines()) == 1, result.output
+    retained = _retained(mosquitto, f"{PREFIX}/models/#")
+    assert retained == {}, "a refused publish sent nothing"
+
+
+def _retained(broker: Broker, topic_filter: str) -> dict[str, bytes]:
+    with connection(broker) as conn:
+        return conn.read_retained(topic_filter)

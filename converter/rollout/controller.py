@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.errors import EdgegapError
-from agent.updates.protocol import Topics
+from agent.updates.protocol import Release, Topics
 from converter.broker_client import Connection
 from converter.publishing import PublishError, send_all
 from converter.rollout.bounds import Baseline, Bounds, Sample, group_baseline, judge
@@ -54,6 +54,8 @@ class Controller:
         self.on_change = on_change
         self.feed = Feed(topics, channel)
         self.record: RolloutRecord | None = None
+        self.release: Release | None = None  # the canary release being rolled out
+        self._since = 0.0  # when run() began: max_wait_s counts from there
         self._written = b""
         self._unknown: dict[str, list[str]] = {}  # per device: bounds its last sample left open
         self._judged_at: dict[str, float] = {}  # per device: arrival of its last judged sample
@@ -84,9 +86,15 @@ class Controller:
         return group_baseline(self.feed.stable_samples(stable.blob.sha256)) if stable else None
 
     # ---- the loop -----------------------------------------------------------------------
-    def run(self, record: RolloutRecord, resumed: bool = False) -> RolloutRecord:
-        """Watch until the rollout is promoted or halted; returns the final record."""
+    def run(
+        self, record: RolloutRecord, release: Release | None, resumed: bool = False
+    ) -> RolloutRecord:
+        """Watch until the rollout is promoted or halted; returns the final record. release:
+        the canary release of the record's version (None: it is gone, and the rollout halts)."""
+        self.release, self._since = release, time.time()
         record.bounds = self.bounds.as_json()
+        if release is None or release.blob.sha256 != record.sha256:
+            self.halt(record, f"the canary release no longer offers v{record.version}")
         self.write(record)
         if resumed and not record.finished:
             self._nudge(record)
@@ -118,7 +126,7 @@ class Controller:
             d.state is DeviceState.IN_BOUNDS for d in counted
         ):
             self.promote(record)
-        elif now - record.started >= self.max_wait_s:
+        elif now - max(record.started, self._since) >= self.max_wait_s:
             pending = "; ".join(
                 f"{d}: {r.reason}"
                 for d, r in record.devices.items()
@@ -227,10 +235,8 @@ class Controller:
     # ---- outcomes -----------------------------------------------------------------------
     def promote(self, record: RolloutRecord) -> None:
         """Offer the canary release to the stable group: the same signed release, retained."""
-        canary = self.feed.canary
-        if canary is None or canary.blob.sha256 != record.sha256:
-            self.halt(record, "the canary release changed under the rollout")
-            return
+        canary = self.release
+        assert canary is not None and canary.blob.sha256 == record.sha256
         topic = self.topics.release(self.channel)
         payload = canary.to_bytes()
         send_all(self.conn, [(topic, payload)])

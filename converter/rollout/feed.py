@@ -1,5 +1,8 @@
 """What a rollout controller reads from the broker, collected on paho's thread: every device's
-retained and live status, the update events, and the channel's stable and canary releases."""
+retained and live status, the update events, and the channel's stable release.
+
+The streams use wildcard filters (devices/+/..., models/<channel>/+) on purpose: reading one
+exact topic with Connection.read_retained unsubscribes that filter, and must not end a stream."""
 
 from __future__ import annotations
 
@@ -35,14 +38,12 @@ class Feed:
         self._new: dict[str, list[Seen]] = {}
         self._events: list[tuple[dict[str, Any], float]] = []
         self.stable: Release | None = None
-        self.canary: Release | None = None
 
     def open(self, conn: Connection) -> None:
         t, c = self.topics, self.channel
         conn.stream(t.devices("status"), self._on_status, retained=True)
         conn.stream(t.devices("events"), self._on_event)
-        conn.stream(t.release(c), self._on_release, retained=True)
-        conn.stream(t.release(c, "canary"), self._on_release, retained=True)
+        conn.stream(f"{t.prefix}/models/{c}/+", self._on_release, retained=True)
         time.sleep(SETTLE_S)
 
     def _on_status(self, topic: str, raw: bytes) -> None:
@@ -71,6 +72,8 @@ class Feed:
                 self._events.append((event, time.time()))
 
     def _on_release(self, topic: str, raw: bytes) -> None:
+        if topic != self.topics.release(self.channel):
+            return  # the rollout record
         release = None
         if raw:
             try:
@@ -78,10 +81,7 @@ class Feed:
             except ProtocolError:
                 release = None
         with self._lock:
-            if topic == self.topics.release(self.channel):
-                self.stable = release
-            else:
-                self.canary = release
+            self.stable = release
 
     def latest(self, device: str) -> Seen | None:
         with self._lock:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from agent.updates.protocol import Topics
 from converter.broker_client import Connection
-from converter.publishing import Prepared, PublishError, publish
+from converter.publishing import Prepared, PublishError, current_release, publish
 from converter.rollout.bounds import Bounds
 from converter.rollout.controller import Controller, RolloutError
 from converter.rollout.record import DeviceRecord, RolloutRecord, RolloutState, read_record
@@ -85,7 +85,7 @@ def roll_out(
     channel = prepared.release.channel
     controller = Controller(conn, topics, channel, bounds, max_wait_s, on_change).open()
     record = start_rollout(controller, prepared, on_acked)
-    return controller.run(record)
+    return controller.run(record, prepared.release)
 
 
 def watch_rollout(
@@ -111,4 +111,5 @@ def watch_rollout(
         return record
     if record.finished:
         return record
-    return controller.run(record, resumed=True)
+    release = current_release(conn, topics, channel, CANARY)
+    return controller.run(record, release, resumed=True)
