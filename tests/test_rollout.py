@@ -95,6 +95,16 @@ def test_a_good_version_reaches_the_canary_first_then_is_promoted_to_stable(
         assert served_version(canary) == served_version(stable) == 2
         retained = read_record(conn, TOPICS, CHANNEL)
         assert retained is not None and retained.state is RolloutState.PROMOTED
+        # v3 straight to stable: the canary takes it too, and then ignores the canary stage's
+        # older v2 when it reads both releases again (no rejected event)
+        v3 = variant("ssd_raw", 3, tmp_path / "v3").path
+        publish(conn, TOPICS, prepare(v3, CHANNEL, CHUNK, allow_unsigned=True))
+        kit.wait_event("probation_passed", version=3, device_id=CANARY)
+        kit.put(TOPICS.device(CANARY, "cmd"), b'{"cmd": "reload"}', retain=False)
+        kit.wait_event("command", cmd="reload", device_id=CANARY)
+        time.sleep(0.5)
+        assert served_version(canary) == 3
+    assert [e for e in kit.events() if e["event"] == "rejected"] == []
     # the canary went through the whole update, and was watched in bounds, before the stable
     # device heard of v2: that was after the last record of the canary stage was written
     last_canary_write = max(t for t, r in changes if r.state is RolloutState.CANARY)
@@ -237,3 +247,29 @@ def test_bad_rollout_input_gets_one_line_errors(mosquitto: Broker, tmp_path: Pat
 def _retained(broker: Broker, topic_filter: str) -> dict[str, bytes]:
     with connection(broker) as conn:
         return conn.read_retained(topic_filter)
+
+
+def test_a_canary_stops_downloading_a_release_that_is_withdrawn(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    """A halt clears the canary release; a canary still downloading it stops, and keeps v1."""
+    from datetime import datetime, timezone
+
+    from agent.updates.protocol import Release, cut
+
+    kit = Mqtt(mosquitto)
+    keys = agent_config(mosquitto, tmp_path, **{"updates.group": "canary"})
+    v2 = variant("ssd_postprocess", 2, tmp_path / "v2")
+    with running_agent(keys) as agent:
+        kit.wait_event("probation_passed", version=1)
+        blob, parts = cut(v2.model_bytes(), CHUNK)
+        kit.chunks(blob, parts, only=[0])  # the rest never comes
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        release = Release(channel=CHANNEL, manifest=v2.manifest, blob=blob, published=now)
+        kit.put(TOPICS.release(CHANNEL, "canary"), release.to_bytes())
+        kit.wait_event("downloading", version=2)
+        kit.put(TOPICS.release(CHANNEL, "canary"), b"")
+        rejected = kit.wait_event("rejected", version=2)
+        assert rejected["reason"] == "the release was withdrawn while downloading"
+        assert served_version(agent) == 1
+        assert kit.status()["group"] == "canary"

@@ -38,6 +38,7 @@ class _Work:
     payload: bytes = b""
     sha256: str = ""
     index: int = -1
+    topic: str = ""  # a release's topic
 
 
 class Updater:
@@ -71,6 +72,7 @@ class Updater:
         self.pin = Pin(u.state_dir if store is not None else None)
         self.previous: ServedModel | None = None  # kept loaded for a fast rollback
         self.pull: Pull | None = None
+        self.pull_topic = ""  # the release topic the pull came from
         self.probation: Probation | None = None
         self.profiles = frozenset(u.profiles or [pipeline.served.manifest.profile])
         self._queue: queue.Queue[_Work] = queue.Queue()
@@ -98,7 +100,7 @@ class Updater:
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         if topic in self.release_topics:
-            self._queue.put(_Work("release", payload))
+            self._queue.put(_Work("release", payload, topic=topic))
             return
         parts = topic[len(self.topics.prefix) + 1 :].split("/")
         if (
@@ -139,7 +141,7 @@ class Updater:
 
     def _handle(self, work: _Work) -> None:
         if work.kind == "release":
-            self.on_release(work.payload)
+            self.on_release(work.payload, work.topic)
         elif work.kind == "chunk":
             pull = self.pull
             if pull is not None and pull.sha256 == work.sha256:
@@ -175,9 +177,10 @@ class Updater:
             older_ignored=len(self.release_topics) > 1,
         )
 
-    def on_release(self, raw: bytes) -> None:
-        if not raw:
-            return  # a cleared retained release
+    def on_release(self, raw: bytes, topic: str = "") -> None:
+        if not raw:  # a cleared retained release: a download it started is withdrawn with it
+            self._withdrawn(topic)
+            return
         try:
             release = check_release(raw, self.device())
         except Ignored as exc:
@@ -211,10 +214,18 @@ class Updater:
             raise Rejected(str(exc), m.version, blob.sha256) from exc
         progress = functools.partial(self._progress, m.version, blob.sha256)
         pull = Pull(release, staging, self.link, self.topics, self.settings, progress)
-        self.pull = pull
+        self.pull, self.pull_topic = pull, topic
         pull.start()
         if pull.done:
             self._finish_pull(pull)
+
+    def _withdrawn(self, topic: str) -> None:
+        """A halted rollout clears its canary release: a download of it stops there."""
+        pull = self.pull
+        if pull is None or not topic or topic != self.pull_topic:
+            return
+        m = pull.release.manifest
+        raise Rejected("the release was withdrawn while downloading", m.version, pull.sha256)
 
     def _progress(self, version: int, sha: str, have: int, of: int) -> None:
         progress = {"chunks": have, "of": of}
