@@ -62,7 +62,11 @@ def start_rollout(
         started=now,
         updated=now,
         devices={
-            d: DeviceRecord(version=s.version, baseline=controller.baseline(s, release.blob.sha256))
+            d: DeviceRecord(
+                version=s.version,
+                reason=f"serves v{s.version}; v{m.version} offered",
+                baseline=controller.baseline(s, release.blob.sha256),
+            )
             for d, s in sorted(canaries.items())
         },
     )
