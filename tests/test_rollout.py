@@ -28,6 +28,7 @@ from updates_kit import (
 )
 
 from agent.app import Agent
+from agent.store import BundleStore
 from converter.broker_client import BrokerOptions, Connection
 from converter.publishing import prepare, publish
 from converter.rollout import Bounds, RolloutRecord, RolloutState, read_record, roll_out
@@ -163,6 +164,13 @@ def test_a_canary_out_of_bounds_is_rolled_back_by_the_controller(
         time.sleep(1.0)
         assert served_version(canary) == 1 and served_version(stable) == 1
         assert [e["event"] for e in events_of(kit, CANARY, 2)].count("available") == 1
+        # the rollback named v2: the canary remembers it as rejected, and a repeat is refused
+        # (a second plain rollback would have gone back to v2, the model it rolled back from)
+        assert BundleStore(tmp_path / f"state-{CANARY}").rejections.holds(record.sha256, 2)
+        again = json.dumps({"cmd": "rollback", "sha256": record.sha256}).encode()
+        kit.put(TOPICS.device(CANARY, "cmd"), again, retain=False)
+        refused = kit.wait_event("command", cmd="rollback", device_id=CANARY, ok=False)
+        assert refused["reason"].startswith("not serving") and served_version(canary) == 1
     assert events_of(kit, STABLE_DEVICE, 2) == []
 
 

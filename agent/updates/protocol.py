@@ -240,6 +240,7 @@ class Command:
     name: str
     value: float | None = None  # set_threshold
     version: int | None = None  # pin
+    sha256: str | None = None  # rollback: only from this model, which is then rejected
 
 
 def parse_command(raw: bytes) -> Command:
@@ -265,6 +266,11 @@ def parse_command(raw: bytes) -> Command:
         if isinstance(version, bool) or not isinstance(version, int) or version < 0:
             raise ProtocolError("pin needs a version: a non-negative integer")
         return Command(name, version=version)
+    if name == "rollback" and "sha256" in obj:
+        sha = obj["sha256"]
+        if not isinstance(sha, str) or not SHA256.match(sha):
+            raise ProtocolError("rollback's sha256 must be 64 lowercase hex digits")
+        return Command(name, sha256=sha)
     return Command(name)
 
 

@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 POLL_S = 0.2
 RESEND_S = 10.0  # a canary still on the halted version this long after a rollback gets another
+# (the rollback names the version, so a device that already left it refuses a repeat)
 
 
 class RolloutError(EdgegapError, ValueError):
@@ -268,7 +269,7 @@ class Controller:
             still.append(device)
             last = self._commanded.get(device)
             if last is None or seen.arrived > last + RESEND_S:
-                self._command(device, {"cmd": "rollback"})
+                self._command(device, {"cmd": "rollback", "sha256": record.sha256})
                 self._commanded[device] = now
         return still
 
