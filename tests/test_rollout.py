@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -281,3 +282,39 @@ def test_a_canary_stops_downloading_a_release_that_is_withdrawn(
         assert rejected["reason"] == "the release was withdrawn while downloading"
         assert served_version(agent) == 1
         assert kit.status()["group"] == "canary"
+
+
+def test_a_newer_canary_rollout_supersedes_the_one_being_watched(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    """The first watcher stops without touching the canary release or the devices, and the
+    record on the broker is the newer rollout's."""
+    from converter.rollout import Controller, start_rollout
+
+    v2 = variant("ssd_postprocess", 2, tmp_path / "v2").path
+    v3 = variant("ssd_raw", 3, tmp_path / "v3").path
+    slow = Bounds(window_s=300, min_fps_ratio=0.05, max_latency_ratio=50, max_p99_ratio=100,
+                  scores="skip")  # fmt: skip
+    outcome: list[RolloutRecord] = []
+    with two_agents(mosquitto, tmp_path) as (canary, stable, kit), connection(mosquitto) as conn:
+        first = threading.Thread(
+            target=lambda: outcome.append(
+                roll_out(conn, TOPICS, prepare(v2, CHANNEL, CHUNK, allow_unsigned=True), slow, 300)
+            )
+        )
+        first.start()
+        kit.wait_event("probation_passed", version=2, device_id=CANARY)
+        with connection(mosquitto) as other:
+            newer = start_rollout(
+                Controller(other, TOPICS, CHANNEL).open(),
+                prepare(v3, CHANNEL, CHUNK, allow_unsigned=True),
+            )
+        first.join(30)
+        assert not first.is_alive() and outcome[0].state is RolloutState.SUPERSEDED
+        assert outcome[0].reason == "a newer rollout of the channel started"
+        kit.wait_event("probation_passed", version=3, device_id=CANARY)
+        retained = read_record(conn, TOPICS, CHANNEL)
+        assert retained is not None and retained.version == 3 == newer.version
+        assert retained.state is RolloutState.CANARY
+        assert served_version(canary) == 3 and served_version(stable) == 1
+    assert not [e for e in kit.events() if e["event"] in ("rolled_back", "rejected")]

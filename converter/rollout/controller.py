@@ -69,8 +69,13 @@ class Controller:
 
     # ---- the record ---------------------------------------------------------------------
     def write(self, record: RolloutRecord) -> None:
-        """Publish the record (retained) if it changed since last written."""
+        """Publish the record (retained) if it changed since last written, unless a newer
+        rollout of the channel has replaced it."""
         self.record = record
+        self.feed.mine = record.sha256
+        if self.feed.replaced:  # the record on the broker is a newer rollout's: leave it
+            self._replaced(record)
+            return
         body = record.model_dump_json(exclude={"updated"}).encode()
         if body == self._written:
             return
@@ -78,6 +83,11 @@ class Controller:
         send_all(self.conn, [(self.topics.rollout(self.channel), record.to_bytes())])
         if self.on_change is not None:
             self.on_change(record)
+
+    def rewrite(self, record: RolloutRecord) -> None:
+        """Publish the record again, changed or not."""
+        self._written = b""
+        self.write(record)
 
     def baseline(self, sample: Sample | None, sha256: str) -> Baseline | None:
         """A canary's own statistics before the rollout, else the stable group's."""
@@ -108,7 +118,18 @@ class Controller:
             self.settle_rollback(record)
         return record
 
+    def _replaced(self, record: RolloutRecord) -> bool:
+        """A newer `publish --stage canary` wrote its own record: this rollout is over, and
+        must not touch the canary release or the devices any more."""
+        if not self.feed.replaced or record.finished:
+            return False
+        record.state = RolloutState.SUPERSEDED
+        record.reason = "a newer rollout of the channel started"
+        return True
+
     def step(self, record: RolloutRecord, now: float) -> None:
+        if self._replaced(record):
+            return
         for event, arrived in self.feed.take_events():
             self._on_event(record, event, arrived)
             if record.finished:
