@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner, Result
 from conftest import Broker
 from updates_kit import (
@@ -175,18 +176,59 @@ def test_a_canary_out_of_bounds_is_rolled_back_by_the_controller(
     assert events_of(kit, STABLE_DEVICE, 2) == []
 
 
-def test_without_drift_statistics_score_bounds_are_not_evaluable_and_nothing_is_promoted(
+def test_score_bounds_that_cannot_be_evaluated_never_promote(
     mosquitto: Broker, tmp_path: Path
 ) -> None:
+    """Score bounds are required (the default) but cannot be judged: without drift statistics in
+    the status, or with fewer frames than --min-frames. Nothing is promoted; the rollout halts
+    when --max-wait runs out, saying why, and the canary is rolled back."""
     v2 = variant("ssd_postprocess", 2, tmp_path / "v2").path
-    scores = Bounds(window_s=0.5, min_fps_ratio=0.05, max_latency_ratio=50, max_p99_ratio=100)
+    scores = Bounds(window_s=0.5, min_fps_ratio=0.05, max_latency_ratio=50, max_p99_ratio=100,
+                    min_frames=10**9)  # fmt: skip
     with two_agents(mosquitto, tmp_path) as (canary, stable, kit), connection(mosquitto) as conn:
         record = roll_out(conn, TOPICS, prepare(v2, CHANNEL, CHUNK, allow_unsigned=True), scores, 6)
         assert record.state is RolloutState.HALTED
         assert "not promoted within 6 s" in record.reason
-        assert "score bounds not evaluable: the status has no drift statistics" in record.reason
+        has_drift = "drift" in kit.status()
+        why = (
+            "score statistics do not cover enough frames of the new version yet"
+            if has_drift
+            else "score bounds not evaluable: the status has no drift statistics"
+        )
+        assert why in record.reason, record.reason
         kit.wait_event("rolled_back", version=2, device_id=CANARY)
         assert served_version(canary) == 1
+    assert events_of(kit, STABLE_DEVICE, 2) == []
+
+
+def test_a_canary_whose_scores_fall_is_halted_and_rolled_back(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    """Once it passed probation on v2, the canary's threshold goes to 1.0: no detection is
+    published any more, its drift statistics fall, and the rollout halts on them."""
+    v2 = variant("ssd_postprocess", 2, tmp_path / "v2").path
+    loose = Bounds(window_s=60, min_fps_ratio=0.05, max_latency_ratio=50, max_p99_ratio=100,
+                   max_score_drop=0.05, min_frames=5)  # fmt: skip
+    outcome: list[RolloutRecord] = []
+    with two_agents(mosquitto, tmp_path) as (canary, stable, kit), connection(mosquitto) as conn:
+        if "drift" not in kit.status():
+            pytest.skip("the agent publishes no drift statistics in its status")
+        first = threading.Thread(
+            target=lambda: outcome.append(
+                roll_out(conn, TOPICS, prepare(v2, CHANNEL, CHUNK, allow_unsigned=True), loose, 90)
+            )
+        )
+        first.start()
+        kit.wait_event("probation_passed", version=2, device_id=CANARY)
+        cmd = json.dumps({"cmd": "set_threshold", "value": 1.0}).encode()
+        kit.put(TOPICS.device(CANARY, "cmd"), cmd, retain=False)
+        first.join(60)
+        assert not first.is_alive() and outcome[0].state is RolloutState.HALTED
+        reason = outcome[0].reason
+        assert f"{CANARY} out of bounds on v2" in reason, reason
+        assert any(k in reason for k in ("top_score", "detections per frame")), reason
+        kit.wait_event("rolled_back", version=2, device_id=CANARY)
+        assert served_version(canary) == 1 and served_version(stable) == 1
     assert events_of(kit, STABLE_DEVICE, 2) == []
 
 

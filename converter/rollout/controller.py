@@ -20,7 +20,14 @@ from agent.errors import EdgegapError
 from agent.updates.protocol import Release, Topics
 from converter.broker_client import Connection
 from converter.publishing import PublishError, send_all
-from converter.rollout.bounds import Baseline, Bounds, Sample, group_baseline, judge
+from converter.rollout.bounds import (
+    Baseline,
+    Bounds,
+    Sample,
+    group_baseline,
+    judge,
+    scores_ready,
+)
 from converter.rollout.feed import Feed, Seen
 from converter.rollout.record import DeviceRecord, DeviceState, RolloutRecord, RolloutState
 
@@ -225,8 +232,7 @@ class Controller:
             s = seen.sample
             if seen.arrived < dev.passed_at or s.sha256 != record.sha256 or not s.online:
                 continue
-            drift = s.drift
-            ready = drift is not None and seen.arrived - dev.passed_at >= drift.window_s
+            ready = scores_ready(s, record.version, seen.arrived - dev.passed_at)
             verdict = judge(s, dev.baseline, self.bounds, ready)
             if verdict.problems:
                 dev.state, dev.reason = DeviceState.OUT_OF_BOUNDS, "; ".join(verdict.problems)
