@@ -77,6 +77,13 @@ def watch(channel: str, max_wait: float, **kwargs: Any) -> None:
     Bounds compare each canary on the new version with the same device before the rollout
     (or the stable group). Exits 0 when promoted, 1 when halted or superseded. A halted
     rollout is enforced again: a canary back online on the halted version is rolled back.
+
+    \b
+    Examples:
+      edgegap rollout watch --channel lobby --broker mqtt://broker.lan --fleet warehouse
+      edgegap rollout watch --channel lobby --broker mqtt://broker.lan --window 300 \\
+          --max-latency-ratio 1.2 --max-score-drop 0.05 --min-canaries 2
+      edgegap rollout watch --channel lobby --broker mqtt://broker.lan --scores skip
     """
     check_channel(channel)
     options, topics = resolve(kwargs)
@@ -124,7 +131,13 @@ class _Progress:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def status(channel: str, as_json: bool, **kwargs: Any) -> None:
     """Each stage's release, each device of the channel with its group, version, state and
-    reason, and the rollout record (models/<channel>/rollout)."""
+    reason, and the rollout record (models/<channel>/rollout).
+
+    \b
+    Examples:
+      edgegap rollout status --channel lobby --broker mqtt://broker.lan --fleet warehouse
+      edgegap rollout status --channel lobby --broker mqtt://broker.lan --json
+    """
     check_channel(channel)
     options, topics = resolve(kwargs)
     with Connection(options, "rollout") as conn:
