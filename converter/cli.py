@@ -19,6 +19,7 @@ from converter.commands.keys import keys
 from converter.commands.profiles import profiles
 from converter.commands.prune import prune
 from converter.commands.publish import publish_cmd
+from converter.commands.rollout import rollout
 from converter.commands.zoo import zoo
 from firmware_profiles import ProfileError
 
@@ -82,6 +83,7 @@ cli.add_command(publish_cmd)
 cli.add_command(broker_cmd)
 cli.add_command(fleet)
 cli.add_command(gc)
+cli.add_command(rollout)
 
 
 def main() -> None:
