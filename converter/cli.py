@@ -15,9 +15,12 @@ from converter.commands.eval import eval_cmd
 from converter.commands.fleet import fleet, gc
 from converter.commands.inspect import inspect
 from converter.commands.keys import keys
+from converter.commands.models import models
 from converter.commands.profiles import profiles
 from converter.commands.prune import prune
 from converter.commands.publish import publish_cmd
+from converter.commands.refresh import refresh_cmd
+from converter.commands.relabel import relabel_cmd
 from converter.commands.zoo import zoo
 from firmware_profiles import ProfileError
 
@@ -79,6 +82,9 @@ cli.add_command(publish_cmd)
 cli.add_command(broker_cmd)
 cli.add_command(fleet)
 cli.add_command(gc)
+cli.add_command(relabel_cmd)
+cli.add_command(refresh_cmd)
+cli.add_command(models)
 
 
 def main() -> None:
