@@ -156,3 +156,20 @@ def _read_rgb(path: Path) -> np.ndarray:
     if bgr is None:
         raise DatasetError(f"cannot read image {path}")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def shuffle_labels(folder: Path, seed: int = 0) -> int:
+    """Corrupt a labelled capture folder on purpose (to show the gates stop a bad refresh): each
+    image gets another image's boxes, with the classes permuted. Returns the boxes moved."""
+    captures = read_captures(folder)
+    doc = captures.doc
+    ids = [int(e["id"]) for e in captures.images]
+    rng = np.random.default_rng(seed)
+    moved = dict(zip(ids, np.roll(rng.permutation(ids), 1).tolist(), strict=True))
+    cats = [int(c["id"]) for c in doc.get("categories", [])]
+    swap = dict(zip(cats, np.roll(cats, 1).tolist(), strict=True))
+    for a in doc["annotations"]:
+        a["image_id"] = moved[int(a["image_id"])]
+        a["category_id"] = swap.get(int(a["category_id"]), a["category_id"])
+    captures.write()
+    return len(doc["annotations"])
