@@ -38,7 +38,7 @@ from agent.served import GoldenCheckFailed, ServedModel, load_served_model
 from agent.sources.grabber import Grabber
 from agent.sources.readers import make_source
 from agent.status import RunSummary, run_summary, status_message
-from agent.store import BundleStore
+from agent.store import BundleStore, StoreError
 from agent.updates.startup import open_store, serve_from_store
 from agent.updates.updater import Updater
 
@@ -222,7 +222,18 @@ class Agent:
             p.stats if p is not None else None,
             self.rolling,
             self.config.updates.channel,
+            self.config.updates.group,
+            self._good_sha(),
         )
+
+    def _good_sha(self) -> str | None:
+        """The store's good model (it passed probation), or "" when there is none yet."""
+        if self.store is None:
+            return None
+        try:
+            return self.store.sha("good") or ""
+        except StoreError:
+            return ""
 
     def _status_loop(self) -> None:
         interval = self.config.mqtt.status_interval_s

@@ -46,6 +46,7 @@ FLAG_KEYS = {
     "preview_bind": "preview.bind",
     "max_frames": "pipeline.max_frames",
     "channel": "updates.channel",
+    "group": "updates.group",
     "state_dir": "updates.state_dir",
 }
 
@@ -177,6 +178,11 @@ def cli(verbose: int, quiet: bool) -> None:
 @click.option("--preview-bind", help="Address for the preview (default 127.0.0.1).")
 @click.option("--max-frames", type=int, help="Stop after this many frames (0: run until stopped).")
 @click.option("--channel", help="Follow this model channel over MQTT (updates.channel).")
+@click.option(
+    "--group",
+    type=click.Choice(["stable", "canary"]),
+    help="Rollout group (updates.group, default stable): canary takes new versions first.",
+)
 @click.option(
     "--state-dir",
     type=click.Path(path_type=Path),

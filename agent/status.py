@@ -69,8 +69,12 @@ def status_message(
     stats: PipelineStats | None,
     rolling: RollingStats,
     channel: str | None = None,
+    group: str | None = None,
+    good_sha256: str | None = None,
 ) -> dict[str, Any]:
-    """The retained status message (state online); its schema is docs/schemas/status.json."""
+    """The retained status message (state online); its schema is docs/schemas/status.json.
+    group: the rollout group (with a channel); good_sha256: the store's model that passed
+    probation, so `model.good` says whether the model served has."""
     out: dict[str, Any] = {
         "schema": STATUS_SCHEMA,
         "state": "online",
@@ -82,8 +86,12 @@ def status_message(
     }
     if channel is not None:
         out["channel"] = channel
+        if group is not None:
+            out["group"] = group
     if served is not None:
         out["model"] = served.describe()
+        if good_sha256 is not None:
+            out["model"]["good"] = good_sha256 == served.manifest.model.sha256
         out["backend"] = {"name": served.model.backend, "version": served.model.backend_version}
     if grabber is not None:
         out["source"] = grabber.source.describe()

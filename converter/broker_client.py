@@ -116,7 +116,7 @@ class Connection:
         self._last = 0.0
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        self._streams: list[tuple[str, Callable[[str, bytes], None]]] = []
+        self._streams: list[tuple[str, Callable[[str, bytes], None], bool]] = []
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
@@ -171,8 +171,8 @@ class Connection:
         self._subscribed.set()
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        for topic_filter, handler in self._streams:
-            if not msg.retain and paho.topic_matches_sub(topic_filter, msg.topic):
+        for topic_filter, handler, retained in self._streams:
+            if (retained or not msg.retain) and paho.topic_matches_sub(topic_filter, msg.topic):
                 handler(msg.topic, bytes(msg.payload))
         # Only retained messages on the filter being read count (a broker may send others).
         with self._lock:
@@ -186,9 +186,13 @@ class Connection:
             else:
                 self._messages.pop(msg.topic, None)
 
-    def stream(self, topic_filter: str, handler: Callable[[str, bytes], None]) -> None:
-        """Call handler(topic, payload) on paho's thread for each live (not retained) message."""
-        self._streams.append((topic_filter, handler))
+    def stream(
+        self, topic_filter: str, handler: Callable[[str, bytes], None], retained: bool = False
+    ) -> None:
+        """Call handler(topic, payload) on paho's thread for each live message; with retained,
+        for the retained ones delivered on subscribing as well (do not read_retained the same
+        filter afterwards: that unsubscribes it)."""
+        self._streams.append((topic_filter, handler, retained))
         self._subscribe(topic_filter)
 
     def _subscribe(self, topic_filter: str) -> None:

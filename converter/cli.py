@@ -21,6 +21,7 @@ from converter.commands.prune import prune
 from converter.commands.publish import publish_cmd
 from converter.commands.refresh import refresh_cmd
 from converter.commands.relabel import relabel_cmd
+from converter.commands.rollout import rollout
 from converter.commands.zoo import zoo
 from firmware_profiles import ProfileError
 
@@ -82,6 +83,7 @@ cli.add_command(publish_cmd)
 cli.add_command(broker_cmd)
 cli.add_command(fleet)
 cli.add_command(gc)
+cli.add_command(rollout)
 cli.add_command(relabel_cmd)
 cli.add_command(refresh_cmd)
 cli.add_command(models)

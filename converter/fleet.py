@@ -56,6 +56,17 @@ def read_releases(conn: Connection, topics: Topics) -> dict[str, Release]:
     return out
 
 
+def read_stage_releases(conn: Connection, topics: Topics) -> dict[str, Release]:
+    """Each channel's releases of stages other than stable, by "<channel>/<stage>"."""
+    out: dict[str, Release] = {}
+    for topic, raw in conn.read_retained(topics.stage_releases()).items():
+        try:
+            out[f"{_level(topic, 3)}/{_level(topic, 2)}"] = parse_release(raw, Limits())
+        except ProtocolError as exc:
+            logger.warning("ignored %s: %s", topic, exc)
+    return out
+
+
 @dataclass(frozen=True)
 class BlobMeta:
     sha256: str

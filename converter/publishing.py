@@ -25,6 +25,7 @@ from agent.bundle.signing import load_public_key, verify_manifest
 from agent.errors import EdgegapError
 from agent.updates.protocol import (
     NAME,
+    STABLE,
     Limits,
     ProtocolError,
     Release,
@@ -99,15 +100,18 @@ def prepare(
     return Prepared(release, chunks)
 
 
-def current_release(conn: Connection, topics: Topics, channel: str) -> Release | None:
-    """The channel's retained release; None when the channel is empty."""
-    raw = conn.read_retained(topics.release(channel)).get(topics.release(channel))
+def current_release(
+    conn: Connection, topics: Topics, channel: str, stage: str = STABLE
+) -> Release | None:
+    """The retained release of the channel's stage; None when that stage is empty."""
+    topic = topics.release(channel, stage)
+    raw = conn.read_retained(topic).get(topic)
     if raw is None:
         return None
     try:
         return parse_release(raw, Limits())
     except ProtocolError as exc:
-        logger.warning("the retained message on %s is not a release: %s", channel, exc)
+        logger.warning("the retained message on %s is not a release: %s", topic, exc)
         return None
 
 
@@ -169,30 +173,35 @@ def publish(
     topics: Topics,
     prepared: Prepared,
     on_acked: Callable[[int], None] = lambda n: None,
+    stage: str = STABLE,
 ) -> Published:
-    """Send the chunks, the blob meta and the release, after checking the channel's version."""
+    """Send the chunks, the blob meta and the release, after checking the channel's version.
+    A stage other than stable gets its own release topic; the version must be above that
+    stage's and the stable one's (converter/rollout/ checks the rollout's own record too)."""
     release = prepared.release
-    current = current_release(conn, topics, release.channel)
+    current = current_release(conn, topics, release.channel, stage)
     check_version(release.manifest, current)
+    if stage != STABLE:
+        check_version(release.manifest, current_release(conn, topics, release.channel))
     sha = release.blob.sha256
     messages = [(topics.chunk(sha, i), c) for i, c in enumerate(prepared.chunks)]
     messages.append((topics.blob_meta(sha), blob_meta(release)))
     start = time.perf_counter()
     send_all(conn, messages, on_acked)
-    send_all(conn, [(topics.release(release.channel), release.to_bytes())])
+    send_all(conn, [(topics.release(release.channel, stage), release.to_bytes())])
     seconds = time.perf_counter() - start
-    _read_back(conn, topics, prepared)
+    _read_back(conn, topics, prepared, stage)
     return Published(release, current.manifest.version if current else None, seconds)
 
 
-def _read_back(conn: Connection, topics: Topics, prepared: Prepared) -> None:
+def _read_back(conn: Connection, topics: Topics, prepared: Prepared, stage: str = STABLE) -> None:
     """A broker that acknowledges but drops messages (an ACL denial under MQTT 3.1.1) is found
     here: the release and the last chunk must be retained as sent."""
     release = prepared.release
     last = release.blob.chunks - 1
     for topic, want in (
         (topics.chunk(release.blob.sha256, last), prepared.chunks[last]),
-        (topics.release(release.channel), release.to_bytes()),
+        (topics.release(release.channel, stage), release.to_bytes()),
     ):
         if conn.read_retained(topic).get(topic) != want:
             raise PublishError(

@@ -4,6 +4,7 @@ and the limits and timings of pulling, activating and probation (docs/protocol.m
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -19,6 +20,13 @@ class UpdatesConfig(Strict):
         description=(
             "Follow models/<channel>/manifest and pull new models over MQTT; empty: no updates "
             "(the bundle store is then not used either)."
+        ),
+    )
+    group: Literal["stable", "canary"] = Field(
+        default="stable",
+        description=(
+            "Rollout group: a canary device follows models/<channel>/canary/manifest as well as "
+            "the channel's stable release, and takes a new version before the stable group does."
         ),
     )
     state_dir: Path = Field(

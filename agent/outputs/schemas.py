@@ -87,6 +87,13 @@ class StatusModel(_Schema):
             "none: a BGR or gray model (`edgegap convert --fold-bgr` makes one)."
         ),
     )
+    good: bool | None = Field(
+        default=None,
+        description=(
+            "With updates.channel: true once this model has passed probation on this device "
+            "(the store's good model)."
+        ),
+    )
 
 
 class StatusLatency(_Schema):
@@ -113,6 +120,9 @@ class StatusMessage(_Schema):
     health: Literal["starting", "ok", "degraded", "stopped"] | None = None
     channel: str | None = Field(
         default=None, description="The model channel the device follows (updates.channel)."
+    )
+    group: Literal["stable", "canary"] | None = Field(
+        default=None, description="Its rollout group (updates.group), with a channel."
     )
     model: StatusModel | None = None
     backend: BackendInfo | None = None

@@ -50,6 +50,7 @@ class Device:
     profiles: frozenset[str]
     is_rejected: Callable[[str, int], bool]
     pinned: int | None = None
+    older_ignored: bool = False  # following several stages: an older release is not news
 
 
 def check_release(raw: bytes, device: Device) -> Release:
@@ -69,6 +70,8 @@ def check_release(raw: bytes, device: Device) -> Release:
     if device.pinned is not None:
         raise Ignored(f"pinned to version {device.pinned}; release v{version} ignored")
     if active is not None and version <= active.version:
+        if device.older_ignored:
+            raise Ignored(f"release v{version} is not above the active v{active.version}")
         raise Rejected(
             f"version {version} is not above the active version {active.version}", version, sha
         )

@@ -89,9 +89,9 @@ def _reread_release(updater: Updater) -> None:
     """Subscribing again makes the broker deliver the retained release anew."""
     if updater.channel is None:
         raise Refused("no channel to read")
-    topic = updater.topics.release(updater.channel)
-    updater.link.unsubscribe(topic)
-    updater.link.subscribe(topic)
+    for topic in updater.release_topics:
+        updater.link.unsubscribe(topic)
+        updater.link.subscribe(topic)
 
 
 def _name_of(raw: bytes) -> str | None:

@@ -34,6 +34,9 @@ DEFAULT_CHUNK_SIZE = 124 * 1024
 MIN_CHUNK_SIZE = 1024
 MAX_CHUNK_SIZE = 8 * 1024 * 1024
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a channel or device id: one topic level
+# Rollout stages, first to last: a version offered to `canary` is promoted to `stable`.
+STAGES = ("canary", "stable")
+STABLE = "stable"
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -61,11 +64,23 @@ class Topics:
         """The topics under prefix if one is given, else under edgegap/<fleet>."""
         return cls(prefix or f"edgegap/{fleet}")
 
-    def release(self, channel: str) -> str:
-        return f"{self.prefix}/models/{channel}/manifest"
+    def release(self, channel: str, stage: str = STABLE) -> str:
+        """The stable stage is the channel's own topic (models/<channel>/manifest); any other
+        stage has its own level below the channel (models/<channel>/<stage>/manifest)."""
+        if stage == STABLE:
+            return f"{self.prefix}/models/{channel}/manifest"
+        return f"{self.prefix}/models/{channel}/{stage}/manifest"
 
     def releases(self) -> str:
         return f"{self.prefix}/models/+/manifest"
+
+    def stage_releases(self) -> str:
+        """Every stage release but the stable one (models/+/+/manifest)."""
+        return f"{self.prefix}/models/+/+/manifest"
+
+    def rollout(self, channel: str) -> str:
+        """The retained record of the channel's current rollout (written by the host)."""
+        return f"{self.prefix}/models/{channel}/rollout"
 
     def chunk(self, sha256: str, index: int) -> str:
         return f"{self.prefix}/blobs/{sha256}/{index}"
@@ -82,6 +97,14 @@ class Topics:
 
     def devices(self, leaf: str) -> str:
         return f"{self.prefix}/devices/+/{leaf}"
+
+
+def followed_stages(group: str) -> tuple[str, ...]:
+    """The stages whose releases a device of this rollout group follows: its own stage and every
+    later one (a canary device also takes a version published straight to stable)."""
+    if group not in STAGES:
+        raise ProtocolError(f"unknown rollout group {group!r} (known: {', '.join(STAGES)})")
+    return STAGES[STAGES.index(group) :]
 
 
 class _Strict(BaseModel):

@@ -24,7 +24,7 @@ from agent.updates.commands import run_command
 from agent.updates.events import Events
 from agent.updates.pins import Pin
 from agent.updates.probation import Probation
-from agent.updates.protocol import SHA256, EventKind, Limits
+from agent.updates.protocol import SHA256, EventKind, Limits, followed_stages
 from agent.updates.pull import Pull, PullSettings
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ class _Work:
     payload: bytes = b""
     sha256: str = ""
     index: int = -1
+    topic: str = ""  # a release's topic
 
 
 class Updater:
@@ -59,12 +60,19 @@ class Updater:
         u = config.updates
         self.channel = u.channel
         self.topics = link.topics
+        # the release topics followed: the group's own stage and every later one (docs/protocol.md)
+        self.release_topics = (
+            tuple(self.topics.release(self.channel, stage) for stage in followed_stages(u.group))
+            if self.channel is not None
+            else ()
+        )
         self.limits = Limits(max_model_bytes=u.max_bundle_bytes, max_chunks=u.max_chunks)
         self.settings = PullSettings(u.window, u.chunk_timeout_s, u.max_retries)
         self.events = Events(link, config.device_id)
         self.pin = Pin(u.state_dir if store is not None else None)
         self.previous: ServedModel | None = None  # kept loaded for a fast rollback
         self.pull: Pull | None = None
+        self.pull_topic = ""  # the release topic the pull came from
         self.probation: Probation | None = None
         self.profiles = frozenset(u.profiles or [pipeline.served.manifest.profile])
         self._queue: queue.Queue[_Work] = queue.Queue()
@@ -79,8 +87,8 @@ class Updater:
         if probation:
             self._start_probation(self.pipeline.served)
         self._thread.start()
-        if self.channel is not None:
-            self.link.subscribe(self.topics.release(self.channel))
+        for topic in self.release_topics:
+            self.link.subscribe(topic)
 
     def stop(self) -> None:
         if self._thread.is_alive():
@@ -91,8 +99,8 @@ class Updater:
         self._queue.put(_Work("command", raw))
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        if self.channel is not None and topic == self.topics.release(self.channel):
-            self._queue.put(_Work("release", payload))
+        if topic in self.release_topics:
+            self._queue.put(_Work("release", payload, topic=topic))
             return
         parts = topic[len(self.topics.prefix) + 1 :].split("/")
         if (
@@ -133,7 +141,7 @@ class Updater:
 
     def _handle(self, work: _Work) -> None:
         if work.kind == "release":
-            self.on_release(work.payload)
+            self.on_release(work.payload, work.topic)
         elif work.kind == "chunk":
             pull = self.pull
             if pull is not None and pull.sha256 == work.sha256:
@@ -166,11 +174,13 @@ class Updater:
             profiles=self.profiles,
             is_rejected=store.rejections.holds if store is not None else (lambda s, v: False),
             pinned=self.pin.version,
+            older_ignored=len(self.release_topics) > 1,
         )
 
-    def on_release(self, raw: bytes) -> None:
-        if not raw:
-            return  # a cleared retained release
+    def on_release(self, raw: bytes, topic: str = "") -> None:
+        if not raw:  # a cleared retained release: a download it started is withdrawn with it
+            self._withdrawn(topic)
+            return
         try:
             release = check_release(raw, self.device())
         except Ignored as exc:
@@ -180,6 +190,13 @@ class Updater:
         if self.pull is not None:
             if self.pull.sha256 == blob.sha256:
                 return  # already on it
+            if self.pull.release.manifest.version > m.version:
+                logger.info(
+                    "release v%d ignored: pulling v%d",
+                    m.version,
+                    self.pull.release.manifest.version,
+                )
+                return  # another stage followed offers a newer one
             self.pull.stop()
             self.pull = None
         assert self.store is not None
@@ -197,10 +214,18 @@ class Updater:
             raise Rejected(str(exc), m.version, blob.sha256) from exc
         progress = functools.partial(self._progress, m.version, blob.sha256)
         pull = Pull(release, staging, self.link, self.topics, self.settings, progress)
-        self.pull = pull
+        self.pull, self.pull_topic = pull, topic
         pull.start()
         if pull.done:
             self._finish_pull(pull)
+
+    def _withdrawn(self, topic: str) -> None:
+        """A halted rollout clears its canary release: a download of it stops there."""
+        pull = self.pull
+        if pull is None or not topic or topic != self.pull_topic:
+            return
+        m = pull.release.manifest
+        raise Rejected("the release was withdrawn while downloading", m.version, pull.sha256)
 
     def _progress(self, version: int, sha: str, have: int, of: int) -> None:
         progress = {"chunks": have, "of": of}
@@ -270,6 +295,7 @@ class Updater:
             self.store.mark_good(sha)
             self.store.prune()
             self.events.emit(EventKind.PROBATION_PASSED, m.version, sha)
+            self.link.publish_status()  # its model.good is news to a rollout controller
             return
         self.store.rejections.add(sha, m.version, verdict.reason)
         self.roll_back(verdict.reason)

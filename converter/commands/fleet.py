@@ -22,6 +22,7 @@ from converter.fleet import (
     plan_gc,
     read_blob_metas,
     read_releases,
+    read_stage_releases,
     read_statuses,
     watch_events,
 )
@@ -146,7 +147,8 @@ def _forever() -> None:
 def gc(channel: str, dry_run: bool, **kwargs: Any) -> None:
     """Clear the retained chunks and meta of CHANNEL's blobs that nothing uses any more.
 
-    A blob is kept while a channel's current release names it or a device's retained status
+    A blob is kept while a channel's current release (of any rollout stage) names it or a
+    device's retained status
     names its sha256 (the model it serves, or the one it would roll back to). Do not run it
     while a publish to the channel is under way: that publish's blob is not released yet.
 
@@ -159,7 +161,8 @@ def gc(channel: str, dry_run: bool, **kwargs: Any) -> None:
     options, topics = resolve(kwargs)
     with Connection(options, "gc") as conn:
         metas = read_blob_metas(conn, topics)
-        plan = plan_gc(metas, read_releases(conn, topics), read_statuses(conn, topics), channel)
+        releases = {**read_releases(conn, topics), **read_stage_releases(conn, topics)}
+        plan = plan_gc(metas, releases, read_statuses(conn, topics), channel)
         t = Table(title=f"blobs of {channel}", title_justify="left")
         for name in ("sha256", "size", "chunks", "action"):
             t.add_column(name)
