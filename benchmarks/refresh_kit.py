@@ -17,8 +17,18 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-DEVICE_ID = "cam-b"
-AGENT_YAML = "updates:\n  probation_s: 3\n"
+CANARY, STABLE = "cam-canary", "cam-stable"
+# the canary captures: a random half of its frames, at the policy's highest rate
+AGENT_YAML = """\
+updates:
+  probation_s: 3
+  group: {group}
+capture:
+  enabled: {capture}
+  policy: {{band: [0.3, 0.6], flicker: true, sample_rate: 0.5, max_per_minute: 600,
+            max_bytes_per_day: 1000000000}}
+  drift_window_s: 8
+"""
 
 
 class BenchError(RuntimeError):
@@ -95,9 +105,10 @@ class Events:
                     raise BenchError(f"no {kind} event for v{version} in {timeout:g} s")
                 self.cond.wait(0.5)
 
-    def seen(self, version: int) -> list[str]:
+    def seen(self, version: int, device: str) -> list[str]:
         with self.cond:
-            return [str(e.get("event")) for e in self.events if e.get("version") == version]
+            return [str(e.get("event")) for e in self.events
+                    if e.get("version") == version and e.get("device_id") == device]  # fmt: skip
 
 
 def follow_events(url: str, fleet: str, stack: ExitStack) -> Events:
@@ -139,16 +150,19 @@ class Device:
 
 
 def start_device(
-    work: Path, bundle: Path, video: Path, url: str, fleet: str, channel: str, key: Path,
-    stack: ExitStack,
+    work: Path, device_id: str, bundle: Path, video: Path, url: str, fleet: str, channel: str,
+    key: Path, stack: ExitStack,
 ) -> Device:  # fmt: skip
-    folder = work / "device"
+    """An agent on the video, in the canary group (capturing) or the stable group."""
+    canary = device_id == CANARY
+    folder = work / device_id
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "agent.yaml").write_text(AGENT_YAML)
+    config = AGENT_YAML.format(group="canary" if canary else "stable", capture=str(canary).lower())
+    (folder / "agent.yaml").write_text(config)
     args = [
         "run", "--config", str(folder / "agent.yaml"), "--bundle", str(bundle),
         "--trusted-key", str(key), "--source", str(video), "--loop", "--rate", "native",
-        "--broker", url, "--fleet", fleet, "--device-id", DEVICE_ID, "--channel", channel,
+        "--broker", url, "--fleet", fleet, "--device-id", device_id, "--channel", channel,
         "--state-dir", str(folder / "state"), "--jsonl", str(folder / "detections.jsonl"),
     ]  # fmt: skip
     log = folder / "agent.log"
@@ -157,3 +171,16 @@ def start_device(
                                 stderr=subprocess.STDOUT, env=_env())  # fmt: skip
     stack.callback(_stop, proc)
     return Device(proc, log)
+
+
+def collect(url: str, fleet: str, out: Path, until: int, timeout: float) -> float:
+    """`edgegap collect --until N`; returns the time the first stored capture was taken."""
+    import json
+
+    cmd = [sys.executable, "-m", "converter", "collect", "--broker", url, "--fleet", fleet,
+           "--out", str(out), "--until", str(until), "--duration", str(timeout)]  # fmt: skip
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
+    if done.returncode:
+        raise BenchError(f"collect failed: {done.stdout[-500:]} {done.stderr[-500:]}")
+    images = json.loads((out / "annotations.json").read_text())["images"]
+    return min(float(im["provenance"]["ts"]) for im in images)

@@ -52,6 +52,13 @@ MODEL = click.Path(path_type=Path, dir_okay=False)
 @click.option("--prune", "do_prune", is_flag=True,
               help="Prune to the profile's pruning target again before quantizing.")  # fmt: skip
 @click.option("--name", help="Bundle name [default: the deployed bundle's].")
+@click.option("--stage", type=click.Choice(["canary", "stable"]), default="canary", show_default=True,
+              help="First stage: canary waits for the staged rollout to promote or halt it "
+              "(edgegap publish --stage canary); stable publishes to every device.")  # fmt: skip
+@click.option("--window", type=click.FloatRange(1), default=60.0, show_default=True,
+              help="Seconds every canary must stay within bounds before promotion.")  # fmt: skip
+@click.option("--max-wait", type=click.FloatRange(1), default=600.0, show_default=True,
+              help="A rollout not promoted after this many seconds is halted.")  # fmt: skip
 @click.option("--watch", is_flag=True, help="Keep running: refresh whenever --every new "
               "captures have arrived in --data (relabelled by --teacher first).")  # fmt: skip
 @click.option("--every", type=click.IntRange(1), default=200, show_default=True,
@@ -69,7 +76,8 @@ def refresh_cmd(**kwargs: Any) -> None:
     of its original training data, distilling from the teacher; converts and gates it as
     `edgegap convert` does; checks it against the deployed version on --old-holdout (may drop
     by the profile's max_accuracy_drop at most) and on --holdout (must gain); then signs it and
-    publishes it to the channel. Every version, passed or rejected, goes to the registry. A
+    publishes it to the channel's first stage: the canary group, promoted to the stable group
+    by the staged rollout (or --stage stable). Every version, passed or rejected, goes to the registry. A
     rejected refresh exits 1 and publishes nothing.
 
     \b
@@ -77,6 +85,7 @@ def refresh_cmd(**kwargs: Any) -> None:
       edgegap relabel captures/ --teacher deployed.keras
       edgegap refresh --student deployed.keras --data captures/ --holdout labelled/ \\
           --profile x86-avx2 --channel lobby-cam --broker mqtt://broker.lan --sign-key keys/edgegap.key
+      edgegap refresh --stage stable --window 120 ...
       edgegap refresh --watch --every 300 --teacher big.keras --data captures/ --holdout labelled/ \\
           --profile x86-avx2 --channel lobby-cam --broker mqtt://broker.lan --sign-key keys/edgegap.key
     """
@@ -92,7 +101,7 @@ def refresh_cmd(**kwargs: Any) -> None:
         prune=k["do_prune"], min_gain=k["min_gain"], name=k["name"],
         train=TrainSettings(epochs=k["epochs"], learning_rate=k["learning_rate"],
                             replay=k["replay_ratio"]),
-        publish=_publisher(broker, topics, k["channel"]),
+        publish=_publisher(broker, topics, k),
     )  # fmt: skip
     if k["watch"]:
         from converter.refresh.watch import Watch, watch
@@ -114,10 +123,12 @@ def _say(text: str) -> None:
     console.print(f"[bold]refresh[/] {text}")
 
 
-def _publisher(broker: Any, topics: Any, channel: str) -> Any:
+def _publisher(broker: Any, topics: Any, k: dict[str, Any]) -> Any:
     from converter.refresh.publish import Publisher
+    from converter.rollout import Bounds
 
-    return Publisher(broker, topics, channel)
+    bounds = Bounds(window_s=k["window"])
+    return Publisher(broker, topics, k["channel"], k["stage"], bounds, k["max_wait"])
 
 
 def outcome_table(outcome: RefreshOutcome) -> Table:

@@ -96,12 +96,31 @@ def refresh(opts: RefreshOptions, say: Callable[[str], None] = logger.info) -> R
         outcome.version.training = record
         outcome.seconds = seconds
         if outcome.passed and opts.publish is not None:
-            say(f"publish v{version}")
-            outcome.version.published = {**opts.publish(work / "bundle"), "at": now()}
-            outcome.version.status = "published"
+            _publish(opts, outcome, work / "bundle", say)
             _step(seconds, "publish", t)
         registry.add(outcome.version, model, work / "bundle")
     return outcome
+
+
+def _publish(
+    opts: RefreshOptions, outcome: RefreshOutcome, bundle: Path, say: Callable[[str], None]
+) -> None:
+    """Publish to the first stage; a rollout the canaries halted fails the refresh."""
+    assert opts.publish is not None
+    say(f"publish v{outcome.version.version}")
+    try:
+        done = opts.publish(bundle)
+    except EdgegapError as exc:  # no canary online, a version not above the channel's, ...
+        done = {"promoted": False, "rollout": "not published", "reason": str(exc)}
+    outcome.version.published = {**done, "at": now()}
+    if done.get("promoted", True):
+        outcome.version.status = "published"
+        return
+    outcome.version.status = "halted" if done.get("rollout") == "halted" else "not published"
+    outcome.passed = False
+    outcome.reason = f"{outcome.version.status}: {done.get('reason', '')}"
+    outcome.gates.append(GateResult("canary", "fail", str(done.get("rollout")), "promoted",
+                                    str(done.get("reason", ""))))  # fmt: skip
 
 
 def _bundle_name(registry: Registry, parent: Version, opts: RefreshOptions) -> str:

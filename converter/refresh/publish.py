@@ -1,34 +1,58 @@
-"""Publishing a refreshed bundle: the channel's first stage, through converter.publishing."""
+"""Publishing a refreshed bundle to the channel's first stage.
+
+With stage "canary" (the default of `edgegap refresh`) the bundle goes to the canary group
+through the staged rollout (converter.rollout.roll_out), which promotes it to the stable group
+when every canary stayed within bounds for the window, or halts it and rolls the canaries back;
+the refresh waits for that decision. With stage "stable" it is published to the channel as
+`edgegap publish` does.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent.updates.protocol import DEFAULT_CHUNK_SIZE, Topics
 from converter.broker_client import BrokerOptions, Connection
 from converter.publishing import check_channel, prepare, publish
+from converter.rollout import Bounds, RolloutState, roll_out
 
 logger = logging.getLogger(__name__)
+
+STAGES = ("canary", "stable")
 
 
 @dataclass
 class Publisher:
-    """Sends a signed bundle to the channel and says where it went."""
+    """Sends a signed bundle to the channel's first stage and says what became of it:
+    {"where", "stage", "promoted", "reason"} (promoted is False when the canaries halted it)."""
 
     broker: BrokerOptions
     topics: Topics
     channel: str
+    stage: str = "canary"
+    bounds: Bounds = field(default_factory=Bounds)
+    max_wait_s: float = 600.0
 
     def __post_init__(self) -> None:
         check_channel(self.channel)
+        if self.stage not in STAGES:
+            raise ValueError(f"stage {self.stage!r}: one of {', '.join(STAGES)}")
 
     def __call__(self, bundle: Path) -> dict[str, Any]:
         prepared = prepare(bundle, self.channel, DEFAULT_CHUNK_SIZE)
+        version = prepared.manifest.version
         with Connection(self.broker, "refresh") as conn:
-            done = publish(conn, self.topics, prepared)
-        where = self.topics.release(self.channel)
-        logger.info("published v%d to %s", done.release.manifest.version, where)
-        return {"channel": self.channel, "where": where, "previous": done.previous}
+            if self.stage == "stable":
+                done = publish(conn, self.topics, prepared)
+                where = self.topics.release(self.channel)
+                logger.info("published v%d to %s", version, where)
+                return {"where": where, "stage": "stable", "promoted": True,
+                        "previous": done.previous, "reason": "published to the stable group"}  # fmt: skip
+            record = roll_out(conn, self.topics, prepared, self.bounds, self.max_wait_s)
+        promoted = record.state is RolloutState.PROMOTED
+        logger.info("rollout of v%d: %s (%s)", version, record.state.value, record.reason)
+        return {"where": f"{self.channel} canary -> stable", "stage": "canary",
+                "promoted": promoted, "rollout": record.state.value, "reason": record.reason}  # fmt: skip

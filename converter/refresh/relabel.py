@@ -145,14 +145,19 @@ def _is_reviewed(entry: dict[str, Any]) -> bool:
 
 
 def _finish(captures: CaptureSet, annotations: list[dict[str, Any]], classes: list[str]) -> None:
-    """Number the annotations and name the teacher's classes as categories (ids from 1)."""
+    """Number the annotations and name the teacher's classes as categories (ids from 1). The
+    folder's own categories (a collector's: the device's labels seen so far) are replaced; they
+    must agree with the teacher's where reviewed annotations use them."""
     for i, a in enumerate(annotations):
         a["id"] = i + 1
-    cats = sorted(captures.doc.get("categories", []), key=lambda c: int(c["id"]))
-    known = [str(c["name"]) for c in cats]
-    if known and known != classes:
-        raise TeacherError(
-            f"{captures.path} has classes {known}; the teacher knows {classes} (in that order)"
-        )
+    teacher = {i + 1: n for i, n in enumerate(classes)}
+    used = {int(a["category_id"]) for a in annotations if "score" not in a}  # a person's
+    for c in captures.doc.get("categories", []):
+        cid, name = int(c["id"]), str(c["name"])
+        if cid in used and teacher.get(cid) != name:
+            raise TeacherError(
+                f"{captures.path}: category {cid} is {name!r} in the reviewed annotations, "
+                f"{teacher.get(cid)!r} for the teacher ({', '.join(classes)})"
+            )
     captures.doc["annotations"] = annotations
-    captures.doc["categories"] = [{"id": i + 1, "name": n} for i, n in enumerate(classes)]
+    captures.doc["categories"] = [{"id": i, "name": n} for i, n in teacher.items()]

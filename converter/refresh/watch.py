@@ -1,16 +1,19 @@
 """`edgegap refresh --watch`: relabel and refresh by itself as captures arrive, no human step.
 
-Captures that have arrived since the last refresh are the images of the capture folder with no
-"label" entry yet (`edgegap collect` writes them so). When there are `every` of them, or when
-`schedule` seconds have passed since the last refresh and there is at least one, the folder is
-relabelled by the teacher and the newest published version (or --student, at first) is
-refreshed, gated and published.
+The capture folder belongs to `edgegap collect`, which keeps adding to it; captures that
+arrived since the last refresh are its images with an id above the last one used (kept in
+REGISTRY/watch.json). When there are `every` of them, or when `schedule` seconds have passed since
+the last refresh and there is at least one, the folder is copied into REGISTRY/data/<time>/ (the
+version's data, kept so that it can be rebuilt), the copy is relabelled by the teacher, and the
+newest published version (or --student, at first) is refreshed from it, gated and published.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,12 +35,36 @@ class Watch:
     rounds: int = 0  # stop after this many refreshes; 0: never
 
 
-def unlabelled(folder: Path) -> int:
-    """Captures in folder that no relabel has seen; 0 while the folder is empty or absent."""
+def _state(registry: Path) -> Path:
+    return Path(registry) / "watch.json"
+
+
+def last_used(registry: Path) -> int:
     try:
-        return sum("label" not in e for e in read_captures(folder).images)
-    except DatasetError:
+        return int(json.loads(_state(registry).read_text())["last_id"])
+    except (OSError, ValueError, KeyError, TypeError):
         return 0
+
+
+def arrived(folder: Path, after: int) -> tuple[int, int]:
+    """(captures with an id above `after`, the highest id); (0, after) while there are none."""
+    try:
+        ids = [int(e["id"]) for e in read_captures(folder).images]
+    except DatasetError:
+        return 0, after
+    return sum(i > after for i in ids), max(ids, default=after)
+
+
+def snapshot(folder: Path, registry: Path) -> Path:
+    """A copy of the capture folder as it is now, in the registry: the refresh's training data."""
+    out = Path(registry) / "data" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    captures = read_captures(folder)
+    for entry in captures.images:
+        dest = out / str(entry["file_name"])
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(captures.file(entry), dest)
+    (out / "annotations.json").write_text(json.dumps(captures.doc, indent=1) + "\n")
+    return out
 
 
 def current_student(opts: RefreshOptions) -> Path:
@@ -65,24 +92,34 @@ def watch(
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[RefreshOutcome]:
     """Run refreshes as captures arrive, until plan.rounds refreshes have run (or forever)."""
-    from converter.refresh.relabel import relabel
 
     outcomes: list[RefreshOutcome] = []
     last = time.monotonic()
     current_student(opts)  # a registry without a version and no --student fails at once
     say(f"watching {opts.data}: a refresh every {plan.every} new captures")
     while not plan.rounds or len(outcomes) < plan.rounds:
-        waiting = unlabelled(opts.data)
+        waiting, newest = arrived(opts.data, last_used(opts.registry))
         if not due(waiting, plan, time.monotonic() - last):
             sleep(plan.interval)
             continue
-        student = current_student(opts)
-        teacher = opts.teacher or student
-        say(f"{waiting} new captures: relabel with {teacher.name}, refresh {student}")
-        labelled = relabel(opts.data, teacher)
-        say(f"relabelled {labelled.images} captures: {labelled.review} marked for review")
-        outcome = refresh(dataclasses.replace(opts, student=student), say=say)
-        show(outcome)
-        outcomes.append(outcome)
+        outcomes.append(_round(opts, waiting, newest, say))
+        show(outcomes[-1])
         last = time.monotonic()
     return outcomes
+
+
+def _round(
+    opts: RefreshOptions, waiting: int, newest: int, say: Callable[[str], None]
+) -> RefreshOutcome:
+    """Snapshot, relabel, refresh; the captures up to `newest` count as used."""
+    from converter.refresh.relabel import relabel
+
+    student = current_student(opts)
+    teacher = opts.teacher or student
+    data = snapshot(opts.data, opts.registry)
+    say(f"{waiting} new captures: relabel {data} with {teacher.name}, refresh {student}")
+    labelled = relabel(data, teacher)
+    say(f"relabelled {labelled.images} captures: {labelled.review} marked for review")
+    outcome = refresh(dataclasses.replace(opts, student=student, data=data), say=say)
+    _state(opts.registry).write_text(json.dumps({"last_id": newest}) + "\n")
+    return outcome
