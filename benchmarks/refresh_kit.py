@@ -88,18 +88,19 @@ class Events:
             self.events.append(e)
             self.cond.notify_all()
 
-    def wait(self, kind: str, version: int, timeout: float, alive: Any) -> dict[str, Any]:
+    def wait(
+        self, kind: str, version: int, timeout: float, alive: Any, device: str
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         with self.cond:
             while True:
                 for e in self.events:
-                    if e.get("version") == version and e.get("event") == kind:
+                    if e.get("version") != version or e.get("device_id") != device:
+                        continue
+                    if e.get("event") == kind:
                         return e
-                    if e.get("version") == version and e.get("event") in (
-                        "rejected",
-                        "rolled_back",
-                    ):
-                        raise BenchError(f"the device {e['event']} v{version}: {e.get('reason')}")
+                    if e.get("event") in ("rejected", "rolled_back"):
+                        raise BenchError(f"{device} {e['event']} v{version}: {e.get('reason')}")
                 alive()
                 if time.monotonic() > deadline:
                     raise BenchError(f"no {kind} event for v{version} in {timeout:g} s")

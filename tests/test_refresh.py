@@ -202,3 +202,32 @@ def test_refresh_publishes_a_good_refresh_and_rejects_shuffled_labels(
     assert release.manifest.version == refreshed["version"]  # unchanged
     table = run("models", "list", "--registry", files["root"] / "registry")
     assert table.exit_code == 0 and "rejected" in table.output and "published" in table.output
+
+
+def test_regression_gates_decide_on_both_domains() -> None:
+    from converter.refresh.gates import Scores, regression_gates
+
+    deployed = Scores(old=0.90, new=0.40)
+    status = lambda c: [g.status for g in regression_gates(c, deployed, 0.01, 0.0)]  # noqa: E731
+    assert status(Scores(0.895, 0.60)) == ["pass", "pass"]
+    assert status(Scores(0.88, 0.60)) == ["fail", "pass"]  # forgets the old domain
+    assert status(Scores(0.90, 0.40)) == ["pass", "fail"]  # no gain on the new one
+    gates = regression_gates(Scores(0.90, 0.45), deployed, 0.01, 0.10)
+    assert gates[1].status == "fail" and "gain +0.0500" in gates[1].reason
+
+
+def test_watch_counts_arrivals_by_id_and_snapshots_the_folder(tmp_path: Path) -> None:
+    from converter.refresh.watch import Watch, arrived, due, snapshot
+
+    folder = captures(tmp_path / "cap", 3)
+    assert arrived(folder, 0) == (3, 3) and arrived(folder, 2) == (1, 3)
+    assert arrived(tmp_path / "none", 5) == (0, 5)
+    plan = Watch(every=3, schedule=10.0)
+    assert due(3, plan, 0.0) and due(1, plan, 11.0)
+    assert not due(2, plan, 5.0) and not due(0, plan, 100.0)
+    copy = snapshot(folder, tmp_path / "registry")
+    assert copy.parent == tmp_path / "registry" / "data"
+    assert sorted(p.name for p in (copy / "images").iterdir()) == sorted(
+        p.name for p in (folder / "images").iterdir()
+    )
+    assert arrived(copy, 0) == (3, 3)
