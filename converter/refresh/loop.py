@@ -7,58 +7,22 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from agent.errors import EdgegapError
 from converter.gates import GateResult
 from converter.refresh.captures import read_captures
-from converter.refresh.gates import Scores, read_holdout
+from converter.refresh.gates import read_holdout
+from converter.refresh.options import RefreshError, RefreshOptions, RefreshOutcome
 from converter.refresh.registry import Registry, Version, now
-from converter.refresh.train import TrainSettings
 from converter.tasks.detection_folder import DatasetError, DetectionFolder
-from firmware_profiles import Profile
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["RefreshError", "RefreshOptions", "RefreshOutcome", "refresh"]
+
 OLD_HOLDOUT_COUNT = 200  # generated domain a test images when no --old-holdout is given
-
-
-class RefreshError(EdgegapError, ValueError):
-    """A refresh that cannot run: bad input, or a step that failed."""
-
-
-@dataclass
-class RefreshOptions:
-    student: Path
-    data: Path
-    holdout: Path
-    profile: Profile
-    registry: Path
-    channel: str | None = None
-    teacher: Path | None = None  # default: the student's float model
-    old_holdout: Path | None = None  # default: generated domain a test split
-    replay: Path | None = None  # default: generated domain a training split
-    sign_key: Path | None = None
-    prune: bool = False
-    min_gain: float = 0.0
-    version: int | None = None
-    name: str | None = None
-    train: TrainSettings = field(default_factory=TrainSettings)
-    publish: Callable[[Path], dict[str, Any]] | None = None  # sends the bundle, says where
-
-
-@dataclass
-class RefreshOutcome:
-    version: Version
-    parent: Version
-    passed: bool
-    reason: str
-    gates: list[GateResult]
-    candidate: Scores | None
-    deployed: Scores | None
-    seconds: dict[str, float]
 
 
 def _step(seconds: dict[str, float], name: str, started: float) -> float:

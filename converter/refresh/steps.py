@@ -8,15 +8,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from converter.gates import GateResult
 from converter.refresh.gates import Scores, regression_gates, score
+from converter.refresh.options import RefreshOptions, RefreshOutcome
 from converter.refresh.registry import Registry, Version, now
 from converter.tasks.detection_folder import IMAGES_DIR, DetectionFolder
-
-if TYPE_CHECKING:
-    from converter.refresh.loop import RefreshOptions, RefreshOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +116,6 @@ def gate(
     candidate: tuple[int, Path, list[GateResult]],
 ) -> RefreshOutcome:
     """The convert gates and the regression gates; the candidate's record (not yet saved)."""
-    from converter.refresh.loop import RefreshOutcome
-
     version, bundle, convert_gates = candidate
     old, new = holdouts
     parent_bundle = registry.bundle(parent.version)
