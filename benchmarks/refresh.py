@@ -47,7 +47,8 @@ def setup(work: Path, args: argparse.Namespace) -> dict[str, Path]:
     """Holdouts of both domains (test split) and the device's video (domain-b train frames)."""
     from converter.zoo import detection_data as dd
 
-    paths = {k: work / k for k in ("holdout_b", "holdout_a", "video_b", "registry")}
+    paths = {k: work / k for k in ("holdout_b", "holdout_a", "video_b", "registry", "calib_a")}
+    dd.write_folder(paths["calib_a"], list(dd.generate("train", 200, size=224)))
     dd.write_folder(
         paths["holdout_b"], list(dd.generate("test", args.holdout, size=224, domain="b"))
     )
@@ -57,7 +58,8 @@ def setup(work: Path, args: argparse.Namespace) -> dict[str, Path]:
 
 
 def deploy_v1(work: Path, registry: Path, key: Path, calibration: Path, validation: Path) -> Path:
-    """The reference detector converted as v1, signed, recorded in the registry as published."""
+    """The reference detector converted as v1 as it was deployed from the lab (calibrated on its
+    own training data), signed, recorded in the registry as published."""
     from converter.pipeline import ConvertOptions, convert
     from converter.refresh.registry import Registry, Version, now
     from firmware_profiles import load_profile
