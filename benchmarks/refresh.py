@@ -81,13 +81,12 @@ def refresh_once(args: argparse.Namespace, paths: dict[str, Path], data: Path, u
     from agent.updates.protocol import Topics
     from converter.broker_client import BrokerOptions
     from converter.refresh.loop import RefreshOptions, refresh
-    from converter.refresh.publish import Publisher
+    from converter.refresh.publish import Publisher, refresh_bounds
     from converter.refresh.train import TrainSettings
-    from converter.rollout import Bounds
     from firmware_profiles import load_profile
 
     publisher = Publisher(BrokerOptions(url=url), Topics.for_fleet(FLEET, None), CHANNEL,
-                          "canary", Bounds(window_s=WINDOW_S), max_wait_s=300)  # fmt: skip
+                          "canary", refresh_bounds(WINDOW_S), max_wait_s=300)  # fmt: skip
     opts = RefreshOptions(
         student=student, data=data, holdout=paths["holdout_b"], old_holdout=paths["holdout_a"],
         profile=load_profile(PROFILE), registry=paths["registry"], channel=CHANNEL, sign_key=key,

@@ -57,6 +57,9 @@ MODEL = click.Path(path_type=Path, dir_okay=False)
               "(edgegap publish --stage canary); stable publishes to every device.")  # fmt: skip
 @click.option("--window", type=click.FloatRange(1), default=60.0, show_default=True,
               help="Seconds every canary must stay within bounds before promotion.")  # fmt: skip
+@click.option("--max-detections-change", type=click.FloatRange(0), default=3.0, show_default=True,
+              help="Canary bound: detections per frame may change by this fraction of the "
+              "baseline (a refresh is meant to find what the drift hid).")  # fmt: skip
 @click.option("--max-wait", type=click.FloatRange(1), default=600.0, show_default=True,
               help="A rollout not promoted after this many seconds is halted.")  # fmt: skip
 @click.option("--watch", is_flag=True, help="Keep running: refresh whenever --every new "
@@ -124,10 +127,9 @@ def _say(text: str) -> None:
 
 
 def _publisher(broker: Any, topics: Any, k: dict[str, Any]) -> Any:
-    from converter.refresh.publish import Publisher
-    from converter.rollout import Bounds
+    from converter.refresh.publish import Publisher, refresh_bounds
 
-    bounds = Bounds(window_s=k["window"])
+    bounds = refresh_bounds(k["window"], k["max_detections_change"])
     return Publisher(broker, topics, k["channel"], k["stage"], bounds, k["max_wait"])
 
 
