@@ -16,9 +16,17 @@ import pytest
 
 from agent.capture.capturer import Capturer
 from agent.capture.drift import DriftWindow
-from agent.capture.message import CaptureError, detections_for, make_header, parse_part, split
+from agent.capture.message import (
+    CaptureError,
+    detections_for,
+    header_line,
+    make_header,
+    parse_part,
+    split,
+)
 from agent.capture.policy import Selector
 from agent.capture.ring import DiskRing
+from agent.config import ConfigError, load_config
 from agent.config.capture import CaptureConfig, CapturePolicy
 from agent.decoders.base import BBox, Detection
 from agent.outputs.messages import FrameResult, ModelRef
@@ -73,7 +81,9 @@ def test_flicker_picks_the_middle_frame_not_a_steady_change() -> None:
 
 def test_random_sample_takes_about_its_rate() -> None:
     s = Selector(quiet(sample_rate=0.05), rng=random.Random(7), clock=Clock())
-    picked = sum(s.consider([det("a", 0.9)]) is not None for _ in range(4000))
+    for _ in range(4000):
+        s.consider([det("a", 0.9)])
+    picked = s.counts.picked["sample"]  # picked, whatever the caps then let through
     assert 140 <= picked <= 260, picked
 
 
@@ -87,6 +97,20 @@ def test_frames_per_minute_cap_slides() -> None:
     assert got == 5 and s.counts.capped == 15
     clock.t += 60.0
     assert s.consider([det("a", 0.9)]) is not None  # a minute later the window has room again
+
+
+def test_captures_are_spread_over_the_minute() -> None:
+    """120 a minute: at most 2 in any second, however many frames are picked in it."""
+    clock = Clock()
+    s = Selector(quiet(sample_rate=1.0, max_per_minute=120), clock=clock)
+    per_second = []
+    for _ in range(3):
+        got = 0
+        for _ in range(30):
+            got += s.consider([det("a", 0.9)]) is not None
+            clock.t += 1 / 30
+        per_second.append(got)
+    assert per_second == [2, 2, 2]
 
 
 def test_bytes_per_day_cap() -> None:
@@ -121,8 +145,10 @@ def test_a_full_queue_drops_and_counts_without_waiting(tmp_path: Path) -> None:
     thread = threading.Thread(target=frames)
     thread.start()
     assert done.wait(10), "offer() blocked on a full queue"
-    assert capturer.dropped == 48
-    assert capturer.status()["captures"]["dropped"] == 48
+    counts = capturer.selector.counts
+    queued = counts.picked["sample"] - counts.capped  # what the caps let through to the queue
+    assert queued > 2 and capturer.dropped == queued - 2
+    assert capturer.status()["captures"]["dropped"] == queued - 2
     assert capturer.status()["drift"]["frames"] == 50
 
 
@@ -200,6 +226,11 @@ def test_parts_join_in_any_order_and_bad_ones_are_refused() -> None:
         parse_part(b'{"schema": "x"}\n')
     with pytest.raises(CaptureError, match="header line"):
         parse_part(b"no newline at all")
+    two = header.model_copy(update={"parts": 2})
+    stuffed = [header_line(two.model_copy(update={"part": i})) + b"\n" + jpeg for i in (0, 1)]
+    assert asm.add(topic, stuffed[0]) is None
+    with pytest.raises(CaptureError, match="more than its size"):
+        asm.add(topic, stuffed[1])  # parts that add up past the declared size: dropped
     one = split(header, jpeg, len(jpeg) + 1)[0]
     tampered = one[:-1] + bytes([one[-1] ^ 1])
     with pytest.raises(CaptureError, match="sha256"):
@@ -270,3 +301,11 @@ def test_set_policy_merges_and_refuses_bad_values(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match=why):
             capturer.set_policy(bad)
     assert capturer.selector.policy.band == (0.2, 0.5)  # a refused policy changes nothing
+
+
+def test_capture_needs_a_broker() -> None:
+    config = load_config(None, {"bundle.path": "b", "source.uri": "0", "capture.enabled": True})
+    with pytest.raises(ConfigError, match="capture.enabled: needs mqtt.broker"):
+        config.require_runnable()
+    with pytest.raises(ConfigError, match="capture.policy.band"):
+        load_config(None, {"capture.policy.band": [0.5, 0.5]})
