@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner, Result
 from conftest import Broker
 from updates_kit import (
@@ -28,6 +30,7 @@ from updates_kit import (
 )
 
 from agent.app import Agent
+from agent.store import BundleStore
 from converter.broker_client import BrokerOptions, Connection
 from converter.publishing import prepare, publish
 from converter.rollout import Bounds, RolloutRecord, RolloutState, read_record, roll_out
@@ -163,29 +166,69 @@ def test_a_canary_out_of_bounds_is_rolled_back_by_the_controller(
         time.sleep(1.0)
         assert served_version(canary) == 1 and served_version(stable) == 1
         assert [e["event"] for e in events_of(kit, CANARY, 2)].count("available") == 1
+        # the rollback named v2: the canary remembers it as rejected, and a repeat is refused
+        # (a second plain rollback would have gone back to v2, the model it rolled back from)
+        assert BundleStore(tmp_path / f"state-{CANARY}").rejections.holds(record.sha256, 2)
+        again = json.dumps({"cmd": "rollback", "sha256": record.sha256}).encode()
+        kit.put(TOPICS.device(CANARY, "cmd"), again, retain=False)
+        refused = kit.wait_event("command", cmd="rollback", device_id=CANARY, ok=False)
+        assert refused["reason"].startswith("not serving") and served_version(canary) == 1
     assert events_of(kit, STABLE_DEVICE, 2) == []
 
 
-def test_without_drift_statistics_score_bounds_are_not_evaluable_and_nothing_is_promoted(
+def test_score_bounds_that_cannot_be_evaluated_never_promote(
     mosquitto: Broker, tmp_path: Path
 ) -> None:
+    """Score bounds are required (the default) but cannot be judged: without drift statistics in
+    the status, or with fewer frames than --min-frames. Nothing is promoted; the rollout halts
+    when --max-wait runs out, saying why, and the canary is rolled back."""
     v2 = variant("ssd_postprocess", 2, tmp_path / "v2").path
-    scores = Bounds(window_s=0.5, min_fps_ratio=0.05, max_latency_ratio=50, max_p99_ratio=100)
+    scores = Bounds(window_s=0.5, min_fps_ratio=0.05, max_latency_ratio=50, max_p99_ratio=100,
+                    min_frames=10**9)  # fmt: skip
     with two_agents(mosquitto, tmp_path) as (canary, stable, kit), connection(mosquitto) as conn:
         record = roll_out(conn, TOPICS, prepare(v2, CHANNEL, CHUNK, allow_unsigned=True), scores, 6)
         assert record.state is RolloutState.HALTED
         assert "not promoted within 6 s" in record.reason
-        # agents publish drift statistics since capture landed; these cover too few frames of
-        # v2 within 6 s, so the score bounds still cannot be evaluated
-        assert any(
-            why in record.reason
-            for why in (
-                "score bounds not evaluable: the status has no drift statistics",
-                "score statistics do not cover enough frames of the new version yet",
-            )
+        has_drift = "drift" in kit.status()
+        why = (
+            "score statistics do not cover enough frames of the new version yet"
+            if has_drift
+            else "score bounds not evaluable: the status has no drift statistics"
         )
+        assert why in record.reason, record.reason
         kit.wait_event("rolled_back", version=2, device_id=CANARY)
         assert served_version(canary) == 1
+    assert events_of(kit, STABLE_DEVICE, 2) == []
+
+
+def test_a_canary_whose_scores_fall_is_halted_and_rolled_back(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    """Once it passed probation on v2, the canary's threshold goes to 1.0: no detection is
+    published any more, its drift statistics fall, and the rollout halts on them."""
+    v2 = variant("ssd_postprocess", 2, tmp_path / "v2").path
+    loose = Bounds(window_s=60, min_fps_ratio=0.05, max_latency_ratio=50, max_p99_ratio=100,
+                   max_score_drop=0.05, min_frames=5)  # fmt: skip
+    outcome: list[RolloutRecord] = []
+    with two_agents(mosquitto, tmp_path) as (canary, stable, kit), connection(mosquitto) as conn:
+        if "drift" not in kit.status():
+            pytest.skip("the agent publishes no drift statistics in its status")
+        first = threading.Thread(
+            target=lambda: outcome.append(
+                roll_out(conn, TOPICS, prepare(v2, CHANNEL, CHUNK, allow_unsigned=True), loose, 90)
+            )
+        )
+        first.start()
+        kit.wait_event("probation_passed", version=2, device_id=CANARY)
+        cmd = json.dumps({"cmd": "set_threshold", "value": 1.0}).encode()
+        kit.put(TOPICS.device(CANARY, "cmd"), cmd, retain=False)
+        first.join(60)
+        assert not first.is_alive() and outcome[0].state is RolloutState.HALTED
+        reason = outcome[0].reason
+        assert f"{CANARY} out of bounds on v2" in reason, reason
+        assert any(k in reason for k in ("top_score", "detections per frame")), reason
+        kit.wait_event("rolled_back", version=2, device_id=CANARY)
+        assert served_version(canary) == 1 and served_version(stable) == 1
     assert events_of(kit, STABLE_DEVICE, 2) == []
 
 
@@ -281,3 +324,39 @@ def test_a_canary_stops_downloading_a_release_that_is_withdrawn(
         assert rejected["reason"] == "the release was withdrawn while downloading"
         assert served_version(agent) == 1
         assert kit.status()["group"] == "canary"
+
+
+def test_a_newer_canary_rollout_supersedes_the_one_being_watched(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    """The first watcher stops without touching the canary release or the devices, and the
+    record on the broker is the newer rollout's."""
+    from converter.rollout import Controller, start_rollout
+
+    v2 = variant("ssd_postprocess", 2, tmp_path / "v2").path
+    v3 = variant("ssd_raw", 3, tmp_path / "v3").path
+    slow = Bounds(window_s=300, min_fps_ratio=0.05, max_latency_ratio=50, max_p99_ratio=100,
+                  scores="skip")  # fmt: skip
+    outcome: list[RolloutRecord] = []
+    with two_agents(mosquitto, tmp_path) as (canary, stable, kit), connection(mosquitto) as conn:
+        first = threading.Thread(
+            target=lambda: outcome.append(
+                roll_out(conn, TOPICS, prepare(v2, CHANNEL, CHUNK, allow_unsigned=True), slow, 300)
+            )
+        )
+        first.start()
+        kit.wait_event("probation_passed", version=2, device_id=CANARY)
+        with connection(mosquitto) as other:
+            newer = start_rollout(
+                Controller(other, TOPICS, CHANNEL).open(),
+                prepare(v3, CHANNEL, CHUNK, allow_unsigned=True),
+            )
+        first.join(30)
+        assert not first.is_alive() and outcome[0].state is RolloutState.SUPERSEDED
+        assert outcome[0].reason == "a newer rollout of the channel started"
+        kit.wait_event("probation_passed", version=3, device_id=CANARY)
+        retained = read_record(conn, TOPICS, CHANNEL)
+        assert retained is not None and retained.version == 3 == newer.version
+        assert retained.state is RolloutState.CANARY
+        assert served_version(canary) == 3 and served_version(stable) == 1
+    assert not [e for e in kit.events() if e["event"] in ("rolled_back", "rejected")]

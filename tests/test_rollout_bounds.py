@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from converter.rollout.bounds import Bounds, Drift, Sample, group_baseline, judge
+from converter.rollout.bounds import Bounds, Drift, Sample, group_baseline, judge, scores_ready
 from converter.rollout.record import parse_record
 
 DRIFT = {"window_s": 10.0, "frames": 300, "top_score_mean": 0.8, "top_score_p10": 0.6,
@@ -72,6 +72,18 @@ def test_score_bounds_are_never_passed_silently() -> None:
     assert skipped.problems == [] and skipped.unknown == []
     # skip leaves out only the scores: a bad fps still halts
     assert judge(Sample.of(status(fps=1.0)), BASE, Bounds(scores="skip"), True).problems
+
+
+def test_drift_counts_once_its_window_is_about_the_new_version_only() -> None:
+    about_v2 = Sample.of(status(drift={**DRIFT, "version": 2}))
+    assert scores_ready(about_v2, 2, since_passed_s=0.0)
+    assert not scores_ready(Sample.of(status(drift={**DRIFT, "version": 1})), 2, 999.0)
+    unversioned = Sample.of(status())  # no version: the window must have filled since probation
+    assert not scores_ready(unversioned, 2, since_passed_s=9.0)
+    assert scores_ready(unversioned, 2, since_passed_s=10.0)
+    no_drift = status()
+    del no_drift["drift"]
+    assert not scores_ready(Sample.of(no_drift), 2, 999.0)
 
 
 def test_no_baseline_leaves_rates_unknown_and_the_stable_group_gives_one() -> None:

@@ -18,6 +18,7 @@ from agent.updates.protocol import (
     Topics,
     cut,
     event,
+    followed_stages,
     parse_command,
     parse_release,
 )
@@ -90,12 +91,24 @@ def test_topics_sit_under_the_prefix() -> None:
     assert t.release("lobby") == "edgegap/site-a/models/lobby/manifest"
     assert t.chunk("ab" * 32, 7) == f"edgegap/site-a/blobs/{'ab' * 32}/7"
     assert t.device("cam-1", "events") == "edgegap/site-a/devices/cam-1/events"
+    assert t.release("lobby", "stable") == t.release("lobby")  # stable is the channel's own
+    assert t.release("lobby", "canary") == "edgegap/site-a/models/lobby/canary/manifest"
+    assert t.rollout("lobby") == "edgegap/site-a/models/lobby/rollout"
+
+
+def test_a_group_follows_its_own_stage_and_every_later_one() -> None:
+    assert followed_stages("stable") == ("stable",)
+    assert followed_stages("canary") == ("canary", "stable")
+    with pytest.raises(ProtocolError, match="unknown rollout group 'beta'"):
+        followed_stages("beta")
 
 
 @pytest.mark.parametrize(
     ("raw", "name", "reason"),
     [
         (b'{"cmd": "rollback"}', "rollback", None),
+        (b'{"cmd": "rollback", "sha256": "' + b"ab" * 32 + b'"}', "rollback", None),
+        (b'{"cmd": "rollback", "sha256": "AB"}', None, "64 lowercase hex digits"),
         (b'{"cmd": "pin", "version": 7}', "pin", None),
         (b'{"cmd": "set_threshold", "value": 0.4}', "set_threshold", None),
         (b'{"cmd": "pin", "version": "7"}', None, "pin needs a version"),

@@ -51,6 +51,8 @@ def _carry_out(updater: Updater, cmd: Command) -> None:
     elif updater.store is None:
         raise Refused("this device follows no channel (updates.channel) and keeps no bundle store")
     elif cmd.name == "rollback":
+        if cmd.sha256 is not None:
+            _reject_served(updater, cmd.sha256)
         if not updater.roll_back("rollback command"):
             raise Refused("nothing to roll back to")
     elif cmd.name == "pin":
@@ -60,6 +62,17 @@ def _carry_out(updater: Updater, cmd: Command) -> None:
         if cmd.name == "unpin":
             updater.pin.set(None)
         _reread_release(updater)
+
+
+def _reject_served(updater: Updater, sha: str) -> None:
+    """A rollback naming the model to leave (a halted rollout): refused unless that model is
+    served, so sending it twice never goes two models back; the model is then remembered as
+    rejected, so it is not taken again and is no rollback target."""
+    m = updater.pipeline.served.manifest
+    if m.model.sha256 != sha:
+        raise Refused(f"not serving {sha[:12]}… (serving v{m.version}); nothing rolled back")
+    assert updater.store is not None
+    updater.store.rejections.add(sha, m.version, "rolled back by command")
 
 
 def _set_threshold(updater: Updater, value: float) -> None:

@@ -243,6 +243,7 @@ class Command:
     version: int | None = None  # pin
     action: str | None = None  # capture: on, off or policy
     policy: dict[str, Any] | None = None  # capture policy: the keys to change
+    sha256: str | None = None  # rollback: only from this model, which is then rejected
 
 
 def parse_command(raw: bytes) -> Command:
@@ -270,6 +271,11 @@ def parse_command(raw: bytes) -> Command:
         return Command(name, version=version)
     if name == "capture":
         return _capture_command(obj)
+    if name == "rollback" and "sha256" in obj:
+        sha = obj["sha256"]
+        if not isinstance(sha, str) or not SHA256.match(sha):
+            raise ProtocolError("rollback's sha256 must be 64 lowercase hex digits")
+        return Command(name, sha256=sha)
     return Command(name)
 
 

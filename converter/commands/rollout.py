@@ -47,7 +47,7 @@ def _bounds_options(func: Any) -> Any:
         click.option("--min-canaries", type=click.IntRange(min=1), default=1, show_default=True,
                      help="Canary devices that must be counted before promoting."),
         click.option("--max-wait", type=click.FloatRange(min=1), default=600.0,
-                     show_default=True, help="Halt a rollout not promoted after this many seconds."),
+                     show_default=True, help="Halt a rollout not promoted after this long (s)."),
     ]  # fmt: skip
     for option in reversed(options):
         func = option(func)
@@ -77,6 +77,13 @@ def watch(channel: str, max_wait: float, **kwargs: Any) -> None:
     Bounds compare each canary on the new version with the same device before the rollout
     (or the stable group). Exits 0 when promoted, 1 when halted or superseded. A halted
     rollout is enforced again: a canary back online on the halted version is rolled back.
+
+    \b
+    Examples:
+      edgegap rollout watch --channel lobby --broker mqtt://broker.lan --fleet warehouse
+      edgegap rollout watch --channel lobby --broker mqtt://broker.lan --window 300 \\
+          --max-latency-ratio 1.2 --max-score-drop 0.05 --min-canaries 2
+      edgegap rollout watch --channel lobby --broker mqtt://broker.lan --scores skip
     """
     check_channel(channel)
     options, topics = resolve(kwargs)
@@ -90,7 +97,7 @@ def watch(channel: str, max_wait: float, **kwargs: Any) -> None:
     if bounds.scores == "skip":
         console.print("[yellow]score bounds skipped (--scores skip)[/]")
     with Connection(options, "rollout") as conn:
-        record = watch_rollout(conn, topics, channel, bounds, max_wait, _progress)
+        record = watch_rollout(conn, topics, channel, bounds, max_wait, _Progress())
     ok = record.state is RolloutState.PROMOTED
     colour = "green" if ok else "red"
     console.print(
@@ -100,9 +107,22 @@ def watch(channel: str, max_wait: float, **kwargs: Any) -> None:
         sys.exit(1)
 
 
-def _progress(record: RolloutRecord) -> None:
-    devices = ", ".join(f"{d} {r.state.value}" for d, r in record.devices.items())
-    console.print(f"v{record.version} {record.state.value}: {devices}")
+class _Progress:
+    """Prints a line when the rollout's or a device's state changes (not every reason)."""
+
+    def __init__(self) -> None:
+        self.last = ""
+
+    def __call__(self, record: RolloutRecord) -> None:
+        devices = ", ".join(
+            f"{d} {r.state.value}"
+            + ("" if r.reason.startswith("in bounds for") else f" ({r.reason})")
+            for d, r in record.devices.items()
+        )
+        line = f"v{record.version} {record.state.value}: {devices}"
+        if line != self.last:
+            self.last = line
+            console.print(line)
 
 
 @rollout.command("status")
@@ -111,7 +131,13 @@ def _progress(record: RolloutRecord) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def status(channel: str, as_json: bool, **kwargs: Any) -> None:
     """Each stage's release, each device of the channel with its group, version, state and
-    reason, and the rollout record (models/<channel>/rollout)."""
+    reason, and the rollout record (models/<channel>/rollout).
+
+    \b
+    Examples:
+      edgegap rollout status --channel lobby --broker mqtt://broker.lan --fleet warehouse
+      edgegap rollout status --channel lobby --broker mqtt://broker.lan --json
+    """
     check_channel(channel)
     options, topics = resolve(kwargs)
     with Connection(options, "rollout") as conn:
@@ -132,7 +158,8 @@ def status(channel: str, as_json: bool, **kwargs: Any) -> None:
         console.print(f"channel {channel}: no rollout record")
     else:
         console.print(
-            f"rollout of {record.name} v{record.version}: [bold]{record.state.value}[/] at {record.stage}: {record.reason}"
+            f"rollout of {record.name} v{record.version}: [bold]{record.state.value}[/] "
+            f"(last offered to {record.stage}): {record.reason}"
         )
     console.print(_table(channel, rows))
 
@@ -177,7 +204,8 @@ def _table(channel: str, rows: list[dict[str, Any]]) -> Table:
     for name in ("stage", "device", "version", "state", "reason"):
         t.add_column(name, overflow="fold")
     colours = {"promoted": "green", "in_bounds": "green", "halted": "red", "rolled_back": "red",
-               "out_of_bounds": "red", "offline": "red", "watching": "yellow", "waiting": "yellow"}  # fmt: skip
+               "out_of_bounds": "red", "offline": "red", "watching": "yellow",
+               "waiting": "yellow"}  # fmt: skip
     for r in rows:
         state = r["state"]
         colour = colours.get(state)

@@ -27,6 +27,9 @@ class Drift(BaseModel):
 
     window_s: float = Field(gt=0)
     frames: int = Field(ge=0)
+    version: int | None = Field(
+        default=None, description="The model version the window is about (it restarts on a swap)."
+    )
     top_score_mean: float
     top_score_p10: float
     detections_per_frame: float = Field(ge=0)
@@ -143,6 +146,17 @@ class Bounds:
 
     def as_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def scores_ready(s: Sample, version: int, since_passed_s: float) -> bool:
+    """Whether the status's drift window holds frames of the new version only: it says which
+    version it is about (the window restarts on a swap), or else it has had time to fill since
+    the device passed probation on the new version."""
+    if s.drift is None:
+        return False
+    if s.drift.version is not None:
+        return s.drift.version == version
+    return since_passed_s >= s.drift.window_s
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,14 @@ from agent.errors import EdgegapError
 from agent.updates.protocol import Release, Topics
 from converter.broker_client import Connection
 from converter.publishing import PublishError, send_all
-from converter.rollout.bounds import Baseline, Bounds, Sample, group_baseline, judge
+from converter.rollout.bounds import (
+    Baseline,
+    Bounds,
+    Sample,
+    group_baseline,
+    judge,
+    scores_ready,
+)
 from converter.rollout.feed import Feed, Seen
 from converter.rollout.record import DeviceRecord, DeviceState, RolloutRecord, RolloutState
 
@@ -28,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 POLL_S = 0.2
 RESEND_S = 10.0  # a canary still on the halted version this long after a rollback gets another
+# (the rollback names the version, so a device that already left it refuses a repeat)
 
 
 class RolloutError(EdgegapError, ValueError):
@@ -68,8 +76,13 @@ class Controller:
 
     # ---- the record ---------------------------------------------------------------------
     def write(self, record: RolloutRecord) -> None:
-        """Publish the record (retained) if it changed since last written."""
+        """Publish the record (retained) if it changed since last written, unless a newer
+        rollout of the channel has replaced it."""
         self.record = record
+        self.feed.mine = record.sha256
+        if self.feed.replaced:  # the record on the broker is a newer rollout's: leave it
+            self._replaced(record)
+            return
         body = record.model_dump_json(exclude={"updated"}).encode()
         if body == self._written:
             return
@@ -77,6 +90,11 @@ class Controller:
         send_all(self.conn, [(self.topics.rollout(self.channel), record.to_bytes())])
         if self.on_change is not None:
             self.on_change(record)
+
+    def rewrite(self, record: RolloutRecord) -> None:
+        """Publish the record again, changed or not."""
+        self._written = b""
+        self.write(record)
 
     def baseline(self, sample: Sample | None, sha256: str) -> Baseline | None:
         """A canary's own statistics before the rollout, else the stable group's."""
@@ -107,7 +125,18 @@ class Controller:
             self.settle_rollback(record)
         return record
 
+    def _replaced(self, record: RolloutRecord) -> bool:
+        """A newer `publish --stage canary` wrote its own record: this rollout is over, and
+        must not touch the canary release or the devices any more."""
+        if not self.feed.replaced or record.finished:
+            return False
+        record.state = RolloutState.SUPERSEDED
+        record.reason = "a newer rollout of the channel started"
+        return True
+
     def step(self, record: RolloutRecord, now: float) -> None:
+        if self._replaced(record):
+            return
         for event, arrived in self.feed.take_events():
             self._on_event(record, event, arrived)
             if record.finished:
@@ -203,8 +232,7 @@ class Controller:
             s = seen.sample
             if seen.arrived < dev.passed_at or s.sha256 != record.sha256 or not s.online:
                 continue
-            drift = s.drift
-            ready = drift is not None and seen.arrived - dev.passed_at >= drift.window_s
+            ready = scores_ready(s, record.version, seen.arrived - dev.passed_at)
             verdict = judge(s, dev.baseline, self.bounds, ready)
             if verdict.problems:
                 dev.state, dev.reason = DeviceState.OUT_OF_BOUNDS, "; ".join(verdict.problems)
@@ -268,7 +296,7 @@ class Controller:
             still.append(device)
             last = self._commanded.get(device)
             if last is None or seen.arrived > last + RESEND_S:
-                self._command(device, {"cmd": "rollback"})
+                self._command(device, {"cmd": "rollback", "sha256": record.sha256})
                 self._commanded[device] = now
         return still
 

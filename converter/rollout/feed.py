@@ -16,6 +16,7 @@ from agent.updates.protocol import Limits, ProtocolError, Release, Topics, parse
 from converter.broker_client import Connection
 from converter.fleet import MAX_EVENT_BYTES, MAX_STATUS_BYTES
 from converter.rollout.bounds import Sample
+from converter.rollout.record import MAX_RECORD_BYTES
 
 SETTLE_S = 0.5  # retained messages arrive just after the SUBACK
 MAX_PENDING = 10_000
@@ -38,6 +39,9 @@ class Feed:
         self._new: dict[str, list[Seen]] = {}
         self._events: list[tuple[dict[str, Any], float]] = []
         self.stable: Release | None = None
+        self.mine: str | None = None  # the model of the rollout this feed serves
+        self._mine_seen = False
+        self.replaced = False  # a record about another model followed ours
 
     def open(self, conn: Connection) -> None:
         t, c = self.topics, self.channel
@@ -72,8 +76,11 @@ class Feed:
                 self._events.append((event, time.time()))
 
     def _on_release(self, topic: str, raw: bytes) -> None:
+        if topic == self.topics.rollout(self.channel):
+            self._on_record(raw)
+            return
         if topic != self.topics.release(self.channel):
-            return  # the rollout record
+            return
         release = None
         if raw:
             try:
@@ -82,6 +89,20 @@ class Feed:
                 release = None
         with self._lock:
             self.stable = release
+
+    def _on_record(self, raw: bytes) -> None:
+        """Only which rollout the retained record is about: once it has been about `mine`, a
+        record about another model means a newer rollout replaced ours (latched)."""
+        try:
+            head = parse_object(raw, MAX_RECORD_BYTES, "rollout record") if raw else {}
+        except ValueError:
+            return
+        sha = head.get("sha256")
+        with self._lock:
+            if self.mine is not None and sha == self.mine:
+                self._mine_seen = True
+            elif self._mine_seen:
+                self.replaced = True
 
     def latest(self, device: str) -> Seen | None:
         with self._lock:

@@ -22,6 +22,7 @@ from converter.rollout.record import DeviceRecord, RolloutRecord, RolloutState, 
 logger = logging.getLogger(__name__)
 
 CANARY = "canary"
+RECLAIM_S = 1.0
 
 
 def start_rollout(
@@ -62,13 +63,27 @@ def start_rollout(
         started=now,
         updated=now,
         devices={
-            d: DeviceRecord(version=s.version, baseline=controller.baseline(s, release.blob.sha256))
+            d: DeviceRecord(
+                version=s.version,
+                reason=f"serves v{s.version}; v{m.version} offered",
+                baseline=controller.baseline(s, release.blob.sha256),
+            )
             for d, s in sorted(canaries.items())
         },
     )
     logger.info("published %s v%d to %s (was v%s)", m.name, m.version, CANARY, published.previous)
     controller.write(record)
+    _claim_record(controller, record)
     return record
+
+
+def _claim_record(controller: Controller, record: RolloutRecord) -> None:
+    """A watcher of the rollout before may have written its record just after ours; it stops
+    writing once ours reaches it, so ours is written again if it was overwritten."""
+    time.sleep(RECLAIM_S)
+    held = read_record(controller.conn, controller.topics, record.channel)
+    if held is None or held.sha256 != record.sha256:
+        controller.rewrite(record)
 
 
 def roll_out(
