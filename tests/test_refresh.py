@@ -137,7 +137,8 @@ def _refresh(files: dict[str, Path], data: Path, student: Path, url: str, *extra
         "refresh", "--student", student, "--data", data, "--holdout", files["holdout"],
         "--old-holdout", files["old"], "--profile", files["profile"], "--channel", "lab",
         "--sign-key", files["key"], "--registry", files["root"] / "registry", "--broker", url,
-        "--epochs", 2, "--learning-rate", 1e-3, "--replay-ratio", 1, "--stage", "stable", *extra,
+        "--epochs", 2, "--learning-rate", 1e-3, "--replay-ratio", 1, "--stage", "stable",
+        "--calibration-samples", 16, *extra,
     )  # fmt: skip
 
 

@@ -47,6 +47,8 @@ MODEL = click.Path(path_type=Path, dir_okay=False)
 @click.option("--learning-rate", type=click.FloatRange(1e-6, 1.0), default=5e-4, show_default=True)
 @click.option("--replay-ratio", type=click.FloatRange(0, 10), default=2.0, show_default=True,
               help="Replay images per new image.")  # fmt: skip
+@click.option("--calibration-samples", type=click.IntRange(2), default=200, show_default=True,
+              help="Quantization calibration images: half captures, half replay images.")  # fmt: skip
 @click.option("--min-gain", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="mAP@0.5 the refresh must gain on --holdout (0: any gain).")  # fmt: skip
 @click.option("--prune", "do_prune", is_flag=True,
@@ -102,6 +104,7 @@ def refresh_cmd(**kwargs: Any) -> None:
         registry=k["registry"], channel=k["channel"], teacher=k["teacher"],
         old_holdout=k["old_holdout"], replay=k["replay"], sign_key=k["sign_key"],
         prune=k["do_prune"], min_gain=k["min_gain"], name=k["name"],
+        calibration_samples=k["calibration_samples"],
         train=TrainSettings(epochs=k["epochs"], learning_rate=k["learning_rate"],
                             replay=k["replay_ratio"]),
         publish=_publisher(broker, topics, k),

@@ -40,6 +40,7 @@ class RefreshOptions:
     version: int | None = None
     name: str | None = None
     train: TrainSettings = field(default_factory=TrainSettings)
+    calibration_samples: int = 200  # half captures, half replay images
     publish: Callable[[Path], dict[str, Any]] | None = None  # sends the bundle, says where
 
 

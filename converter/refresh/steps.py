@@ -26,9 +26,6 @@ def new_version(parent: int | None) -> int:
     return max(stamp, (parent or 0) + 1)
 
 
-CALIBRATION_EACH = 100  # calibration images from the captures, and as many from the replay data
-
-
 def calibration_folder(opts: RefreshOptions, out: Path) -> Path:
     """Images that stand for both domains the model must serve: captures and replay images.
     Calibrated on captures alone, the int8 ranges fit the new domain and cost the old one (on
@@ -44,11 +41,12 @@ def calibration_folder(opts: RefreshOptions, out: Path) -> Path:
     out.mkdir(parents=True)
     captures = read_captures(opts.data)
     entries = captures.images
-    step = max(1, len(entries) // CALIBRATION_EACH)
-    for i, entry in enumerate(entries[::step][:CALIBRATION_EACH]):
+    each = max(1, opts.calibration_samples // 2)
+    step = max(1, len(entries) // each)
+    for i, entry in enumerate(entries[::step][:each]):
         shutil.copyfile(captures.file(entry), out / f"c{i:04d}{captures.file(entry).suffix}")
     cfg, _ = read_sidecar(opts.student)
-    replay = replay_images(cfg, CALIBRATION_EACH, opts.replay, opts.train.seed + 1)
+    replay = replay_images(cfg, each, opts.replay, opts.train.seed + 1)
     for i, image in enumerate(replay.images):
         cv2.imwrite(str(out / f"r{i:04d}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     return out
@@ -67,6 +65,7 @@ def convert_bundle(
             model=model, profile=opts.profile, calibration=calibration,
             validation=opts.holdout, output=out, sign_key=opts.sign_key, name=name,
             version=version, force=force, prune=opts.prune, validation_samples=300,
+            calibration_samples=opts.calibration_samples,
             latency_runs=20,
         )
     )  # fmt: skip
