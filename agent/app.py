@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from agent.bundle.signing import load_public_key
 from agent.capture.capturer import Capturer, CaptureSink
 from agent.config import AgentConfig, ConfigError
+from agent.failure import FailureWatch, check_run
 from agent.metrics import AgentMetrics, RollingStats
 from agent.mqtt import MqttLink
 from agent.outputs.preview import PreviewServer
@@ -40,6 +41,7 @@ from agent.sources.grabber import Grabber
 from agent.sources.readers import make_source
 from agent.status import RunSummary, run_summary, status_message
 from agent.store import BundleStore, StoreError
+from agent.updates.protocol import EventKind, event
 from agent.updates.startup import open_store, serve_from_store
 from agent.updates.updater import Updater
 
@@ -75,6 +77,7 @@ class Agent:
         self._status_thread: threading.Thread | None = None
         self._last_status = 0.0
         self._closed = False
+        self.watch: FailureWatch | None = None
 
     # ---- startup ------------------------------------------------------------------------
     def load_model(self) -> ServedModel:
@@ -125,6 +128,10 @@ class Agent:
             self.rolling,
             cfg.pipeline.overlap_post,
         )
+        self.watch = FailureWatch(
+            cfg.pipeline.failed_after_frames, cfg.pipeline.exit_after_failed_s, self._on_failed
+        )
+        self.pipeline.watch = self.watch
         if self.mqtt is not None:
             self.updater = Updater(cfg, self.pipeline, self.mqtt, self.store, self.keys)
             self.updater.capture = self.capture
@@ -201,7 +208,27 @@ class Agent:
                 stopped_by = "max_frames"
         finally:
             self.close()
+        stats = self.pipeline.stats
+        check_run(stats.frames, stats.failed, self.watch.reason if self.watch else "")
         return self.summary(stopped_by)
+
+    def _on_failed(self, reason: str) -> None:
+        """Health turns failed (post thread): say so in an event and in the status at once."""
+        self.health = "failed"
+        if self.mqtt is None or self.pipeline is None:
+            return
+        m = self.pipeline.served.manifest
+        self.mqtt.publish_event(
+            event(
+                EventKind.FAILED,
+                self.config.device_id,
+                time.time(),
+                m.version,
+                m.model.sha256,
+                reason=reason,
+            )
+        )
+        self.mqtt.publish_status()
 
     def summary(self, stopped_by: str = "") -> RunSummary:
         assert self.pipeline is not None and self.grabber is not None
@@ -273,7 +300,9 @@ class Agent:
             return
         lost = self.grabber is not None and self.grabber.stats.lost_since is not None
         stats = self.pipeline.stats if self.pipeline is not None else None
-        if lost or (stats is not None and stats.failing):
+        if self.watch is not None and self.watch.failed:
+            self.health = "failed"
+        elif lost or (stats is not None and stats.failing):
             self.health = "degraded"
         elif stats is not None and stats.frames:
             self.health = "ok"

@@ -198,8 +198,9 @@ def run(config_file: Path | None, preview: bool | None, **flags: Any) -> None:
     """Serve a bundle on a camera, stream, video file or image folder.
 
     Every config key below can be given in the YAML file or as a flag; flags win.
-    Exit codes: 0 done, 1 runtime failure (a restart may help), 78 bad config,
-    bundle or source (a restart will not help).
+    Exit codes: 0 done, 1 runtime failure (a restart may help; also frames failing for
+    pipeline.exit_after_failed_s, or every frame failed), 78 bad config, bundle or source
+    (a restart will not help).
 
     \b
     Examples:

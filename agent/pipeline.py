@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.bundle.manifest import OutputRole
+from agent.failure import FailureWatch
 from agent.metrics import AgentMetrics, PipelineStats, RollingStats
 from agent.outputs.messages import STAGES, FrameResult
 from agent.outputs.sinks import Outputs
@@ -42,7 +43,7 @@ class _Job:
     served: ServedModel  # the model that inferred the frame, which also decodes it
     frame: Frame
     transform: FrameTransform
-    raw: dict[OutputRole, np.ndarray]
+    raw: dict[OutputRole | int, np.ndarray]
     timings: dict[str, float]
     picked: float
 
@@ -125,6 +126,7 @@ class Pipeline:
         self.stats = PipelineStats()
         self._next: ServedModel | None = None  # handed over by swap(), taken at the next frame
         self.observer: FrameObserver | None = None  # set by the updater (probation)
+        self.watch: FailureWatch | None = None  # set by the agent: failing frames in a row
 
     def swap(self, served: ServedModel) -> None:
         """Serve `served` from the next frame on (thread-safe: one reference is replaced)."""
@@ -144,6 +146,8 @@ class Pipeline:
             while not stop.is_set() and (not max_frames or n < max_frames):
                 if worker is not None and worker.error is not None:
                     break
+                if self.watch is not None:
+                    self.watch.check()  # raises ServingFailed after its time in health failed
                 frame = self.grabber.next(timeout=0.25)
                 if frame is None:
                     if pending is not None and worker is not None:
@@ -265,14 +269,18 @@ class Pipeline:
 
     def _result(self, job: _Job) -> FrameResult:
         """The frame's outputs, dequantized where they are integers, decoded into its result."""
-        outs = {}
+        outs: dict[OutputRole | int, np.ndarray] = {}
         for role, spec in job.served.needed:
             raw = job.raw[role]
             outs[role] = (
                 raw if spec.dtype == "float32" else dequantize(raw, spec.scale, spec.zero_point)
             )
-        detections = job.served.decoder(outs, job.transform)
-        return FrameResult(job.frame, detections, job.served.ref, job.timings, job.picked)
+        decoder = job.served.decoder
+        detections = decoder(outs, job.transform)
+        result = FrameResult(job.frame, detections, job.served.ref, job.timings, job.picked)
+        if decoder.publishes_tensors:
+            result.tensors = decoder.tensors(outs)
+        return result
 
     def _failed(self, job: _Job, exc: Exception) -> None:
         """Count a frame whose decoding or publishing raised; log the first of each run of them."""
@@ -281,6 +289,8 @@ class Pipeline:
         s = self.stats
         s.failed += 1
         s.failing += 1
+        if self.watch is not None:
+            self.watch.frame_failed(exc)
         if s.failing == 1:
             logger.error(
                 "frame %d: decoding or publishing failed; the frame is skipped and serving goes on",
@@ -295,6 +305,8 @@ class Pipeline:
         if s.failing:
             logger.info("outputs work again after %d failed frame(s)", s.failing)
             s.failing = 0
+            if self.watch is not None:
+                self.watch.frame_ok()
         s.frames += 1
         for stage in STAGES:
             s.stages[stage].append(timings[stage])

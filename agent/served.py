@@ -22,7 +22,7 @@ from agent.bundle.io_check import check_model_io
 from agent.bundle.loading import Bundle, BundleError, load_bundle
 from agent.bundle.manifest import ColorOrder, Manifest, OutputRole, OutputSpec
 from agent.config import AgentConfig, GoldenPolicy
-from agent.decoders import OutputDecoder, make_decoder, needed_roles
+from agent.decoders import OutputDecoder, make_decoder, needed_outputs
 from agent.outputs.messages import ModelRef
 from agent.preprocess import Preprocessor
 from agent.runtime import LoadedModel, open_model
@@ -61,9 +61,9 @@ class ServedModel:
         return ModelRef(m.name, m.version, m.model.sha256, m.profile, m.task)
 
     @cached_property
-    def needed(self) -> list[tuple[OutputRole, OutputSpec]]:
+    def needed(self) -> list[tuple[OutputRole | int, OutputSpec]]:
         """The outputs the decoder reads, with their specs: only these are copied out per frame."""
-        return [(role, self.manifest.output(role)) for role in needed_roles(self.decoder)]
+        return needed_outputs(self.decoder, self.manifest)
 
     def describe(self) -> dict[str, Any]:
         """The status message's `model` object."""

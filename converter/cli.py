@@ -14,6 +14,7 @@ from converter.commands.collect import collect
 from converter.commands.convert import convert
 from converter.commands.eval import eval_cmd
 from converter.commands.fleet import fleet, gc
+from converter.commands.import_cmd import import_cmd
 from converter.commands.inspect import inspect
 from converter.commands.keys import keys
 from converter.commands.models import models
@@ -63,6 +64,7 @@ def cli(verbose: int) -> None:
       edgegap profiles list
       edgegap keys generate --out keys/
       edgegap convert model.keras --profile raspberry-pi-4 --calibration images/ --output bundle/
+      edgegap import detector.tflite --profile raspberry-pi-4 --labels labels.txt --output bundle/
       edgegap verify bundle/ --key keys/edgegap.pub
     """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
@@ -75,6 +77,7 @@ cli.add_command(profiles)
 cli.add_command(keys)
 cli.add_command(prune)
 cli.add_command(convert)
+cli.add_command(import_cmd)
 cli.add_command(verify)
 cli.add_command(inspect)
 cli.add_command(bench)

@@ -23,6 +23,7 @@ from agent.decoders import (
     DecoderError,
     SSDPostprocessDecoder,
     SSDRawDecoder,
+    TensorDecoder,
     YoloDecoder,
     make_decoder,
 )
@@ -403,7 +404,9 @@ def test_ssd_raw_anchor_grid_and_mismatch() -> None:
         [(R.RAW_BOXES, [1, 7, 4]), (R.RAW_SCORES, [1, 7, 3])],
         extra={"anchors": [[0, 0, 1, 1]]},
     )
-    with pytest.raises(DecoderError, match="1 anchors but the model has 7"):
+    with pytest.raises(
+        DecoderError, match=r"raw_boxes is \[1, 7, 4\]; the manifest.s anchors number 1"
+    ):
         make_decoder(m)
     # The converter zoo's form: a grid spec under "anchors" and a box_coder mapping.
     spec = {"feature_maps": [2], "scales": [[0.5]], "aspect_ratios": [1.0]}
@@ -419,7 +422,7 @@ def test_ssd_raw_anchor_grid_and_mismatch() -> None:
         },
     )
     dec = make_decoder(m, score_threshold=0.5)
-    assert isinstance(dec, SSDRawDecoder) and dec.box_scales.tolist() == [1.0, 1.0, 1.0, 1.0]
+    assert isinstance(dec, SSDRawDecoder) and dec.coding.scales == (1.0, 1.0, 1.0, 1.0)
     enc = np.zeros((1, 4, 4), np.float32)
     enc[0, 3] = [0.1, 0.0, 0.0, 0.0]  # anchor 3 (row 1, col 1) moves down by 0.1 * its height
     scores = np.array([[[0.0, 0.1], [0.0, 0.1], [0.0, 0.1], [0.9, 0.0]]], np.float32)
@@ -478,8 +481,11 @@ def test_classification_top_k_from_logits() -> None:
 def test_decoder_is_chosen_by_manifest_never_guessed() -> None:
     # A YOLO-shaped output declared as a tensor is not decoded as detections.
     m = manifest(Decoder.TENSOR, [(R.TENSOR, [1, 4, 7])])
-    with pytest.raises(DecoderError, match="not served"):
-        make_decoder(m)
+    dec = make_decoder(m)
+    assert isinstance(dec, TensorDecoder)
+    out = np.arange(28, dtype=np.float32).reshape(1, 4, 7)
+    assert dec({R.TENSOR: out}, None) == []
+    assert dec.tensors({m.outputs[0].index: out})[m.outputs[0].name]["values"] == list(range(28))
     # A decoder whose roles are missing from the manifest is refused at load time.
     m = manifest(Decoder.SSD_POSTPROCESS, [(R.BOXES, [1, 4, 4])])
     with pytest.raises(DecoderError, match="role classes"):

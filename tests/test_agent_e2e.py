@@ -583,6 +583,7 @@ def test_a_frame_whose_outputs_fail_is_skipped_and_serving_goes_on(
 
     class Flaky:
         roles = needed = needed_roles(decode)
+        publishes_tensors = False
 
         def __call__(self, outputs: Any, transform: Any) -> Any:
             if next(calls) in bad:  # frames are decoded in order, one call each

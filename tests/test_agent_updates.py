@@ -162,8 +162,8 @@ def unfeedable_input(kit: Mqtt, tmp: Path) -> None:
     kit.publish(v2, manifest=v2.manifest.model_copy(update={"input": spec}))
 
 
-def unknown_decoder(kit: Mqtt, tmp: Path) -> None:
-    kit.publish(variant("ssd_postprocess", 2, tmp / "v2", decoder=Decoder.TENSOR))
+def misfit_decoder(kit: Mqtt, tmp: Path) -> None:
+    kit.publish(variant("ssd_postprocess", 2, tmp / "v2", decoder=Decoder.YOLO))
 
 
 def malformed_json(kit: Mqtt, tmp: Path) -> None:
@@ -199,7 +199,7 @@ BAD: dict[str, tuple[Callable[[Mqtt, Path], None], str, dict[str, Any]]] = {
         {},
     ),
     "unfeedable input": (unfeedable_input, "is not an image [1, H, W, 1 or 3]", {}),
-    "unknown decoder": (unknown_decoder, "decoder 'tensor' is not served here", {}),
+    "decoder misfits outputs": (misfit_decoder, "decoder yolo needs an output with role yolo", {}),
     "malformed JSON": (malformed_json, "release is not valid JSON", {}),
     "golden check fails": (golden_fails, "golden check failed", {}),
 }

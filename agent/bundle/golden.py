@@ -38,11 +38,22 @@ def golden_inputs(manifest: Manifest, seed: int, count: int) -> list[np.ndarray]
     return [norm(golden_pixels(seed, i, hwc)) for i in range(count)]
 
 
+def golden_stride(manifest: Manifest) -> int:
+    """manifest.extra.golden_stride: every k-th value of each output is recorded and compared,
+    so a model with large outputs (a YOLO head) keeps its manifest small. Default 1: all."""
+    k = manifest.extra.get("golden_stride", 1)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 1 << 30:
+        raise ValueError(f"golden_stride must be a whole number from 1 to 2^30, got {k!r}")
+    return k
+
+
 def _outputs(model: LoadedModel, manifest: Manifest, x: np.ndarray) -> list[np.ndarray]:
     model.set_input(x)
     model.invoke()
     outs = [dequantize(model.get(o.index), o.scale, o.zero_point) for o in manifest.outputs]
-    return _mask_unused_rows(manifest, outs)
+    outs = _mask_unused_rows(manifest, outs)
+    k = golden_stride(manifest)
+    return outs if k == 1 else [o.ravel()[::k] for o in outs]
 
 
 def _mask_unused_rows(manifest: Manifest, outs: list[np.ndarray]) -> list[np.ndarray]:
@@ -87,6 +98,10 @@ def check_golden(model: LoadedModel, manifest: Manifest) -> GoldenResult:
         return GoldenResult(False, [], "golden check does not match the manifest's outputs")
     if not all(np.isfinite(t) and t >= 0 for t in g.atol):
         return GoldenResult(False, [], f"golden tolerance {g.atol} is not finite and non-negative")
+    try:
+        golden_stride(manifest)
+    except ValueError as exc:
+        return GoldenResult(False, [], str(exc))
     worst = [0.0] * len(manifest.outputs)
     for i, x in enumerate(golden_inputs(manifest, g.seed, g.count)):
         got = _outputs(model, manifest, x)

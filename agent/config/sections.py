@@ -176,6 +176,23 @@ class PipelineConfig(_Strict):
     overlap_post: bool = Field(
         default=True, description="Decode and publish frame N while frame N+1 is inferred."
     )
+    failed_after_frames: int = Field(
+        default=10,
+        ge=1,
+        le=1_000_000,
+        description=(
+            "Health turns `failed` (and a `failed` event is published) when decoding or "
+            "publishing fails this many frames in a row."
+        ),
+    )
+    exit_after_failed_s: float = Field(
+        default=30.0,
+        ge=0,
+        description=(
+            "The agent exits non-zero (1) after this long in health `failed`, so systemd or the "
+            "store's rollback can act; 0 exits at once."
+        ),
+    )
     prepare_on_grab: bool | None = Field(
         default=None,
         description=(

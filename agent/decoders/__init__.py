@@ -6,6 +6,7 @@ manifest records) and the frame transform; one module each:
   ssd_raw          box encodings against anchors (manifest.extra), decoded here, then NMS
   yolo             [1, N, 4 + C] (cx, cy, w, h, class scores), then NMS
   classification   probabilities or logits -> top-k labels
+  tensor           no detections: the outputs themselves, dequantized (small ones in full)
 A manifest's decoder is never guessed: one the agent does not serve is refused.
 """
 
@@ -13,11 +14,12 @@ from __future__ import annotations
 
 import logging
 
-from agent.bundle.manifest import Manifest, OutputRole
+from agent.bundle.manifest import Manifest, OutputRole, OutputSpec
 from agent.decoders.base import BBox, DecoderError, Detection, OutputDecoder
 from agent.decoders.classification import ClassificationDecoder
 from agent.decoders.ssd_postprocess import SSDPostprocessDecoder
 from agent.decoders.ssd_raw import SSDRawDecoder
+from agent.decoders.tensor import TensorDecoder
 from agent.decoders.yolo import YoloDecoder
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,17 @@ DECODERS = {cls.decoder: cls for cls in OutputDecoder.__subclasses__()}
 def needed_roles(decoder: OutputDecoder) -> tuple[OutputRole, ...]:
     """The output roles a decoder reads; only those tensors are copied out of the interpreter."""
     return getattr(decoder, "needed", decoder.roles)
+
+
+def needed_outputs(
+    decoder: OutputDecoder, manifest: Manifest
+) -> list[tuple[OutputRole | int, OutputSpec]]:
+    """The outputs copied out of the interpreter per frame, each under the key the decoder reads
+    it by: its role, or, for a decoder that reads outputs sharing one role, its tensor index."""
+    by_index = getattr(decoder, "needed_by_index", None)
+    if by_index is not None:
+        return [(spec.index, spec) for spec in by_index]
+    return [(role, manifest.output(role)) for role in needed_roles(decoder)]
 
 
 def make_decoder(
@@ -54,7 +67,9 @@ __all__ = [
     "OutputDecoder",
     "SSDPostprocessDecoder",
     "SSDRawDecoder",
+    "TensorDecoder",
     "YoloDecoder",
     "make_decoder",
+    "needed_outputs",
     "needed_roles",
 ]

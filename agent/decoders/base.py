@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from agent.bundle.manifest import Decoder, Manifest, OutputRole
+from agent.bundle.manifest import Decoder, Manifest, OutputRole, OutputSpec
 from agent.errors import EdgegapError
 from agent.geometry.letterbox import FrameTransform
 
@@ -78,9 +78,10 @@ class Detection:
     label: str
     score: float
     box: BBox | None = None  # None for a classifier's answer
+    keypoints: tuple[float, ...] | None = None  # x, y pairs in source pixels (ssd_raw extra_values)
 
 
-Outputs = Mapping[OutputRole, np.ndarray]
+Outputs = Mapping[OutputRole | int, np.ndarray]  # by role; the tensor decoder reads by index
 
 
 class OutputDecoder(ABC):
@@ -88,6 +89,7 @@ class OutputDecoder(ABC):
 
     decoder: ClassVar[Decoder]
     roles: ClassVar[tuple[OutputRole, ...]]
+    publishes_tensors: ClassVar[bool] = False  # tensors() adds the frame's `tensors` object
 
     def __init__(
         self,
@@ -123,6 +125,10 @@ class OutputDecoder(ABC):
     @abstractmethod
     def __call__(self, outputs: Outputs, transform: FrameTransform | None) -> list[Detection]: ...
 
+    def tensors(self, outputs: Any) -> dict[str, Any] | None:
+        """The frame's `tensors` object, for a decoder that publishes_tensors."""
+        return None
+
     def _same(self, transform: FrameTransform) -> FrameTransform:
         """A fixed-size source frames every image alike: the last equal transform is reused, so
         its mapping to source pixels, already computed, is not computed again for each frame."""
@@ -137,25 +143,66 @@ class OutputDecoder(ABC):
         classes: np.ndarray,
         scores: np.ndarray,
         transform: FrameTransform | None,
+        points: np.ndarray | None = None,
     ) -> list[Detection]:
-        """boxes_norm [N, 4] xyxy on the model input in [0, 1] -> Detections in source pixels."""
+        """boxes_norm [N, 4] xyxy on the model input in [0, 1] -> Detections in source pixels;
+        points [N, K, 2] (x, y normalized), when given, become each detection's keypoints."""
         if not len(boxes_norm):
             return []
         finite = np.isfinite(scores) & np.isfinite(classes) & np.isfinite(boxes_norm).all(axis=1)
+        if points is not None:
+            finite &= np.isfinite(points).reshape(len(points), -1).all(axis=1)
         if not finite.all():  # a broken model's NaN or inf is no detection, nor valid JSON
             boxes_norm, classes, scores = boxes_norm[finite], classes[finite], scores[finite]
-        if transform is not None:
-            px = self._same(transform).to_source(boxes_norm)
-        else:
-            px = boxes_norm.astype(np.float32)
+            points = None if points is None else points[finite]
+        px = self._to_source(boxes_norm, transform)
         names, known = self._names, len(self._names)
         # tolist() yields the same Python ints and floats as int()/float() per element, in one call.
-        return [
+        out = [
             Detection(c, names[c] if 0 <= c < known else self.label(c), s, BBox(*b))
             for b, c, s in zip(
                 px.tolist(), classes.astype(np.int64).tolist(), scores.tolist(), strict=True
             )
         ]
+        if points is None or not points.size:
+            return out
+        n, k = points.shape[0], points.shape[1]
+        flat = np.tile(points.reshape(-1, 2), (1, 2))  # (x, y) as degenerate boxes (x, y, x, y)
+        kp = self._to_source(flat, transform)[:, :2].reshape(n, 2 * k)
+        return [
+            Detection(d.class_id, d.label, d.score, d.box, tuple(row))
+            for d, row in zip(out, kp.tolist(), strict=True)
+        ]
+
+    def _to_source(self, norm: np.ndarray, transform: FrameTransform | None) -> np.ndarray:
+        if transform is not None:
+            return self._same(transform).to_source(norm)
+        return norm.astype(np.float32)
+
+
+def check_output(
+    decoder: str,
+    spec: OutputSpec,
+    rank: int | None = None,
+    last: int | None = None,
+    hint: str = "",
+) -> None:
+    """Refuse, at load, an output whose dtype, rank or last dimension the decoder cannot read."""
+    if spec.dtype not in NUMERIC:
+        raise DecoderError(f"{decoder}: {spec.role.value} is {spec.dtype}, not a number type")
+    if spec.dtype not in ("float32", "float16", "int32") and spec.scale <= 0:
+        raise DecoderError(
+            f"{decoder}: {spec.role.value} is {spec.dtype} without a quantization scale"
+        )
+    if rank is not None and len(spec.shape) != rank:
+        raise DecoderError(
+            f"{decoder}: {spec.role.value} is {spec.shape}; it needs {rank} dimensions"
+        )
+    if last is not None and spec.shape[-1] != last:
+        raise DecoderError(f"{spec.role.value} is {spec.shape}; {hint}")
+
+
+NUMERIC = frozenset({"float32", "float16", "int8", "uint8", "int16", "int32"})
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import numpy as np
 
-from agent.bundle.manifest import Decoder, OutputRole
-from agent.decoders.base import BBox, Detection, OutputDecoder, Outputs
+from agent.bundle.manifest import Decoder, Manifest, OutputRole
+from agent.decoders.base import BBox, DecoderError, Detection, OutputDecoder, Outputs, check_output
 from agent.geometry.boxes import swap_xy
 from agent.geometry.letterbox import FrameTransform
 
@@ -25,6 +26,20 @@ class SSDPostprocessDecoder(OutputDecoder):
     decoder = Decoder.SSD_POSTPROCESS
     roles = (OutputRole.BOXES, OutputRole.CLASSES, OutputRole.SCORES, OutputRole.COUNT)
     small_n = SMALL_N  # an instance may lower it (benchmarks/agent_overhead.py --ab ssd_small)
+
+    def __init__(self, manifest: Manifest, **kw: Any) -> None:
+        super().__init__(manifest, **kw)
+        boxes = manifest.output(OutputRole.BOXES)
+        check_output("ssd_postprocess", boxes, rank=3)
+        check_output("ssd_postprocess", boxes, last=4, hint="boxes need 4 values per detection")
+        rows = boxes.shape[1]
+        for role in (OutputRole.CLASSES, OutputRole.SCORES, OutputRole.COUNT):
+            spec = manifest.output(role)
+            check_output("ssd_postprocess", spec)
+            if role is not OutputRole.COUNT and (len(spec.shape) != 2 or spec.shape[1] != rows):
+                raise DecoderError(
+                    f"{role.value} is {spec.shape}; boxes is {boxes.shape}, so it needs [1, {rows}]"
+                )
 
     def __call__(self, outputs: Outputs, transform: FrameTransform | None) -> list[Detection]:
         boxes = outputs[OutputRole.BOXES].reshape(-1, 4)

@@ -3,28 +3,36 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from dataclasses import astuple, fields
 from typing import Any
 
 import numpy as np
 
 from agent.bundle.manifest import Decoder, Manifest, OutputRole
-from agent.decoders.base import ACTIVATIONS, DecoderError, Detection, OutputDecoder, Outputs
-from agent.geometry.anchors import grid_anchors
-from agent.geometry.boxes import BoxCoder, batched_nms, decode, swap_xy
+from agent.decoders.base import (
+    ACTIVATIONS,
+    DecoderError,
+    Detection,
+    OutputDecoder,
+    Outputs,
+    check_output,
+)
+from agent.decoders.raw_boxes import BoxCoding, anchors_from, box_coding
+from agent.geometry.boxes import batched_nms
 from agent.geometry.letterbox import FrameTransform
 
 logger = logging.getLogger(__name__)
 
+MAX_CANDIDATES = 1000  # best-scoring anchors decoded per frame before NMS
+
 
 class SSDRawDecoder(OutputDecoder):
-    """Box encodings (ty, tx, th, tw) against anchors from manifest.extra, then per-class NMS.
+    """raw_boxes [1, A, 4 + E] against A anchors, raw_scores [1, A, C], then per-class NMS.
 
-    extra: anchors [[cy, cx, h, w], ...] or a grid spec {...} (under anchors or anchor_grid);
-    box_scales [y, x, h, w] or box_coder {y_scale, x_scale, h_scale, w_scale} (default 10, 10,
-    5, 5); score_activation none|sigmoid|softmax; background_class (class 0 is background);
-    iou_threshold (default 0.5).
+    extra (agent/decoders/raw_boxes.py has the details): box_coding yxhw|xywh; box_scales;
+    box_units anchor|input (xywh); extra_values (keypoint values per box, published with each
+    detection as x, y pairs); anchors, anchor_grid, anchor_generator or anchor_data;
+    score_activation none|sigmoid|softmax (default sigmoid); background_class (class 0 of the
+    scores is background; default true); iou_threshold (default 0.5).
     """
 
     decoder = Decoder.SSD_RAW
@@ -32,23 +40,10 @@ class SSDRawDecoder(OutputDecoder):
 
     def __init__(self, manifest: Manifest, **kw: Any) -> None:
         super().__init__(manifest, **kw)
-        given = self.extra.get("anchors", self.extra.get("anchor_grid"))
-        if isinstance(given, Mapping):  # a grid spec, as the converter's zoo records it
-            try:
-                self.anchors = grid_anchors(given)
-            except (ValueError, KeyError, TypeError) as exc:
-                raise DecoderError(f"ssd_raw: bad anchor grid: {exc}") from exc
-        elif given is not None:
-            self.anchors = np.asarray(given, np.float32).reshape(-1, 4)
-        else:
-            raise DecoderError("ssd_raw needs manifest.extra.anchors or manifest.extra.anchor_grid")
-        count = manifest.output(OutputRole.RAW_BOXES).shape[-2]
-        if len(self.anchors) != count:
-            raise DecoderError(
-                f"ssd_raw: {len(self.anchors)} anchors but the model has {count} boxes"
-            )
-        self.coder = box_coder(self.extra)
-        self.box_scales = np.asarray(astuple(self.coder), np.float32)
+        shape = manifest.input.shape
+        in_w, in_h = (shape[2], shape[1]) if len(shape) == 4 else (1, 1)
+        self.coding: BoxCoding = box_coding(self.extra, in_w, in_h)
+        self.anchors = anchors_from(self.extra)
         act = str(self.extra.get("score_activation", "sigmoid"))
         if act not in ACTIVATIONS:
             raise DecoderError(
@@ -57,38 +52,57 @@ class SSDRawDecoder(OutputDecoder):
         self.activation = ACTIVATIONS[act]
         self.background = bool(self.extra.get("background_class", True))
         self.iou_threshold = float(self.extra.get("iou_threshold", 0.5))
+        self._check_shapes(manifest)
 
-    def decode_boxes(self, enc: np.ndarray, anchors: np.ndarray | None = None) -> np.ndarray:
-        """[K, 4] encodings against [K, 4] anchors (default: all) -> [K, 4] xyxy normalized."""
-        a = self.anchors if anchors is None else anchors
-        return swap_xy(decode(enc, a, self.coder))
+    def _check_shapes(self, manifest: Manifest) -> None:
+        """The outputs fit the coding, the anchors and the classes, or the bundle is refused."""
+        boxes, scores = (
+            manifest.output(OutputRole.RAW_BOXES),
+            manifest.output(OutputRole.RAW_SCORES),
+        )
+        coding, width = self.coding.coding, boxes.shape[-1]
+        have = f" with extra_values {self.coding.extra_values}" if self.coding.extra_values else ""
+        fix = f" (or set extra_values: {width - 4})" if width > 4 and (width - 4) % 2 == 0 else ""
+        check_output("ssd_raw", boxes, rank=3)
+        check_output(
+            "ssd_raw",
+            boxes,
+            last=self.coding.width,
+            hint=f"box coding {coding}{have} needs {self.coding.width} values per anchor{fix}",
+        )
+        check_output("ssd_raw", scores, rank=3)
+        count = len(self.anchors)
+        for spec in (boxes, scores):
+            if spec.shape[1] != count:
+                raise DecoderError(
+                    f"{spec.role.value} is {spec.shape}; the manifest's anchors number {count}"
+                )
+        classes = scores.shape[-1] - (1 if self.background else 0)
+        if classes < 1:
+            raise DecoderError(
+                f"raw_scores is {scores.shape}; with background_class true it needs 2 or more "
+                "scores per anchor (or set background_class: false)"
+            )
 
     def __call__(self, outputs: Outputs, transform: FrameTransform | None) -> list[Detection]:
-        enc = outputs[OutputRole.RAW_BOXES].reshape(-1, 4)
+        enc = outputs[OutputRole.RAW_BOXES].reshape(len(self.anchors), self.coding.width)
         scores = self.activation(outputs[OutputRole.RAW_SCORES].reshape(len(enc), -1))
         if self.background:
             scores = scores[:, 1:]
         best = np.argmax(scores, axis=1)
         best_score = scores[np.arange(len(scores)), best]
         cand = np.flatnonzero(best_score >= self.score_threshold)
-        if cand.size > 1000:
-            cand = cand[np.argsort(-best_score[cand])[:1000]]
-        boxes = np.clip(self.decode_boxes(enc[cand], self.anchors[cand]), 0.0, 1.0)
+        if cand.size > MAX_CANDIDATES:
+            cand = cand[np.argsort(-best_score[cand], kind="stable")[:MAX_CANDIDATES]]
+        boxes, points = self.coding.decode(enc[cand], self.anchors[cand])
+        boxes = np.clip(boxes, 0.0, 1.0)
         keep = batched_nms(
             boxes, best_score[cand], best[cand], self.iou_threshold, self.max_detections
         )
-        return self._detections(boxes[keep], best[cand][keep], best_score[cand][keep], transform)
-
-
-def box_coder(extra: Mapping[str, Any]) -> BoxCoder:
-    """The box coder of manifest.extra: box_scales [y, x, h, w], or a box_coder mapping by name;
-    any scale not given is the usual SSD one."""
-    if "box_scales" in extra:
-        scales = [float(v) for v in extra["box_scales"]]
-        if len(scales) != 4:
-            raise DecoderError(
-                f"ssd_raw: box_scales needs 4 values (y, x, h, w), got {len(scales)}"
-            )
-        return BoxCoder(*scales)
-    given = extra.get("box_coder") or {}
-    return BoxCoder(**{f.name: float(given[f.name]) for f in fields(BoxCoder) if f.name in given})
+        return self._detections(
+            boxes[keep],
+            best[cand][keep],
+            best_score[cand][keep],
+            transform,
+            None if points is None else points[keep],
+        )

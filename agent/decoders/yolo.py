@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from agent.bundle.manifest import Decoder, Manifest, OutputRole
-from agent.decoders.base import DecoderError, Detection, OutputDecoder, Outputs
+from agent.decoders.base import DecoderError, Detection, OutputDecoder, Outputs, check_output
 from agent.geometry.boxes import batched_nms
 from agent.geometry.letterbox import FrameTransform
 
@@ -39,6 +39,30 @@ class YoloDecoder(OutputDecoder):
         self.iou_threshold = float(self.extra.get("iou_threshold", 0.45))
         shape = manifest.input.shape
         self.in_w, self.in_h = (shape[2], shape[1]) if len(shape) == 4 else (1, 1)
+        self._check_shape(manifest)
+
+    def _check_shape(self, manifest: Manifest) -> None:
+        """[1, N, 4 + C] (or [1, 4 + C, N] transposed) with C >= 1; a labels count that is not C
+        is only warned about (label files often name a background class too)."""
+        spec = manifest.output(OutputRole.YOLO)
+        check_output("yolo", spec, rank=3)
+        axis = 1 if self.transposed else 2
+        values = spec.shape[axis]
+        first = 5 if self.objectness else 4
+        layout = "[1, 4 + C, N] (transposed: true)" if self.transposed else "[1, N, 4 + C]"
+        other = " (or set transposed: %s)" % ("false" if self.transposed else "true")
+        if values <= first:
+            raise DecoderError(
+                f"yolo is {spec.shape}; as {layout} that is {values} values per box, and it "
+                f"needs {first} box values and at least one class score{other}"
+            )
+        classes = values - first
+        named = len(self.labels) - self.label_offset
+        if self.labels and named != classes:
+            logger.warning(
+                "yolo is %s; as %s that is %d classes, the labels name %d%s",
+                spec.shape, layout, classes, named, other,
+            )  # fmt: skip
 
     def __call__(self, outputs: Outputs, transform: FrameTransform | None) -> list[Detection]:
         y = outputs[OutputRole.YOLO]

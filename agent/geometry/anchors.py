@@ -19,6 +19,8 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
+MAX_ANCHORS = 1_000_000  # bounded before a generator allocates
+
 
 def grid_anchors(spec: Mapping[str, Any]) -> np.ndarray:
     """(A, 4) float32 anchors from {"feature_maps": [G or [H, W] per level], "scales": [s or
@@ -79,3 +81,72 @@ def generate_anchors(cfg: AnchorConfig) -> np.ndarray:
     if len(cfg.scales) != len(cfg.feature_maps) or len({len(s) for s in cfg.scales}) != 1:
         raise ValueError("need one equally long list of scales per feature map")
     return grid_anchors(cfg.to_dict())
+
+
+def ssd_anchors(spec: Mapping[str, Any]) -> np.ndarray:
+    """(A, 4) float32 anchors (ycenter, xcenter, h, w) from SSD anchor-generator parameters, the
+    ones MediaPipe-style and TF Object Detection API models are described with:
+
+      input_size [H, W] (or one int), strides [s, ...] (one per layer), aspect_ratios [r, ...],
+      scales [s, ...] (one per layer) or min_scale and max_scale (spread evenly over the layers),
+      interpolated_scale_aspect_ratio (default 1.0; 0 leaves out the anchor between two layers'
+      scales), offsets [x, y] (default [0.5, 0.5]), fixed_anchor_size (default false: w = h = 1),
+      reduce_boxes_in_lowest_layer (default false).
+
+    Consecutive layers with the same stride share one grid: their anchors are interleaved per
+    cell. Order: grid, row, column, anchor.
+    """
+    strides = [int(s) for s in spec["strides"]]
+    if not strides or any(s <= 0 for s in strides):
+        raise ValueError("strides must be one positive number per layer")
+    size = spec["input_size"]
+    in_h, in_w = (int(size), int(size)) if isinstance(size, int | float) else map(int, size)
+    scales = _layer_scales(spec, len(strides))
+    ratios = [float(r) for r in spec.get("aspect_ratios", [1.0])]
+    interp = float(spec.get("interpolated_scale_aspect_ratio", 1.0))
+    off_x, off_y = (float(v) for v in spec.get("offsets", (0.5, 0.5)))
+    fixed = bool(spec.get("fixed_anchor_size", False))
+    reduce_lowest = bool(spec.get("reduce_boxes_in_lowest_layer", False))
+    rows: list[tuple[float, float, float, float]] = []
+    layer = 0
+    while layer < len(strides):
+        shapes: list[tuple[float, float]] = []  # (h, w) per anchor of a cell
+        last = layer
+        while last < len(strides) and strides[last] == strides[layer]:
+            shapes += _cell_shapes(scales, last, ratios, interp, reduce_lowest and last == 0)
+            last += 1
+        fh, fw = math.ceil(in_h / strides[layer]), math.ceil(in_w / strides[layer])
+        if len(rows) + fh * fw * len(shapes) > MAX_ANCHORS:
+            raise ValueError(f"anchor generator makes more than {MAX_ANCHORS:,} anchors")
+        for y in range(fh):
+            for x in range(fw):
+                cy, cx = (y + off_y) / fh, (x + off_x) / fw
+                rows.extend((cy, cx, 1.0, 1.0) if fixed else (cy, cx, h, w) for h, w in shapes)
+        layer = last
+    return np.asarray(rows, np.float32)
+
+
+def _layer_scales(spec: Mapping[str, Any], layers: int) -> list[float]:
+    """One scale per layer, and the one after the last (1.0) for the interpolated anchor."""
+    if "scales" in spec:
+        scales = [float(s) for s in spec["scales"]]
+        if len(scales) != layers:
+            raise ValueError(f"scales has {len(scales)} values for {layers} strides")
+    else:
+        lo, hi = float(spec["min_scale"]), float(spec["max_scale"])
+        scales = [
+            (lo + hi) / 2 if layers == 1 else lo + (hi - lo) * i / (layers - 1)
+            for i in range(layers)
+        ]
+    return [*scales, 1.0]
+
+
+def _cell_shapes(
+    scales: list[float], layer: int, ratios: list[float], interp: float, reduced: bool
+) -> list[tuple[float, float]]:
+    """(h, w) of each anchor a layer puts in a cell."""
+    s = scales[layer]
+    pairs = [(0.1, 1.0), (s, 2.0), (s, 0.5)] if reduced else [(s, r) for r in ratios]
+    if interp > 0 and not reduced:
+        pairs.append((math.sqrt(s * scales[layer + 1]), interp))
+    return [(sc / math.sqrt(r), sc * math.sqrt(r)) for sc, r in pairs]

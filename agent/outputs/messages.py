@@ -40,6 +40,7 @@ class FrameResult:
     model: ModelRef
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     picked: float = 0.0  # perf_counter() when the inference thread took the frame
+    tensors: dict[str, Any] | None = None  # the tensor decoder's outputs, by name
 
 
 # One encoder for every message: json.dumps with options builds a new encoder on each call.
@@ -88,10 +89,16 @@ class DetectionsEncoder:
                 if not math.isfinite(d.score + b.xmin + b.ymin + b.xmax + b.ymax):
                     raise ValueError(f"detection {d} has a value that is not a JSON number")
                 row = (comma, label, d.class_id, d.score, b.xmin, b.ymin, b.xmax, b.ymax)
-                parts.append(_BOX % row)
+                if d.keypoints is None:
+                    parts.append(_BOX % row)
+                else:
+                    parts.append(_BOX_OPEN % row + _keypoints(d.keypoints) + "}")
             comma = ","
+        if result.tensors is not None:
+            parts.append('],"tensors":' + _ENCODER.encode(result.tensors))
         g, p, w, i, o = (t.get(s, 0.0) * 1000.0 for s in LATENCY_STAGES)
-        parts.append(_TAIL % (g, p, w, i, o, g + p + w + i + o, sent))
+        tail = _TAIL if result.tensors is None else _TAIL_AFTER_TENSORS
+        parts.append(tail % (g, p, w, i, o, g + p + w + i + o, sent))
         return "".join(parts).encode()
 
     def _label(self, label: str) -> str:
@@ -103,12 +110,21 @@ class DetectionsEncoder:
 
 # latency_ms holds every stage but publish, which cannot time itself; total is their sum
 LATENCY_STAGES = tuple(s for s in STAGES if s != "publish")
-_BOX = '%s{"label":%s,"class_id":%d,"score":%.4f,"box":[%.1f,%.1f,%.1f,%.1f]}'
+_BOX_OPEN = '%s{"label":%s,"class_id":%d,"score":%.4f,"box":[%.1f,%.1f,%.1f,%.1f]'
+_BOX = _BOX_OPEN + "}"
 _NO_BOX = '%s{"label":%s,"class_id":%d,"score":%.4f,"box":null}'
-_TAIL = (
-    '],"latency_ms":{"grab":%.3f,"pre":%.3f,"wait":%.3f,"invoke":%.3f,"post":%.3f,"total":%.3f},'
+_TAIL_AFTER_TENSORS = (
+    ',"latency_ms":{"grab":%.3f,"pre":%.3f,"wait":%.3f,"invoke":%.3f,"post":%.3f,"total":%.3f},'
     '"sent":%.6f}'
 )
+_TAIL = "]" + _TAIL_AFTER_TENSORS  # closes the detections list
+
+
+def _keypoints(values: tuple[float, ...]) -> str:
+    """',"keypoints":[x, y, ...]' in source pixels, one decimal like the box."""
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError("a keypoint is not a JSON number")
+    return ',"keypoints":[' + ",".join(f"{v:.1f}" for v in values) + "]"
 
 
 def _literal(text: str) -> str:

@@ -30,7 +30,7 @@ class FrameInfo(_Schema):
 class ModelInfo(_Schema):
     name: str = Field(description="Bundle model name.")
     version: int = Field(ge=0, description="Bundle version.")
-    task: str = Field(description="detection or classification.")
+    task: str = Field(description="detection, classification or tensor.")
 
 
 class DetectionItem(_Schema):
@@ -41,6 +41,22 @@ class DetectionItem(_Schema):
         min_length=4,
         max_length=4,
         description="[xmin, ymin, xmax, ymax] in source-frame pixels; null for classifiers.",
+    )
+    keypoints: list[float] | None = Field(
+        default=None,
+        description="x, y pairs in source-frame pixels (ssd_raw with extra_values); else absent.",
+    )
+
+
+class TensorValue(_Schema):
+    shape: list[int] = Field(description="The output's shape.")
+    values: list[float] | None = Field(
+        default=None, description="Every value, dequantized, row-major (small outputs)."
+    )
+    min: float | None = Field(default=None, description="Smallest value (large outputs).")
+    max: float | None = Field(default=None, description="Largest value (large outputs).")
+    argmax: list[int] | None = Field(
+        default=None, description="Index of the largest value into shape (large outputs)."
     )
 
 
@@ -66,6 +82,10 @@ class DetectionsMessage(_Schema):
     frame: FrameInfo
     model: ModelInfo
     detections: list[DetectionItem]
+    tensors: dict[str, TensorValue] | None = Field(
+        default=None,
+        description="Decoder tensor only: each output by name, in full or summarized.",
+    )
     latency_ms: Latency
     sent: float = Field(description="Time the message was built, Unix seconds.")
 
@@ -139,7 +159,10 @@ class StatusMessage(_Schema):
     reason: str | None = Field(
         default=None, description="Offline only: shutdown, or lost (the last will)."
     )
-    health: Literal["starting", "ok", "degraded", "stopped"] | None = None
+    health: Literal["starting", "ok", "degraded", "failed", "stopped"] | None = Field(
+        default=None,
+        description="failed: the decoder failed pipeline.failed_after_frames frames in a row.",
+    )
     channel: str | None = Field(
         default=None, description="The model channel the device follows (updates.channel)."
     )

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.bundle.manifest import FORMAT_VERSION, Manifest
 from agent.bundle.signing import verify_manifest
-from agent.decoders import DECODERS
+from agent.decoders import DECODERS, DecoderError, make_decoder
 from agent.errors import EdgegapError
 from agent.preprocess import Preprocessor
 from agent.updates.protocol import Limits, ProtocolError, Release, parse_release
@@ -117,4 +117,8 @@ def decoder_problem(m: Manifest) -> str | None:
     if m.decoder not in DECODERS:
         served = ", ".join(d.value for d in DECODERS)
         return f"decoder {m.decoder.value!r} is not served here ({served})"
+    try:
+        make_decoder(m)  # its outputs fit its parameters: the load-time check, before any fetch
+    except DecoderError as exc:
+        return str(exc)
     return None

@@ -210,6 +210,7 @@ class EventKind(str, Enum):
     REJECTED = "rejected"
     ROLLED_BACK = "rolled_back"
     COMMAND = "command"
+    FAILED = "failed"  # the served model's frames keep failing (agent/failure.py)
 
 
 def event(

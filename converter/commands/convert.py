@@ -198,6 +198,8 @@ def convert(
       edgegap convert detector.keras --profile x86-avx2 --calibration images/ --fold-bgr --output bundle/
     """
     from agent.bundle.manifest import ColorOrder, ResizeMode
+
+    refuse_tflite(model, profile, output)
     from converter.pipeline import STAGES, ConvertOptions
     from converter.pipeline import convert as run_convert
     from converter.report import render
@@ -239,3 +241,17 @@ def convert(
                 f"{result.reason} (no bundle written; --force writes it marked failed)"
             )
         console.print(f"[bold red]bundle written with failed gates[/] ({result.reason})")
+
+
+def refuse_tflite(model: Path, profile: Profile, output: Path) -> None:
+    """A .tflite file (by its flatbuffer identifier, or its name if unreadable) is for import."""
+    try:
+        with model.open("rb") as fh:
+            tflite = fh.read(8)[4:8] == b"TFL3"
+    except OSError:
+        tflite = model.suffix == ".tflite"
+    if tflite:
+        raise click.ClickException(
+            f"{model} is a TFLite model, which convert does not take (it starts from Keras); "
+            f"bring it with: edgegap import {model} --profile {profile.name} --output {output}"
+        )
