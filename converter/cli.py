@@ -10,15 +10,19 @@ import click
 from agent.errors import EdgegapError
 from converter.commands.broker import broker_cmd
 from converter.commands.bundle_tools import bench, verify
+from converter.commands.collect import collect
 from converter.commands.convert import convert
 from converter.commands.eval import eval_cmd
 from converter.commands.fleet import fleet, gc
 from converter.commands.import_cmd import import_cmd
 from converter.commands.inspect import inspect
 from converter.commands.keys import keys
+from converter.commands.models import models
 from converter.commands.profiles import profiles
 from converter.commands.prune import prune
 from converter.commands.publish import publish_cmd
+from converter.commands.refresh import refresh_cmd
+from converter.commands.relabel import relabel_cmd
 from converter.commands.rollout import rollout
 from converter.commands.zoo import zoo
 from firmware_profiles import ProfileError
@@ -84,6 +88,10 @@ cli.add_command(broker_cmd)
 cli.add_command(fleet)
 cli.add_command(gc)
 cli.add_command(rollout)
+cli.add_command(collect)
+cli.add_command(relabel_cmd)
+cli.add_command(refresh_cmd)
+cli.add_command(models)
 
 
 def main() -> None:

@@ -232,7 +232,8 @@ def event(
     return out
 
 
-COMMANDS = ("rollback", "reload", "pin", "unpin", "set_threshold", "status")
+COMMANDS = ("rollback", "reload", "pin", "unpin", "set_threshold", "status", "capture")
+CAPTURE_ACTIONS = ("on", "off", "policy")
 MAX_COMMAND_BYTES = 4096
 
 
@@ -241,6 +242,8 @@ class Command:
     name: str
     value: float | None = None  # set_threshold
     version: int | None = None  # pin
+    action: str | None = None  # capture: on, off or policy
+    policy: dict[str, Any] | None = None  # capture policy: the keys to change
     sha256: str | None = None  # rollback: only from this model, which is then rejected
 
 
@@ -267,12 +270,30 @@ def parse_command(raw: bytes) -> Command:
         if isinstance(version, bool) or not isinstance(version, int) or version < 0:
             raise ProtocolError("pin needs a version: a non-negative integer")
         return Command(name, version=version)
+    if name == "capture":
+        return _capture_command(obj)
     if name == "rollback" and "sha256" in obj:
         sha = obj["sha256"]
         if not isinstance(sha, str) or not SHA256.match(sha):
             raise ProtocolError("rollback's sha256 must be 64 lowercase hex digits")
         return Command(name, sha256=sha)
     return Command(name)
+
+
+def _capture_command(obj: dict[str, Any]) -> Command:
+    """{"cmd": "capture", "action": "on" | "off"} or {..., "action": "policy", "policy": {...}};
+    the policy's keys are checked when it is applied."""
+    action = obj.get("action")
+    if action not in CAPTURE_ACTIONS:
+        raise ProtocolError(f"capture needs an action: one of {', '.join(CAPTURE_ACTIONS)}")
+    policy = obj.get("policy")
+    if action == "policy":
+        if not isinstance(policy, dict) or not policy:
+            raise ProtocolError("capture policy needs a policy: an object of the keys to change")
+        return Command("capture", action=action, policy=policy)
+    if policy is not None:
+        raise ProtocolError(f"capture {action} takes no policy")
+    return Command("capture", action=action)
 
 
 def chunk_indices(blob: Blob, have: set[int]) -> Iterator[int]:

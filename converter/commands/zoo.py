@@ -191,13 +191,24 @@ def _trained_table(output: Path, result: TrainOutcome, total_seconds: float) -> 
     default=None,
     help="Image side in pixels (default: the detector's input size).",
 )
-def make_dataset(output: Path, split: str, count: int, seed: int, size: int | None) -> None:
+@click.option(
+    "--domain",
+    type=click.Choice(["a", "b"]),
+    default="a",
+    show_default=True,
+    help="a: the reference dataset; b: the same classes after a camera drift (night, colour "
+    "cast, new backgrounds; docs/refresh.md).",
+)
+def make_dataset(
+    output: Path, split: str, count: int, seed: int, size: int | None, domain: str
+) -> None:
     """Write a split of the generated detection dataset as a COCO-style folder.
 
     \b
     Examples:
       edgegap zoo make-dataset --output data/test
       edgegap zoo make-dataset --output data/val --split val --count 300 --seed 0
+      edgegap zoo make-dataset --output data/night --split test --domain b
     """
     from converter.zoo.detection_data import generate, write_folder
     from converter.zoo.training import RECIPE
@@ -208,10 +219,10 @@ def make_dataset(output: Path, split: str, count: int, seed: int, size: int | No
     samples = []
     with progress() as bar:
         task = bar.add_task(f"generating {split}", total=count)
-        for s in generate(split, count, seed=seed, size=size):
+        for s in generate(split, count, seed=seed, size=size, domain=domain):
             samples.append(s)
             bar.advance(task)
-    info = {"split": split, "seed": seed, "count": count, "size": size}
+    info = {"split": split, "seed": seed, "count": count, "size": size, "domain": domain}
     ann = write_folder(output, samples, info)
     boxes = sum(len(s.boxes) for s in samples)
     console.print(

@@ -4,6 +4,11 @@ Handwritten digits (scikit-learn) and simple shapes are pasted onto crops of sci
 sample photographs, with random scale, colour, texture, occlusion, blur, noise and lighting.
 Each image is drawn from its own seed (dataset seed, split, index), so any image of any split can
 be regenerated alone, and the digit instances of the train, val and test splits are disjoint.
+
+Two domains: "a" is the reference dataset the committed detector was trained on; "b" is the
+same classes after a camera drift it never saw: other backgrounds (documents, a clock, a colour
+wheel, a logo, a checkerboard, a phantom), seen at night under a sodium-vapour colour cast, with
+low light and the sensor noise that comes with it (docs/refresh.md).
 """
 
 from __future__ import annotations
@@ -27,11 +32,14 @@ CLASSES: tuple[str, ...] = ("digit", "circle", "triangle", "square")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 DEFAULT_COUNTS = {"train": 4000, "val": 300, "test": 300}
 DATASET_ID = "edgegap-synthetic-detection-v1"  # bump when generation changes
+DOMAINS: tuple[str, ...] = ("a", "b")
+DOMAIN_B_ID = "edgegap-synthetic-detection-b-v1"  # bump when domain b's generation changes
 
 _PHOTOS = (
     "astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
     "retina", "stereo_motorcycle", "brick", "grass", "gravel", "camera", "moon", "coins", "cell",
 )  # fmt: skip
+_PHOTOS_B = ("page", "text", "clock", "colorwheel", "checkerboard", "logo", "shepp_logan_phantom")
 _DIGIT_SPLIT = (0.7, 0.15, 0.15)
 
 
@@ -45,16 +53,18 @@ class Sample:
 
 
 @cache
-def _photos() -> tuple[np.ndarray, ...]:
-    """The sample photographs that ship inside the scikit-image wheel, as RGB uint8."""
+def _photos(domain: str = "a") -> tuple[np.ndarray, ...]:
+    """The sample photographs of a domain that ship inside the scikit-image wheel, as RGB uint8."""
     import skimage.data
 
     out = []
-    for name in _PHOTOS:
+    for name in _PHOTOS if domain == "a" else _PHOTOS_B:
         img = getattr(skimage.data, name)()
         if isinstance(img, tuple):  # stereo_motorcycle: (left, right, disparity)
             img = img[0]
         img = np.asarray(img)
+        if img.dtype.kind == "f":  # shepp_logan_phantom: floats in [0, 1]
+            img = np.clip(img * 255, 0, 255)
         if img.dtype != np.uint8:
             img = (img > 0).astype(np.uint8) * 255 if img.dtype == bool else img.astype(np.uint8)
         if img.ndim == 2:
@@ -76,9 +86,10 @@ def _digits() -> tuple[np.ndarray, ...]:
     return tuple(images[p] for p in parts)
 
 
-def _crop(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+def _crop(rng: np.random.Generator, h: int, w: int, domain: str = "a") -> np.ndarray:
     """A random crop of a random photograph, resized to h x w, maybe flipped and tinted."""
-    photo = _photos()[rng.integers(len(_PHOTOS))]
+    photos = _photos(domain)
+    photo = photos[rng.integers(len(photos))]
     ph, pw = photo.shape[:2]
     side = int(min(ph, pw) * rng.uniform(0.25, 1.0))
     ch = max(8, min(ph, int(side * rng.uniform(0.8, 1.25) * h / max(h, w))))
@@ -127,10 +138,12 @@ def _digit_mask(rng: np.random.Generator, split: int, h: int, w: int) -> np.ndar
     return np.clip((up - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
-def _fill(rng: np.random.Generator, h: int, w: int, behind: np.ndarray, digit: bool) -> np.ndarray:
+def _fill(
+    rng: np.random.Generator, h: int, w: int, behind: np.ndarray, digit: bool, domain: str
+) -> np.ndarray:
     """Colour or texture of an object, chosen to stand out from what lies behind it."""
     if not digit and rng.random() < 0.35:
-        texture = _crop(rng, h, w)
+        texture = _crop(rng, h, w, domain)
         shift = 255.0 - behind.mean(axis=(0, 1))  # push the texture away from the background tone
         return np.clip(0.5 * texture + 0.5 * np.where(shift > 127, 255.0, 0.0), 0, 255)
     candidates = rng.uniform(0, 255, (8, 3))
@@ -160,7 +173,9 @@ def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> floa
     return inter / union if union else 0.0
 
 
-def _occlude(rng: np.random.Generator, img: np.ndarray, box: tuple[int, int, int, int]) -> None:
+def _occlude(
+    rng: np.random.Generator, img: np.ndarray, box: tuple[int, int, int, int], domain: str
+) -> None:
     """Cover a strip along one side of a box with a patch of another photograph."""
     y0, x0, y1, x1 = box
     frac = rng.uniform(0.15, 0.35)
@@ -176,7 +191,7 @@ def _occlude(rng: np.random.Generator, img: np.ndarray, box: tuple[int, int, int
     ys, xs = max(ys, 0), max(xs, 0)
     ye, xe = min(ye, img.shape[0]), min(xe, img.shape[1])
     if ye > ys and xe > xs:
-        img[ys:ye, xs:xe] = _crop(rng, ye - ys, xe - xs)
+        img[ys:ye, xs:xe] = _crop(rng, ye - ys, xe - xs, domain)
 
 
 def _lighting(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
@@ -198,13 +213,30 @@ def _lighting(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
-def make_sample(split: str, index: int, seed: int = 0, size: int = 192) -> Sample:
-    """Image `index` of a split: the same pixels and boxes on every run and platform."""
+def _night(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+    """Domain b's camera: low light under a sodium-vapour cast, with the sensor noise of a high
+    gain (shot noise grows with the signal, read noise does not)."""
+    cast = np.array([1.0, rng.uniform(0.62, 0.78), rng.uniform(0.30, 0.45)], np.float32)
+    gain = rng.uniform(0.28, 0.45)
+    x = img.astype(np.float32) * gain * cast
+    x = 255.0 * (x / 255.0) ** rng.uniform(1.1, 1.4)  # dark tones crushed further
+    shot = np.sqrt(np.maximum(x, 0.0)) * rng.uniform(0.5, 0.9)
+    x = x + rng.normal(0.0, 1.0, x.shape).astype(np.float32) * (shot + rng.uniform(2.0, 5.0))
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def make_sample(
+    split: str, index: int, seed: int = 0, size: int = 192, domain: str = "a"
+) -> Sample:
+    """Image `index` of a split of a domain: the same pixels and boxes on every run and platform."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown domain {domain!r}; choose one of {', '.join(DOMAINS)}")
     split_id = SPLITS.index(split)
-    rng = np.random.default_rng([seed, split_id, index])
-    img = _crop(rng, size, size)
+    key = [seed, split_id, index] if domain == "a" else [seed, split_id, index, 1]
+    rng = np.random.default_rng(key)
+    img = _crop(rng, size, size, domain)
     taken: list[tuple[int, int, int, int]] = []
     classes: list[int] = []
     for _ in range(int(rng.integers(1, 5))):
@@ -232,7 +264,7 @@ def make_sample(split: str, index: int, seed: int = 0, size: int = 192) -> Sampl
         if rows.size == 0:
             continue
         behind = img[y : y + h, x : x + w]
-        fill = _fill(rng, h, w, behind, CLASSES[cls] == "digit")
+        fill = _fill(rng, h, w, behind, CLASSES[cls] == "digit", domain)
         a = mask[..., None]
         img[y : y + h, x : x + w] = behind * (1 - a) + fill * a
         taken.append(
@@ -246,16 +278,19 @@ def make_sample(split: str, index: int, seed: int = 0, size: int = 192) -> Sampl
         classes.append(cls)
     for box in taken:
         if rng.random() < 0.25:
-            _occlude(rng, img, box)
+            _occlude(rng, img, box, domain)
     boxes = np.asarray(taken, np.float32).reshape(-1, 4) / size
-    return Sample(_lighting(rng, img), boxes, np.asarray(classes, np.int32))
+    image = _lighting(rng, img)
+    if domain == "b":
+        image = _night(rng, image)
+    return Sample(image, boxes, np.asarray(classes, np.int32))
 
 
 def generate(
-    split: str, count: int, seed: int = 0, size: int = 192, start: int = 0
+    split: str, count: int, seed: int = 0, size: int = 192, start: int = 0, domain: str = "a"
 ) -> Iterator[Sample]:
     for i in range(start, start + count):
-        yield make_sample(split, i, seed, size)
+        yield make_sample(split, i, seed, size, domain)
 
 
 def to_arrays(samples: Sequence[Sample]) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
