@@ -21,6 +21,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.bundle.signing import load_public_key
+from agent.capture.capturer import Capturer, CaptureSink
 from agent.config import AgentConfig, ConfigError
 from agent.failure import FailureWatch, check_run
 from agent.metrics import AgentMetrics, RollingStats
@@ -70,6 +71,7 @@ class Agent:
         self.preview: PreviewServer | None = None
         self.store: BundleStore | None = None  # with updates.channel: the device's bundle store
         self.updater: Updater | None = None
+        self.capture: Capturer | None = None  # with a broker: capture and the drift signal
         self._on_probation = False  # the model served at start has not passed probation
         self.health = "starting"
         self._status_thread: threading.Thread | None = None
@@ -132,6 +134,7 @@ class Agent:
         self.pipeline.watch = self.watch
         if self.mqtt is not None:
             self.updater = Updater(cfg, self.pipeline, self.mqtt, self.store, self.keys)
+            self.updater.capture = self.capture
         if cfg.metrics.enabled:
             with _opening("metrics.port"):
                 self.metrics.serve(cfg.metrics.bind, cfg.metrics.port)
@@ -145,6 +148,8 @@ class Agent:
                 )
         if self.updater is not None:
             self.updater.start(probation=self._on_probation)
+        if self.capture is not None:
+            self.capture.start()
         self.grabber.start()
         self._status_thread = threading.Thread(
             target=self._status_loop, name="edgegap-status", daemon=True
@@ -168,6 +173,10 @@ class Agent:
         if cfg.mqtt.broker:
             self.mqtt = MqttLink(cfg.mqtt, cfg.device_id, cfg.fleet, self.status, self.on_command)
             sinks.append(MqttSink(self.mqtt, PublishPolicy(cfg.publish)))
+            spool = cfg.capture.spool_dir or cfg.updates.state_dir / "captures"
+            with _opening("capture.spool_dir"):
+                self.capture = Capturer(cfg.capture, cfg.device_id, self.mqtt, spool)
+            sinks.append(CaptureSink(self.capture))
         else:
             logger.info("no broker configured: local outputs only")
         if cfg.preview.enabled:
@@ -240,7 +249,7 @@ class Agent:
         """The retained status message (state online)."""
         self._refresh_health()
         p = self.pipeline
-        return status_message(
+        out = status_message(
             self.config.device_id,
             self.config.fleet,
             self.health,
@@ -250,6 +259,9 @@ class Agent:
             self.rolling,
             self.config.updates.channel,
         )
+        if self.capture is not None:
+            out.update(self.capture.status())
+        return out
 
     def _status_loop(self) -> None:
         interval = self.config.mqtt.status_interval_s
@@ -295,6 +307,8 @@ class Agent:
             self._status_thread.join(timeout=2)
         if self.updater is not None:
             self.updater.stop()
+        if self.capture is not None:
+            self.capture.stop()
         if self.outputs is not None:
             self.outputs.close()
         if self.mqtt is not None:

@@ -27,6 +27,7 @@ from agent.config.broker import (
     TLSConfig,
     parse_broker_url,
 )
+from agent.config.capture import CaptureConfig, CapturePolicy
 from agent.config.sections import (
     BundleConfig,
     DetectionConfig,
@@ -52,6 +53,8 @@ __all__ = [
     "AgentConfig",
     "BrokerAddress",
     "BundleConfig",
+    "CaptureConfig",
+    "CapturePolicy",
     "ConfigError",
     "DetectionConfig",
     "GoldenPolicy",
@@ -113,6 +116,9 @@ class AgentConfig(_Strict):
     updates: UpdatesConfig = Field(
         default_factory=UpdatesConfig, description="Model updates over MQTT and the bundle store."
     )
+    capture: CaptureConfig = Field(
+        default_factory=CaptureConfig, description="Frames captured for the host to learn from."
+    )
 
     @field_validator("device_id", "fleet")
     @classmethod
@@ -134,6 +140,8 @@ class AgentConfig(_Strict):
             raise ConfigError(missing)
         if self.updates.channel and not self.mqtt.broker:
             raise ConfigError(["updates.channel: needs mqtt.broker (or --broker URL)"])
+        if self.capture.enabled and not self.mqtt.broker:
+            raise ConfigError(["capture.enabled: needs mqtt.broker (or --broker URL)"])
 
 
 def _sanitize(name: str) -> str:

@@ -116,6 +116,28 @@ class StatusLatency(_Schema):
     p99: float | None = Field(description="99th percentile of the same.")
 
 
+class StatusDrift(_Schema):
+    """Rolling statistics of the model serving now, over the last window_s seconds."""
+
+    window_s: float = Field(description="Length of the window, seconds (capture.drift_window_s).")
+    frames: int = Field(ge=0, description="Frames in the window (0: the values below are 0).")
+    version: int | None = Field(default=None, description="Model version the window is about.")
+    top_score_mean: float = Field(description="Mean of each frame's top score (0 for none).")
+    top_score_p10: float = Field(description="10th percentile of the same.")
+    detections_per_frame: float = Field(description="Mean number of detections per frame.")
+
+
+class StatusCaptures(_Schema):
+    enabled: bool = Field(description="Capturing now (capture.enabled, `capture on|off`).")
+    sent: int = Field(ge=0, description="Captures the broker acknowledged since start.")
+    dropped: int = Field(
+        ge=0, description="Captures lost since start: queue full, or oldest out of the spool."
+    )
+    waiting: int = Field(ge=0, description="Captures in the spool, waiting for the broker.")
+    capped: int = Field(ge=0, description="Frames picked but held back by a rate cap.")
+    bytes_24h: int = Field(ge=0, description="JPEG bytes captured in the last 24 h.")
+
+
 class StatusMessage(_Schema):
     """Retained on edgegap/<fleet>/devices/<id>/status; the last will sets state offline."""
 
@@ -148,6 +170,12 @@ class StatusMessage(_Schema):
         description="Frames whose decoding or publishing failed since start; each was skipped.",
     )
     dropped: int | None = Field(default=None, description="Frames dropped as stale since start.")
+    drift: StatusDrift | None = Field(
+        default=None, description="Score and detection statistics (drift signal); with a broker."
+    )
+    captures: StatusCaptures | None = Field(
+        default=None, description="Frame capture counters; with a broker."
+    )
 
 
 SCHEMAS: dict[str, type[BaseModel]] = {

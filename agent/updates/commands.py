@@ -46,6 +46,8 @@ def _carry_out(updater: Updater, cmd: Command) -> None:
         _set_threshold(updater, cmd.value)
     elif cmd.name == "status":
         updater.link.publish_status()
+    elif cmd.name == "capture":
+        _capture(updater, cmd)
     elif updater.store is None:
         raise Refused("this device follows no channel (updates.channel) and keeps no bundle store")
     elif cmd.name == "rollback":
@@ -66,6 +68,23 @@ def _set_threshold(updater: Updater, value: float) -> None:
         if served is not None:
             served.decoder.score_threshold = value
     logger.info("score threshold set to %s by command", value)
+
+
+def _capture(updater: Updater, cmd: Command) -> None:
+    capture = updater.capture
+    if capture is None:
+        raise Refused("this device does not capture")
+    try:
+        if cmd.action == "policy":
+            assert cmd.policy is not None
+            capture.set_policy(cmd.policy)
+        else:
+            capture.set_enabled(cmd.action == "on")
+    except OSError as exc:
+        raise Refused(f"cannot open the capture spool {capture.spool_dir}: {exc}") from exc
+    except ValueError as exc:
+        raise Refused(str(exc)) from exc
+    updater.link.publish_status()
 
 
 def _pin(updater: Updater, version: int) -> None:

@@ -209,7 +209,8 @@ def event(
     return out
 
 
-COMMANDS = ("rollback", "reload", "pin", "unpin", "set_threshold", "status")
+COMMANDS = ("rollback", "reload", "pin", "unpin", "set_threshold", "status", "capture")
+CAPTURE_ACTIONS = ("on", "off", "policy")
 MAX_COMMAND_BYTES = 4096
 
 
@@ -218,6 +219,8 @@ class Command:
     name: str
     value: float | None = None  # set_threshold
     version: int | None = None  # pin
+    action: str | None = None  # capture: on, off or policy
+    policy: dict[str, Any] | None = None  # capture policy: the keys to change
 
 
 def parse_command(raw: bytes) -> Command:
@@ -243,7 +246,25 @@ def parse_command(raw: bytes) -> Command:
         if isinstance(version, bool) or not isinstance(version, int) or version < 0:
             raise ProtocolError("pin needs a version: a non-negative integer")
         return Command(name, version=version)
+    if name == "capture":
+        return _capture_command(obj)
     return Command(name)
+
+
+def _capture_command(obj: dict[str, Any]) -> Command:
+    """{"cmd": "capture", "action": "on" | "off"} or {..., "action": "policy", "policy": {...}};
+    the policy's keys are checked when it is applied."""
+    action = obj.get("action")
+    if action not in CAPTURE_ACTIONS:
+        raise ProtocolError(f"capture needs an action: one of {', '.join(CAPTURE_ACTIONS)}")
+    policy = obj.get("policy")
+    if action == "policy":
+        if not isinstance(policy, dict) or not policy:
+            raise ProtocolError("capture policy needs a policy: an object of the keys to change")
+        return Command("capture", action=action, policy=policy)
+    if policy is not None:
+        raise ProtocolError(f"capture {action} takes no policy")
+    return Command("capture", action=action)
 
 
 def chunk_indices(blob: Blob, have: set[int]) -> Iterator[int]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from agent.capture.capturer import Capturer
 from agent.config import AgentConfig
 from agent.mqtt import MqttLink
 from agent.pipeline import Pipeline
@@ -66,6 +67,7 @@ class Updater:
         self.previous: ServedModel | None = None  # kept loaded for a fast rollback
         self.pull: Pull | None = None
         self.probation: Probation | None = None
+        self.capture: Capturer | None = None  # set by the agent; the `capture` commands use it
         self.profiles = frozenset(u.profiles or [pipeline.served.manifest.profile])
         self._queue: queue.Queue[_Work] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="edgegap-updates", daemon=True)
