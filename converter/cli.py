@@ -10,6 +10,7 @@ import click
 from agent.errors import EdgegapError
 from converter.commands.broker import broker_cmd
 from converter.commands.bundle_tools import bench, verify
+from converter.commands.collect import collect
 from converter.commands.convert import convert
 from converter.commands.eval import eval_cmd
 from converter.commands.fleet import fleet, gc
@@ -82,6 +83,7 @@ cli.add_command(publish_cmd)
 cli.add_command(broker_cmd)
 cli.add_command(fleet)
 cli.add_command(gc)
+cli.add_command(collect)
 
 
 def main() -> None:
