@@ -233,9 +233,12 @@ class Agent:
     def summary(self, stopped_by: str = "") -> RunSummary:
         assert self.pipeline is not None and self.grabber is not None
         published = (self.mqtt.published, self.mqtt.dropped) if self.mqtt else (0, 0)
-        return run_summary(
+        summary = run_summary(
             self.pipeline.served, self.pipeline.stats, self.grabber, published, stopped_by
         )
+        if self.capture is not None and self.capture.enabled:
+            summary.extra["captures"] = self.capture.status()["captures"]
+        return summary
 
     def request_stop(self) -> None:
         self.stop_event.set()

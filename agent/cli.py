@@ -46,6 +46,7 @@ FLAG_KEYS = {
     "preview_bind": "preview.bind",
     "max_frames": "pipeline.max_frames",
     "channel": "updates.channel",
+    "capture": "capture.enabled",
     "state_dir": "updates.state_dir",
 }
 
@@ -182,6 +183,11 @@ def cli(verbose: int, quiet: bool) -> None:
     type=click.Path(path_type=Path),
     help="Bundle store and staged downloads (updates.state_dir, default /var/lib/edgegap).",
 )
+@click.option(
+    "--capture/--no-capture",
+    default=None,
+    help="Send the frames the model is unsure of to the host (capture.enabled; needs --broker).",
+)
 def run(config_file: Path | None, preview: bool | None, **flags: Any) -> None:
     """Serve a bundle on a camera, stream, video file or image folder.
 
@@ -246,6 +252,12 @@ def print_summary(summary: Any) -> None:
     if summary.failed:
         console.print(
             f"failed frames (decoding or publishing raised; skipped, see the log): {summary.failed}"
+        )
+    captures = summary.extra.get("captures")
+    if captures:
+        console.print(
+            f"captures sent {captures['sent']}  dropped {captures['dropped']}  "
+            f"waiting {captures['waiting']}  held back by caps {captures['capped']}"
         )
     swap = "" if summary.color_swap == "none" else f", color swap {summary.color_swap}"
     console.print(f"backend {summary.backend} {summary.backend_version}{swap}")

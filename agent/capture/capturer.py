@@ -112,9 +112,9 @@ class Capturer:
             policy = CapturePolicy.model_validate(merged)
         except ValidationError as exc:
             first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "policy"
+            where = ".".join(["policy", *(str(p) for p in first["loc"])])
             msg = str(first["msg"]).removeprefix("Value error, ")
-            raise ValueError(f"policy.{where}: {msg}") from exc
+            raise ValueError(f"{where}: {msg}") from exc
         self.selector.policy = policy
         logger.info("capture policy set: %s", policy.model_dump())
         return policy
