@@ -66,17 +66,21 @@ def _client_id(role: str) -> str:
     return f"edgegap-{role}-{secrets.token_hex(4)}"
 
 
-def make_client(options: BrokerOptions, role: str) -> tuple[paho.Client, str, int]:
-    """An unconnected paho client set up for the URL; returns it with the host and port."""
+def make_client(
+    options: BrokerOptions, role: str, session: str | None = None
+) -> tuple[paho.Client, str, int]:
+    """An unconnected paho client set up for the URL; returns it with the host and port. With a
+    session name the client id is fixed and the session persistent: the broker keeps QoS 1
+    messages for its subscriptions while it is away."""
     try:
         address = parse_broker_url(options.url)
     except ValueError as exc:
         raise BrokerError(str(exc)) from exc
     client = paho.Client(
         CallbackAPIVersion.VERSION2,
-        client_id=_client_id(role),
+        client_id=f"edgegap-{role}-{session}" if session else _client_id(role),
         protocol=paho.MQTTv311,
-        clean_session=True,
+        clean_session=session is None,
     )
     client.connect_timeout = options.timeout_s
     client.on_socket_open = no_delay  # PUBACKs and small messages are not held back by Nagle
@@ -105,9 +109,9 @@ def make_client(options: BrokerOptions, role: str) -> tuple[paho.Client, str, in
 class Connection:
     """A connected client whose network loop runs on paho's thread; use as a context manager."""
 
-    def __init__(self, options: BrokerOptions, role: str) -> None:
+    def __init__(self, options: BrokerOptions, role: str, session: str | None = None) -> None:
         self.options = options
-        self.client, self.host, self.port = make_client(options, role)
+        self.client, self.host, self.port = make_client(options, role, session)
         self._connected = threading.Event()
         self._answered = threading.Event()  # a CONNACK came, accepting or refusing
         self._refused: str | None = None
@@ -188,10 +192,15 @@ class Connection:
 
     def stream(self, topic_filter: str, handler: Callable[[str, bytes], None]) -> None:
         """Call handler(topic, payload) on paho's thread for each live (not retained) message."""
-        self._streams.append((topic_filter, handler))
-        self._subscribe(topic_filter)
+        self.listen(topic_filter, handler)
+        self.subscribe(topic_filter)
 
-    def _subscribe(self, topic_filter: str) -> None:
+    def listen(self, topic_filter: str, handler: Callable[[str, bytes], None]) -> None:
+        """stream() without subscribing: called before connect(), a persistent session's
+        messages queued by the broker, which arrive right after connecting, reach handler too."""
+        self._streams.append((topic_filter, handler))
+
+    def subscribe(self, topic_filter: str) -> None:
         """Subscribe at QoS 1 and wait for the SUBACK, at most the timeout."""
         self._subscribed.clear()
         result, _ = self.client.subscribe(topic_filter, qos=1)
@@ -205,7 +214,7 @@ class Connection:
         quiet_s seconds (an exact topic returns as soon as its message is in), at most the timeout."""
         with self._lock:
             self._messages, self._filter, self._last = {}, topic_filter, time.monotonic()
-        self._subscribe(topic_filter)
+        self.subscribe(topic_filter)
         exact = "+" not in topic_filter and "#" not in topic_filter
         deadline = time.monotonic() + self.options.timeout_s
         with self._lock:

@@ -112,6 +112,8 @@ class CaptureStore:
         self.max_distance = max_distance
         self.doc = self._open()
         self.stored = self.duplicates = self.invalid = self.evicted = 0
+        if not (out_dir / ANNOTATIONS_FILE).exists():
+            self.save()  # a new store is a valid (empty) folder from the start
         images = self.doc["images"]
         self._hashes = [int(im["dhash"], 16) for im in images]
         self._seen = {

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from agent.capture.message import CaptureError
+from agent.updates.protocol import NAME
 from converter.broker_client import Connection
 from converter.captures import Assembler, CaptureStore
 from converter.commands.mqtt_options import broker_options, resolve
@@ -54,6 +55,15 @@ MAX_WAITING = (
     help="Stop after this many seconds (default: run until --until or Ctrl-C).",
 )
 @click.option(
+    "--session",
+    metavar="NAME",
+    default=None,
+    help=(
+        "Persistent broker session: captures sent while this collector is away wait at the "
+        "broker (up to its queue limit) for the next run with the same NAME."
+    ),
+)
+@click.option(
     "--max-distance",
     type=click.IntRange(0, 64),
     default=4,
@@ -62,6 +72,7 @@ MAX_WAITING = (
 )
 def collect(
     out_dir: Path,
+    session: str | None,
     max_images: int,
     until: int | None,
     duration: float | None,
@@ -81,6 +92,10 @@ def collect(
       edgegap collect --broker mqtt://broker.lan --fleet warehouse --out captures/ --until 200 --duration 600
     """
     options, topics = resolve(kwargs)
+    if session is not None and not NAME.match(session):
+        raise click.BadParameter(
+            f"{session!r}: 1-64 letters, digits, '.', '_' or '-'", param_hint="--session"
+        )
     store = CaptureStore(out_dir, max_images, max_distance)
     waiting: queue.Queue[tuple[str, bytes]] = queue.Queue(MAX_WAITING)
 
@@ -90,8 +105,10 @@ def collect(
         except queue.Full:
             logger.warning("collect: falling behind; a capture part was dropped")
 
-    with Connection(options, "collect") as conn:
-        conn.stream(topics.devices("captures"), receive)
+    conn = Connection(options, "collect", session)
+    conn.listen(topics.devices("captures"), receive)  # before connecting: a session's backlog
+    with conn:
+        conn.subscribe(topics.devices("captures"))
         console.print(f"collecting from {topics.devices('captures')} into {out_dir}")
         _loop(store, waiting, until, duration)
     _summary(store, out_dir)
