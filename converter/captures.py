@@ -32,6 +32,7 @@ STORE_KIND = "edgegap.captures/1"
 MAX_PENDING = 64  # captures whose parts are still arriving
 MAX_PENDING_BYTES = 64 * 1024 * 1024
 PENDING_TTL_S = 120.0
+SEEN_KEPT = 100_000  # capture ids remembered to drop a capture delivered twice
 
 
 @dataclass(frozen=True)
@@ -81,20 +82,25 @@ class Assembler:
         if (first.parts, first.image.sha256) != (header.parts, header.image.sha256):
             raise CaptureError(f"capture {header.id}: parts disagree")
         if header.part not in parts:
+            if sum(len(p) for p in parts.values()) + len(data) > size:
+                self._drop(key)
+                raise CaptureError(f"capture {header.id}: its parts hold more than its size")
             parts[header.part] = data
             self._bytes += len(data)
         if len(parts) < header.parts:
             return None
-        del self._pending[key]
-        self._bytes -= sum(len(p) for p in parts.values())
+        self._drop(key)
         return _whole(first, b"".join(parts[i] for i in range(first.parts)))
 
+    def _drop(self, key: tuple[str, str]) -> None:
+        _, _, parts = self._pending.pop(key)
+        self._bytes -= sum(len(p) for p in parts.values())
+
     def _expire(self, now: float) -> None:
-        for key, (since, _, parts) in list(self._pending.items()):
+        for key, (since, _, _) in list(self._pending.items()):
             if now - since > PENDING_TTL_S:
                 logger.warning("capture %s/%s: parts missing; dropped", *key)
-                self._bytes -= sum(len(p) for p in parts.values())
-                del self._pending[key]
+                self._drop(key)
 
 
 def _whole(header: CaptureHeader, jpeg: bytes) -> Capture:
@@ -116,9 +122,11 @@ class CaptureStore:
             self.save()  # a new store is a valid (empty) folder from the start
         images = self.doc["images"]
         self._hashes = [int(im["dhash"], 16) for im in images]
-        self._seen = {
+        # (device, capture id) of stored captures, the newest kept, so a capture sent twice is not
+        # stored twice; a dict: insertion-ordered, trimmed to SEEN_KEPT.
+        self._seen = dict.fromkeys(
             (im["provenance"]["device_id"], im["provenance"]["capture_id"]) for im in images
-        }
+        )
 
     def _open(self) -> dict[str, Any]:
         ann = self.out_dir / ANNOTATIONS_FILE
@@ -172,7 +180,9 @@ class CaptureStore:
         doc["images"].append(_entry(image_id, name, capture, code))
         self._add_categories(capture)
         self._hashes.append(code)
-        self._seen.add((h.device_id, h.id))
+        self._seen[(h.device_id, h.id)] = None
+        while len(self._seen) > SEEN_KEPT:
+            del self._seen[next(iter(self._seen))]
         while len(doc["images"]) > self.max_images:
             old = doc["images"].pop(0)
             self._hashes.pop(0)

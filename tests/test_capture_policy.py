@@ -16,7 +16,14 @@ import pytest
 
 from agent.capture.capturer import Capturer
 from agent.capture.drift import DriftWindow
-from agent.capture.message import CaptureError, detections_for, make_header, parse_part, split
+from agent.capture.message import (
+    CaptureError,
+    detections_for,
+    header_line,
+    make_header,
+    parse_part,
+    split,
+)
 from agent.capture.policy import Selector
 from agent.capture.ring import DiskRing
 from agent.config.capture import CaptureConfig, CapturePolicy
@@ -200,6 +207,11 @@ def test_parts_join_in_any_order_and_bad_ones_are_refused() -> None:
         parse_part(b'{"schema": "x"}\n')
     with pytest.raises(CaptureError, match="header line"):
         parse_part(b"no newline at all")
+    two = header.model_copy(update={"parts": 2})
+    stuffed = [header_line(two.model_copy(update={"part": i})) + b"\n" + jpeg for i in (0, 1)]
+    assert asm.add(topic, stuffed[0]) is None
+    with pytest.raises(CaptureError, match="more than its size"):
+        asm.add(topic, stuffed[1])  # parts that add up past the declared size: dropped
     one = split(header, jpeg, len(jpeg) + 1)[0]
     tampered = one[:-1] + bytes([one[-1] ^ 1])
     with pytest.raises(CaptureError, match="sha256"):

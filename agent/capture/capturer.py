@@ -176,7 +176,13 @@ class Capturer:
             capture_id, self.device_id, frame.timestamp, job.reason, job.result.model,
             detections_for(job.result.detections, scale), jpeg, (image.shape[1], image.shape[0]),
         )  # fmt: skip
-        ring.put(split(header, jpeg, len(jpeg) + 1)[0])
+        try:
+            ring.put(split(header, jpeg, len(jpeg) + 1)[0])
+        except (
+            OSError
+        ) as exc:  # disk full, spool removed: this capture is lost, the next may not be
+            ring.dropped += 1
+            logger.warning("capture: cannot spool a capture: %s", exc)
 
     def _send_one(self) -> bool:
         """Send the ring's oldest capture if the broker is there; True if one went out."""

@@ -20,9 +20,8 @@ from converter.console import console, progress
 logger = logging.getLogger(__name__)
 
 REPORT_S = 5.0  # without a terminal, a progress line this often
-MAX_WAITING = (
-    1024  # messages received and not yet stored; more are dropped (paho's thread never waits)
-)
+# Messages received and not yet stored; more are dropped (paho's thread never waits).
+MAX_WAITING = 256
 
 
 @click.command("collect")
