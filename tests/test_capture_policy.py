@@ -26,6 +26,7 @@ from agent.capture.message import (
 )
 from agent.capture.policy import Selector
 from agent.capture.ring import DiskRing
+from agent.config import ConfigError, load_config
 from agent.config.capture import CaptureConfig, CapturePolicy
 from agent.decoders.base import BBox, Detection
 from agent.outputs.messages import FrameResult, ModelRef
@@ -282,3 +283,11 @@ def test_set_policy_merges_and_refuses_bad_values(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match=why):
             capturer.set_policy(bad)
     assert capturer.selector.policy.band == (0.2, 0.5)  # a refused policy changes nothing
+
+
+def test_capture_needs_a_broker() -> None:
+    config = load_config(None, {"bundle.path": "b", "source.uri": "0", "capture.enabled": True})
+    with pytest.raises(ConfigError, match="capture.enabled: needs mqtt.broker"):
+        config.require_runnable()
+    with pytest.raises(ConfigError, match="capture.policy.band"):
+        load_config(None, {"capture.policy.band": [0.5, 0.5]})

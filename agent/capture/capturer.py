@@ -244,4 +244,9 @@ class CaptureSink(Sink):
         self.capturer = capturer
 
     def write(self, result: FrameResult, payload: bytes) -> None:
-        self.capturer.offer(result)
+        try:
+            self.capturer.offer(result)
+        except Exception:  # capture is a bystander: its failure must not fail the frame
+            self.errors += 1
+            if self.errors == 1:
+                logger.exception("capture failed on a frame; the frame goes on (logged once)")

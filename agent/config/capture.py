@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator
 
 from agent.config.base import Strict
 
@@ -40,12 +40,13 @@ class CapturePolicy(Strict):
         description="At most this many JPEG bytes captured in any 24 h.",
     )
 
-    @model_validator(mode="after")
-    def _band_in_order(self) -> CapturePolicy:
-        low, high = self.band
+    @field_validator("band")
+    @classmethod
+    def _band_in_order(cls, band: tuple[float, float]) -> tuple[float, float]:
+        low, high = band
         if not 0 <= low < high <= 1:
-            raise ValueError(f"band must be [low, high] with 0 <= low < high <= 1, got {self.band}")
-        return self
+            raise ValueError(f"must be [low, high] with 0 <= low < high <= 1, got {list(band)}")
+        return band
 
 
 class CaptureConfig(Strict):
