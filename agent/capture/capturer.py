@@ -102,6 +102,8 @@ class Capturer:
         if on and self.ring is None:
             c = self.config
             self.ring = DiskRing(self.spool_dir, c.spool_max_files, c.spool_max_bytes)
+        if on and not self.enabled:
+            self.selector.forget_frames()
         self.enabled = on
         logger.info("capture %s", "on" if on else "off")
 

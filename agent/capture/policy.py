@@ -73,6 +73,11 @@ class Selector:
             threading.Lock()
         )  # consider() on the frame path, admit_bytes() on the encoder's
 
+    def forget_frames(self) -> None:
+        """Forget the frames seen (capture was off: the next frames do not follow them)."""
+        self._recent.clear()
+        self._previous = []
+
     def consider(self, detections: list[Detection]) -> Pick | None:
         """Whether to capture now, and which frame: the one just seen (or, for flicker, the one
         before it). Counts what it picked; a pick over a cap is counted and refused."""
