@@ -6,8 +6,9 @@ A frame is picked for the first reason that holds, in this order:
   absent from both is present in it (one frame late: the frame judged is the middle one of three);
 - `sample`: a random draw at the policy's sample rate.
 
-Caps: at most `max_per_minute` captures in any 60 s, and `max_bytes_per_day` JPEG bytes in any
-24 h. A frame picked over a cap is counted (`capped`) and not captured. The clock is injected, so
+Caps: at most `max_per_minute` captures in any 60 s, spread out: at most
+ceil(max_per_minute / 60) of them in any 1 s (so the encoder never runs flat out for a burst and
+takes a core from inference); and at most `max_bytes_per_day` JPEG bytes in any 24 h. A frame picked over a cap is counted (`capped`) and not captured. The clock is injected, so
 tests run on a fake one.
 """
 
@@ -27,6 +28,7 @@ from agent.decoders.base import Detection
 logger = logging.getLogger(__name__)
 
 MINUTE_S = 60.0
+SECOND_S = 1.0
 DAY_S = 86_400.0
 REASONS = ("uncertain", "flicker", "sample")
 
@@ -92,7 +94,11 @@ class Selector:
         p = self.policy
         with self._lock:
             self._expire(now)
-            if len(self._minute) >= p.max_per_minute or self._day_bytes >= p.max_bytes_per_day:
+            if (
+                len(self._minute) >= p.max_per_minute
+                or _count_since(self._minute, now - SECOND_S) >= -(-p.max_per_minute // 60)
+                or self._day_bytes >= p.max_bytes_per_day
+            ):
                 self.counts.capped += 1
                 return None
             self._minute.append(now)
@@ -130,6 +136,16 @@ class Selector:
     def bytes_today(self) -> int:
         """JPEG bytes captured in the last 24 h."""
         return self._day_bytes
+
+
+def _count_since(times: deque[float], since: float) -> int:
+    """How many of the (ascending) times are after since."""
+    n = 0
+    for t in reversed(times):
+        if t <= since:
+            break
+        n += 1
+    return n
 
 
 def _flickered(before: frozenset[str], middle: frozenset[str], after: frozenset[str]) -> bool:
