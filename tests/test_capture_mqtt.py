@@ -149,3 +149,5 @@ def test_collect_reports_a_shortfall_and_bad_folders(mosquitto: Broker, tmp_path
     (tmp_path / "b" / "x.txt").write_text("x")
     r = runner.invoke(cli, [*base, "--out", str(tmp_path / "b"), "--duration", "0.5"])
     assert r.exit_code == 1 and "not empty" in r.output
+    r = runner.invoke(cli, [*base, "--out", str(tmp_path / "c"), "--session", "a/b"])
+    assert r.exit_code == 2 and "Invalid value for --session" in r.output
