@@ -37,8 +37,9 @@ from agent.outputs.sinks import Sink
 
 logger = logging.getLogger(__name__)
 
-SEND_TIMEOUT_S = 10.0  # for the broker to acknowledge a part
+SEND_TIMEOUT_S = 30.0  # for the broker to acknowledge every part of a capture
 RETRY_S = 1.0  # after a failed send
+PART_WINDOW = 8  # parts of one capture in flight at once
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ class Capturer:
         """Stop the thread; captures not yet sent stay in the ring for the next start."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=SEND_TIMEOUT_S + 2)
+            self._thread.join(timeout=5)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -203,7 +204,7 @@ class Capturer:
             ring.dropped += 1
             return False
         topic = link.topics.device(self.device_id, "captures")
-        if not _publish_all(link.client, topic, payloads):
+        if not _publish_all(link.client, topic, payloads, self._stop):
             self._stop.wait(RETRY_S)
             return False
         ring.pop_oldest()
@@ -211,18 +212,24 @@ class Capturer:
         return True
 
 
-def _publish_all(client: paho.Client, topic: str, payloads: list[bytes]) -> bool:
-    """Publish at QoS 1 and wait for every PUBACK; False if any part did not make it."""
-    infos = [client.publish(topic, p, qos=1) for p in payloads]
+def _publish_all(
+    client: paho.Client, topic: str, payloads: list[bytes], stop: threading.Event
+) -> bool:
+    """Publish at QoS 1, PART_WINDOW parts in flight at most (paho's queue is shared with the
+    detections and bounded), waiting for every PUBACK; False if any part did not make it in
+    SEND_TIMEOUT_S, or stop was set meanwhile."""
     deadline = time.monotonic() + SEND_TIMEOUT_S
-    for info in infos:
-        try:
-            info.wait_for_publish(max(0.0, deadline - time.monotonic()))
-        except (RuntimeError, ValueError) as exc:
-            logger.debug("capture: a part was not sent: %s", exc)
-            return False
-        if not info.is_published():
-            return False
+    for start in range(0, len(payloads), PART_WINDOW):
+        infos = [client.publish(topic, p, qos=1) for p in payloads[start : start + PART_WINDOW]]
+        for info in infos:
+            try:
+                while not info.is_published():
+                    if stop.is_set() or time.monotonic() >= deadline:
+                        return False
+                    info.wait_for_publish(0.1)
+            except (RuntimeError, ValueError) as exc:  # not queued: no connection, queue full
+                logger.debug("capture: a part was not sent: %s", exc)
+                return False
     return True
 
 
