@@ -286,6 +286,8 @@ class Agent:
             if self.grabber is not None:
                 m.reconnects.set(self.grabber.stats.reconnects)
                 m.dropped.set(self.grabber.stats.dropped)
+            if self.capture is not None:
+                m.set_capture(self.capture.status())
             if self.mqtt is not None:
                 m.mqtt_connected.set(1 if self.mqtt.connected else 0)
                 m.published.set(self.mqtt.published)

@@ -119,6 +119,19 @@ class AgentMetrics:
         self.model_version = Gauge(
             "edgegap_model_version", "Version of the bundle being served.", registry=r
         )
+        self.captures = Gauge(
+            "edgegap_captures",
+            "Frame captures since start: sent, dropped, waiting (in the spool), capped.",
+            ["state"],
+            registry=r,
+        )
+        self.drift = Gauge(
+            "edgegap_drift",
+            "Rolling statistics of the model serving: top_score_mean, top_score_p10, "
+            "detections_per_frame (over capture.drift_window_s).",
+            ["stat"],
+            registry=r,
+        )
         self._children = {s: self.stage.labels(stage=s) for s in (*STAGES, "total")}
         self._server: Any = None
         self.port: int | None = None
@@ -136,6 +149,13 @@ class AgentMetrics:
             }
         )
         self.model_version.set(version)
+
+    def set_capture(self, status: dict[str, Any]) -> None:
+        """The `captures` and `drift` of the status message, as gauges."""
+        for state in ("sent", "dropped", "waiting", "capped"):
+            self.captures.labels(state=state).set(status["captures"][state])
+        for stat in ("top_score_mean", "top_score_p10", "detections_per_frame"):
+            self.drift.labels(stat=stat).set(status["drift"][stat])
 
     def observe(self, stage: str, seconds: float) -> None:
         self._children[stage].observe(seconds)

@@ -118,8 +118,6 @@ class CaptureStore:
         self.max_distance = max_distance
         self.doc = self._open()
         self.stored = self.duplicates = self.invalid = self.evicted = 0
-        if not (out_dir / ANNOTATIONS_FILE).exists():
-            self.save()  # a new store is a valid (empty) folder from the start
         images = self.doc["images"]
         self._hashes = [int(im["dhash"], 16) for im in images]
         # (device, capture id) of stored captures, the newest kept, so a capture sent twice is not
@@ -133,7 +131,6 @@ class CaptureStore:
         if not ann.exists():
             if self.out_dir.exists() and any(self.out_dir.iterdir()):
                 raise DatasetError(f"{self.out_dir} is not empty and holds no {ANNOTATIONS_FILE}")
-            (self.out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
             info = {
                 "description": "edgegap captures (unlabelled)",
                 "kind": STORE_KIND,
@@ -151,6 +148,12 @@ class CaptureStore:
 
     def __len__(self) -> int:
         return len(self.doc["images"])
+
+    def create(self) -> None:
+        """Make the folder if it is new: a valid, empty captures folder from the start."""
+        if not (self.out_dir / ANNOTATIONS_FILE).exists():
+            (self.out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+            self.save()
 
     def add(self, capture: Capture) -> str:
         """Store a capture: 'stored', 'duplicate' (same capture again, or a near-duplicate image)
@@ -172,6 +175,7 @@ class CaptureStore:
         return "stored"
 
     def _write(self, capture: Capture, code: int) -> None:
+        self.create()
         h, doc = capture.header, self.doc
         image_id = int(doc["info"]["next_id"])
         doc["info"]["next_id"] = image_id + 1

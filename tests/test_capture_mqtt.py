@@ -4,6 +4,7 @@ ring rides out, and `edgegap collect` turning a device's captures into a dataset
 from __future__ import annotations
 
 import json
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,9 @@ def test_capture_commands_switch_it_and_refuse_bad_policies(
 ) -> None:
     kit = Mqtt(mosquitto)
     try:
-        with running_agent(capture_config(mosquitto, tmp_path)) as agent:
+        keys = capture_config(mosquitto, tmp_path)
+        keys.update({"metrics.enabled": True, "metrics.port": 0, "metrics.bind": "127.0.0.1"})
+        with running_agent(keys) as agent:
             wait_until(lambda: agent.status()["drift"]["frames"] > 5, 30, "frames")
             assert captures(kit) == []  # off by default
             kit.command({"cmd": "capture", "action": "on"})
@@ -58,6 +61,8 @@ def test_capture_commands_switch_it_and_refuse_bad_policies(
             assert header.device_id == DEVICE and header.reason == "sample"
             assert header.model.version == agent.served.manifest.version  # type: ignore[union-attr]
             assert header.parts > 1  # a JPEG over capture.chunk_size goes in parts
+            wait_until(lambda: _metric(agent, 'edgegap_captures{state="sent"}') >= 3, 10, "metric")
+            assert 0 < _metric(agent, 'edgegap_drift{stat="top_score_mean"}') <= 1
 
             kit.command({"cmd": "capture", "action": "policy", "policy": {"sample_rate": 2}})
             refused = kit.wait_event("command", cmd="capture", ok=False)
@@ -88,6 +93,15 @@ def test_capture_commands_switch_it_and_refuse_bad_policies(
     assert any("capture needs an action" in r for r in reasons)
 
 
+def _metric(agent: Any, name: str) -> float:
+    """A sample's value from the agent's /metrics page (-1 when absent)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{agent.metrics.port}/metrics") as page:
+        for line in page.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+    return -1.0
+
+
 def test_captures_wait_in_the_ring_while_the_broker_is_away(
     mosquitto: Broker, tmp_path: Path
 ) -> None:
@@ -99,15 +113,16 @@ def test_captures_wait_in_the_ring_while_the_broker_is_away(
         wait_until(lambda: capturer.sent >= 2, 30, "captures sent")
         mosquitto.stop()
         wait_until(lambda: capturer.ring is not None and len(capturer.ring) >= 5, 30, "spooled")
-        waiting = capturer.status()["captures"]["waiting"]
-        assert waiting >= 5
+        assert capturer.status()["captures"]["waiting"] >= 5
+        spooled = {parse_part(p.read_bytes())[0].id for p in (tmp_path / "spool").glob("*.cap")}
+        sent_before = capturer.sent
         mosquitto.start()
         kit = Mqtt(mosquitto)
         try:
-            sent_before = capturer.sent
-            wait_until(lambda: capturer.sent >= sent_before + waiting, 60, "spool drained")
-            got = captures(kit)
-            assert len({h.id for h, _ in got}) >= waiting - 2  # the first may beat our subscribe
+            wait_until(lambda: capturer.sent >= sent_before + len(spooled), 60, "spool drained")
+            received = {h.id for h, _ in captures(kit)}
+            # The agent waits >= 1 s to reconnect, the kit subscribes at once; allow one anyway.
+            assert len(spooled - received) <= 1, (sorted(spooled), sorted(received))
         finally:
             kit.close()
 

@@ -162,6 +162,12 @@ def test_capture_off_still_feeds_drift(tmp_path: Path) -> None:
     assert not (tmp_path / "spool").exists()  # off: nothing on disk
 
 
+def test_captures_left_in_the_spool_are_sent_with_capture_off(tmp_path: Path) -> None:
+    DiskRing(tmp_path / "spool", 10, 10_000).put(b"left from the last run")
+    capturer = Capturer(CaptureConfig(), "cam-1", None, tmp_path / "spool", clock=Clock())
+    assert not capturer.enabled and capturer.status()["captures"]["waiting"] == 1
+
+
 def test_drift_window_rolls_and_restarts_on_a_new_model() -> None:
     clock = Clock()
     w = DriftWindow(10.0, clock)

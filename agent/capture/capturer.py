@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from agent.capture.drift import DriftWindow
 from agent.capture.message import CaptureError, detections_for, make_header, parse_part, split
 from agent.capture.policy import Selector, top_score
-from agent.capture.ring import DiskRing
+from agent.capture.ring import SUFFIX, DiskRing
 from agent.config.capture import CaptureConfig, CapturePolicy
 from agent.mqtt import MqttLink
 from agent.outputs.messages import FrameResult
@@ -77,6 +77,8 @@ class Capturer:
         self._thread: threading.Thread | None = None
         if config.enabled:
             self.set_enabled(True)
+        elif any(spool_dir.glob(f"*{SUFFIX}")):  # left from a run with capture on: still sent
+            self._open_ring()
 
     # ---- the frame path -------------------------------------------------------------------
     def offer(self, result: FrameResult) -> None:
@@ -101,12 +103,15 @@ class Capturer:
     def set_enabled(self, on: bool) -> None:
         """Switch capture on (opening the ring: OSError if its folder cannot be made) or off."""
         if on and self.ring is None:
-            c = self.config
-            self.ring = DiskRing(self.spool_dir, c.spool_max_files, c.spool_max_bytes)
+            self._open_ring()
         if on and not self.enabled:
             self.selector.forget_frames()
         self.enabled = on
         logger.info("capture %s", "on" if on else "off")
+
+    def _open_ring(self) -> None:
+        c = self.config
+        self.ring = DiskRing(self.spool_dir, c.spool_max_files, c.spool_max_bytes)
 
     def set_policy(self, changes: dict[str, Any]) -> CapturePolicy:
         """Replace the given policy keys; ValueError (the reason) when the result is not valid."""

@@ -107,6 +107,7 @@ def collect(
     conn = Connection(options, "collect", session)
     conn.listen(topics.devices("captures"), receive)  # before connecting: a session's backlog
     with conn:
+        store.create()
         conn.subscribe(topics.devices("captures"))
         console.print(f"collecting from {topics.devices('captures')} into {out_dir}")
         _loop(store, waiting, until, duration)
