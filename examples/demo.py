@@ -6,7 +6,9 @@ converts it for the same profiles and compares float and int8 mAP. Part three is
 loop: a broker (`edgegap broker`, or yours with --broker), a device (`edgegap-agent`) serving
 the detector as v1 on a looped video, a refreshed detector fine-tuned on fresh data and
 published as v2 (`edgegap publish`), swapped in live while the device serves, the fleet's view
-(`edgegap fleet status`), and what the device served across the swap.
+(`edgegap fleet status`), and what the device served across the swap. Part four closes the
+loop in short: captures from a drifted camera, relabelled, a refresh gated and rolled out
+through a canary (demo_closed_loop.py).
 
 Each step is a function taking the shared Demo state (demo_kit.py); STEPS lists them in order.
 """
@@ -21,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from demo_closed_loop import step_closed_loop
 from demo_kit import ROOT, Demo, DemoError, console, edgegap, heading
 from demo_loop import step_broker, step_device, step_publish
 from demo_refresh import step_refresh
@@ -164,6 +167,7 @@ STEPS: list[Callable[[Demo], None]] = [
     step_publish,
     step_fleet,
     step_stop,
+    step_closed_loop,
 ]
 
 
