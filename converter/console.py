@@ -5,11 +5,17 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from converter.gates import GateResult
 
 logger = logging.getLogger(__name__)
 
@@ -46,3 +52,22 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GiB"
+
+
+_STATUS_STYLE = {"pass": "green", "fail": "bold red", "info": "yellow"}
+
+
+def gates_table(gates: Sequence[GateResult]) -> Table:
+    """The gates of a convert or an import: name, status, value, limit and note."""
+    table = Table(title="Gates", title_justify="left")
+    for col in ("gate", "status", "value", "limit", "note"):
+        table.add_column(col, overflow="fold")
+    for g in gates:
+        table.add_row(
+            g.name,
+            Text(g.status, style=_STATUS_STYLE.get(g.status, "")),
+            g.value,
+            g.limit,
+            g.reason,
+        )
+    return table

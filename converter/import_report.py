@@ -13,14 +13,12 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.bundle.manifest import Manifest
-from converter.console import human_bytes
+from converter.console import gates_table, human_bytes
 from converter.gates import GateResult, LatencyStats, first_failure
 from converter.graph import ModelGraph
 from converter.layouts import Layout
 
 logger = logging.getLogger(__name__)
-
-_STATUS_STYLE = {"pass": "green", "fail": "bold red", "info": "yellow"}
 
 
 @dataclass
@@ -65,21 +63,6 @@ def tensors_table(result: ImportResult) -> Table:
     return table
 
 
-def gates_table(result: ImportResult) -> Table:
-    table = Table(title="Gates", title_justify="left")
-    for col in ("gate", "status", "value", "limit", "note"):
-        table.add_column(col, overflow="fold")
-    for g in result.gates:
-        table.add_row(
-            g.name,
-            Text(g.status, style=_STATUS_STYLE.get(g.status, "")),
-            g.value,
-            g.limit,
-            g.reason,
-        )
-    return table
-
-
 def render(result: ImportResult) -> Group:
     m = result.manifest
     parts: list[Any] = [
@@ -88,7 +71,7 @@ def render(result: ImportResult) -> Group:
     ]
     if result.normalization_note:
         parts.append(Text(f"input: {result.normalization_note}"))
-    parts.append(gates_table(result))
+    parts.append(gates_table(result.gates))
     if result.bundle is not None:
         signed = f", signed by {m.signature.key_id}" if m.signature else ", unsigned"
         parts.append(Text(f"bundle: {result.bundle}{signed}"))

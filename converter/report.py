@@ -14,13 +14,11 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from converter.console import human_bytes
+from converter.console import gates_table, human_bytes
 from converter.gates import host_measured, latency_label
 from converter.result import ConvertResult, scheme_line
 
 logger = logging.getLogger(__name__)
-
-_STATUS_STYLE = {"pass": "green", "fail": "bold red", "info": "yellow"}
 
 
 def summary_table(result: ConvertResult) -> Table:
@@ -151,21 +149,6 @@ def pruning_table(result: ConvertResult) -> Table | None:
     return table
 
 
-def gates_table(result: ConvertResult) -> Table:
-    table = Table(title="Gates", title_justify="left")
-    for col in ("gate", "status", "value", "limit", "note"):
-        table.add_column(col, overflow="fold")
-    for g in result.gates:
-        table.add_row(
-            g.name,
-            Text(g.status, style=_STATUS_STYLE.get(g.status, "")),
-            g.value,
-            g.limit,
-            g.reason,
-        )
-    return table
-
-
 def fallback_text(result: ConvertResult) -> Text | None:
     """What the fallback kept, with what each layer cost and bought; or why it failed."""
     fb = result.fallback
@@ -216,7 +199,7 @@ def frontier_table(result: ConvertResult) -> Table | None:
 
 
 def render(result: ConvertResult) -> Group:
-    parts: list[Any] = [summary_table(result), gates_table(result)]
+    parts: list[Any] = [summary_table(result), gates_table(result.gates)]
     pruned = pruning_table(result)
     if pruned is not None:
         parts.insert(0, pruned)
