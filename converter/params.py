@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from firmware_profiles import Profile, ProfileError, load_profile
 
 logger = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class ProfileType(click.ParamType):
@@ -66,3 +70,27 @@ class ShapeType(click.ParamType):
 PROFILE = ProfileType()
 SHAPE = ShapeType()
 FLOAT_LIST = FloatListType()
+
+
+def bundle_options(func: F) -> F:
+    """--sign-key, --name, --version and --force, as `convert` and `import` write bundles."""
+    options = [
+        click.option(
+            "--sign-key",
+            type=click.Path(path_type=Path),
+            help="Ed25519 private key (edgegap keys generate).",
+        ),
+        click.option("--name", help="Bundle name [default: the model file name]."),
+        click.option(
+            "--version",
+            "version",
+            type=click.IntRange(min=0),
+            help="Monotonic bundle version [default: UTC time as YYYYMMDDHHMMSS].",
+        ),
+        click.option(
+            "--force", is_flag=True, help="Write the bundle even if a gate fails (marked failed)."
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from converter.console import console, progress
-from converter.params import FLOAT_LIST, PROFILE, SHAPE
+from converter.params import FLOAT_LIST, PROFILE, SHAPE, bundle_options
 from converter.tasks import TASK_NAMES as TASKS
 from firmware_profiles import Profile
+
+if TYPE_CHECKING:
+    from converter.options import ConvertOptions
 
 logger = logging.getLogger(__name__)
 
@@ -124,21 +127,7 @@ def budget_pair(values: list[float] | None) -> tuple[float, float] | None:
     show_default=True,
     help="What the model does; auto picks classification for one [batch, classes] output.",
 )
-@click.option(
-    "--sign-key",
-    type=click.Path(path_type=Path),
-    help="Ed25519 private key (edgegap keys generate).",
-)
-@click.option("--name", help="Bundle name [default: the model file name].")
-@click.option(
-    "--version",
-    "version",
-    type=click.IntRange(min=0),
-    help="Monotonic bundle version [default: UTC time as YYYYMMDDHHMMSS].",
-)
-@click.option(
-    "--force", is_flag=True, help="Write the bundle even if a gate fails (marked failed)."
-)
+@bundle_options
 @click.option(
     "--no-fallback", is_flag=True, help="Never keep layers in float, even if the profile allows it."
 )
@@ -196,36 +185,7 @@ def budget_pair(values: list[float] | None) -> tuple[float, float] | None:
     required=True,
     help="Bundle directory: model.tflite, manifest.json and report.json.",
 )
-def convert(
-    model: Path,
-    profile: Profile,
-    calibration: Path,
-    validation: Path | None,
-    mean: list[float] | None,
-    std: list[float] | None,
-    color_order: str | None,
-    fold_bgr: bool,
-    input_dtype: str | None,
-    input_shape: tuple[int, ...] | None,
-    pixel_exact: str,
-    resize: str,
-    labels: Path | None,
-    task: str,
-    sign_key: Path | None,
-    name: str | None,
-    version: int | None,
-    force: bool,
-    no_fallback: bool,
-    fallback_budget: list[float] | None,
-    calibration_samples: int,
-    validation_samples: int,
-    latency_runs: int,
-    custom_objects: tuple[str, ...],
-    do_prune: bool,
-    prune_epochs: int,
-    protect: tuple[str, ...],
-    output: Path,
-) -> None:
+def convert(model: Path, profile: Profile, output: Path, force: bool, **params: Any) -> None:
     """Quantize MODEL (.keras, .h5 or SavedModel dir) for a device profile and write a bundle.
 
     Every gate (ops, size, arena, accuracy, latency) is checked; a failed gate exits non-zero
@@ -248,44 +208,12 @@ def convert(
       edgegap convert model.h5 --profile x86-avx2 --calibration images/ --validation val/ \\
           --mean 127.5 --std 127.5 --fallback-budget 0.05 --output bundle/
     """
-    from agent.bundle.manifest import ColorOrder, ResizeMode
-
     refuse_tflite(model, profile, output)
-    from converter.pipeline import STAGES, ConvertOptions
+    from converter.pipeline import STAGES
     from converter.pipeline import convert as run_convert
     from converter.report import render
-    from firmware_profiles import IODtype
 
-    opts = ConvertOptions(
-        model=model,
-        profile=profile,
-        calibration=calibration,
-        validation=validation,
-        output=output,
-        mean=mean,
-        std=std,
-        color_order=ColorOrder(color_order) if color_order else None,
-        resize=ResizeMode(resize),
-        labels=labels,
-        name=name,
-        version=version,
-        task=task,
-        sign_key=sign_key,
-        force=force,
-        fallback=not no_fallback,
-        fallback_budget=budget_pair(fallback_budget),
-        calibration_samples=calibration_samples,
-        validation_samples=validation_samples,
-        latency_runs=latency_runs,
-        custom_objects=custom_objects,
-        prune=do_prune,
-        prune_epochs=prune_epochs,
-        protect=protect,
-        fold_bgr=fold_bgr,
-        input_dtype=IODtype(input_dtype) if input_dtype else None,
-        input_shape=input_shape,
-        pixel_exact=pixel_exact,
-    )
+    opts = convert_options(model=model, profile=profile, output=output, force=force, **params)
     with progress() as bar:
         reporter = _ProgressReporter(bar, STAGES)
         result = run_convert(opts, reporter)
@@ -297,6 +225,28 @@ def convert(
                 f"{result.reason} (no bundle written; --force writes it marked failed)"
             )
         console.print(f"[bold red]bundle written with failed gates[/] ({result.reason})")
+
+
+def convert_options(**params: Any) -> ConvertOptions:
+    """The command's parameters as ConvertOptions: the same names, but for these six."""
+    from agent.bundle.manifest import ColorOrder, ResizeMode
+    from converter.options import ConvertOptions
+    from firmware_profiles import IODtype
+
+    color, resize, dtype = (
+        params.pop("color_order"),
+        params.pop("resize"),
+        params.pop("input_dtype"),
+    )
+    return ConvertOptions(
+        color_order=ColorOrder(color) if color else None,
+        resize=ResizeMode(resize),
+        input_dtype=IODtype(dtype) if dtype else None,
+        fallback=not params.pop("no_fallback"),
+        fallback_budget=budget_pair(params.pop("fallback_budget")),
+        prune=params.pop("do_prune"),
+        **params,
+    )
 
 
 def refuse_tflite(model: Path, profile: Profile, output: Path) -> None:

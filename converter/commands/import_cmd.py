@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from converter.console import console
-from converter.params import FLOAT_LIST, PROFILE
+from converter.params import FLOAT_LIST, PROFILE, bundle_options
 from firmware_profiles import Profile
 
 logger = logging.getLogger(__name__)
@@ -106,21 +106,7 @@ EXTRA_KEYS = (
     help="How frames are fitted to the model input.",
 )
 @_decoder_options
-@click.option(
-    "--sign-key",
-    type=click.Path(path_type=Path),
-    help="Ed25519 private key (edgegap keys generate).",
-)
-@click.option("--name", help="Bundle name [default: the model file name].")
-@click.option(
-    "--version",
-    "version",
-    type=click.IntRange(min=0),
-    help="Monotonic bundle version [default: UTC time as YYYYMMDDHHMMSS].",
-)
-@click.option(
-    "--force", is_flag=True, help="Write the bundle even if a gate fails (marked failed)."
-)
+@bundle_options
 @click.option(
     "--latency-runs",
     type=click.IntRange(min=1),
