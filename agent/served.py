@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -27,6 +27,9 @@ from agent.decoders import OutputDecoder, make_decoder, needed_outputs
 from agent.outputs.messages import ModelRef
 from agent.preprocess import Preprocessor
 from agent.runtime import DelegateSpec, LoadedModel, delegate_spec, open_model
+
+if TYPE_CHECKING:
+    from firmware_profiles.schema import Runtime as ProfileRuntime
 
 logger = logging.getLogger(__name__)
 
@@ -78,18 +81,27 @@ class ServedModel:
         }
 
 
+def _profile_runtime(manifest: Manifest) -> ProfileRuntime | None:
+    """The runtime section of the bundle's device profile, or None where that profile is not
+    installed here: then 1 thread and no delegate."""
+    try:
+        from firmware_profiles import ProfileError, load_profile
+
+        return load_profile(manifest.profile).runtime
+    except (ProfileError, ImportError) as exc:
+        logger.info("profile %s not found here (%s): 1 thread, no delegate", manifest.profile, exc)
+        return None
+
+
 def resolve_threads(config: AgentConfig, manifest: Manifest, cpus: int | None = None) -> int:
     """Threads from the config, else from the bundle's device profile (at most one per CPU of this
     machine: more would only take turns), else 1."""
     if config.runtime.threads:
         return config.runtime.threads
-    try:
-        from firmware_profiles import ProfileError, load_profile
-
-        wanted = load_profile(manifest.profile).runtime.threads
-    except (ProfileError, ImportError) as exc:
-        logger.info("profile %s not found here (%s); using 1 thread", manifest.profile, exc)
+    profile = _profile_runtime(manifest)
+    if profile is None:
         return 1
+    wanted = profile.threads
     cpus = cpus or os.cpu_count() or wanted
     if wanted > cpus:
         logger.info(
@@ -107,13 +119,7 @@ def resolve_delegate(config: AgentConfig, manifest: Manifest) -> DelegateSpec | 
     runtime = config.runtime
     name, options = runtime.delegate, {}
     if name is None:
-        try:
-            from firmware_profiles import ProfileError, load_profile
-
-            profile = load_profile(manifest.profile).runtime
-        except (ProfileError, ImportError) as exc:
-            logger.info("profile %s not found here (%s); no delegate", manifest.profile, exc)
-            profile = None
+        profile = _profile_runtime(manifest)
         if profile is not None:
             name, options = profile.delegate, dict(profile.delegate_options)
     return delegate_spec(name, {**options, **runtime.delegate_options})
