@@ -30,7 +30,6 @@ from agent.bundle.manifest import (
     Manifest,
     ModelFile,
     OutputRole,
-    OutputSpec,
     ResizeMode,
 )
 from agent.bundle.signing import load_private_key, sign_manifest
@@ -53,7 +52,7 @@ from converter.gates import (
 from converter.graph import ModelGraph, read_graph
 from converter.import_report import ImportResult, write_report
 from converter.layouts import POSTPROCESS_OP, Layout, choose_layout
-from converter.manifest import golden_tolerance, open_converted
+from converter.manifest import golden_tolerance, open_converted, output_spec
 from converter.prepare import NAME_RE, read_labels
 from converter.tasks.base import AccuracyReport
 from firmware_profiles import Profile
@@ -231,18 +230,6 @@ def input_spec(info: TensorInfo, opts: ImportOptions) -> tuple[InputSpec, str]:
     except ValueError as exc:
         raise ImportFailed(f"bad normalization: {exc}") from exc
     return spec, note
-
-
-def output_spec(info: TensorInfo, role: OutputRole) -> OutputSpec:
-    return OutputSpec(
-        name=info.name,
-        index=info.index,
-        role=role,
-        shape=list(info.shape),
-        dtype=np.dtype(info.dtype).name,
-        scale=info.scale,
-        zero_point=info.zero_point,
-    )
 
 
 def check_gates(

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.bundle.manifest import Golden, InputSpec, Manifest, ModelFile, OutputSpec
-from agent.runtime import LoadedModel, open_model
+from agent.bundle.manifest import Golden, InputSpec, Manifest, ModelFile, OutputRole, OutputSpec
+from agent.runtime import LoadedModel, TensorInfo, open_model
 from converter.data import Dataset, Normalization
 from converter.fallback_cost import CostAwareResult
 from converter.gates import LatencyStats, host_arch, latency_label
@@ -24,6 +24,19 @@ from converter.tasks.base import AccuracyReport, Task
 from firmware_profiles import Profile, QuantScheme
 
 logger = logging.getLogger(__name__)
+
+
+def output_spec(info: TensorInfo, role: OutputRole) -> OutputSpec:
+    """The manifest's record of one output tensor, as the interpreter reports it."""
+    return OutputSpec(
+        name=info.name,
+        index=info.index,
+        role=role,
+        shape=list(info.shape),
+        dtype=np.dtype(info.dtype).name,
+        scale=info.scale,
+        zero_point=info.zero_point,
+    )
 
 
 def open_converted(
@@ -76,18 +89,7 @@ def build_manifest(
             mean=list(norm.mean),
             std=list(norm.std),
         ),
-        outputs=[
-            OutputSpec(
-                name=o.name,
-                index=o.index,
-                role=r,
-                shape=list(o.shape),
-                dtype=np.dtype(o.dtype).name,
-                scale=o.scale,
-                zero_point=o.zero_point,
-            )
-            for o, r in zip(quant.outputs, roles, strict=True)
-        ],
+        outputs=[output_spec(o, r) for o, r in zip(quant.outputs, roles, strict=True)],
         labels=labels,
         extra=task.manifest_extra(),
     )
