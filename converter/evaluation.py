@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from converter.intervals import BOOTSTRAP_ROUNDS, percentile95, resamples
+
 logger = logging.getLogger(__name__)
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -86,6 +88,72 @@ def _average_precision(scores: np.ndarray, tp: np.ndarray, n_gt: int) -> float:
     return float(q.mean())
 
 
+@dataclass(frozen=True)
+class ClassMatch:
+    """One image's detections of one class, matched against its ground truth of that class."""
+
+    n_gt: int
+    scores: np.ndarray  # (detections,)
+    tp: np.ndarray  # (len(IOU_THRESHOLDS), detections) bool
+
+
+Matches = list[list[ClassMatch]]  # [image][class]
+
+
+def match(
+    gt_boxes: Sequence[np.ndarray],
+    gt_classes: Sequence[np.ndarray],
+    detections: Sequence[Detections],
+    num_classes: int,
+) -> Matches:
+    """Per image and class: the detections in score order (at most MAX_DETECTIONS), which of them
+    match a ground-truth box at each IoU threshold, and how many ground-truth boxes there are."""
+    if not (len(gt_boxes) == len(gt_classes) == len(detections)):
+        raise ValueError("ground truth and detections must cover the same images")
+    out: Matches = []
+    for gb, gc, det in zip(gt_boxes, gt_classes, detections, strict=True):
+        row = []
+        for c in range(num_classes):
+            g = gb[gc == c]
+            sel = det.classes == c
+            order = np.argsort(-det.scores[sel], kind="mergesort")[:MAX_DETECTIONS]
+            ious = _iou(det.boxes[sel][order], g)
+            tp = np.array([_match(ious, float(t)) for t in IOU_THRESHOLDS]).reshape(
+                len(IOU_THRESHOLDS), len(order)
+            )
+            row.append(ClassMatch(len(g), det.scores[sel][order], tp))
+        out.append(row)
+    return out
+
+
+def map_of(
+    matches: Matches, images: Sequence[int] | np.ndarray | None = None, thresholds: int = 0
+) -> MapResult:
+    """mAP over the given images (all by default; an image may repeat, as in a bootstrap sample),
+    from the first `thresholds` IoU thresholds (0: all ten; 1: only mAP@0.5 is meaningful)."""
+    picked = [matches[i] for i in images] if images is not None else matches
+    n_t = thresholds or len(IOU_THRESHOLDS)
+    num_classes = len(picked[0]) if picked else 0
+    aps = np.full((n_t, num_classes), np.nan)
+    for c in range(num_classes):
+        n_gt = sum(m[c].n_gt for m in picked)
+        if n_gt == 0:
+            continue
+        scores = np.concatenate([m[c].scores for m in picked])
+        for t in range(n_t):
+            tp = np.concatenate([m[c].tp[t] for m in picked]).astype(bool)
+            aps[t, c] = _average_precision(scores, tp, n_gt)
+    valid = ~np.isnan(aps[0]) if num_classes else np.zeros(0, bool)
+    if not valid.any():
+        return MapResult(float("nan"), float("nan"), {}, len(picked))
+    return MapResult(
+        map50=float(aps[0, valid].mean()),
+        map50_95=float(aps[:, valid].mean()),
+        per_class_ap50={c: float(aps[0, c]) for c in range(num_classes) if valid[c]},
+        images=len(picked),
+    )
+
+
 def coco_map(
     gt_boxes: Sequence[np.ndarray],
     gt_classes: Sequence[np.ndarray],
@@ -93,34 +161,28 @@ def coco_map(
     num_classes: int,
 ) -> MapResult:
     """mAP over images; ground truth and detections per image, in the same box units."""
-    if not (len(gt_boxes) == len(gt_classes) == len(detections)):
-        raise ValueError("ground truth and detections must cover the same images")
-    aps = np.full((len(IOU_THRESHOLDS), num_classes), np.nan)
-    for c in range(num_classes):
-        n_gt = 0
-        scores: list[np.ndarray] = []
-        tps: list[list[np.ndarray]] = [[] for _ in IOU_THRESHOLDS]
-        for gb, gc, det in zip(gt_boxes, gt_classes, detections, strict=True):
-            g = gb[gc == c]
-            sel = det.classes == c
-            order = np.argsort(-det.scores[sel], kind="mergesort")[:MAX_DETECTIONS]
-            d, s = det.boxes[sel][order], det.scores[sel][order]
-            n_gt += len(g)
-            scores.append(s)
-            ious = _iou(d, g)
-            for t, thr in enumerate(IOU_THRESHOLDS):
-                tps[t].append(_match(ious, float(thr)))
-        if n_gt == 0:
-            continue
-        all_scores = np.concatenate(scores) if scores else np.zeros(0)
-        for t in range(len(IOU_THRESHOLDS)):
-            aps[t, c] = _average_precision(all_scores, np.concatenate(tps[t]).astype(bool), n_gt)
-    valid = ~np.isnan(aps[0])
-    if not valid.any():
-        return MapResult(float("nan"), float("nan"), {}, len(detections))
-    return MapResult(
-        map50=float(aps[0, valid].mean()),
-        map50_95=float(aps[:, valid].mean()),
-        per_class_ap50={c: float(aps[0, c]) for c in range(num_classes) if valid[c]},
-        images=len(detections),
-    )
+    return map_of(match(gt_boxes, gt_classes, detections, num_classes))
+
+
+def map50_interval(
+    reference: Matches, candidate: Matches, rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0
+) -> dict[str, list[float]]:
+    """95% percentile-bootstrap intervals over images of the reference's and the candidate's
+    mAP@0.5 and of the candidate's drop: both are scored on the same resampled images, so the
+    drop's interval is the paired one (narrower than the two intervals side by side)."""
+    n = len(candidate)
+    if n == 0 or len(reference) != n:
+        return {}
+    samples: list[tuple[float, float]] = []
+    for idx in resamples(n, rounds, seed):
+        r, c = map_of(reference, idx, 1).map50, map_of(candidate, idx, 1).map50
+        if np.isfinite(r) and np.isfinite(c):
+            samples.append((r, c))
+    if not samples:
+        return {}
+    ref, cand = np.array(samples).T
+    return {
+        "float": percentile95(ref),
+        "map50": percentile95(cand),
+        "drop": percentile95(ref - cand),
+    }

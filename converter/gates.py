@@ -233,11 +233,17 @@ class AccuracyGate:
 
     def check(self, measured: Measured) -> GateResult:
         report, limit = measured.accuracy, self.budget
-        value = f"{report.metric} {report.quant_value:.4f} (drop {report.drop:.2%})"
         ci = report.detail.get("ci95", {})
         interval = ci.get("quant", ci.get(report.metric))
+        value = f"{report.metric} {report.quant_value:.4f}"
         if interval:
-            value += f", 95% interval {interval[0]:.3f}-{interval[1]:.3f} on {report.detail.get('samples', '?')}"
+            value += (
+                f" [{interval[0]:.3f}, {interval[1]:.3f}] on {report.detail.get('samples', '?')}"
+            )
+        value += f" (drop {report.drop:.2%}"
+        if "drop" in ci:
+            value += f" [{ci['drop'][0]:.2%}, {ci['drop'][1]:.2%}]"
+        value += ")"
         if report.drop <= limit + 1e-12:
             return GateResult(self.name, PASS, value, f"drop ≤ {limit:.2%}")
         return GateResult(

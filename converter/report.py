@@ -49,7 +49,7 @@ def summary_table(result: ConvertResult) -> Table:
         acc.metric.replace("_", " "),
         f"{acc.float_value:.4f}" + _ci(ci.get("float")),
         f"{acc.quant_value:.4f}" + _ci(quant_ci),
-        f"drop {acc.drop:.2%}",
+        f"drop {acc.drop:.2%}" + _drop_ci(ci.get("drop")),
     )
     if acc.metric != "top1_agreement" and "top1_agreement" in acc.detail:
         agree = acc.detail["top1_agreement"]
@@ -74,6 +74,11 @@ def summary_table(result: ConvertResult) -> Table:
 def _ci(interval: Any) -> str:
     """' [lo, hi]': a 95% interval beside a proportion; empty when there is none."""
     return f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
+
+
+def _drop_ci(interval: Any) -> str:
+    """' [lo, hi]' of a drop, in points; empty when there is none."""
+    return f" [{interval[0]:.2%}, {interval[1]:.2%}]" if interval else ""
 
 
 SLOWER_THAN_FLOAT = 1.10  # p50 ratios closer to 1 than this are within a short run's noise

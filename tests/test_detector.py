@@ -372,6 +372,9 @@ def test_convert_pipeline_bundle_and_eval_cli(
     assert {o.role: o.index for o in m.outputs} == from_op
     assert m.output(OutputRole.BOXES).shape[-1] == 4
     assert result.accuracy.metric == "map50" and result.accuracy.quant_value > 0.3
+    ci = result.accuracy.detail["ci95"]  # bootstrap over the 40 validation images
+    assert ci["map50"][0] <= result.accuracy.quant_value <= ci["map50"][1]
+    assert ci["drop"][0] <= result.accuracy.drop <= ci["drop"][1]
 
     out = run("eval", WEIGHTS, tmp_path / "bundle", "--data", test_folder, "--count", "40")
     assert out.exit_code == 0, out.output

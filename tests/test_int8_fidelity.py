@@ -21,10 +21,10 @@ from agent.preprocess import Normalizer, Preprocessor  # noqa: E402
 from agent.runtime import TensorInfo  # noqa: E402
 from converter.cli import cli  # noqa: E402
 from converter.data import Dataset, Normalization  # noqa: E402
+from converter.intervals import wilson  # noqa: E402
 from converter.manifest import open_converted  # noqa: E402
 from converter.pipeline import ConvertOptions, convert  # noqa: E402
 from converter.pixel_input import fold_normalization  # noqa: E402
-from converter.tasks.base import wilson  # noqa: E402
 from converter.tasks.tensor import quantize_input, run_model  # noqa: E402
 from firmware_profiles import load_profile  # noqa: E402
 

@@ -34,17 +34,6 @@ class AccuracyReport:
 FloatFn = Callable[[np.ndarray], Sequence[np.ndarray]]
 
 
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval (95% by default) of a proportion measured on n samples."""
-    if n <= 0:
-        return (0.0, 1.0)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * float(np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
 class Task(ABC):
     name: ClassVar[str]
     decoder: ClassVar[Decoder]

@@ -12,8 +12,9 @@ import numpy as np
 from agent.bundle.manifest import Decoder, OutputRole
 from agent.runtime import LoadedModel, TensorInfo
 from converter.data import Dataset
+from converter.intervals import wilson
 from converter.loading import ModelLoadError, SourceModel
-from converter.tasks.base import AccuracyReport, FloatFn, wilson
+from converter.tasks.base import AccuracyReport, FloatFn
 from converter.tasks.tensor import TensorTask, export_signature
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from agent.bundle.manifest import ColorOrder, Decoder, OutputRole
 from agent.geometry.letterbox import resize_image
 from agent.runtime import LoadedModel, TensorInfo
 from converter.data import Dataset, Normalization
-from converter.evaluation import Detections, coco_map
+from converter.evaluation import Detections, map50_interval, map_of, match
 from converter.tasks import ssd
 from converter.tasks.base import AccuracyReport, FloatFn, Task
 from converter.tasks.detection_folder import DatasetError, read_folder
@@ -115,8 +115,9 @@ class DetectionTask(Task):
             zip(self.output_roles(quant.outputs), (o.index for o in quant.outputs), strict=True)
         )
         quant_dets = ssd.run_postprocessed(quant, data.x, roles)
-        f = coco_map(labels.boxes, labels.classes, float_dets, self.cfg.num_classes)
-        q = coco_map(labels.boxes, labels.classes, quant_dets, self.cfg.num_classes)
+        fm = match(labels.boxes, labels.classes, float_dets, self.cfg.num_classes)
+        qm = match(labels.boxes, labels.classes, quant_dets, self.cfg.num_classes)
+        f, q = map_of(fm), map_of(qm)
         return AccuracyReport(
             metric="map50",
             float_value=f.map50,
@@ -126,6 +127,8 @@ class DetectionTask(Task):
                 "map50_95_float": f.map50_95,
                 "map50_95_quant": q.map50_95,
                 "images": len(data.x),
+                "samples": len(data.x),
+                "ci95": map50_interval(fm, qm),
                 "source": data.source,
             },  # fmt: skip
         )

@@ -17,6 +17,7 @@ from agent.bundle.manifest import Decoder, OutputRole
 from agent.preprocess import dequantize, round_to_int
 from agent.runtime import LoadedModel, TensorInfo
 from converter.data import Dataset
+from converter.intervals import BOOTSTRAP_ROUNDS, percentile95, resamples
 from converter.loading import SourceModel, describe
 from converter.tasks.base import AccuracyReport, FloatFn, Task
 
@@ -96,6 +97,20 @@ def r2_drop(float_out: np.ndarray, quant_out: np.ndarray) -> tuple[float, dict[s
     }
 
 
+def worst_r2_interval(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]], rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0
+) -> list[float]:
+    """95% percentile-bootstrap interval over samples (the first axis) of the worst output's R²
+    against float; [] with fewer than two samples."""
+    n = len(pairs[0][0]) if pairs else 0
+    if n < 2:
+        return []
+    worst = []
+    for idx in resamples(n, rounds, seed):
+        worst.append(1.0 - max(r2_drop(f[idx], q[idx])[0] for f, q in pairs))
+    return percentile95(np.array(worst))
+
+
 class TensorTask(Task):
     """Outputs are plain tensors; accuracy drop is 1 - R² of the worst output against float."""
 
@@ -128,14 +143,16 @@ class TensorTask(Task):
     def accuracy(self, float_fn: FloatFn, quant: LoadedModel, data: Dataset) -> AccuracyReport:
         per_output: dict[str, Any] = {}
         worst = 0.0
+        pairs = []
         for name, f, q in self._paired(float_fn, quant, data):
-            drop, stats = r2_drop(f.reshape(q.shape), q)
+            pairs.append((f.reshape(q.shape), q))
+            drop, stats = r2_drop(*pairs[-1])
             per_output[name] = {"r2": 1.0 - drop, **stats}
             worst = max(worst, drop)
+        detail: dict[str, Any] = {"outputs": per_output, "samples": len(data.x)}
+        interval = worst_r2_interval(pairs)
+        if interval:
+            detail["ci95"] = {"output_r2": interval}
         return AccuracyReport(
-            metric="output_r2",
-            float_value=1.0,
-            quant_value=1.0 - worst,
-            drop=worst,
-            detail={"outputs": per_output, "samples": len(data.x)},
+            metric="output_r2", float_value=1.0, quant_value=1.0 - worst, drop=worst, detail=detail
         )
