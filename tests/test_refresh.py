@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:keras")
 
 from agent.updates.protocol import Limits, parse_release  # noqa: E402
 from converter.refresh.captures import shuffle_labels  # noqa: E402
-from converter.tasks.detection_folder import ANNOTATIONS_FILE  # noqa: E402
+from converter.tasks.detection_folder import ANNOTATIONS_FILE, DatasetError  # noqa: E402
 from converter.zoo import detection_data as dd  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +44,25 @@ def run(*args: Any) -> Result:
     from converter.cli import cli
 
     return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def collected(folder: Path, count: int, start: int = 0) -> None:
+    """Domain b frames added to a capture folder as `edgegap collect` stores them: a device's
+    JPEG and header through the collector's store (ids go on from the folder's last one)."""
+    import cv2
+
+    from agent.capture.message import make_header
+    from agent.outputs.messages import ModelRef
+    from converter.captures import Capture, CaptureStore
+
+    store = CaptureStore(folder, max_images=1000)
+    model = ModelRef("detector", 1, "0" * 64, "x86-avx2", "detection")
+    for i, s in enumerate(dd.generate("train", count, size=SIZE, start=start, domain="b")):
+        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(s.image, cv2.COLOR_RGB2BGR))
+        assert ok
+        header = make_header(f"c{start + i}", "cam-1", time.time(), "uncertain", model, [],
+                             jpeg.tobytes(), (SIZE, SIZE))  # fmt: skip
+        assert store.add(Capture(header, jpeg.tobytes())) == "stored"
 
 
 def captures(out: Path, count: int, start: int = 0) -> Path:
@@ -132,14 +155,18 @@ def test_relabel_bad_input_is_one_line(tmp_path: Path) -> None:
     )
 
 
+def _args(files: dict[str, Path], data: Path, student: Path | None, url: str) -> list[Any]:
+    return [
+        "refresh", *(["--student", student] if student else []), "--data", data,
+        "--holdout", files["holdout"], "--old-holdout", files["old"], "--profile", files["profile"],
+        "--channel", "lab", "--sign-key", files["key"], "--registry", files["root"] / "registry",
+        "--broker", url, "--epochs", 2, "--learning-rate", 1e-3, "--replay-ratio", 1,
+        "--stage", "stable", "--calibration-samples", 16,
+    ]  # fmt: skip
+
+
 def _refresh(files: dict[str, Path], data: Path, student: Path, url: str, *extra: Any) -> Result:
-    return run(
-        "refresh", "--student", student, "--data", data, "--holdout", files["holdout"],
-        "--old-holdout", files["old"], "--profile", files["profile"], "--channel", "lab",
-        "--sign-key", files["key"], "--registry", files["root"] / "registry", "--broker", url,
-        "--epochs", 2, "--learning-rate", 1e-3, "--replay-ratio", 1, "--stage", "stable",
-        "--calibration-samples", 16, *extra,
-    )  # fmt: skip
+    return run(*_args(files, data, student, url), *extra)
 
 
 def test_refresh_bad_input_is_one_line(files: dict[str, Path], tmp_path: Path) -> None:
@@ -165,43 +192,93 @@ def test_refresh_bad_input_is_one_line(files: dict[str, Path], tmp_path: Path) -
         _refresh(files, unlabelled, WEIGHTS, url, "--teacher", tmp_path / "t.keras")
     )
     assert "teacher model not found" in err
+    # --watch checks its input before it waits for captures
+    watch = ["--watch", "--registry", tmp_path / "empty-registry"]
+    err = one_line_error(run(*_args(files, unlabelled, None, url), *watch))
+    assert "has no published version: give --student" in err
+    err = one_line_error(run(*_args(files, tmp_path / "none", WEIGHTS, url), *watch))
+    assert "capture folder not found" in err
+    err = one_line_error(
+        run(*_args({**files, "holdout": nolabels}, unlabelled, WEIGHTS, url), *watch)
+    )
+    assert "has no labels" in err
 
 
-def test_refresh_publishes_a_good_refresh_and_rejects_shuffled_labels(
+def _watch(files: dict[str, Path], folder: Path, url: str, log: Path) -> subprocess.Popen[bytes]:
+    """`edgegap refresh --watch` as a user runs it: a process of its own, one round."""
+    args = _args(files, folder, WEIGHTS, url)
+    args += ["--watch", "--every", CAPTURES, "--interval", 0.2, "--rounds", 1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "converter", *map(str, args)],
+            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+        )  # fmt: skip
+
+
+def _wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text(errors="replace"):
+        assert proc.poll() is None, log.read_text(errors="replace")
+        assert time.monotonic() < deadline, log.read_text(errors="replace")
+        time.sleep(0.2)
+
+
+def test_watch_refreshes_by_itself_and_gates_reject_shuffled_labels(
     files: dict[str, Path], mosquitto: Any, tmp_path: Path
 ) -> None:
-    good = captures(tmp_path / "good", CAPTURES)
-    assert run("relabel", good, "--teacher", WEIGHTS).exit_code == 0
-    bad = tmp_path / "bad"
-    shutil.copytree(good, bad)
-    assert shuffle_labels(bad) > 0
+    """One watched round, end to end (captures arrive while it waits; it relabels, refreshes,
+    gates and publishes with no human step), then a refresh from the same captures with their
+    labels shuffled, which the gates reject."""
+    registry, folder, log = files["root"] / "registry", tmp_path / "captures", tmp_path / "log"
+    first = CAPTURES - 8
+    collected(folder, first)
+    proc = _watch(files, folder, mosquitto.url, log)
+    try:
+        _wait_for(log, f"{first} of {CAPTURES} new captures: waiting", proc, 120)
+        time.sleep(1.0)  # five looks at the folder: still too few
+        assert proc.poll() is None and not (registry / "data").exists()
+        collected(folder, CAPTURES - first, start=first)
+        proc.wait(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    output = log.read_text(errors="replace")
+    assert proc.returncode == 0, output
+    assert f"{CAPTURES} new captures: relabel" in output and "passed" in output
 
-    result = _refresh(files, good, WEIGHTS, mosquitto.url)
-    assert result.exit_code == 0, result.output
-    versions = json.loads(
-        run("models", "list", "--json", "--registry", files["root"] / "registry").output
-    )
+    versions = json.loads(run("models", "list", "--json", "--registry", registry).output)
     parent, refreshed = versions
     assert parent["status"] == "imported" and refreshed["parent"] == parent["version"]
     assert refreshed["status"] == "published"
     assert refreshed["accuracy"]["new"] > parent["accuracy"]["new"]
     assert {g["name"]: g["status"] for g in refreshed["gates"]}["new domain"] == "pass"
+    data = Path(refreshed["data"]["captures"])
+    assert data.parent == registry / "data"
+    doc = json.loads((data / ANNOTATIONS_FILE).read_text())
+    assert [e["id"] for e in doc["images"]] == list(range(1, CAPTURES + 1))
+    assert all("label" in e for e in doc["images"]) and doc["annotations"]
+    assert len(list((data / "images").iterdir())) == CAPTURES
+    state = json.loads((registry / "watch.json").read_text())
+    assert state["last_id"] == CAPTURES and state["version"] == refreshed["version"]
     topic = "edgegap/default/models/lab/manifest"
     release = parse_release(retained(mosquitto.host, mosquitto.port, topic)[topic], Limits())
     assert release.manifest.version == refreshed["version"]
 
-    # the bad refresh starts from the same deployed student: its parent comes from the registry
+    # the same relabelled captures, labels shuffled; the student's parent is in the registry
+    bad = tmp_path / "bad"
+    shutil.copytree(data, bad)
+    assert shuffle_labels(bad) > 0
     result = _refresh(files, bad, WEIGHTS, mosquitto.url)
     assert "rejected" in one_line_error(result)
-    versions = json.loads(
-        run("models", "list", "--json", "--registry", files["root"] / "registry").output
-    )
+    versions = json.loads(run("models", "list", "--json", "--registry", registry).output)
     rejected = versions[-1]
     assert len(versions) == 3 and rejected["status"] == "rejected" and not rejected["published"]
     assert "fail" in {g["status"] for g in rejected["gates"]}
     release = parse_release(retained(mosquitto.host, mosquitto.port, topic)[topic], Limits())
     assert release.manifest.version == refreshed["version"]  # unchanged
-    table = run("models", "list", "--registry", files["root"] / "registry")
+    table = run("models", "list", "--registry", registry)
     assert table.exit_code == 0 and "rejected" in table.output and "published" in table.output
 
 
@@ -220,9 +297,13 @@ def test_regression_gates_decide_on_both_domains() -> None:
 def test_watch_counts_arrivals_by_id_and_snapshots_the_folder(tmp_path: Path) -> None:
     from converter.refresh.watch import Watch, arrived, due, snapshot
 
-    folder = captures(tmp_path / "cap", 3)
+    folder = tmp_path / "cap"
+    collected(folder, 3)
     assert arrived(folder, 0) == (3, 3) and arrived(folder, 2) == (1, 3)
-    assert arrived(tmp_path / "none", 5) == (0, 5)
+    (tmp_path / "new" / "images").mkdir(parents=True)  # a collector's folder, nothing yet
+    assert arrived(tmp_path / "new", 5) == (0, 5)
+    with pytest.raises(DatasetError, match="not found"):
+        arrived(tmp_path / "none", 5)
     plan = Watch(every=3, schedule=10.0)
     assert due(3, plan, 0.0) and due(1, plan, 11.0)
     assert not due(2, plan, 5.0) and not due(0, plan, 100.0)
@@ -232,3 +313,8 @@ def test_watch_counts_arrivals_by_id_and_snapshots_the_folder(tmp_path: Path) ->
         p.name for p in (folder / "images").iterdir()
     )
     assert arrived(copy, 0) == (3, 3)
+    # an image the collector evicts while the copy is made is left out, not a crash
+    (folder / "images" / "000002.jpg").unlink()
+    again = snapshot(folder, tmp_path / "registry")
+    assert again != copy and again.parent == copy.parent
+    assert [e["id"] for e in json.loads((again / ANNOTATIONS_FILE).read_text())["images"]] == [1, 3]

@@ -73,7 +73,7 @@ MODEL = click.Path(path_type=Path, dir_okay=False)
 @click.option("--schedule", type=click.FloatRange(1), help="With --watch: also refresh every "
               "this many seconds when any new capture arrived.")  # fmt: skip
 @click.option("--rounds", type=click.IntRange(0), default=0, help="With --watch: stop after "
-              "this many refreshes (0: never).")  # fmt: skip
+              "this many refreshes (0: never); exit 1 if one was rejected.")  # fmt: skip
 def refresh_cmd(**kwargs: Any) -> None:
     """Refresh the deployed detector from relabelled captures, gate it and publish it.
 
@@ -113,7 +113,12 @@ def refresh_cmd(**kwargs: Any) -> None:
         from converter.refresh.watch import Watch, watch
 
         plan = Watch(k["every"], k["interval"], k["schedule"], k["rounds"])
-        watch(opts, plan, say=_say, show=lambda o: console.print(outcome_table(o)))
+        outcomes = watch(opts, plan, say=_say, show=lambda o: console.print(outcome_table(o)))
+        rejected = [f"v{o.version.version}: {o.reason}" for o in outcomes if not o.passed]
+        if rejected:
+            raise click.ClickException(
+                f"{len(rejected)} of {len(outcomes)} refreshes rejected: " + "; ".join(rejected)
+            )
         return
     if opts.student is None:
         raise click.BadParameter("give the deployed float model", param_hint="--student")

@@ -29,6 +29,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 REVIEWED = "reviewed"
 
 
+class NoCaptures(DatasetError):
+    """A capture folder that holds no image yet (a collector's new folder, for one)."""
+
+
 @dataclass
 class CaptureSet:
     """A capture folder's document: its images (entries kept whole) and annotations."""
@@ -84,7 +88,7 @@ def read_captures(path: Path) -> CaptureSet:
     doc.setdefault("annotations", [])
     captures = CaptureSet(path, doc)
     if not captures.images:
-        raise DatasetError(f"{path} has no captured images (nothing in {IMAGES_DIR}/)")
+        raise NoCaptures(f"{path} has no captured images (nothing in {IMAGES_DIR}/)")
     return captures
 
 

@@ -20,7 +20,7 @@ from converter.tasks.detection_folder import DatasetError, DetectionFolder
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RefreshError", "RefreshOptions", "RefreshOutcome", "refresh"]
+__all__ = ["RefreshError", "RefreshOptions", "RefreshOutcome", "check_inputs", "refresh"]
 
 OLD_HOLDOUT_COUNT = 200  # generated domain a test images when no --old-holdout is given
 
@@ -106,6 +106,16 @@ class _Checked:
 
 def _check(opts: RefreshOptions) -> _Checked:
     """Every input read or checked before any training: one-line errors for bad ones."""
+    captures = read_captures(opts.data)
+    if not any("label" in e for e in captures.images):
+        raise DatasetError(
+            f"{opts.data} has no labelled captures: run `edgegap relabel {opts.data} --teacher MODEL`"
+        )
+    return check_inputs(opts)
+
+
+def check_inputs(opts: RefreshOptions) -> _Checked:
+    """The models, the signing key and the holdouts (all but the captures), read or checked."""
     from converter.tasks.detector_config import read_sidecar
 
     for what, path in (("student", opts.student), ("teacher", opts.teacher)):
@@ -113,11 +123,6 @@ def _check(opts: RefreshOptions) -> _Checked:
             raise RefreshError(f"{what} model not found: {path}")
         if path is not None:
             read_sidecar(Path(path))
-    captures = read_captures(opts.data)
-    if not any("label" in e for e in captures.images):
-        raise DatasetError(
-            f"{opts.data} has no labelled captures: run `edgegap relabel {opts.data} --teacher MODEL`"
-        )
     if opts.sign_key is not None and not Path(opts.sign_key).is_file():
         raise RefreshError(f"signing key not found: {opts.sign_key}")
     new = read_holdout(opts.holdout, "holdout")

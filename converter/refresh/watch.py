@@ -19,10 +19,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from converter.refresh.captures import read_captures
-from converter.refresh.loop import RefreshError, RefreshOptions, RefreshOutcome, refresh
+from converter.refresh.captures import NoCaptures, read_captures
+from converter.refresh.loop import (
+    RefreshError,
+    RefreshOptions,
+    RefreshOutcome,
+    check_inputs,
+    refresh,
+)
 from converter.refresh.registry import Registry
-from converter.tasks.detection_folder import DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -50,20 +55,33 @@ def arrived(folder: Path, after: int) -> tuple[int, int]:
     """(captures with an id above `after`, the highest id); (0, after) while there are none."""
     try:
         ids = [int(e["id"]) for e in read_captures(folder).images]
-    except DatasetError:
+    except NoCaptures:
         return 0, after
     return sum(i > after for i in ids), max(ids, default=after)
 
 
 def snapshot(folder: Path, registry: Path) -> Path:
-    """A copy of the capture folder as it is now, in the registry: the refresh's training data."""
-    out = Path(registry) / "data" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    """A copy of the capture folder as it is now, in the registry: the refresh's training data.
+    An image the collector removed (its oldest, past --max-images) while this copies is left out."""
+    base = Path(registry) / "data" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    out, n = base, 0
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
     captures = read_captures(folder)
+    kept = []
     for entry in captures.images:
         dest = out / str(entry["file_name"])
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(captures.file(entry), dest)
-    (out / "annotations.json").write_text(json.dumps(captures.doc, indent=1) + "\n")
+        try:
+            shutil.copyfile(captures.file(entry), dest)
+        except FileNotFoundError:
+            continue
+        kept.append(entry)
+    ids = {int(e["id"]) for e in kept}
+    doc = {**captures.doc, "images": kept,
+           "annotations": [a for a in captures.doc["annotations"] if int(a["image_id"]) in ids]}  # fmt: skip
+    (out / "annotations.json").write_text(json.dumps(doc, indent=1) + "\n")
     return out
 
 
@@ -92,34 +110,52 @@ def watch(
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[RefreshOutcome]:
     """Run refreshes as captures arrive, until plan.rounds refreshes have run (or forever)."""
-
+    _check(opts)
     outcomes: list[RefreshOutcome] = []
-    last = time.monotonic()
-    current_student(opts)  # a registry without a version and no --student fails at once
-    say(f"watching {opts.data}: a refresh every {plan.every} new captures")
+    last, told = time.monotonic(), -1
+    say(f"watching {opts.data}: a refresh every {plan.every} new captures"
+        + (f" or every {plan.schedule:g} s" if plan.schedule else ""))  # fmt: skip
     while not plan.rounds or len(outcomes) < plan.rounds:
         waiting, newest = arrived(opts.data, last_used(opts.registry))
         if not due(waiting, plan, time.monotonic() - last):
+            if waiting != told:
+                say(f"{waiting} of {plan.every} new captures: waiting")
+                told = waiting
             sleep(plan.interval)
             continue
-        outcomes.append(_round(opts, waiting, newest, say))
+        outcomes.append(_round(opts, waiting, say))
         show(outcomes[-1])
-        last = time.monotonic()
+        last, told = time.monotonic(), -1
     return outcomes
 
 
-def _round(
-    opts: RefreshOptions, waiting: int, newest: int, say: Callable[[str], None]
-) -> RefreshOutcome:
-    """Snapshot, relabel, refresh; the captures up to `newest` count as used."""
+def _check(opts: RefreshOptions) -> None:
+    """Bad input fails at once, not at the first refresh: a capture folder that is missing or not
+    one (an empty one is fine: captures are yet to come), no student, a missing holdout, key..."""
+    if not Path(opts.data).is_dir():
+        raise RefreshError(
+            f"capture folder not found: {opts.data} (edgegap collect --out DIR makes it)"
+        )
+    arrived(opts.data, 0)
+    check_inputs(dataclasses.replace(opts, student=current_student(opts)))
+
+
+def _round(opts: RefreshOptions, waiting: int, say: Callable[[str], None]) -> RefreshOutcome:
+    """Snapshot, relabel, refresh; the captures in the snapshot count as used."""
+    from converter.loading import import_tf, quiet_native_stderr
     from converter.refresh.relabel import relabel
 
+    import_tf()
     student = current_student(opts)
     teacher = opts.teacher or student
     data = snapshot(opts.data, opts.registry)
+    newest = arrived(data, 0)[1]
     say(f"{waiting} new captures: relabel {data} with {teacher.name}, refresh {student}")
-    labelled = relabel(data, teacher)
+    with quiet_native_stderr():
+        labelled = relabel(data, teacher)
     say(f"relabelled {labelled.images} captures: {labelled.review} marked for review")
     outcome = refresh(dataclasses.replace(opts, student=student, data=data), say=say)
-    _state(opts.registry).write_text(json.dumps({"last_id": newest}) + "\n")
+    state = {"last_id": newest, "version": outcome.version.version, "data": str(data),
+             "status": outcome.version.status}  # fmt: skip
+    _state(opts.registry).write_text(json.dumps(state) + "\n")
     return outcome
