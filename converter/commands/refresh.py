@@ -26,7 +26,8 @@ MODEL = click.Path(path_type=Path, dir_okay=False)
 @click.command("refresh")
 @click.option("--student", type=MODEL, help="The deployed float model (.keras with sidecar); "
               "with --watch, default: the registry's newest published version.")  # fmt: skip
-@click.option("--data", type=DIR, required=True, help="Capture folder (edgegap relabel DIR).")
+@click.option("--data", type=DIR, required=True, help="Capture folder (edgegap relabel DIR); "
+              "with --watch, the folder edgegap collect adds to (relabelled in a copy).")  # fmt: skip
 @click.option(
     "--holdout", type=DIR, required=True, help="Labelled held-out captures (COCO folder)."
 )
