@@ -142,20 +142,44 @@ def _optimizer(schedule: str, learning_rate: float, total_steps: int) -> Any:
 
 
 def _train_step(batches: _Batches, optimizer: Any) -> Callable[[Any, list[Any], Any], Any]:
+    """The step as a tf.function traced once: the optimizer's slots are made before (made on the
+    first call, they had the step traced twice), and the trace is for any batch size (the last,
+    smaller batch of an epoch had it traced again)."""
     import tensorflow as tf
 
     student, loss_fn = batches.student, batches.loss_fn
     variables = student.trainable_variables
+    optimizer.build(variables)
 
     @tf.function(reduce_retracing=True)
-    def train_step(xb: Any, targets: list[Any], yb: Any) -> Any:
+    def step(xb: Any, targets: list[Any], yb: Any) -> Any:
         with tf.GradientTape() as tape:
             loss = loss_fn(_as_list(student(xb, training=True)), targets, yb)
         grads = tape.gradient(loss, variables)
         optimizer.apply_gradients(zip(grads, variables, strict=True))
         return loss
 
+    traced: list[bool] = []
+
+    def train_step(xb: Any, targets: list[Any], yb: Any) -> Any:
+        if not traced:
+            step.get_concrete_function(*_any_batch_size((xb, targets, yb)))
+            traced.append(True)
+        return step(xb, targets, yb)
+
     return train_step
+
+
+def _any_batch_size(args: Any) -> Any:
+    import tensorflow as tf
+
+    def spec(a: Any) -> Any:
+        if a is None:
+            return None
+        a = np.asarray(a)
+        return tf.TensorSpec([None, *a.shape[1:]], tf.as_dtype(a.dtype))
+
+    return tf.nest.map_structure(spec, args)
 
 
 @dataclass

@@ -106,12 +106,13 @@ class _Checked:
 
 def _check(opts: RefreshOptions) -> _Checked:
     """Every input read or checked before any training: one-line errors for bad ones."""
+    checked = check_inputs(opts)
     captures = read_captures(opts.data)
     if not any("label" in e for e in captures.images):
         raise DatasetError(
             f"{opts.data} has no labelled captures: run `edgegap relabel {opts.data} --teacher MODEL`"
         )
-    return check_inputs(opts)
+    return checked
 
 
 def check_inputs(opts: RefreshOptions) -> _Checked:
