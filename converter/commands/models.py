@@ -6,10 +6,12 @@ import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.table import Table
 
+from converter.commands.mqtt_options import broker_options, resolve
 from converter.console import console
 
 logger = logging.getLogger(__name__)
@@ -33,6 +35,9 @@ def models() -> None:
       edgegap models list --registry edgegap-models
       edgegap models list --json
       edgegap models show 20261203091500
+      edgegap models rollback 20261203091500 --channel lobby-cam --broker mqtt://broker.lan \\
+          --sign-key keys/edgegap.key
+      edgegap models rebuild 20261203091500 --output rebuilt/
     """
 
 
@@ -91,3 +96,91 @@ def show_cmd(version: int, registry: Path) -> None:
     click.echo(json.dumps(asdict(chain[0]), indent=1))
     console.print("lineage: " + " <- ".join(f"v{v.version}" for v in chain))
     console.print(f"float model: {reg.model(version)}; bundle: {reg.bundle(version) or 'none'}")
+
+
+@models.command("rollback")
+@click.argument("version", type=int)
+@click.option("--channel", required=True, help="Channel to publish the re-issued version to.")
+@click.option("--sign-key", type=click.Path(path_type=Path, dir_okay=False),
+              help="Ed25519 private key to sign the re-issued bundle with (required).")  # fmt: skip
+@click.option("--stage", type=click.Choice(["canary", "stable"]), default="stable",
+              show_default=True, help="stable: every device at once; canary: the staged rollout, "
+              "waiting for it to promote or halt the version.")  # fmt: skip
+@click.option("--window", type=click.FloatRange(1), default=60.0, show_default=True,
+              help="With --stage canary: seconds every canary must stay within bounds.")  # fmt: skip
+@click.option("--max-wait", type=click.FloatRange(1), default=600.0, show_default=True,
+              help="With --stage canary: a rollout not promoted by then is halted.")  # fmt: skip
+@click.option("--force", is_flag=True, help="Roll back to a version that was rejected or halted.")
+@REGISTRY_OPTION
+@broker_options
+def rollback_cmd(version: int, registry: Path, **kwargs: Any) -> None:
+    """Publish VERSION's stored model again, under a new version number.
+
+    A channel only accepts a version above its current one, so VERSION's signed int8 bundle is
+    re-issued as a new version (above the channel's and the registry's highest), signed with
+    --sign-key, with the same model file: a device that still has that model in its store
+    activates it without downloading it. The new version goes into the registry with VERSION
+    as its parent and training {"rollback_of": VERSION}. Refused: a version not in the
+    registry, without a bundle, rejected or halted (without --force); a missing key; a broker
+    that does not answer.
+
+    \b
+    Examples:
+      edgegap models rollback 20261203091500 --channel lobby-cam --broker mqtt://broker.lan \\
+          --sign-key keys/edgegap.key
+      edgegap models rollback 20261203091500 --channel lobby-cam --broker mqtts://broker.lan \\
+          --ca ca.crt --sign-key keys/edgegap.key --stage canary --window 120
+    """
+    from converter.refresh.publish import Publisher, refresh_bounds
+    from converter.refresh.registry import Registry
+    from converter.refresh.rollback import rollback
+    from converter.rollout import Bounds
+
+    broker, topics = resolve(kwargs)
+    channel, stage = kwargs["channel"], kwargs["stage"]
+    bounds = Bounds(window_s=kwargs["window"]) if stage == "canary" else refresh_bounds()
+    publisher = Publisher(broker, topics, channel, stage, bounds, kwargs["max_wait"])
+    done = rollback(Registry(registry), version, (broker, topics, channel), kwargs["sign_key"],
+                    publisher, kwargs["force"])  # fmt: skip
+    v = done.version
+    line = (f"v{version} -> v{v.version}: model sha256 {done.sha256[:16]}… (the same file), "
+            f"{v.status}")  # fmt: skip
+    if not done.ok:
+        raise click.ClickException(f"{line}: {done.published.get('reason', '')}")
+    console.print(f"[green]rolled back[/] {line} to {done.published.get('where')}")
+
+
+@models.command("rebuild")
+@click.argument("version", type=int)
+@REGISTRY_OPTION
+@click.option("--output", type=click.Path(path_type=Path, file_okay=False),
+              help="Folder for the rebuilt bundle [default: rebuilt-vVERSION].")  # fmt: skip
+@click.option("--sign-key", type=click.Path(path_type=Path, dir_okay=False),
+              help="Sign the rebuilt bundle with this Ed25519 private key.")  # fmt: skip
+def rebuild_cmd(version: int, registry: Path, output: Path | None, sign_key: Path | None) -> None:
+    """Convert VERSION's float model again as it was converted, and compare.
+
+    The version's record keeps its conversion recipe: the converter's options, the profile in
+    full and a copy of the calibration and validation data. The rebuilt bundle matches when its
+    model file has the stored bundle's sha256, or else reproduces the stored golden outputs
+    within tolerance with every gate passed. Exits 1 when it does not match, and for a version
+    recorded before recipes were kept (convert its model.keras with `edgegap convert` then).
+
+    \b
+    Examples:
+      edgegap models rebuild 20261203091500
+      edgegap models rebuild 20261203091500 --output rebuilt/ --sign-key keys/edgegap.key
+    """
+    from converter.loading import import_tf
+    from converter.refresh.rebuild import rebuild
+    from converter.refresh.registry import Registry
+
+    import_tf()
+    out = output or Path(f"rebuilt-v{version}")
+    done = rebuild(Registry(registry), version, out, sign_key,
+                   say=lambda t: console.print(f"[bold]rebuild[/] {t}"))  # fmt: skip
+    line = (f"v{version} rebuilt into {done.bundle}: sha256 {done.sha256[:16]}… "
+            f"(stored {done.stored_sha256[:16]}…): {done.how}")  # fmt: skip
+    if not done.matches:
+        raise click.ClickException(f"does not match: {line}")
+    console.print(f"[green]matches[/] {line}")

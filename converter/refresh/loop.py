@@ -12,6 +12,7 @@ from pathlib import Path
 
 from agent.errors import EdgegapError
 from converter.gates import GateResult
+from converter.refresh import recipe
 from converter.refresh.captures import read_captures
 from converter.refresh.gates import read_holdout
 from converter.refresh.options import RefreshError, RefreshOptions, RefreshOutcome
@@ -51,7 +52,7 @@ def refresh(opts: RefreshOptions, say: Callable[[str], None] = logger.info) -> R
         version = opts.version or steps.new_version(parent.version)
         name = _bundle_name(registry, parent, opts)
         say(f"convert v{version} for {opts.profile.name} (the converter's pipeline and gates)")
-        result = steps.convert_bundle(opts, model, work / "bundle", version, name, force=True)
+        result, options = steps.convert_bundle(opts, model, work / "bundle", version, name, True)
         t = _step(seconds, "convert", t)
         say("regression gates: candidate and deployed int8 bundles on both holdouts")
         candidate = (version, work / "bundle", list(result.gates))
@@ -62,6 +63,7 @@ def refresh(opts: RefreshOptions, say: Callable[[str], None] = logger.info) -> R
         if outcome.passed and opts.publish is not None:
             _publish(opts, outcome, work / "bundle", say)
             _step(seconds, "publish", t)
+        outcome.version.conversion = recipe.keep(registry, version, options)
         registry.add(outcome.version, model, work / "bundle")
     return outcome
 

@@ -3,6 +3,7 @@ parent, the data it was trained on and its gate results.
 
     REGISTRY/v<version>/model.keras (+ model.detector.json)   the float model
     REGISTRY/v<version>/bundle/                               the signed int8 bundle, if built
+    REGISTRY/v<version>/conversion/                           the data it was converted with
     REGISTRY/v<version>/record.json                           parent, data, gates, status
 
 Versions are the bundles' versions, so the registry and the channel speak of the same numbers.
@@ -39,13 +40,14 @@ class Version:
     version: int
     parent: int | None
     created: str
-    status: str  # imported, published, rejected, rolled-back-to
+    status: str  # imported, passed, published, rejected, halted, not published
     sha256: str  # of the float model file
     data: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     gates: list[dict[str, Any]] = field(default_factory=list)
     accuracy: dict[str, float] = field(default_factory=dict)  # holdout name -> int8 mAP@0.5
     published: dict[str, Any] = field(default_factory=dict)  # channel, stage, when
+    conversion: dict[str, Any] = field(default_factory=dict)  # the recipe (refresh.recipe)
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> Version:

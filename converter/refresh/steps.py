@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from converter.gates import GateResult
+from converter.options import ConvertOptions
+from converter.refresh import recipe
 from converter.refresh.gates import Scores, regression_gates, score
 from converter.refresh.options import RefreshOptions, RefreshOutcome
 from converter.refresh.registry import Registry, Version, now
@@ -54,21 +56,21 @@ def calibration_folder(opts: RefreshOptions, out: Path) -> Path:
 
 def convert_bundle(
     opts: RefreshOptions, model: Path, out: Path, version: int, name: str, force: bool
-) -> Any:
+) -> tuple[Any, ConvertOptions]:
     """The converter's pipeline, as `edgegap convert` runs it: calibrated on captures and
-    replay images, the accuracy gate on the new holdout."""
-    from converter.pipeline import ConvertOptions, convert
+    replay images, the accuracy gate on the new holdout. The result and the options (the
+    version's recipe, converter.refresh.recipe)."""
+    from converter.pipeline import convert
 
     calibration = calibration_folder(opts, out.parent / "calibration")
-    return convert(
-        ConvertOptions(
-            model=model, profile=opts.profile, calibration=calibration,
-            validation=opts.holdout, output=out, sign_key=opts.sign_key, name=name,
-            version=version, force=force, prune=opts.prune, validation_samples=300,
-            calibration_samples=opts.calibration_samples,
-            latency_runs=20,
-        )
+    options = ConvertOptions(
+        model=model, profile=opts.profile, calibration=calibration,
+        validation=opts.holdout, output=out, sign_key=opts.sign_key, name=name,
+        version=version, force=force, prune=opts.prune, validation_samples=300,
+        calibration_samples=opts.calibration_samples,
+        latency_runs=20,
     )  # fmt: skip
+    return convert(options), options
 
 
 def parent_version(
@@ -83,11 +85,12 @@ def parent_version(
     version = found.version if found else new_version(None)
     name = opts.name or _name(opts.student)
     say(f"deployed version: importing {opts.student} as v{version} (converting a baseline)")
-    result = convert_bundle(opts, opts.student, work / "parent", version, name, force=True)
+    result, options = convert_bundle(opts, opts.student, work / "parent", version, name, True)
     record = found or Version(
         version, None, now(), "imported", "", data={"model": str(opts.student)}
     )
     record.gates = [asdict(g) for g in result.gates]
+    record.conversion = recipe.keep(registry, version, options)
     if found is None:
         return registry.add(record, opts.student, work / "parent")
     registry.add_bundle(found.version, work / "parent")
