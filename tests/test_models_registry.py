@@ -5,6 +5,7 @@ agent that activates a rollback from its store without downloading it."""
 from __future__ import annotations
 
 import json
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +35,22 @@ def run(*args: Any) -> Result:
     return CliRunner().invoke(cli, [str(a) for a in args])
 
 
+@cache
+def trained(seed: int, folder: Path) -> Path:
+    """A tiny classifier trained with seed, saved under folder (once per seed)."""
+    from keras_models import pattern_data, trained_classifier
+
+    x, y = pattern_data(100, seed=4, classes=3)
+    model = folder / f"model{seed}.keras"
+    trained_classifier(x[:60], y[:60], seed=seed).save(model)
+    return model
+
+
 def add_version(
     reg: Registry, root: Path, version: int, seed: int, bundle: bool = True, **record: Any
 ) -> Version:
-    """A tiny classifier trained with seed, converted, signed, and added with its recipe."""
-    from keras_models import pattern_data, trained_classifier
+    """trained(seed) converted, signed, and added with its recipe, as a refresh adds one."""
+    from keras_models import pattern_data
 
     from converter.pipeline import convert
 
@@ -47,15 +59,15 @@ def add_version(
     data.mkdir()
     np.savez(data / "calibration.npz", x=x[:60])
     np.savez(data / "validation.npz", x=x[60:], y=y[60:])
-    model = data / "model.keras"
-    trained_classifier(x[:60], y[:60], seed=seed).save(model)
+    model = trained(seed, root)
     opts = ConvertOptions(
         model=model, profile=load_profile("x86-avx2"), calibration=data / "calibration.npz",
         validation=data / "validation.npz", output=data / "bundle", name="tiny",
         version=version, labels=["r", "g", "b"], sign_key=root / "keys" / "edgegap.key",
         latency_runs=5, force=True,
     )  # fmt: skip
-    convert(opts)
+    if bundle:
+        convert(opts)
     entry = Version(version, record.pop("parent", None), now(), record.pop("status", "published"),
                     "", conversion=recipe.keep(reg, version, opts), **record)  # fmt: skip
     return reg.add(entry, model, data / "bundle" if bundle else None)
@@ -162,3 +174,39 @@ def test_rebuild_says_what_differs_and_what_it_cannot_rebuild(
         run("models", "rebuild", 1, "--registry", registry.root, "--output", tmp_path / "c")
     )
     assert "recorded before conversion recipes were kept" in err
+
+
+def test_an_agent_activates_a_rollback_from_its_store_without_downloading(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    from updates_kit import CHANNEL, Mqtt, agent_config, running_agent, served_version, variant
+
+    from agent.bundle.signing import load_private_key
+
+    key, pub = generate_keypair(tmp_path / "keys")
+    reg = Registry(tmp_path / "registry")
+    float_model = tmp_path / "float.keras"  # a rollback copies the float model, never reads it
+    float_model.write_bytes(b"float model of the kit's bundles")
+    for version, layout in ((1, "yolo"), (2, "ssd_postprocess")):
+        bundle = variant(layout, version, tmp_path / f"v{version}", load_private_key(key))
+        reg.add(Version(version, version - 1 or None, now(), "published", ""), float_model,
+                bundle.path)  # fmt: skip
+    kit = Mqtt(mosquitto)
+    config = agent_config(mosquitto, tmp_path, **{"bundle.path": str(reg.bundle(1)),
+                                                  "bundle.trusted_keys": [str(pub)]})  # fmt: skip
+    fleet = ("--channel", CHANNEL, "--fleet", "test", "--broker", mosquitto.url)
+    with running_agent(config) as agent:
+        kit.wait_event("probation_passed", version=1)
+        assert run("publish", reg.bundle(2), *fleet).exit_code == 0
+        kit.wait_event("probation_passed", version=2)
+        result = run("models", "rollback", 1, *fleet, "--sign-key", key, "--registry", reg.root)
+        assert result.exit_code == 0, result.output
+        new = reg.versions()[-1].version
+        kit.wait_event("probation_passed", version=new)
+        assert served_version(agent) == new
+        assert agent.pipeline is not None
+        stored = reg.bundle(1)
+        assert stored is not None
+        assert agent.pipeline.served.manifest.model.sha256 == read_manifest(stored).model.sha256
+    kinds = [e["event"] for e in kit.events() if e.get("version") == new]
+    assert kinds == ["available", "verified", "activating", "activated", "probation_passed"]

@@ -252,6 +252,11 @@ def test_watch_refreshes_by_itself_and_gates_reject_shuffled_labels(
     parent, refreshed = versions
     assert parent["status"] == "imported" and refreshed["parent"] == parent["version"]
     assert refreshed["status"] == "published"
+    for record in versions:  # the recipe `edgegap models rebuild` converts them again with
+        kept = files["root"] / "registry" / f"v{record['version']}" / "conversion"
+        assert record["conversion"]["options"]["calibration"] == "conversion/calibration"
+        assert (kept / "calibration").is_dir() and (kept / "validation").is_dir()
+        assert record["conversion"]["profile"]["budgets"]["max_accuracy_drop"] == 0.10
     assert refreshed["accuracy"]["new"] > parent["accuracy"]["new"]
     assert {g["name"]: g["status"] for g in refreshed["gates"]}["new domain"] == "pass"
     data = Path(refreshed["data"]["captures"])
