@@ -147,6 +147,18 @@ def test_rollback_bad_input_is_one_line(
     assert [v.version for v in registry.versions()] == before  # nothing recorded
 
 
+def test_a_canary_rollback_with_no_canary_online_is_recorded_not_published(
+    registry: Registry, mosquitto: Broker
+) -> None:
+    key, _ = keys(registry)
+    result = rollback(registry, 2, mosquitto.url, "--sign-key", key, "--stage", "canary")
+    err = one_line_error(result)
+    new = registry.versions()[-1]
+    assert f"v2 -> v{new.version}" in err and "no canary device of channel lab" in err
+    assert new.status == "not published" and new.training == {"rollback_of": 2}
+    assert not retained(mosquitto.host, mosquitto.port, "edgegap/default/models/lab/#")
+
+
 def test_rebuild_matches_the_stored_bundle(registry: Registry, tmp_path: Path) -> None:
     result = run("models", "rebuild", 2, "--registry", registry.root, "--output", tmp_path / "b")
     assert result.exit_code == 0, result.output

@@ -6,13 +6,16 @@ import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
 
 from converter.commands.mqtt_options import broker_options, resolve
 from converter.console import console
+
+if TYPE_CHECKING:
+    from converter.refresh.registry import Version
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +33,9 @@ REGISTRY_OPTION = click.option(
 def models() -> None:
     """The model registry: versions with float and int8 models, parents, data and gates.
 
+    Any version can be rolled back to (re-issued under a new version number, the same model
+    file) or rebuilt (converted again with the recipe its record keeps, and compared).
+
     \b
     Examples:
       edgegap models list --registry edgegap-models
@@ -46,6 +52,12 @@ def _gates(doc: list[dict[str, object]]) -> str:
     return (
         "all passed" if doc and not failed else ("failed: " + ", ".join(failed) if failed else "-")
     )
+
+
+def _parent(v: Version) -> str:
+    if "rollback_of" in v.training:
+        return f"{v.parent} (rollback)"
+    return str(v.parent or "-")
 
 
 @models.command("list")
@@ -77,7 +89,7 @@ def list_cmd(registry: Path, as_json: bool) -> None:
     for v in versions:
         acc = v.accuracy
         table.add_row(
-            str(v.version), str(v.parent or "-"), v.created, v.status,
+            str(v.version), _parent(v), v.created, v.status,
             f"{acc['old']:.4f}" if "old" in acc else "-", f"{acc['new']:.4f}" if "new" in acc else "-",
             _gates(v.gates), str(v.published.get("where", "-")) if v.published else "-",
         )  # fmt: skip

@@ -76,7 +76,7 @@ def rebuild(
     current = recipe.tf_version()
     if recorded != current:
         say(f"v{source.version} was converted with TensorFlow {recorded}, this is {current}")
-    say(f"rebuild v{version} from {model} for {opts.profile.name}")
+    say(f"v{version} from {model} for {opts.profile.name}")
     result = convert(opts)
     return compare(version, source.version, read_manifest(stored), output, result.passed)
 
