@@ -257,6 +257,9 @@ def test_watch_refreshes_by_itself_and_gates_reject_shuffled_labels(
         assert record["conversion"]["options"]["calibration"] == "conversion/calibration"
         assert (kept / "calibration").is_dir() and (kept / "validation").is_dir()
         assert record["conversion"]["profile"]["budgets"]["max_accuracy_drop"] == 0.10
+    holdout = [files["root"] / "registry" / f"v{r['version']}" / "conversion" / "validation"
+               / ANNOTATIONS_FILE for r in versions]  # fmt: skip
+    assert holdout[0].stat().st_ino == holdout[1].stat().st_ino  # kept once, hard-linked
     assert refreshed["accuracy"]["new"] > parent["accuracy"]["new"]
     assert {g["name"]: g["status"] for g in refreshed["gates"]}["new domain"] == "pass"
     data = Path(refreshed["data"]["captures"])

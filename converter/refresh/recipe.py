@@ -7,6 +7,7 @@ read (calibration, validation, a labels file) copied into the version's folder:
 
     REGISTRY/v<version>/conversion/calibration/   (or calibration.npz, ...)
     REGISTRY/v<version>/conversion/validation/
+    REGISTRY/.pool/<sha256>                        each kept file once, hard-linked from the above
     record.json "conversion": {"options": {...}, "profile": {...}, "tensorflow": "2.21.0", ...}
 
 The model, the output folder, the signing key and the version are not part of it: a rebuild
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 from enum import Enum
 from pathlib import Path
@@ -24,12 +26,15 @@ from typing import Any
 
 from agent.bundle.manifest import ColorOrder, ResizeMode
 from converter.options import ConvertOptions
-from converter.refresh.registry import Registry, RegistryError
+from converter.refresh.registry import Registry, RegistryError, file_sha256
 from firmware_profiles import IODtype, Profile
 
 logger = logging.getLogger(__name__)
 
 FOLDER = "conversion"
+# Kept files are hard links into REGISTRY/.pool/<sha256>: the versions of one refresh (and the
+# rounds of a watch) share their holdout and replay images instead of copying them again.
+POOL = ".pool"
 DATA_FIELDS = ("calibration", "validation", "labels")
 NOT_KEPT = ("model", "output", "sign_key", "version", "profile")
 ENUMS: dict[str, type[Enum]] = {
@@ -49,13 +54,33 @@ def tf_version() -> str:
         return "unknown"
 
 
-def _copy(source: Path, dest: Path) -> None:
+def _pooled(registry: Registry, source: Path, dest: Path) -> None:
+    """dest as a hard link to the pool's copy of source's bytes (a copy where links fail)."""
+    pooled = registry.root / POOL / file_sha256(source)
+    if not pooled.is_file():
+        pooled.parent.mkdir(parents=True, exist_ok=True)
+        tmp = pooled.with_name(pooled.name + ".tmp")
+        shutil.copyfile(source, tmp)
+        tmp.replace(pooled)
+    try:
+        os.link(pooled, dest)
+    except OSError:
+        shutil.copyfile(pooled, dest)
+
+
+def _copy(registry: Registry, source: Path, dest: Path) -> None:
     if dest.exists():
         shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
-    if source.is_dir():
-        shutil.copytree(source, dest)
-    else:
-        shutil.copyfile(source, dest)
+    if not source.is_dir():
+        _pooled(registry, source, dest)
+        return
+    for path in sorted(source.rglob("*")):
+        target = dest / path.relative_to(source)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif path.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _pooled(registry, path, target)
 
 
 def _value(name: str, value: Any) -> Any:
@@ -84,7 +109,7 @@ def keep(registry: Registry, version: int, opts: ConvertOptions) -> dict[str, An
                 return {"missing": f"its {f.name} data was given in memory, not as a file"}
             source = Path(value)
             kept = f"{FOLDER}/{f.name}{'' if source.is_dir() else source.suffix}"
-            _copy(source, registry.folder(version) / kept)
+            _copy(registry, source, registry.folder(version) / kept)
             options[f.name] = kept
             continue
         options[f.name] = _value(f.name, value)

@@ -4,6 +4,7 @@ parent, the data it was trained on and its gate results.
     REGISTRY/v<version>/model.keras (+ model.detector.json)   the float model
     REGISTRY/v<version>/bundle/                               the signed int8 bundle, if built
     REGISTRY/v<version>/conversion/                           the data it was converted with
+    REGISTRY/.pool/                                           that data, each file once
     REGISTRY/v<version>/record.json                           parent, data, gates, status
 
 Versions are the bundles' versions, so the registry and the channel speak of the same numbers.
