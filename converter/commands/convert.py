@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class _ProgressReporter:
+class ProgressReporter:
     """Shows pipeline stages as one rich progress bar."""
 
     def __init__(self, bar: Any, stages: tuple[str, ...]) -> None:
@@ -215,7 +215,7 @@ def convert(model: Path, profile: Profile, output: Path, force: bool, **params: 
 
     opts = convert_options(model=model, profile=profile, output=output, force=force, **params)
     with progress() as bar:
-        reporter = _ProgressReporter(bar, STAGES)
+        reporter = ProgressReporter(bar, STAGES)
         result = run_convert(opts, reporter)
         reporter.finish()
     console.print(render(result))

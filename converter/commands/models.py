@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,7 +13,7 @@ import click
 from rich.table import Table
 
 from converter.commands.mqtt_options import broker_options, resolve
-from converter.console import console
+from converter.console import console, progress
 
 if TYPE_CHECKING:
     from converter.refresh.registry import Version
@@ -52,6 +53,10 @@ def _gates(doc: list[dict[str, object]]) -> str:
     return (
         "all passed" if doc and not failed else ("failed: " + ", ".join(failed) if failed else "-")
     )
+
+
+def _said(command: str) -> Callable[[str], None]:
+    return lambda text: console.print(f"[bold]{command}[/] {text}")
 
 
 def _parent(v: Version) -> str:
@@ -153,7 +158,8 @@ def rollback_cmd(version: int, registry: Path, **kwargs: Any) -> None:
     bounds = Bounds(window_s=kwargs["window"]) if stage == "canary" else refresh_bounds()
     publisher = Publisher(broker, topics, channel, stage, bounds, kwargs["max_wait"])
     done = rollback(Registry(registry), version, (broker, topics, channel), kwargs["sign_key"],
-                    publisher, kwargs["force"])  # fmt: skip
+                    publisher, kwargs["force"],
+                    say=_said("rollback"))  # fmt: skip
     v = done.version
     line = (f"v{version} -> v{v.version}: model sha256 {done.sha256[:16]}… (the same file), "
             f"{v.status}")  # fmt: skip
@@ -183,14 +189,18 @@ def rebuild_cmd(version: int, registry: Path, output: Path | None, sign_key: Pat
       edgegap models rebuild 20261203091500
       edgegap models rebuild 20261203091500 --output rebuilt/ --sign-key keys/edgegap.key
     """
+    from converter.commands.convert import ProgressReporter
     from converter.loading import import_tf
+    from converter.pipeline import STAGES
     from converter.refresh.rebuild import rebuild
     from converter.refresh.registry import Registry
 
     import_tf()
     out = output or Path(f"rebuilt-v{version}")
-    done = rebuild(Registry(registry), version, out, sign_key,
-                   say=lambda t: console.print(f"[bold]rebuild[/] {t}"))  # fmt: skip
+    with progress() as bar:
+        reporter = ProgressReporter(bar, STAGES)
+        done = rebuild(Registry(registry), version, out, sign_key, _said("rebuild"), reporter)
+        reporter.finish()
     line = (f"v{version} rebuilt into {done.bundle}: sha256 {done.sha256[:16]}… "
             f"(stored {done.stored_sha256[:16]}…): {done.how}")  # fmt: skip
     if not done.matches:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from agent.bundle.loading import MODEL_FILE, read_manifest
 from agent.bundle.manifest import Manifest
+from converter.options import Reporter
 from converter.refresh import recipe
 from converter.refresh.registry import Registry, RegistryError, Version, file_sha256
 
@@ -54,6 +55,7 @@ def rebuild(
     output: Path,
     sign_key: Path | None = None,
     say: Callable[[str], None] = logger.info,
+    reporter: Reporter | None = None,
 ) -> Rebuilt:
     """Convert the version's float model again into output; compare with the stored bundle."""
     from converter.pipeline import convert
@@ -77,7 +79,7 @@ def rebuild(
     if recorded != current:
         say(f"v{source.version} was converted with TensorFlow {recorded}, this is {current}")
     say(f"v{version} from {model} for {opts.profile.name}")
-    result = convert(opts)
+    result = convert(opts, reporter)
     return compare(version, source.version, read_manifest(stored), output, result.passed)
 
 

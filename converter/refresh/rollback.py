@@ -106,6 +106,7 @@ def rollback(
     sign_key: Path | None,
     publish: Callable[[Path], dict[str, Any]],
     force: bool = False,
+    say: Callable[[str], None] = logger.info,
 ) -> RolledBack:
     """Re-issue version's bundle above the channel's version, publish it, record it."""
     broker, topics, channel = target
@@ -117,6 +118,8 @@ def rollback(
     original = registry.get(version)
     with tempfile.TemporaryDirectory(prefix="edgegap-rollback-") as tmp:
         manifest = reissue(bundle, new, sign_key, Path(tmp) / "bundle")
+        was = f"at v{channel_at}" if channel_at else "empty"
+        say(f"v{version} re-issued as v{new} (the channel was {was}); publishing")
         try:
             done = publish(Path(tmp) / "bundle")
         except EdgegapError as exc:
