@@ -224,6 +224,19 @@ def _wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: floa
         time.sleep(0.2)
 
 
+def recipes_kept(registry: Path, versions: list[dict[str, Any]]) -> None:
+    """Each version keeps the recipe `edgegap models rebuild` converts it again with; the data
+    the versions of one refresh share is kept once (hard links into the registry's pool)."""
+    for record in versions:
+        kept = registry / f"v{record['version']}" / "conversion"
+        assert record["conversion"]["options"]["calibration"] == "conversion/calibration"
+        assert (kept / "calibration").is_dir() and (kept / "validation").is_dir()
+        assert record["conversion"]["profile"]["budgets"]["max_accuracy_drop"] == 0.10
+    holdout = [registry / f"v{r['version']}" / "conversion" / "validation" / ANNOTATIONS_FILE
+               for r in versions]  # fmt: skip
+    assert holdout[0].stat().st_ino == holdout[1].stat().st_ino
+
+
 def test_watch_refreshes_by_itself_and_gates_reject_shuffled_labels(
     files: dict[str, Path], mosquitto: Any, tmp_path: Path
 ) -> None:
@@ -252,14 +265,7 @@ def test_watch_refreshes_by_itself_and_gates_reject_shuffled_labels(
     parent, refreshed = versions
     assert parent["status"] == "imported" and refreshed["parent"] == parent["version"]
     assert refreshed["status"] == "published"
-    for record in versions:  # the recipe `edgegap models rebuild` converts them again with
-        kept = files["root"] / "registry" / f"v{record['version']}" / "conversion"
-        assert record["conversion"]["options"]["calibration"] == "conversion/calibration"
-        assert (kept / "calibration").is_dir() and (kept / "validation").is_dir()
-        assert record["conversion"]["profile"]["budgets"]["max_accuracy_drop"] == 0.10
-    holdout = [files["root"] / "registry" / f"v{r['version']}" / "conversion" / "validation"
-               / ANNOTATIONS_FILE for r in versions]  # fmt: skip
-    assert holdout[0].stat().st_ino == holdout[1].stat().st_ino  # kept once, hard-linked
+    recipes_kept(registry, versions)
     assert refreshed["accuracy"]["new"] > parent["accuracy"]["new"]
     assert {g["name"]: g["status"] for g in refreshed["gates"]}["new domain"] == "pass"
     data = Path(refreshed["data"]["captures"])
