@@ -1,0 +1,178 @@
+"""LiteRT's CompiledModel with an XNNPACK weight cache built in a child process.
+
+`Interpreter.allocate_tensors` packs a model's weights for XNNPACK while holding Python's GIL,
+so loading a new model beside a serving one stalls the frame thread for as long as the packing
+takes (tens of ms for a 30 MB model on x86, ten times that on an Arm board). Here a child process
+packs them into a weight cache file; the serving process then opens the model with
+`CompiledModel` over that file, which maps the packed weights instead of packing them.
+
+The cache file is named by the model's sha256 and lives in the bundle's folder, so it goes with
+the bundle. The child opens it first every time: a cache that is missing, cut short or corrupt is
+rebuilt there (XNNPACK checks its header and layout), never in the serving process.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.runtime.base import LoadedModel, ModelLoadError, T
+
+logger = logging.getLogger(__name__)
+
+BACKEND = "litert"
+CHILD_TIMEOUT_S = 300.0
+
+# The child imports only LiteRT's native wrappers (not numpy's dtype extensions, which take a
+# second to import on a small board), at a lower priority than the frames being served. Its
+# arguments: the model's path, the cache's path, threads. It exits 0 once the model opened with
+# the cache, which is then complete and valid.
+_CHILD = """
+import os, sys
+os.nice(10)
+import ai_edge_litert
+from ai_edge_litert import _pywrap_litert_compiled_model_wrapper as cm
+from ai_edge_litert.environment import Environment, EnvironmentOptions
+from ai_edge_litert.options import CpuOptions, Options
+env = Environment.create(options=EnvironmentOptions(
+    runtime_path=os.path.dirname(os.path.abspath(ai_edge_litert.__file__))))
+opts = Options(cpu_options=CpuOptions(num_threads=int(sys.argv[3]),
+                                      xnnpack_weight_cache_path=sys.argv[2]))
+cm.CreateCompiledModelFromFile(env.capsule, sys.argv[1], **opts._as_flat_kwargs())
+"""
+
+
+class WeightCacheError(ModelLoadError):
+    """The child process could not build the weight cache."""
+
+
+def cache_path(folder: Path, sha256: str) -> Path:
+    """Where the weight cache of the model with this sha256 lives in its bundle's folder."""
+    return folder / f"weights-{sha256}.xnnpack"
+
+
+def build_weight_cache(model_file: Path, cache_file: Path, threads: int) -> None:
+    """Pack the weights of the model at model_file into cache_file in a child process (rebuilt
+    there if it is absent or bad)."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _CHILD, str(model_file), str(cache_file), str(threads)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=CHILD_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise WeightCacheError(f"the weight cache child did not run: {exc}") from exc
+    native = done.stderr.decode(errors="replace").strip()
+    if done.returncode != 0:
+        tail = native.splitlines()[-1] if native else "no output"
+        raise WeightCacheError(f"the weight cache child exited {done.returncode}: {tail[:300]}")
+    if native:
+        logger.debug("weight cache child: %s", native[-2000:])
+    if not cache_file.is_file():
+        raise WeightCacheError(f"the weight cache child wrote no {cache_file.name}")
+
+
+class CompiledLoadedModel(LoadedModel):
+    """A LoadedModel over LiteRT's CompiledModel (signature 0). Tensor details, indices and op
+    names come from an interpreter that is never allocated, so they are the Interpreter's own."""
+
+    def __init__(self, compiled: Any, details: Any, version: str) -> None:
+        super().__init__(details, BACKEND, version)
+        self._compiled = compiled
+        signatures = compiled.get_signature_list()
+        if len(signatures) != 1:
+            raise ModelLoadError(f"CompiledModel: {len(signatures)} signatures, not 1")
+        key, sig = next(iter(signatures.items()))
+        ins = compiled.get_input_tensor_details(key)
+        outs = compiled.get_output_tensor_details(key)
+        in_index = [int(ins[name]["index"]) for name in sig["inputs"]]
+        out_index = [int(outs[name]["index"]) for name in sig["outputs"]]
+        if sorted(in_index) != sorted(i.index for i in self.inputs) or sorted(out_index) != sorted(
+            o.index for o in self.outputs
+        ):
+            raise ModelLoadError("CompiledModel's tensors are not the interpreter's")
+        # shapes an op sets at allocation (TFLite_Detection_PostProcess's) are the compiled ones
+        shapes = {
+            int(d["index"]): tuple(int(n) for n in d["shape"])
+            for d in [*ins.values(), *outs.values()]
+        }
+        self.inputs = [replace(i, shape=shapes[i.index]) for i in self.inputs]
+        self.outputs = [replace(o, shape=shapes[o.index]) for o in self.outputs]
+        self._in_buffers = compiled.create_input_buffers(0)
+        self._out_buffers = compiled.create_output_buffers(0)
+        self._in_at = [in_index.index(i.index) for i in self.inputs]
+        self._out_at = {o.index: (out_index.index(o.index), o) for o in self.outputs}
+        self._staged = [np.zeros(i.shape, dtype=i.dtype) for i in self.inputs]
+
+    def set_input(self, value: np.ndarray, position: int = 0) -> None:
+        spec = self.inputs[position]
+        if value.shape != spec.shape or value.dtype != spec.dtype:
+            raise ValueError(
+                f"input {spec.name}: got {value.dtype}{list(value.shape)}, "
+                f"the model takes {spec.dtype}{list(spec.shape)}"
+            )
+        self._in_buffers[self._in_at[position]].write(value)
+
+    def write_input(self, fill: Callable[[np.ndarray], T], position: int = 0) -> T:
+        """`fill` writes a staging array, which is then copied into the model's input buffer."""
+        staged = self._staged[position]
+        result = fill(staged)
+        self._in_buffers[self._in_at[position]].write(staged)
+        return result
+
+    def invoke(self) -> None:
+        self._compiled.run_by_index(0, self._in_buffers, self._out_buffers)
+
+    def get(self, tensor_index: int) -> np.ndarray:
+        if tensor_index not in self._out_at:
+            raise ValueError(f"tensor {tensor_index} is not an output of this model")
+        at, spec = self._out_at[tensor_index]
+        flat = self._out_buffers[at].read(int(np.prod(spec.shape)), spec.dtype)
+        return flat.reshape(spec.shape)
+
+
+@cache
+def unavailable() -> str | None:
+    """Why CompiledModel cannot be used here, or None. Imports it: call before frames flow (the
+    import takes a second or more, much of it holding the GIL)."""
+    try:
+        from ai_edge_litert.compiled_model import CompiledModel, CpuOptions  # noqa: F401
+    except ImportError as exc:
+        return f"LiteRT's CompiledModel is not importable: {exc}"
+    if "xnnpack_weight_cache_path" not in getattr(CpuOptions, "__dataclass_fields__", {}):
+        return "this LiteRT's CompiledModel has no XNNPACK weight cache option"
+    return None
+
+
+def open_cached(
+    content: bytes, model_file: Path, threads: int, cache_file: Path, version: str
+) -> LoadedModel:
+    """content (the bytes of model_file) opened with CompiledModel over the weight cache
+    cache_file, which a child builds first from model_file.
+
+    Raises ImportError when this LiteRT has no CompiledModel, WeightCacheError when the child
+    fails, ModelLoadError when LiteRT refuses the model.
+    """
+    from ai_edge_litert import interpreter
+    from ai_edge_litert.compiled_model import CompiledModel, CpuOptions, Options
+
+    build_weight_cache(model_file, cache_file, threads)
+    options = Options(
+        cpu_options=CpuOptions(num_threads=threads, xnnpack_weight_cache_path=str(cache_file))
+    )
+    try:
+        compiled = CompiledModel.from_buffer(content, options=options)
+        details = interpreter.Interpreter(model_content=content, num_threads=threads)
+    except (ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"CompiledModel could not load the model: {exc}") from exc
+    return CompiledLoadedModel(compiled, details, version)
