@@ -28,6 +28,7 @@ from updates_kit import (
 
 from agent.bundle.manifest import Decoder
 from agent.bundle.signing import generate_keypair, load_private_key
+from agent.runtime import compiled
 from agent.store import BundleStore
 from agent.updates.protocol import Release, cut
 
@@ -71,6 +72,10 @@ def test_an_update_is_pulled_verified_swapped_in_and_passes_probation(
     assert store.sha("active") == store.sha("good") == blob.sha256
     assert store.previous() is not None and store.previous().name == v1_sha(agent)
     assert not list((tmp_path / "state" / "staging").glob("*"))
+    # v2 was loaded over a weight cache a child built, named by its sha256 in its bundle's folder
+    if compiled.unavailable() is None:
+        assert isinstance(agent.pipeline.served.model, compiled.CompiledLoadedModel)
+        assert compiled.cache_path(store.path(blob.sha256), blob.sha256).stat().st_size > 0
 
 
 def v1_sha(agent: object) -> str:
