@@ -10,17 +10,22 @@ and `publish`, what `edgegap publish` calls, timed from before it reads the bund
 - publish-to-active: from the start of the publish to the agent's `activated` event, on a
   fresh agent serving the 64 KB model at 640x480@30; divided by the time one raw MQTT message of
   the same size takes through the same broker (paho, QoS 1, publish to a subscriber's receipt).
-  Update and raw trials alternate (update first in odd trials); medians of --trials.
+  Each trial runs three steps, their order rotating: the update with the agent's defaults (the
+  new model loads over an XNNPACK weight cache built by a child process), the same update with
+  `updates.weight_cache: false` (the baseline: it loads in the interpreter, as at start-up), and
+  the raw message; medians of --trials.
 - frames lost and swap stall, from the agent's JSONL in the same trials, in the window from the
   publish to 1 s after `activated`: lost = frame indices missing from the results; stall =
-  longest gap between two results minus the median gap before the publish (goal < 33 ms).
+  longest gap between two results minus the median gap before the publish (goal < 33 ms). The
+  last lines: the longest gap across the swap, baseline / weight cache.
 - RSS of one agent across --swaps consecutive swaps (releases alternating the 4 MB and the 64 KB
   model, each a new version; the agent loads from its store when it still holds the model).
 - fleet: --agents agents (synthetic 64x64@2) get one publish of the 4 MB bundle; time until all
   are active / one agent alone (median of 3); every `activated` event must name the signed sha256.
 
 Usage: python benchmarks/update.py [--quick] [--trials 5] [--swaps 100] [--agents 50]
-       [--broker mqtt://host:port] [--cache DIR]
+       [--broker mqtt://host:port] [--cache DIR] [--stall-only]
+Example: python benchmarks/update.py --stall-only   # the update trials only: no RSS, no fleet
 """
 
 from __future__ import annotations
