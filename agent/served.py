@@ -151,8 +151,6 @@ def load_served_model(
         model = _open_cached(content, bundle.model_path, threads, config, cache_file)
     if model is None:
         model = _open(content, threads, config, delegate)
-    else:
-        _warm_up(model)
     check_model_io(model, m)
     golden = _check_golden(bundle, model, config.bundle.golden)
     det = config.detection
@@ -214,8 +212,10 @@ def _open_cached(
         logger.info("no weight cache (%s): loading with the interpreter", reason)
         return None
     try:
-        return compiled.open_cached(content, model_file, threads, cache_file, backend.version)
-    except (ImportError, compiled.ModelLoadError, ValueError, OSError) as exc:
+        model = compiled.open_cached(content, model_file, threads, cache_file, backend.version)
+        _warm_up(model)
+        return model
+    except (ImportError, compiled.ModelLoadError, ValueError, RuntimeError, OSError) as exc:
         logger.warning("weight cache not used (%s): loading with the interpreter", exc)
         return None
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from agent.runtime.base import LoadedModel, ModelLoadError, T
+from agent.runtime.native_log import quiet_native_stderr
 
 logger = logging.getLogger(__name__)
 
@@ -143,15 +144,32 @@ class CompiledLoadedModel(LoadedModel):
 
 @cache
 def unavailable() -> str | None:
-    """Why CompiledModel cannot be used here, or None. Imports it: call before frames flow (the
-    import takes a second or more, much of it holding the GIL)."""
+    """Why CompiledModel cannot be used here, or None. Imports it and starts LiteRT's environment
+    (its accelerator libraries): call before frames flow, as the import takes a second or more,
+    much of it holding the GIL."""
     try:
-        from ai_edge_litert.compiled_model import CompiledModel, CpuOptions  # noqa: F401
+        from ai_edge_litert.compiled_model import CpuOptions
     except ImportError as exc:
         return f"LiteRT's CompiledModel is not importable: {exc}"
     if "xnnpack_weight_cache_path" not in getattr(CpuOptions, "__dataclass_fields__", {}):
         return "this LiteRT's CompiledModel has no XNNPACK weight cache option"
+    try:
+        _environment()
+    except (RuntimeError, ValueError, OSError) as exc:
+        return f"LiteRT's environment did not start: {exc}"
     return None
+
+
+@cache
+def _environment() -> Any:
+    """One LiteRT environment for every model opened here (CompiledModel starts one per model
+    when it is given none)."""
+    import ai_edge_litert
+    from ai_edge_litert.compiled_model import Environment, EnvironmentOptions
+
+    runtime = str(Path(ai_edge_litert.__file__).resolve().parent)
+    with quiet_native_stderr():
+        return Environment.create(options=EnvironmentOptions(runtime_path=runtime))
 
 
 def open_cached(
@@ -171,7 +189,10 @@ def open_cached(
         cpu_options=CpuOptions(num_threads=threads, xnnpack_weight_cache_path=str(cache_file))
     )
     try:
-        compiled = CompiledModel.from_buffer(content, options=options)
+        with quiet_native_stderr():
+            compiled = CompiledModel.from_buffer(
+                content, environment=_environment(), options=options
+            )
         details = interpreter.Interpreter(model_content=content, num_threads=threads)
     except (ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"CompiledModel could not load the model: {exc}") from exc
