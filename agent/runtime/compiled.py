@@ -17,7 +17,7 @@ import logging
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -90,12 +90,12 @@ class CompiledLoadedModel(LoadedModel):
     def __init__(self, compiled: Any, details: Any, version: str) -> None:
         super().__init__(details, BACKEND, version)
         self._compiled = compiled
-        signatures = compiled.get_signature_list()
+        signatures = compiled.GetSignatureList()
         if len(signatures) != 1:
             raise ModelLoadError(f"CompiledModel: {len(signatures)} signatures, not 1")
         key, sig = next(iter(signatures.items()))
-        ins = compiled.get_input_tensor_details(key)
-        outs = compiled.get_output_tensor_details(key)
+        ins = compiled.GetInputTensorDetails(key)
+        outs = compiled.GetOutputTensorDetails(key)
         in_index = [int(ins[name]["index"]) for name in sig["inputs"]]
         out_index = [int(outs[name]["index"]) for name in sig["outputs"]]
         if sorted(in_index) != sorted(i.index for i in self.inputs) or sorted(out_index) != sorted(
@@ -109,8 +109,9 @@ class CompiledLoadedModel(LoadedModel):
         }
         self.inputs = [replace(i, shape=shapes[i.index]) for i in self.inputs]
         self.outputs = [replace(o, shape=shapes[o.index]) for o in self.outputs]
-        self._in_buffers = compiled.create_input_buffers(0)
-        self._out_buffers = compiled.create_output_buffers(0)
+        self._buffers = _native().buffers
+        self._in_buffers = list(compiled.CreateInputBuffers(0))
+        self._out_buffers = list(compiled.CreateOutputBuffers(0))
         self._in_at = [in_index.index(i.index) for i in self.inputs]
         self._out_at = {o.index: (out_index.index(o.index), o) for o in self.outputs}
         self._staged = [np.zeros(i.shape, dtype=i.dtype) for i in self.inputs]
@@ -122,54 +123,83 @@ class CompiledLoadedModel(LoadedModel):
                 f"input {spec.name}: got {value.dtype}{list(value.shape)}, "
                 f"the model takes {spec.dtype}{list(spec.shape)}"
             )
-        self._in_buffers[self._in_at[position]].write(value)
+        self._write(position, value)
+
+    def _write(self, position: int, value: np.ndarray) -> None:
+        flat = np.ascontiguousarray(value).reshape(-1)
+        self._buffers.WriteTensorBuffer(
+            self._in_buffers[self._in_at[position]], flat, flat.dtype.name
+        )
 
     def write_input(self, fill: Callable[[np.ndarray], T], position: int = 0) -> T:
         """`fill` writes a staging array, which is then copied into the model's input buffer."""
         staged = self._staged[position]
         result = fill(staged)
-        self._in_buffers[self._in_at[position]].write(staged)
+        self._write(position, staged)
         return result
 
     def invoke(self) -> None:
-        self._compiled.run_by_index(0, self._in_buffers, self._out_buffers)
+        self._compiled.RunByIndex(0, self._in_buffers, self._out_buffers)
 
     def get(self, tensor_index: int) -> np.ndarray:
         if tensor_index not in self._out_at:
             raise ValueError(f"tensor {tensor_index} is not an output of this model")
         at, spec = self._out_at[tensor_index]
-        flat = self._out_buffers[at].read(int(np.prod(spec.shape)), spec.dtype)
-        return flat.reshape(spec.shape)
+        out = np.empty(spec.shape, dtype=spec.dtype)
+        self._buffers.ReadTensorToBuffer(self._out_buffers[at], out.reshape(-1), out.dtype.name)
+        return out
+
+
+@dataclass(frozen=True)
+class _Native:
+    """LiteRT's native CompiledModel and TensorBuffer wrappers and its option classes. Its public
+    `compiled_model` module would also import numpy's extra dtypes (ml_dtypes), which takes about
+    two seconds of CPU at every agent start; these take under 0.1 s."""
+
+    models: Any
+    buffers: Any
+    environment: Any  # ai_edge_litert.environment.Environment
+    options: Any
+    cpu_options: Any
+
+
+@cache
+def _native() -> _Native:
+    from ai_edge_litert import _pywrap_litert_compiled_model_wrapper as models
+    from ai_edge_litert import _pywrap_litert_tensor_buffer_wrapper as buffers
+    from ai_edge_litert.environment import Environment
+    from ai_edge_litert.options import CpuOptions, Options
+
+    return _Native(models, buffers, Environment, Options, CpuOptions)
 
 
 @cache
 def unavailable() -> str | None:
     """Why CompiledModel cannot be used here, or None. Imports it and starts LiteRT's environment
-    (its accelerator libraries): call before frames flow, as the import takes a second or more,
-    much of it holding the GIL."""
+    (its accelerator libraries): call before frames flow."""
     try:
-        from ai_edge_litert.compiled_model import CpuOptions
+        native = _native()
     except ImportError as exc:
         return f"LiteRT's CompiledModel is not importable: {exc}"
-    if "xnnpack_weight_cache_path" not in getattr(CpuOptions, "__dataclass_fields__", {}):
+    fields = getattr(native.cpu_options, "__dataclass_fields__", {})
+    if "xnnpack_weight_cache_path" not in fields:
         return "this LiteRT's CompiledModel has no XNNPACK weight cache option"
     try:
         _environment()
-    except (RuntimeError, ValueError, OSError) as exc:
+    except (RuntimeError, ValueError, OSError, TypeError) as exc:
         return f"LiteRT's environment did not start: {exc}"
     return None
 
 
 @cache
 def _environment() -> Any:
-    """One LiteRT environment for every model opened here (CompiledModel starts one per model
-    when it is given none)."""
+    """One LiteRT environment for every model opened here (kept for the process's life)."""
     import ai_edge_litert
-    from ai_edge_litert.compiled_model import Environment, EnvironmentOptions
+    from ai_edge_litert.environment import EnvironmentOptions
 
     runtime = str(Path(ai_edge_litert.__file__).resolve().parent)
     with quiet_native_stderr():
-        return Environment.create(options=EnvironmentOptions(runtime_path=runtime))
+        return _native().environment.create(options=EnvironmentOptions(runtime_path=runtime))
 
 
 def open_cached(
@@ -182,18 +212,17 @@ def open_cached(
     fails, ModelLoadError when LiteRT refuses the model.
     """
     from ai_edge_litert import interpreter
-    from ai_edge_litert.compiled_model import CompiledModel, CpuOptions, Options
 
+    native = _native()
     build_weight_cache(model_file, cache_file, threads)
-    options = Options(
-        cpu_options=CpuOptions(num_threads=threads, xnnpack_weight_cache_path=str(cache_file))
-    )
+    cpu = native.cpu_options(num_threads=threads, xnnpack_weight_cache_path=str(cache_file))
+    flat = native.options(cpu_options=cpu)._as_flat_kwargs()
     try:
         with quiet_native_stderr():
-            compiled = CompiledModel.from_buffer(
-                content, environment=_environment(), options=options
+            compiled = native.models.CreateCompiledModelFromBuffer(
+                _environment().capsule, content, **flat
             )
         details = interpreter.Interpreter(model_content=content, num_threads=threads)
-    except (ValueError, RuntimeError) as exc:
+        return CompiledLoadedModel(compiled, details, version)
+    except (ValueError, RuntimeError, TypeError, AttributeError, KeyError) as exc:
         raise ModelLoadError(f"CompiledModel could not load the model: {exc}") from exc
-    return CompiledLoadedModel(compiled, details, version)

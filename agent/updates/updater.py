@@ -82,7 +82,7 @@ class Updater:
         self._thread = threading.Thread(target=self._run, name="edgegap-updates", daemon=True)
         link.on_message = self._on_message
         if u.weight_cache:
-            compiled.unavailable()  # its import is slow and holds the GIL: before frames flow
+            compiled.unavailable()  # imports and starts LiteRT's CompiledModel before frames flow
         if store is not None:
             pipeline.observer = self._observe
 
