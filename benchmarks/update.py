@@ -290,8 +290,7 @@ STEPS = ("update", "baseline", "raw")
 
 
 def trials_of(bench: Bench, model: str, payload: bytes, trials: int) -> Trials:
-    """Update, baseline (the interpreter load) and raw trials of one model, their order rotating
-    from trial to trial, each printed."""
+    """Update, baseline (interpreter load) and raw trials of one model, order rotating; printed."""
     out = Trials([], [], [])
     for t in range(trials):
         for step in STEPS[t % 3 :] + STEPS[: t % 3]:
@@ -308,8 +307,7 @@ def trials_of(bench: Bench, model: str, payload: bytes, trials: int) -> Trials:
 
 
 def measure(bench: Bench, cache: Path, plan: Plan) -> Measured:
-    """Update/raw trials of the 4 MB and 30 MB models, then (unless stall_only) RSS across swaps,
-    solo and fleet."""
+    """Update/raw trials of both models, then (unless stall_only) RSS, solo and fleet."""
     trials: dict[str, Trials] = {}
     for model in ("4MB", "30MB"):
         payload = (cache / model / MODEL_FILE).read_bytes()
