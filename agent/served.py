@@ -26,7 +26,14 @@ from agent.config.sections import DelegateFallback
 from agent.decoders import OutputDecoder, make_decoder, needed_outputs
 from agent.outputs.messages import ModelRef
 from agent.preprocess import Preprocessor
-from agent.runtime import DelegateSpec, LoadedModel, delegate_spec, open_model
+from agent.runtime import (
+    DelegateSpec,
+    LoadedModel,
+    compiled,
+    delegate_spec,
+    get_backend,
+    open_model,
+)
 
 if TYPE_CHECKING:
     from firmware_profiles.schema import Runtime as ProfileRuntime
@@ -125,13 +132,25 @@ def resolve_delegate(config: AgentConfig, manifest: Manifest) -> DelegateSpec | 
     return delegate_spec(name, {**options, **runtime.delegate_options})
 
 
-def load_served_model(path: Path, config: AgentConfig, keys: list[Ed25519PublicKey]) -> ServedModel:
-    """Verify, open, check and wrap the bundle at path. Raises BundleError subclasses."""
+def load_served_model(
+    path: Path, config: AgentConfig, keys: list[Ed25519PublicKey], weight_cache: bool = False
+) -> ServedModel:
+    """Verify, open, check and wrap the bundle at path. Raises BundleError subclasses.
+
+    weight_cache: open it over an XNNPACK weight cache built by a child process in the bundle's
+    folder (agent.runtime.compiled) where that applies, so the load leaves the GIL to the frames.
+    """
     bundle = load_bundle(path, keys)
     m = bundle.manifest
     threads = resolve_threads(config, m)
     delegate = resolve_delegate(config, m)
-    model = _open(bundle.model_bytes(), threads, config, delegate)
+    content = bundle.model_bytes()
+    model = None
+    if weight_cache and delegate is None:
+        cache_file = compiled.cache_path(path, m.model.sha256)
+        model = _open_cached(content, bundle.model_path, threads, config, cache_file)
+    if model is None:
+        model = _open(content, threads, config, delegate)
     check_model_io(model, m)
     golden = _check_golden(bundle, model, config.bundle.golden)
     det = config.detection
@@ -172,10 +191,33 @@ def _open(
         delegate=delegate,
         fallback_cpu=config.runtime.delegate_fallback is DelegateFallback.CPU,
     )
+    _warm_up(model)
+    return model
+
+
+def _warm_up(model: LoadedModel) -> None:
     spec = model.inputs[0]
     model.set_input(np.zeros(spec.shape, dtype=spec.dtype))
     model.invoke()
-    return model
+
+
+def _open_cached(
+    content: bytes, model_file: Path, threads: int, config: AgentConfig, cache_file: Path
+) -> LoadedModel | None:
+    """The model over its weight cache, or None (with the reason logged) to load it as usual:
+    another backend than LiteRT, no CompiledModel, or a child or load that failed."""
+    backend = get_backend(config.runtime.backend)
+    reason = compiled.unavailable() if backend.name == compiled.BACKEND else "not LiteRT"
+    if reason is not None:
+        logger.info("no weight cache (%s): loading with the interpreter", reason)
+        return None
+    try:
+        model = compiled.open_cached(content, model_file, threads, cache_file, backend.version)
+        _warm_up(model)
+        return model
+    except (ImportError, compiled.ModelLoadError, ValueError, RuntimeError, OSError) as exc:
+        logger.warning("weight cache not used (%s): loading with the interpreter", exc)
+        return None
 
 
 def _check_golden(bundle: Bundle, model: LoadedModel, policy: GoldenPolicy) -> GoldenResult | None:

@@ -10,17 +10,22 @@ and `publish`, what `edgegap publish` calls, timed from before it reads the bund
 - publish-to-active: from the start of the publish to the agent's `activated` event, on a
   fresh agent serving the 64 KB model at 640x480@30; divided by the time one raw MQTT message of
   the same size takes through the same broker (paho, QoS 1, publish to a subscriber's receipt).
-  Update and raw trials alternate (update first in odd trials); medians of --trials.
+  Each trial runs three steps, their order rotating: the update with the agent's defaults (the
+  new model loads over an XNNPACK weight cache built by a child process), the same update with
+  `updates.weight_cache: false` (the baseline: it loads in the interpreter, as at start-up), and
+  the raw message; medians of --trials.
 - frames lost and swap stall, from the agent's JSONL in the same trials, in the window from the
   publish to 1 s after `activated`: lost = frame indices missing from the results; stall =
-  longest gap between two results minus the median gap before the publish (goal < 33 ms).
+  longest gap between two results minus the median gap before the publish (goal < 33 ms). The
+  last lines: the longest gap across the swap, baseline / weight cache.
 - RSS of one agent across --swaps consecutive swaps (releases alternating the 4 MB and the 64 KB
   model, each a new version; the agent loads from its store when it still holds the model).
 - fleet: --agents agents (synthetic 64x64@2) get one publish of the 4 MB bundle; time until all
   are active / one agent alone (median of 3); every `activated` event must name the signed sha256.
 
 Usage: python benchmarks/update.py [--quick] [--trials 5] [--swaps 100] [--agents 50]
-       [--broker mqtt://host:port] [--cache DIR]
+       [--broker mqtt://host:port] [--cache DIR] [--stall-only]
+Example: python benchmarks/update.py --stall-only   # the update trials only: no RSS, no fleet
 """
 
 from __future__ import annotations
@@ -80,14 +85,17 @@ class Bench:
             versioned(self.cache / model, version, self.key, out)
         return out
 
-    def agent(self, device: str, channel: str, source: str, jsonl: bool = False) -> AgentProc:
-        """An agent serving the 64 KB model v1, following channel (seeded with that release)."""
+    def agent(
+        self, device: str, channel: str, source: str, jsonl: bool = False, cache: bool = True
+    ) -> AgentProc:
+        """An agent serving the 64 KB model v1, following channel (seeded with that release);
+        cache: updates.weight_cache (False: updates load in the interpreter, as at start-up)."""
         if channel not in self.seeded:
             self.publish(self.bundle("small", 1), channel)
             self.seeded.add(channel)
         return spawn_agent(
             self.url, device, channel, self.cache / "small", self.pub, self.work / device,
-            source, jsonl,
+            source, jsonl, {"weight_cache": cache},
         )  # fmt: skip
 
     def started(self, agents: list[AgentProc]) -> None:
@@ -120,16 +128,17 @@ class Bench:
         return out
 
     # ---- publish-to-active, frames lost, stall -------------------------------------------------
-    def update_trial(self, model: str, trial: int) -> dict[str, float]:
-        device = f"solo-{model}-{trial}"
-        agent = self.agent(device, f"t-{model}-{trial}", SOLO_SOURCE, jsonl=True)
+    def update_trial(self, model: str, trial: int, cache: bool = True) -> dict[str, float]:
+        name = f"{model}-{trial}{'' if cache else '-interp'}"
+        agent = self.agent(f"solo-{name}", f"t-{name}", SOLO_SOURCE, jsonl=True, cache=cache)
+        device = agent.device
         try:
             self.started([agent])
             time.sleep(1.5)  # the usual gap between results, before the update
             bundle = self.bundle(model, 2 + trial)
             sha = read_manifest(bundle).model.sha256
             t0, wall0 = time.perf_counter(), time.time()
-            self.publish(bundle, f"t-{model}-{trial}")
+            self.publish(bundle, f"t-{name}")
             seconds = self.activated([agent], sha, t0)[device]
             time.sleep(1.2)
         finally:
@@ -230,6 +239,7 @@ class Plan:
     trials: int
     swaps: int
     count: int
+    stall_only: bool = False
 
     @property
     def marks(self) -> tuple[int, ...]:
@@ -238,9 +248,15 @@ class Plan:
 
 
 @dataclass
+class Trials:
+    updates: list[dict[str, float]]  # the agent as configured by default (updates.weight_cache)
+    baseline: list[dict[str, float]]  # updates.weight_cache: false (loads in the interpreter)
+    raws: list[float]
+
+
+@dataclass
 class Measured:
-    updates: dict[str, list[dict[str, float]]]
-    raws: dict[str, list[float]]
+    trials: dict[str, Trials]
     rss: dict[int, float]
     solo: list[float]
     fleet: dict[str, Any]
@@ -253,6 +269,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--swaps", type=int, help="consecutive swaps for the RSS figure (default 100)")
     ap.add_argument("--agents", type=int, help="agents in the fleet (default 50)")
     ap.add_argument("--broker", help="use this broker instead of a mosquitto started here")
+    ap.add_argument(
+        "--stall-only", action="store_true", help="only the update trials: no RSS, no fleet"
+    )
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache/edgegap/bench-update")
     return ap.parse_args()
 
@@ -263,61 +282,68 @@ def make_plan(args: argparse.Namespace) -> Plan:
         trials=args.trials or (2 if args.quick else 5),
         swaps=args.swaps or (12 if args.quick else 100),
         count=args.agents or (4 if args.quick else 50),
+        stall_only=args.stall_only,
     )
 
 
-def trials_of(
-    bench: Bench, model: str, payload: bytes, trials: int
-) -> tuple[list[dict[str, float]], list[float]]:
-    """Update and raw trials of one model, alternating (update first in odd trials), each printed."""
-    updates: list[dict[str, float]] = []
-    raws: list[float] = []
+STEPS = ("update", "baseline", "raw")
+
+
+def trials_of(bench: Bench, model: str, payload: bytes, trials: int) -> Trials:
+    """Update, baseline (interpreter load) and raw trials of one model, order rotating; printed."""
+    out = Trials([], [], [])
     for t in range(trials):
-        order = ("update", "raw") if t % 2 == 0 else ("raw", "update")
-        for step in order:
-            if step == "update":
-                updates.append(bench.update_trial(model, t))
+        for step in STEPS[t % 3 :] + STEPS[: t % 3]:
+            if step == "raw":
+                out.raws.append(bench.raw_trial(payload, t))
             else:
-                raws.append(bench.raw_trial(payload, t))
-        u = updates[-1]
-        print(f"[{model}] trial {t + 1}: publish-to-active {u['update_s']:.3f} s, "
-              f"raw {raws[-1]:.3f} s, lost {u['lost']:.0f} "
-              f"(at the swap {u['lost_at_swap']:.0f}), stall {u['stall_s'] * 1e3:.1f} ms")  # fmt: skip
-    return updates, raws
+                cache = step == "update"
+                (out.updates if cache else out.baseline).append(bench.update_trial(model, t, cache))
+        for label, u in (("weight cache", out.updates[-1]), ("interpreter", out.baseline[-1])):
+            print(f"[{model}] trial {t + 1}, {label}: publish-to-active {u['update_s']:.3f} s, "
+                  f"raw {out.raws[-1]:.3f} s, lost {u['lost']:.0f} "
+                  f"(at the swap {u['lost_at_swap']:.0f}), stall {u['stall_s'] * 1e3:.1f} ms")  # fmt: skip
+    return out
 
 
 def measure(bench: Bench, cache: Path, plan: Plan) -> Measured:
-    """Update/raw trials of the 4 MB and 30 MB models, RSS across swaps, then solo and fleet."""
-    updates: dict[str, list[dict[str, float]]] = {}
-    raws: dict[str, list[float]] = {}
+    """Update/raw trials of both models, then (unless stall_only) RSS, solo and fleet."""
+    trials: dict[str, Trials] = {}
     for model in ("4MB", "30MB"):
         payload = (cache / model / MODEL_FILE).read_bytes()
-        updates[model], raws[model] = trials_of(bench, model, payload, plan.trials)
+        trials[model] = trials_of(bench, model, payload, plan.trials)
+    if plan.stall_only:
+        return Measured(trials, {}, [], {})  # nothing but the trials
     rss = bench.rss(plan.swaps, plan.marks)
     print("agent RSS: " + ", ".join(f"after swap {n} {mb:.1f} MB" for n, mb in rss.items()))
     solo = [bench.fleet_update(f"solo{i}", 1)["seconds"] for i in range(3)]
     fleet = bench.fleet_update("fleet", plan.count)
-    return Measured(updates, raws, rss, solo, fleet)
+    return Measured(trials, rss, solo, fleet)
 
 
 def print_swaps(m: Measured, plan: Plan) -> None:
-    """Frames lost, swap stalls and RSS growth across the swaps."""
-    every = [u for us in m.updates.values() for u in us]
-    print(f"frames lost during an update (publish .. activated + 1 s), all {len(every)} trials: "
-          f"{sum(u['lost'] for u in every):.0f}; at the swap itself: "
-          f"{sum(max(0, u['lost_at_swap']) for u in every):.0f} (goal 0)")  # fmt: skip
-    for model, us in m.updates.items():
-        stall = [u["stall_s"] * 1e3 for u in us]
-        print(f"swap stall, {model}: median {med(stall):.1f} ms, max {max(stall):.1f} ms over the "
-              f"usual gap of {med([u['usual_s'] for u in us]) * 1e3:.1f} ms (goal < 33 ms)")  # fmt: skip
+    """Frames lost and swap stalls, the weight cache (default) and the interpreter load."""
+    for label, key in (("weight cache", "updates"), ("interpreter", "baseline")):
+        every = [u for t in m.trials.values() for u in getattr(t, key)]
+        print(f"frames lost during an update (publish .. activated + 1 s), {label}, all "
+              f"{len(every)} trials: {sum(u['lost'] for u in every):.0f}; at the swap itself: "
+              f"{sum(max(0, u['lost_at_swap']) for u in every):.0f} (goal 0)")  # fmt: skip
+    for model, t in m.trials.items():
+        for label, us in (("weight cache", t.updates), ("interpreter", t.baseline)):
+            stall = [u["stall_s"] * 1e3 for u in us]
+            print(f"swap stall, {model}, {label}: median {med(stall):.1f} ms, max "
+                  f"{max(stall):.1f} ms over the usual gap of "
+                  f"{med([u['usual_s'] for u in us]) * 1e3:.1f} ms (goal < 33 ms)")  # fmt: skip
+    if plan.stall_only:
+        return
     marks, swaps = plan.marks, plan.swaps
     first, last = m.rss[marks[0]], m.rss[marks[-1]]
     print(f"agent RSS across {swaps} swaps: {first:.1f} MB after swap {marks[0]}, {last:.1f} MB "
           f"after swap {marks[-1]}: growth {last - first:+.1f} MB (goal < 10 MB)")  # fmt: skip
 
 
-def print_fleet(m: Measured, plan: Plan, sizes: dict[str, int]) -> None:
-    """The fleet's verification and load, then the ratios: fleet / one agent, update / raw."""
+def print_fleet(m: Measured, plan: Plan) -> None:
+    """The fleet's verification and load, and its ratio to one agent."""
     fleet, count, solo = m.fleet, plan.count, m.solo
     flight = "not reported" if fleet["inflight"] is None else f"{fleet['inflight']}"
     print(f"fleet: {fleet['verified']}/{count} agents activated the signed sha256; TensorFlow "
@@ -327,11 +353,21 @@ def print_fleet(m: Measured, plan: Plan, sizes: dict[str, int]) -> None:
     print()
     print(f"fleet / one agent, {count} agents, 4 MB: {fleet['seconds'] / med(solo):.2f}  "
           f"(all active {fleet['seconds']:.3f} s, one agent {med(solo):.3f} s; goal <= 3)")  # fmt: skip
-    for model in m.updates:
-        u, r = med([u["update_s"] for u in m.updates[model]]), med(m.raws[model])
+
+
+def print_ratios(m: Measured, plan: Plan, sizes: dict[str, int]) -> None:
+    """Last: update / raw transfer, and the longest gap across the swap, interpreter / cache."""
+    for model, t in m.trials.items():
+        u, r = med([u["update_s"] for u in t.updates]), med(t.raws)
+        b = med([u["update_s"] for u in t.baseline])
         print(f"publish-to-active / raw transfer, {model} ({sizes[model] / 2**20:.1f} MiB): "
-              f"{u / r:.2f}  (update {u:.3f} s, raw {r:.3f} s; medians of {plan.trials}"
-              f"{'; goal <= 1.0' if model == '30MB' else ''})")  # fmt: skip
+              f"{u / r:.2f}  (update {u:.3f} s, raw {r:.3f} s, interpreter load {b:.3f} s; "
+              f"medians of {plan.trials}{'; goal <= 1.0' if model == '30MB' else ''})")  # fmt: skip
+    for model, t in m.trials.items():
+        new = med([u["stall_s"] + u["usual_s"] for u in t.updates]) * 1e3
+        old = med([u["stall_s"] + u["usual_s"] for u in t.baseline]) * 1e3
+        print(f"longest gap across the swap, {model}, interpreter / weight cache: {old / new:.2f}  "
+              f"(interpreter {old:.1f} ms, weight cache {new:.1f} ms; medians of {plan.trials})")  # fmt: skip
 
 
 def main() -> None:
@@ -355,7 +391,9 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     print()
     print_swaps(measured, plan)
-    print_fleet(measured, plan, sizes)
+    if not plan.stall_only:
+        print_fleet(measured, plan)
+    print_ratios(measured, plan, sizes)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import pytest
 
 from agent.bundle.loading import MANIFEST_FILE, MODEL_FILE, load_bundle
 from agent.bundle.manifest import Decoder, InputSpec, Manifest, ModelFile, OutputRole, OutputSpec
+from agent.runtime.compiled import cache_path
 from agent.store import BundleStore, Staging, StoreError, atomic_write, clean_staging
 from agent.updates.protocol import Limits, cut
 
@@ -171,9 +172,12 @@ def test_prune_keeps_active_previous_good_and_keep(store: BundleStore) -> None:
     store.activate(b)
     store.activate(c)  # previous b, good a
     (store.bundles_dir / "stray.txt").write_text("x")
+    for sha in (c, d):  # weight caches, as an update load leaves them (agent.runtime.compiled)
+        cache_path(store.path(sha), sha).write_bytes(b"packed")
     removed = store.prune(keep=[e])
     assert removed == [d]
     assert sorted(store.installed()) == sorted([a, b, c, e])
+    assert not store.path(d).exists() and cache_path(store.path(c), c).is_file()
     assert not (store.bundles_dir / "stray.txt").exists()
     assert store.prune() == [e]
 

@@ -30,10 +30,14 @@ def test_update_benchmark_quick_run_prints_its_ratios(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     lines = run.stdout.strip().splitlines()
-    assert lines[-1].startswith("publish-to-active / raw transfer, 30MB")
-    assert lines[-2].startswith("publish-to-active / raw transfer, 4MB")
-    assert lines[-3].startswith("fleet / one agent, 4 agents")
-    assert any(line.startswith("frames lost during an update") for line in lines)
+    assert lines[-1].startswith("longest gap across the swap, 30MB, interpreter / weight cache")
+    assert lines[-2].startswith("longest gap across the swap, 4MB, interpreter / weight cache")
+    assert lines[-3].startswith("publish-to-active / raw transfer, 30MB")
+    assert lines[-4].startswith("publish-to-active / raw transfer, 4MB")
+    assert lines[-5].startswith("fleet / one agent, 4 agents")
+    for arm in ("weight cache", "interpreter"):
+        assert any(line.startswith(f"frames lost during an update (publish .. activated + 1 s), {arm}")
+                   for line in lines)  # fmt: skip
     assert any(line.startswith("agent RSS across 12 swaps") for line in lines)
     assert any("4/4 agents activated the signed sha256; TensorFlow loaded in 0" in line
                for line in lines)  # fmt: skip

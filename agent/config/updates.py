@@ -71,3 +71,12 @@ class UpdatesConfig(Strict):
         le=100,
         description="Starts of a new bundle without passing probation before the last good one is served.",
     )
+    weight_cache: bool = Field(
+        default=True,
+        description=(
+            "Load an update with LiteRT's CompiledModel over an XNNPACK weight cache that a child "
+            "process builds (in the bundle's folder, about the model's size), so the load does not "
+            "stall the frames being served. Used with LiteRT on the CPU; else, or when it fails, "
+            "the model loads as at start-up."
+        ),
+    )

@@ -25,12 +25,13 @@ SWAP_WAIT_S = 5.0
 def load(path: Path, config: AgentConfig, keys: list[Ed25519PublicKey]) -> ServedModel:
     """The bundle at path as a ServedModel, with the current score threshold."""
     started = time.perf_counter()
-    served = load_served_model(path, config, keys)
+    served = load_served_model(path, config, keys, weight_cache=config.updates.weight_cache)
     logger.info(
-        "loaded %s v%d off the frame path in %.0f ms",
+        "loaded %s v%d off the frame path in %.0f ms (%s)",
         served.manifest.name,
         served.manifest.version,
         (time.perf_counter() - started) * 1000,
+        type(served.model).__name__,
     )
     return served
 

@@ -17,6 +17,7 @@ from agent.capture.capturer import Capturer
 from agent.config import AgentConfig
 from agent.mqtt import MqttLink
 from agent.pipeline import Pipeline
+from agent.runtime import compiled
 from agent.served import ServedModel
 from agent.store import BundleStore, Staging, StoreError, clean_staging
 from agent.updates import activation
@@ -80,6 +81,8 @@ class Updater:
         self._queue: queue.Queue[_Work] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="edgegap-updates", daemon=True)
         link.on_message = self._on_message
+        if u.weight_cache:
+            compiled.unavailable()  # imports and starts LiteRT's CompiledModel before frames flow
         if store is not None:
             pipeline.observer = self._observe
 

@@ -1,0 +1,110 @@
+"""Update loads over an XNNPACK weight cache built by a child process (agent.runtime.compiled):
+real converted models in LiteRT's Interpreter and CompiledModel, compared output for output."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_agent_kit import cached_bundle
+
+from agent.bundle.loading import MODEL_FILE, Bundle
+from agent.config import AgentConfig
+from agent.runtime import LoadedModel, compiled, get_backend, open_model
+from agent.served import load_served_model
+
+pytestmark = pytest.mark.skipif(
+    compiled.unavailable() is not None, reason=str(compiled.unavailable())
+)
+
+
+def _open(bundle: Bundle, cache_file: Path) -> LoadedModel:
+    version = get_backend("litert").version
+    return compiled.open_cached(bundle.model_bytes(), bundle.model_path, 1, cache_file, version)
+
+
+def _outputs(model: LoadedModel, x: np.ndarray, written: bool = False) -> list[np.ndarray]:
+    if written:
+        model.write_input(lambda buf: np.copyto(buf, x))
+    else:
+        model.set_input(x)
+    model.invoke()
+    return [model.get(o.index) for o in model.outputs]
+
+
+def _frame(model: LoadedModel, seed: int) -> np.ndarray:
+    spec = model.inputs[0]
+    rng = np.random.default_rng(seed)
+    if spec.dtype == np.float32:
+        return rng.random(spec.shape, dtype=np.float32)
+    info = np.iinfo(spec.dtype)
+    return rng.integers(info.min, info.max, spec.shape, endpoint=True).astype(spec.dtype)
+
+
+@pytest.mark.parametrize("layout", ["ssd_postprocess", "yolo", "classification"])
+def test_compiled_model_gives_the_interpreters_outputs(layout: str, tmp_path: Path) -> None:
+    bundle = cached_bundle(layout)
+    reference = open_model(bundle.model_bytes(), threads=1, backend="litert")
+    cached = _open(bundle, tmp_path / "w.xnnpack")
+    assert isinstance(cached, compiled.CompiledLoadedModel)
+    assert (tmp_path / "w.xnnpack").stat().st_size > 0
+    assert cached.inputs == reference.inputs and cached.outputs == reference.outputs
+    # the model's own ops; the allocated interpreter lists XNNPACK's node as well
+    assert cached.op_names() == [n for n in reference.op_names() if n != "DELEGATE"]
+    for seed in range(3):
+        x = _frame(reference, seed)
+        want = _outputs(reference, x)
+        for written in (False, True):
+            got = _outputs(cached, x, written)
+            assert [g.dtype for g in got] == [w.dtype for w in want]
+            for g, w in zip(got, want, strict=True):
+                np.testing.assert_array_equal(g, w)
+
+
+def test_a_missing_or_corrupt_cache_is_rebuilt(tmp_path: Path) -> None:
+    bundle = cached_bundle("yolo")
+    cache_file = tmp_path / "w.xnnpack"
+    x = _frame(open_model(bundle.model_bytes(), threads=1, backend="litert"), 7)
+    want = _outputs(_open(bundle, cache_file), x)
+    good = cache_file.read_bytes()
+    for bad in (good[: len(good) // 3], b"\x5a" * len(good), b""):
+        cache_file.write_bytes(bad)
+        got = _outputs(_open(bundle, cache_file), x)
+        assert cache_file.read_bytes() == good, "the child did not rebuild the cache"
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g, w)
+    cache_file.unlink()
+    _open(bundle, cache_file)
+    assert cache_file.read_bytes() == good
+
+
+def test_a_failing_child_falls_back_to_the_interpreter(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "bundle"
+    shutil.copytree(cached_bundle("yolo").path, folder)
+    sha = Bundle(folder, cached_bundle("yolo").manifest).manifest.model.sha256
+    compiled.cache_path(folder, sha).mkdir()  # a folder where the cache file should go
+    with caplog.at_level(logging.WARNING, logger="agent.served"):
+        served = load_served_model(folder, AgentConfig(), [], weight_cache=True)
+    assert not isinstance(served.model, compiled.CompiledLoadedModel)
+    assert served.golden is not None and served.golden.passed
+    assert "weight cache not used" in caplog.text
+
+
+def test_load_served_model_uses_the_cache_named_by_sha_and_passes_golden(tmp_path: Path) -> None:
+    folder = tmp_path / "bundle"
+    shutil.copytree(cached_bundle("ssd_postprocess").path, folder)
+    served = load_served_model(folder, AgentConfig(), [], weight_cache=True)
+    plain = load_served_model(folder, AgentConfig(), [], weight_cache=False)
+    assert isinstance(served.model, compiled.CompiledLoadedModel)
+    assert not isinstance(plain.model, compiled.CompiledLoadedModel)
+    sha = served.manifest.model.sha256
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["manifest.json", MODEL_FILE, f"weights-{sha}.xnnpack"]
+    )
+    assert served.golden is not None and plain.golden is not None
+    assert served.golden.max_error == plain.golden.max_error
