@@ -12,6 +12,9 @@ download); both take inputs normalized as (pixel - 127.5) / 127.5. Each is conve
 (gate: 1% drop) and, for each variant, prints top-1 agreement with float (mAP@0.5 for the
 detector), the output divergence (KL against float, nats; the mAP drop for the detector), size
 over pure int8 and over float, and latency over pure int8 (all models timed interleaved, p50).
+Each int8 variant is run twice: with the calibrated min/max activation ranges, and with the
+ranges refined to the least int8 error (converter.activation_ranges, convert's default); size,
+latency and the share of int8's loss recovered are over the min/max pure int8 model.
 
 Then the input rounding: the pure int8 classifiers fed pixels quantized with round-half-even
 (NumPy's rint) against round-half-away-from-zero (TFLite's own QUANTIZE op), against the
@@ -190,16 +193,24 @@ def error_ranked(s: Any, evaluate: Any) -> Any:
     return fb
 
 
+MSE = "mse ranges"  # suffix of the variants quantized with converter.activation_ranges
+
+
 def compare(key: str, runs: int) -> list[Row]:
-    """Plain int8, the error-ranked fallback and the cost-aware one on one model, timed together."""
+    """Plain int8, the error-ranked fallback and the cost-aware one on one model, with min/max
+    activation ranges and with refined ones, timed together."""
+    import dataclasses
+
     from converter import stages
     from converter.fallback_cost import Budget, find_float_layers_within_budget, head
     from converter.gates import measure_latency
     from converter.manifest import open_converted
     from converter.options import LogReporter
+    from converter.quantize import quantize
 
     with tempfile.TemporaryDirectory() as tmp:
-        s = stages.start(options(key, Path(tmp)), LogReporter(), Path(tmp))
+        opts = dataclasses.replace(options(key, Path(tmp)), activation_ranges="minmax")
+        s = stages.start(opts, LogReporter(), Path(tmp))
         for stage in (stages.load, stages.calibrate, stages.quantize_model, stages.evaluate):
             stage(s)
         task, ref, val, profile = s.task, s.reference, s.validation, s.profile
@@ -208,26 +219,50 @@ def compare(key: str, runs: int) -> list[Row]:
         def evaluate(b: bytes) -> Any:
             return task.accuracy(ref, open_converted(b), val)
 
-        models: dict[str, bytes] = {"float32": s.float_bytes, "int8": s.int8_bytes}
-        layers = {"float32": -1, "int8": 0}
+        def cost_aware(plain: bytes, calibrated: bytes | None) -> Any:
+            return find_float_layers_within_budget(
+                s.saved, profile, task, s.calibration, s.float_bytes, plain, evaluate(plain),
+                Budget.of(profile), evaluate,
+                lambda b: task.divergence(ref, open_converted(b), probe), calibrated=calibrated,
+            )  # fmt: skip
+
+        mse, calibrated, ranges = quantize(s.saved, profile, task, s.calibration, "mse")
+        models = {"float32": s.float_bytes, "int8": s.int8_bytes, f"int8, {MSE}": mse}
+        layers = {"float32": -1, "int8": 0, f"int8, {MSE}": 0}
         notes: dict[str, str] = {}
+        if ranges is not None:
+            r = ranges.record()
+            notes[f"int8, {MSE}"] = (
+                f"{r['narrowed']} of {r['tensors']} ranges narrowed, median width "
+                f"{r['median_width']:.2f}; output error on calibration data "
+                f"{ranges.minmax_error:.4g} (min/max) vs {ranges.refined_error:.4g}: {r['method']} kept"
+            )
         if s.plain_accuracy.drop > profile.budgets.max_accuracy_drop:
             runs_ = [
                 ("error-ranked fallback", error_ranked(s, evaluate)),
-                (
-                    "cost-aware fallback",
-                    find_float_layers_within_budget(
-                        s.saved, profile, task, s.calibration, s.float_bytes, s.int8_bytes, s.plain_accuracy,
-                        Budget.of(profile), evaluate,
-                        lambda b: task.divergence(ref, open_converted(b), probe),
-                    ),
-                ),
-            ]  # fmt: skip
+                ("cost-aware fallback", cost_aware(s.int8_bytes, None)),
+                (f"cost-aware, {MSE}", cost_aware(mse, calibrated)),
+            ]
             for name, fb in runs_:
                 if fb.model is not None:
                     models[name], layers[name] = fb.model, len(fb.float_layers)
                 notes[name] = "gate passed" if fb.passed else fb.reason
         lat = measure_latency(models, threads=2, runs=runs, warmup=10)
+    return rows_of(key, models, layers, notes, lat, s, evaluate)
+
+
+def rows_of(
+    key: str,
+    models: dict[str, bytes],
+    layers: dict[str, int],
+    notes: dict[str, str],
+    lat: Any,
+    s: Any,
+    evaluate: Any,
+) -> list[Row]:
+    """One row per model variant; size and latency over the pure (min/max) int8 model."""
+    from converter.manifest import open_converted
+
     base = lat["int8"].p50
     float_value = evaluate(s.int8_bytes).float_value  # 1 for agreement; float's mAP
     rows = []
@@ -239,7 +274,9 @@ def compare(key: str, runs: int) -> list[Row]:
                 name,
                 layers[name],
                 float_value if acc is None else acc.quant_value,
-                0.0 if acc is None else task.divergence(ref, open_converted(b), val),
+                0.0
+                if acc is None
+                else s.task.divergence(s.reference, open_converted(b), s.validation),
                 len(b) / len(s.int8_bytes),
                 len(b) / len(s.float_bytes),
                 lat[name].p50 / base,
@@ -261,7 +298,9 @@ def tie_effect(key: str, folded_agreement: float) -> str:
     from converter.options import LogReporter
 
     with tempfile.TemporaryDirectory() as tmp:
-        opts = dataclasses.replace(options(key, Path(tmp)), pixel_exact="off")
+        opts = dataclasses.replace(
+            options(key, Path(tmp)), pixel_exact="off", activation_ranges="minmax"
+        )
         s = stages.start(opts, LogReporter(), Path(tmp))
         for stage in (stages.load, stages.calibrate, stages.quantize_model):
             stage(s)
@@ -290,7 +329,7 @@ def _round_away(v: np.ndarray) -> np.ndarray:
 
 def print_rows(rows: list[Row]) -> None:
     head = (
-        f"{'model':<20} {'variant':<22} {'float':>5} {'agree/mAP':>9} {'diverg.':>8} "
+        f"{'model':<20} {'variant':<25} {'float':>5} {'agree/mAP':>9} {'diverg.':>8} "
         f"{'size/fp32':>9} {'size/int8':>9} {'p50 ms':>8} {'lat/int8':>8}"
     )
     print(head)
@@ -298,7 +337,7 @@ def print_rows(rows: list[Row]) -> None:
     for r in rows:
         fl = "-" if r.float_layers < 0 else str(r.float_layers)
         print(
-            f"{r.model:<20} {r.variant:<22} {fl:>5} {r.fidelity:>9.4f} {r.divergence:>8.4f} "
+            f"{r.model:<20} {r.variant:<25} {fl:>5} {r.fidelity:>9.4f} {r.divergence:>8.4f} "
             f"{r.size_float:>9.3f} {r.size_int8:>9.3f} {r.latency_ms:>8.3f} {r.latency_int8:>8.3f}"
         )
     for r in rows:
@@ -307,13 +346,14 @@ def print_rows(rows: list[Row]) -> None:
 
 
 def recovered(rows: list[Row]) -> str:
-    """For one model: the share of pure int8's loss each fallback recovers, and at what size."""
+    """For one model: the share of pure (min/max) int8's loss each other variant recovers, and at
+    what size over it."""
     by = {r.variant: r for r in rows}
     base = by["int8"]
     loss = by["float32"].fidelity - base.fidelity
     parts = []
-    for name in ("error-ranked fallback", "cost-aware fallback"):
-        if name in by and loss > 0:
+    for name in [n for n in by if n not in ("float32", "int8")]:
+        if loss > 0:
             r = by[name]
             share = (r.fidelity - base.fidelity) / loss
             parts.append(f"{name} recovers {share:.0%} of it at {r.size_int8:.3f}x int8 size")

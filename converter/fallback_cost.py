@@ -262,11 +262,15 @@ def find_float_layers_within_budget(
     evaluate: Callable[[bytes], AccuracyReport],
     divergence: Callable[[bytes], float],
     on_attempt: Callable[[int], None] | None = None,
+    calibrated: bytes | None = None,
 ) -> CostAwareResult:
-    """Rank layers by gain per cost, then search within the budget (see the module's docstring)."""
+    """Rank layers by gain per cost, then search within the budget (see the module's docstring).
+    `calibrated`: the calibrated model `plain` was quantized from (with refined activation
+    ranges, converter.activation_ranges); default: the one the layer-error ranking calibrates."""
     if budget.size <= 0 and budget.latency <= 0:  # no float layer fits: nothing to measure
         return search(b"", [], plain, plain_accuracy, profile, budget, evaluate, on_attempt)
-    calibrated, ranking = layer_errors(saved_model, profile, task, calibration)
+    debugged, ranking = layer_errors(saved_model, profile, task, calibration)
+    calibrated = calibrated or debugged
     extra = float_mac_extra(float_model, plain, profile)
     candidates = measure_candidates(calibrated, ranking, plain, profile, divergence, extra)
     logger.info(

@@ -59,6 +59,8 @@ def report(s: ConvertState) -> None:
     )
     if s.folded:
         metrics["bgr_folded_into"] = s.folded
+    if s.ranges is not None:
+        metrics["activation_ranges"] = s.ranges.record()
     if s.pixel_fold is not None:
         info = s.quant.inputs[0]
         exact = info.scale == 1.0 and info.zero_point in (0, 128)

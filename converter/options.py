@@ -67,6 +67,7 @@ class ConvertOptions:
     fallback: bool = True  # use the profile's float fallback when it allows one
     fallback_budget: tuple[float, float] | None = None  # (size, latency) over int8; None: profile's
     calibration_samples: int = 200
+    activation_ranges: str = "mse"  # mse or minmax: converter.activation_ranges
     validation_samples: int = 1000
     latency_runs: int = 50
     custom_objects: Sequence[str | Path] = ()

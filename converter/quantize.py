@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from agent.errors import EdgegapError
+from converter.activation_ranges import RangeReport, choose_ranges
 from converter.data import Dataset
 from converter.loading import import_tf, one_line, quiet_native_stderr
 from converter.tasks.base import Task
@@ -117,26 +118,59 @@ def convert_float(saved_model: Path, task: Task) -> bytes:
     return _run(conv, "float TFLite conversion")
 
 
-def quantize(saved_model: Path, profile: Profile, task: Task, calibration: Dataset | None) -> bytes:
-    """Convert with the profile's scheme, calibrated on `calibration` when the scheme is integer."""
+def refines_ranges(profile: Profile, ranges: str) -> bool:
+    """Whether the activation ranges are refined (converter.activation_ranges): int8 schemes only."""
+    return ranges == "mse" and profile.quantization.scheme in (
+        QuantScheme.INT8,
+        QuantScheme.INT8_FALLBACK,
+    )
+
+
+def quantize(
+    saved_model: Path,
+    profile: Profile,
+    task: Task,
+    calibration: Dataset | None,
+    ranges: str = "minmax",
+) -> tuple[bytes, bytes | None, RangeReport | None]:
+    """Convert with the profile's scheme, calibrated on `calibration` when the scheme is integer.
+
+    With ranges "mse" and an int8 scheme, the model is calibrated, then quantized with its
+    activation ranges refined where that brings it closer to float (converter.activation_ranges):
+    the calibrated model it came from comes back too, for the float fallback to quantize again.
+    Otherwise the converter calibrates and quantizes in one go.
+    """
     conv = make_converter(saved_model, profile, task, calibration)
-    return _run(conv, f"{profile.quantization.scheme.value} conversion for {profile.name}")
+    what = f"{profile.quantization.scheme.value} conversion for {profile.name}"
+    if calibration is None or not refines_ranges(profile, ranges):
+        return _run(conv, what), None, None
+    conv._experimental_calibrate_only = True
+    io = (conv.inference_input_type, conv.inference_output_type)  # as the task left them
+    return choose_ranges(_run(conv, what), calibration, lambda c: requantize(c, profile, [], io))
 
 
-def requantize(calibrated: bytes, profile: Profile, denylisted_nodes: Sequence[str]) -> bytes:
-    """Quantize an already calibrated model, keeping the named nodes in float (int8 schemes only)."""
+def requantize(
+    calibrated: bytes,
+    profile: Profile,
+    denylisted_nodes: Sequence[str],
+    io_types: tuple[Any, Any] | None = None,
+) -> bytes:
+    """Quantize an already calibrated model, keeping the named nodes in float (int8 schemes only).
+    `io_types`: the (input, output) TF dtypes, when the task's converter set them; else the
+    profile's."""
     tf = import_tf()
     from tensorflow.lite.python import convert as tfl_convert
 
     q = profile.quantization
+    in_type, out_type = io_types or (tf_dtype(tf, q.input_dtype), tf_dtype(tf, q.output_dtype))
     try:
         with quiet_native_stderr():
             return bytes(
                 tfl_convert.mlir_quantize(
                     calibrated,
                     disable_per_channel=False,
-                    input_data_type=tf_dtype(tf, q.input_dtype),
-                    output_data_type=tf_dtype(tf, q.output_dtype),
+                    input_data_type=in_type,
+                    output_data_type=out_type,
                     denylisted_nodes=list(denylisted_nodes) or None,
                 )
             )

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.bundle.manifest import ColorOrder, Manifest
 from agent.bundle.signing import load_private_key
 from agent.runtime import LoadedModel
+from converter.activation_ranges import RangeReport
 from converter.data import Dataset, Normalization
 from converter.fallback_cost import Budget, CostAwareResult, find_float_layers_within_budget, head
 from converter.gates import (
@@ -111,6 +112,8 @@ class ConvertState:
     accuracy: AccuracyReport = field(init=False)  # evaluate, fallback
     plain_accuracy: AccuracyReport = field(init=False)  # evaluate: before any float fallback
     int8_bytes: bytes = field(init=False)  # quantize: the pure int8 model, before any fallback
+    calibrated: bytes | None = None  # quantize: the calibrated model with refined ranges
+    ranges: RangeReport | None = None  # quantize: what refining the activation ranges did
     fallback: CostAwareResult | None = None  # fallback
     latency: dict[str, LatencyStats] = field(init=False)  # gate
     gates: list[GateResult] = field(init=False)  # gate
@@ -272,7 +275,10 @@ def quantize_model(s: ConvertState) -> None:
     s.enter("float model")
     s.float_bytes = convert_float(s.saved, s.task)
     s.enter("quantize")
-    s.model_bytes = s.int8_bytes = quantize(s.saved, s.profile, s.task, s.calibration)
+    s.int8_bytes, s.calibrated, s.ranges = quantize(
+        s.saved, s.profile, s.task, s.calibration, s.opts.activation_ranges
+    )
+    s.model_bytes = s.int8_bytes
     s.original_float_bytes = s.float_bytes
     if s.prune_report is not None:
         original_saved = s.workdir / "original_saved_model"
@@ -319,6 +325,7 @@ def fallback(s: ConvertState) -> None:
         evaluate=lambda b: task.accuracy(reference, open_converted(b), validation),
         divergence=lambda b: task.divergence(reference, open_converted(b), probe),
         on_attempt=lambda n: rep.detail(f"fallback: trying {n} float layer(s)"),
+        calibrated=s.calibrated,
     )
     if s.fallback.model is not None and s.fallback.accuracy is not None:
         s.open_quant(s.fallback.model)

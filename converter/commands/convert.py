@@ -146,6 +146,14 @@ def budget_pair(values: list[float] | None) -> tuple[float, float] | None:
     help="Samples used to calibrate.",
 )
 @click.option(
+    "--activation-ranges",
+    type=click.Choice(["mse", "minmax"]),
+    default="mse",
+    show_default=True,
+    help="int8 activation ranges: mse narrows each calibrated min/max range to the one with the "
+    "least int8 error on the calibration data (outliers clipped); minmax keeps the full range.",
+)
+@click.option(
     "--validation-samples",
     type=click.IntRange(min=1),
     default=1000,
