@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -105,7 +106,9 @@ def _histograms(
     """Each tensor's values on every sample, counted in BINS bins over its recorded range."""
     from ai_edge_litert.interpreter import Interpreter
 
-    interp = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True)
+    with warnings.catch_warnings():  # keeping every tensor is what this pass is for
+        warnings.simplefilter("ignore")
+        interp = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True)
     interp.allocate_tensors()
     (inp,) = interp.get_input_details()
     hists = {i: np.zeros(BINS) for i in ranges}
@@ -163,9 +166,10 @@ def outputs(model: bytes, x: np.ndarray) -> dict[str, np.ndarray]:
 def output_error(model: bytes, reference: dict[str, np.ndarray], x: np.ndarray) -> float:
     """Squared error of the model's outputs against `reference` (the float model's), over the
     reference's squared size; summed over outputs."""
-    got = outputs(model, x)
-    err = sum(float(np.sum((got[k].reshape(r.shape) - r) ** 2)) for k, r in reference.items())
-    return err / max(sum(float(np.sum(r**2)) for r in reference.values()), 1e-12)
+    got = {k: v.astype(np.float64) for k, v in outputs(model, x).items()}
+    ref = {k: v.astype(np.float64) for k, v in reference.items()}
+    err = sum(float(np.sum((got[k].reshape(r.shape) - r) ** 2)) for k, r in ref.items())
+    return err / max(sum(float(np.sum(r**2)) for r in ref.values()), 1e-12)
 
 
 def choose_ranges(
