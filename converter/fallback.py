@@ -174,7 +174,7 @@ def find_float_layers(
     def passes(layers: list[LayerError]) -> bool:
         if on_attempt:
             on_attempt(len(layers))
-        model = requantize(calibrated, profile, [e.node for e in layers])
+        model = requantize(calibrated, profile, task, [e.node for e in layers])
         report = evaluate(model)
         ok = report.drop <= limit + 1e-12
         attempts.append(Attempt(len(layers), report.drop, ok))

@@ -112,6 +112,7 @@ def measure_candidates(
     ranking: list[LayerError],
     plain: bytes,
     profile: Profile,
+    task: Task,
     divergence: Callable[[bytes], float],
     float_mac_extra: float,
     limit: int = MAX_CANDIDATES,
@@ -122,7 +123,7 @@ def measure_candidates(
     base = divergence(plain)
     out = []
     for e in ranking[:limit]:
-        model = requantize(calibrated, profile, [e.node])
+        model = requantize(calibrated, profile, task, [e.node])
         out.append(
             Candidate(
                 e,
@@ -152,6 +153,7 @@ def search(
     plain: bytes,
     plain_accuracy: AccuracyReport,
     profile: Profile,
+    task: Task,
     budget: Budget,
     evaluate: Callable[[bytes], AccuracyReport],
     on_attempt: Callable[[int], None] | None = None,
@@ -165,7 +167,7 @@ def search(
     def passes(chosen: list[Candidate]) -> bool:
         if on_attempt:
             on_attempt(len(chosen))
-        model = requantize(calibrated, profile, [c.layer.node for c in chosen])
+        model = requantize(calibrated, profile, task, [c.layer.node for c in chosen])
         report = evaluate(model)
         size_cost = len(model) / len(plain) - 1.0
         lat_cost = sum(c.latency_cost for c in chosen)
@@ -268,11 +270,11 @@ def find_float_layers_within_budget(
     `calibrated`: the calibrated model `plain` was quantized from (with refined activation
     ranges, converter.activation_ranges); default: the one the layer-error ranking calibrates."""
     if budget.size <= 0 and budget.latency <= 0:  # no float layer fits: nothing to measure
-        return search(b"", [], plain, plain_accuracy, profile, budget, evaluate, on_attempt)
+        return search(b"", [], plain, plain_accuracy, profile, task, budget, evaluate, on_attempt)
     debugged, ranking = layer_errors(saved_model, profile, task, calibration)
     calibrated = calibrated or debugged
     extra = float_mac_extra(float_model, plain, profile)
-    candidates = measure_candidates(calibrated, ranking, plain, profile, divergence, extra)
+    candidates = measure_candidates(calibrated, ranking, plain, profile, task, divergence, extra)
     logger.info(
         "fallback candidates: %s",
         ", ".join(
@@ -280,5 +282,5 @@ def find_float_layers_within_budget(
         ),
     )
     return search(
-        calibrated, candidates, plain, plain_accuracy, profile, budget, evaluate, on_attempt
+        calibrated, candidates, plain, plain_accuracy, profile, task, budget, evaluate, on_attempt
     )

@@ -92,7 +92,7 @@ def make_converter(
                 ops.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
             ]
         conv.inference_input_type = tf_dtype(tf, q.input_dtype)
-        conv.inference_output_type = tf_dtype(tf, q.output_dtype)
+        conv.inference_output_type = tf_dtype(tf, task.output_dtype(q.output_dtype))
     elif scheme is QuantScheme.FLOAT16:
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.target_spec.supported_types = [tf.float16]
@@ -145,24 +145,19 @@ def quantize(
     if calibration is None or not refines_ranges(profile, ranges):
         return _run(conv, what), None, None
     conv._experimental_calibrate_only = True
-    io = (conv.inference_input_type, conv.inference_output_type)  # as the task left them
-    return choose_ranges(_run(conv, what), calibration, lambda c: requantize(c, profile, [], io))
+    return choose_ranges(_run(conv, what), calibration, lambda c: requantize(c, profile, task, []))
 
 
 def requantize(
-    calibrated: bytes,
-    profile: Profile,
-    denylisted_nodes: Sequence[str],
-    io_types: tuple[Any, Any] | None = None,
+    calibrated: bytes, profile: Profile, task: Task, denylisted_nodes: Sequence[str]
 ) -> bytes:
-    """Quantize an already calibrated model, keeping the named nodes in float (int8 schemes only).
-    `io_types`: the (input, output) TF dtypes, when the task's converter set them; else the
-    profile's."""
+    """Quantize an already calibrated model, keeping the named nodes in float (int8 schemes
+    only), with the I/O types of the first conversion (the profile's, as the task adjusts them)."""
     tf = import_tf()
     from tensorflow.lite.python import convert as tfl_convert
 
     q = profile.quantization
-    in_type, out_type = io_types or (tf_dtype(tf, q.input_dtype), tf_dtype(tf, q.output_dtype))
+    in_type, out_type = tf_dtype(tf, q.input_dtype), tf_dtype(tf, task.output_dtype(q.output_dtype))
     try:
         with quiet_native_stderr():
             return bytes(

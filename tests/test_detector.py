@@ -512,3 +512,31 @@ def test_train_detector_cli_writes_model_and_sidecar(tmp_path: Path) -> None:
     assert "multiple of 32" in one_line_error(
         run("zoo", "train-detector", "--output", tmp_path / "n.keras", "--input-size", "100")
     )
+
+
+def test_the_float_fallback_keeps_a_detectors_outputs_float(detector: Any, tmp_path: Path) -> None:
+    """Requantizing a calibrated detector (what the float fallback does for every model it
+    tries) gives the post-processing op's float32 outputs, as the first conversion does, not the
+    profile's int8 ones."""
+    from agent.runtime import open_model
+    from converter.data import Dataset
+    from converter.loading import quiet_native_stderr
+    from converter.quantize import make_converter, requantize
+    from converter.tasks.detection import DetectionTask
+    from converter.tasks.ssd import export_saved_model
+    from converter.zoo.detector import normalize
+    from firmware_profiles import load_profile
+
+    model, cfg, _ = detector
+    profile = load_profile("x86-avx2")
+    assert profile.quantization.output_dtype.value == "int8"
+    x = normalize(np.stack([s.image for s in dd.generate("train", 8, size=cfg.input_size)]), cfg)
+    task = DetectionTask(cfg)
+    with quiet_native_stderr():
+        saved = export_saved_model(model, cfg, tmp_path / "saved")
+        conv = make_converter(saved, profile, task, Dataset(x.astype(np.float32), None, "train"))
+        conv._experimental_calibrate_only = True
+        calibrated = bytes(conv.convert())
+    quantized = open_model(requantize(calibrated, profile, task, []))
+    assert quantized.inputs[0].dtype == np.int8
+    assert [o.dtype for o in quantized.outputs] == [np.float32] * 4

@@ -18,6 +18,7 @@ import numpy as np
 from agent.bundle.manifest import Decoder, OutputRole
 from agent.runtime import LoadedModel, TensorInfo
 from converter.data import Dataset, Normalization
+from firmware_profiles import IODtype
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,11 @@ class Task(ABC):
     @abstractmethod
     def export_saved_model(self, model: Any, out_dir: Path) -> None:
         """Write a SavedModel for TFLiteConverter.from_saved_model (Keras 3: keras.export.ExportArchive)."""
+
+    def output_dtype(self, profile_dtype: IODtype) -> IODtype:
+        """The converted model's output type, given the profile's (every quantization of the
+        model uses it: the first conversion and the float fallback's requantizations)."""
+        return profile_dtype
 
     def configure_converter(self, converter: Any) -> None:  # noqa: B027 - optional hook
         """Adjust the TFLite converter (e.g. allow_custom_ops for detection post-processing)."""

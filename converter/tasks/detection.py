@@ -26,6 +26,7 @@ from converter.tasks import ssd
 from converter.tasks.base import AccuracyReport, FloatFn, Task
 from converter.tasks.detection_folder import DatasetError, read_folder
 from converter.tasks.detector_config import DetectorConfig, SidecarError, has_sidecar, read_sidecar
+from firmware_profiles import IODtype
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,9 @@ class DetectionTask(Task):
 
     def export_saved_model(self, model: Any, out_dir: Path) -> None:
         ssd.export_saved_model(model, self.cfg, Path(out_dir))
+
+    def output_dtype(self, profile_dtype: IODtype) -> IODtype:
+        return IODtype.FLOAT32  # the post-processing op's outputs are float32
 
     def configure_converter(self, converter: Any) -> None:
         ssd.configure_converter(converter)
