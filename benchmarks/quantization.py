@@ -143,7 +143,7 @@ def face_pixels(hw: tuple[int, int], channels: int, count: int, seed: int) -> np
     return np.stack(out)
 
 
-def options(key: str, workdir: Path) -> Any:
+def options(key: str, workdir: Path, validation: int = VALIDATION) -> Any:
     """ConvertOptions for x86-avx2 with the model's own calibration and validation data."""
     from converter.data import Dataset, Normalization
     from converter.options import ConvertOptions
@@ -161,7 +161,7 @@ def options(key: str, workdir: Path) -> Any:
     model = load_legacy_h5(wheel_file(spec), workdir)
     hw, channels = tuple(model.input_shape[1:3]), int(model.input_shape[-1])
     norm = Normalization([127.5], [127.5])
-    pixels = face_pixels(hw, channels, CALIBRATION + VALIDATION, seed=0)
+    pixels = face_pixels(hw, channels, CALIBRATION + validation, seed=0)
     return ConvertOptions(
         model=model,
         profile=profile,
@@ -196,7 +196,7 @@ def error_ranked(s: Any, evaluate: Any) -> Any:
 MSE = "mse ranges"  # suffix of the variants quantized with converter.activation_ranges
 
 
-def compare(key: str, runs: int) -> list[Row]:
+def compare(key: str, runs: int, validation: int = VALIDATION) -> list[Row]:
     """Plain int8, the error-ranked fallback and the cost-aware one on one model, with min/max
     activation ranges and with refined ones, timed together."""
     import dataclasses
@@ -209,7 +209,7 @@ def compare(key: str, runs: int) -> list[Row]:
     from converter.quantize import quantize
 
     with tempfile.TemporaryDirectory() as tmp:
-        opts = dataclasses.replace(options(key, Path(tmp)), activation_ranges="minmax")
+        opts = dataclasses.replace(options(key, Path(tmp), validation), activation_ranges="minmax")
         s = stages.start(opts, LogReporter(), Path(tmp))
         for stage in (stages.load, stages.calibrate, stages.quantize_model, stages.evaluate):
             stage(s)
@@ -287,7 +287,7 @@ def rows_of(
     return rows
 
 
-def tie_effect(key: str, folded_agreement: float) -> str:
+def tie_effect(key: str, folded_agreement: float, validation: int = VALIDATION) -> str:
     """Pure int8 agreement of a model whose input is left normalized, fed with round-half-even
     (the host and the agent) and with round-half-away-from-zero (TFLite's QUANTIZE op), and of
     the pixel-exact one."""
@@ -299,7 +299,7 @@ def tie_effect(key: str, folded_agreement: float) -> str:
 
     with tempfile.TemporaryDirectory() as tmp:
         opts = dataclasses.replace(
-            options(key, Path(tmp)), pixel_exact="off", activation_ranges="minmax"
+            options(key, Path(tmp), validation), pixel_exact="off", activation_ranges="minmax"
         )
         s = stages.start(opts, LogReporter(), Path(tmp))
         for stage in (stages.load, stages.calibrate, stages.quantize_model):
@@ -368,6 +368,12 @@ def main() -> None:
         "--models", default="fer,mask,detector", help="comma-separated: fer, mask, detector"
     )
     ap.add_argument("--runs", type=int, default=200, help="interleaved timed runs per model")
+    ap.add_argument(
+        "--validation",
+        type=int,
+        default=VALIDATION,
+        help="validation inputs per classifier (agreement is measured on them)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from converter.loading import quiet_native_stderr
@@ -376,11 +382,11 @@ def main() -> None:
     ties: list[str] = []
     with quiet_native_stderr():
         for key in [k.strip() for k in args.models.split(",")]:
-            rows += compare(key, args.runs)
+            rows += compare(key, args.runs, args.validation)
             print_rows([r for r in rows if r.model == SPECS[key].name])
             if key != "detector":
                 int8 = next(r for r in rows if r.model == SPECS[key].name and r.variant == "int8")
-                ties.append(tie_effect(key, int8.fidelity))
+                ties.append(tie_effect(key, int8.fidelity, args.validation))
                 print(ties[-1])
             print(flush=True)
     print("Recovery of pure int8's loss:")
