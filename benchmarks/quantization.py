@@ -368,12 +368,7 @@ def main() -> None:
         "--models", default="fer,mask,detector", help="comma-separated: fer, mask, detector"
     )
     ap.add_argument("--runs", type=int, default=200, help="interleaved timed runs per model")
-    ap.add_argument(
-        "--validation",
-        type=int,
-        default=VALIDATION,
-        help="validation inputs per classifier (agreement is measured on them)",
-    )
+    ap.add_argument("--validation", type=int, default=VALIDATION, help="inputs per classifier")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from converter.loading import quiet_native_stderr

@@ -4,7 +4,10 @@ real converted models in LiteRT's Interpreter and CompiledModel, compared output
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,8 @@ from agent.bundle.loading import MODEL_FILE, Bundle
 from agent.config import AgentConfig
 from agent.runtime import LoadedModel, compiled, get_backend, open_model
 from agent.served import load_served_model
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(
     compiled.unavailable() is not None, reason=str(compiled.unavailable())
@@ -108,3 +113,37 @@ def test_load_served_model_uses_the_cache_named_by_sha_and_passes_golden(tmp_pat
     )
     assert served.golden is not None and plain.golden is not None
     assert served.golden.max_error == plain.golden.max_error
+
+
+_OPEN_AND_RUN = """
+import logging, sys
+from pathlib import Path
+import numpy as np
+from agent.runtime import compiled, get_backend
+logging.basicConfig(level=logging.INFO)
+model_file = Path(sys.argv[1])
+model = compiled.open_cached(model_file.read_bytes(), model_file, 1, Path(sys.argv[2]),
+                             get_backend("litert").version)
+spec = model.inputs[0]
+model.set_input(np.zeros(spec.shape, spec.dtype))
+model.invoke()
+print("ran", file=sys.stderr, flush=True)
+"""
+
+
+def test_litert_accelerator_lines_stay_off_stderr_at_info(tmp_path: Path) -> None:
+    """The agent logs at INFO by default: opening a model over the cache and running it, in a
+    fresh process, must not print LiteRT's environment and accelerator lines (about twenty per
+    model; -v shows them). Its two lines at exit remain."""
+    bundle = cached_bundle("yolo")
+    done = subprocess.run(
+        [sys.executable, "-c", _OPEN_AND_RUN, str(bundle.model_path), str(tmp_path / "w.xnnpack")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    ran = done.stderr.split("ran\n")[0]
+    assert "Creating LiteRT environment" not in ran and "RegisterAccelerator" not in ran, ran

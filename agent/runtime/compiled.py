@@ -115,6 +115,10 @@ class CompiledLoadedModel(LoadedModel):
         self._in_at = [in_index.index(i.index) for i in self.inputs]
         self._out_at = {o.index: (out_index.index(o.index), o) for o in self.outputs}
         self._staged = [np.zeros(i.shape, dtype=i.dtype) for i in self.inputs]
+        # The first write starts another LiteRT environment, which lists every accelerator it
+        # tries on stderr: done here, inside open_cached's quiet block, with zeros.
+        for position, zeros in enumerate(self._staged):
+            self._write(position, zeros)
 
     def set_input(self, value: np.ndarray, position: int = 0) -> None:
         spec = self.inputs[position]
@@ -198,7 +202,7 @@ def _environment() -> Any:
     from ai_edge_litert.environment import EnvironmentOptions
 
     runtime = str(Path(ai_edge_litert.__file__).resolve().parent)
-    with quiet_native_stderr():
+    with quiet_native_stderr(below=logging.DEBUG):
         return _native().environment.create(options=EnvironmentOptions(runtime_path=runtime))
 
 
@@ -218,11 +222,11 @@ def open_cached(
     cpu = native.cpu_options(num_threads=threads, xnnpack_weight_cache_path=str(cache_file))
     flat = native.options(cpu_options=cpu)._as_flat_kwargs()
     try:
-        with quiet_native_stderr():
+        with quiet_native_stderr(below=logging.DEBUG):
             compiled = native.models.CreateCompiledModelFromBuffer(
                 _environment().capsule, content, **flat
             )
-        details = interpreter.Interpreter(model_content=content, num_threads=threads)
-        return CompiledLoadedModel(compiled, details, version)
+            details = interpreter.Interpreter(model_content=content, num_threads=threads)
+            return CompiledLoadedModel(compiled, details, version)
     except (ValueError, RuntimeError, TypeError, AttributeError, KeyError) as exc:
         raise ModelLoadError(f"CompiledModel could not load the model: {exc}") from exc

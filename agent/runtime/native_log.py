@@ -14,18 +14,21 @@ logger = logging.getLogger(__name__)
 
 _NOISE = re.compile(
     r"^([IWE]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl|To enable the following instructions"
-    r"|INFO: Created TensorFlow Lite|fully_quantize: |Estimated count of arithmetic ops|\s*$)"
+    r"|INFO: Created TensorFlow Lite|fully_quantize: |Estimated count of arithmetic ops"
+    r"|(INFO|WARNING): \[[\w.]+:\d+\] |\u2514 Could not load shared library|\s*$)"
 )
 
 
 @contextmanager
-def quiet_native_stderr() -> Iterator[None]:
+def quiet_native_stderr(below: int = logging.INFO) -> Iterator[None]:
     """Keep TensorFlow's and LiteRT's native log lines (written to fd 2) off the terminal.
 
     Everything else written to stderr meanwhile (Python warnings, say) is replayed afterwards.
-    Nothing is hidden when logging is at INFO or more verbose.
+    Nothing is hidden when logging is at `below` or more verbose: INFO by default, so the agent
+    shows the interpreter's one line at start-up; DEBUG for the chatty ones (LiteRT's
+    CompiledModel lists every accelerator and plugin it tries, about twenty lines a model).
     """
-    if logging.getLogger().isEnabledFor(logging.INFO):
+    if logging.getLogger().isEnabledFor(below):
         yield
         return
     try:
