@@ -540,3 +540,8 @@ def test_the_float_fallback_keeps_a_detectors_outputs_float(detector: Any, tmp_p
     quantized = open_model(requantize(calibrated, profile, task, []))
     assert quantized.inputs[0].dtype == np.int8
     assert [o.dtype for o in quantized.outputs] == [np.float32] * 4
+    # what the fallback ranks layers by: the report's drop, without its bootstrap interval
+    val = task.dataset(None, split="val", count=12)
+    report = task.accuracy(lambda b: model(b, training=False), quantized, val)
+    assert "ci95" in report.detail
+    assert task.divergence(lambda b: model(b, training=False), quantized, val) == report.drop

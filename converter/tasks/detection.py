@@ -21,7 +21,7 @@ from agent.bundle.manifest import ColorOrder, Decoder, OutputRole
 from agent.geometry.letterbox import resize_image
 from agent.runtime import LoadedModel, TensorInfo
 from converter.data import Dataset, Normalization
-from converter.evaluation import Detections, map50_interval, map_of, match
+from converter.evaluation import Detections, Matches, map50_interval, map_of, match
 from converter.tasks import ssd
 from converter.tasks.base import AccuracyReport, FloatFn, Task
 from converter.tasks.detection_folder import DatasetError, read_folder
@@ -105,7 +105,10 @@ class DetectionTask(Task):
         roles = ssd.roles_from_op(model_bytes)
         return [roles[r] for r in ssd.ROLES]
 
-    def accuracy(self, float_fn: FloatFn, quant: LoadedModel, data: Dataset) -> AccuracyReport:
+    def _matches(
+        self, float_fn: FloatFn, quant: LoadedModel, data: Dataset
+    ) -> tuple[Matches, Matches]:
+        """Float's and the converted model's detections matched against the ground truth."""
         labels = data.labels
         if not isinstance(labels, BoxLabels):
             raise DatasetError(
@@ -120,7 +123,16 @@ class DetectionTask(Task):
         )
         quant_dets = ssd.run_postprocessed(quant, data.x, roles)
         fm = match(labels.boxes, labels.classes, float_dets, self.cfg.num_classes)
-        qm = match(labels.boxes, labels.classes, quant_dets, self.cfg.num_classes)
+        return fm, match(labels.boxes, labels.classes, quant_dets, self.cfg.num_classes)
+
+    def divergence(self, float_fn: FloatFn, quant: LoadedModel, data: Dataset) -> float:
+        """The mAP@0.5 drop, without accuracy()'s bootstrap interval: the float fallback asks
+        for it once for every layer it measures."""
+        fm, qm = self._matches(float_fn, quant, data)
+        return map_of(fm).map50 - map_of(qm).map50
+
+    def accuracy(self, float_fn: FloatFn, quant: LoadedModel, data: Dataset) -> AccuracyReport:
+        fm, qm = self._matches(float_fn, quant, data)
         f, q = map_of(fm), map_of(qm)
         return AccuracyReport(
             metric="map50",
