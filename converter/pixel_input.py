@@ -26,7 +26,8 @@ import numpy as np
 
 from agent.errors import EdgegapError
 from converter.data import Dataset, Normalization
-from converter.pruning.graph import GraphNode, Kind, PruningError, build_graph
+from converter.pruning.graph import GraphNode, Kind, PruningError
+from converter.pruning.trace import build_graph
 
 logger = logging.getLogger(__name__)
 

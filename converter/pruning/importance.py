@@ -9,9 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from converter.pruning.graph import ChannelGraph, PruningError
+from converter.pruning.graph import ChannelGraph, Kind, PruningError
 from converter.pruning.groups import ChannelGroup
-from converter.pruning.rules import Kind
 
 logger = logging.getLogger(__name__)
 

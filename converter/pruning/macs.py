@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from converter.pruning.trace import build_graph
+
 logger = logging.getLogger(__name__)
 
 _CONV = {"Conv1D", "Conv2D", "Conv3D"}
@@ -81,8 +83,6 @@ class ModelCost:
 
 
 def count_macs(model: Any) -> int:
-    from converter.pruning.graph import build_graph
-
     return graph_macs(build_graph(model))
 
 

@@ -11,10 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from converter.pruning.graph import ChannelGraph, PruningError, build_graph, protect
+from converter.pruning.graph import ChannelGraph, PruningError, protect
 from converter.pruning.groups import ChannelGroup, channel_groups
 from converter.pruning.importance import importance
 from converter.pruning.macs import graph_macs
+from converter.pruning.trace import build_graph
 
 logger = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from converter.pruning.graph import GraphNode, require_functional
+from converter.pruning.graph import GraphNode, Kind
 from converter.pruning.plan import PrunePlan
-from converter.pruning.rules import Kind
+from converter.pruning.trace import require_functional
 
 logger = logging.getLogger(__name__)
 

@@ -9,30 +9,13 @@ atom lists, flatten tiles them. A node no rule can follow safely pins the channe
 from __future__ import annotations
 
 import logging
-from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from converter.pruning.graph import ChannelGraph, GraphNode, GraphTensor
+from converter.pruning.graph import ChannelGraph, GraphNode, GraphTensor, Kind
 
 logger = logging.getLogger(__name__)
-
-
-class Kind(str, Enum):
-    CONV = "conv"  # Conv1D/2D/3D: new output atoms, consumes input atoms
-    DENSE = "dense"
-    DEPTHWISE = "depthwise"  # output atoms = input atoms, each repeated depth_multiplier times
-    SEPARABLE = "separable"  # depthwise then pointwise: new output atoms
-    BN = "batchnorm"  # per-channel weights, atoms pass through
-    PRELU = "prelu"
-    PASS = "pass"  # channel-wise, no per-channel weights: activations, pooling, padding, dropout
-    MERGE = "merge"  # element-wise n-ary (Add, Multiply, ...): inputs' atoms are unioned
-    CONCAT = "concat"
-    FLATTEN = "flatten"  # Flatten or Reshape into one axis: atoms tiled over positions
-    RESHAPE = "reshape"  # Reshape keeping the channel axis (e.g. (C,) -> (1, 1, C))
-    UNSUPPORTED = "unsupported"
 
 
 PRODUCERS = (Kind.CONV, Kind.DENSE, Kind.SEPARABLE)
