@@ -201,6 +201,47 @@ def agent_process(args: list[str], tmp_path: Path) -> subprocess.Popen[str]:
     )
 
 
+def _late_status_is_online(subscribe: Callable[[str], Subscriber], model_name: str) -> None:
+    """A late subscriber gets the retained online status, naming the model and the backend."""
+    late = subscribe("edgegap/test/devices/cam-1/status")
+    wait_until(lambda: bool(late.retained("/status")), what="retained status")
+    status = StatusMessage.model_validate(late.retained("/status")[-1])
+    assert status.state == "online"
+    assert status.model is not None and status.model.name == model_name
+    assert status.backend is not None and status.backend.name == "litert" and status.backend.version
+
+
+def _metrics_cover_every_stage(port: int) -> None:
+    url = f"http://127.0.0.1:{port}/metrics"
+    metrics = urllib.request.urlopen(url, timeout=5).read().decode()
+    for stage in ("grab", "pre", "invoke", "post", "publish"):
+        assert f'edgegap_stage_seconds_bucket{{le="+Inf",stage="{stage}"}}' in metrics
+    assert "edgegap_fps " in metrics and "edgegap_dropped_frames " in metrics
+    assert "edgegap_model_version 1.0" in metrics and 'backend="litert"' in metrics
+
+
+def _preview_serves_page_and_snapshot(port: int) -> None:
+    page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+    assert "/stream.mjpg" in page
+    jpeg = urllib.request.urlopen(f"http://127.0.0.1:{port}/snapshot.jpg", timeout=5).read()
+    img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert img.shape == (SRC_H, SRC_W, 3)
+
+
+def _killed_agent_leaves_last_will(
+    proc: subprocess.Popen[str], live: Subscriber, subscribe: Callable[[str], Subscriber]
+) -> None:
+    """The process dies without a goodbye: the broker publishes the retained last will."""
+    proc.kill()
+    proc.wait(10)
+    wait_until(lambda: any(s["state"] == "offline" for s in live.on("/status")), what="last will")
+    will = StatusMessage.model_validate(live.on("/status")[-1])
+    assert will.state == "offline" and will.reason == "lost"
+    after = subscribe("edgegap/test/devices/cam-1/status")
+    wait_until(lambda: bool(after.retained("/status")), what="retained will")
+    assert after.retained("/status")[-1]["state"] == "offline"
+
+
 def test_mqtt_detections_status_metrics_preview_and_last_will(
     mosquitto: Broker, subscribe: Callable[[str], Subscriber], tmp_path: Path
 ) -> None:
@@ -208,75 +249,21 @@ def test_mqtt_detections_status_metrics_preview_and_last_will(
     video = write_video(tmp_path / "clip.avi", 30)
     metrics_port, preview_port = free_port(), free_port()
     live = subscribe("edgegap/test/devices/cam-1/#")
-    proc = agent_process(
-        [
-            "run",
-            "--bundle",
-            str(bundle.path),
-            "--source",
-            str(video),
-            "--loop",
-            "--broker",
-            mosquitto.url,
-            "--device-id",
-            "cam-1",
-            "--fleet",
-            "test",
-            "--metrics-port",
-            str(metrics_port),
-            "--metrics-bind",
-            "127.0.0.1",
-            "--preview-port",
-            str(preview_port),
-        ],
-        tmp_path,
-    )
+    args = ["run", "--bundle", str(bundle.path), "--source", str(video), "--loop",
+            "--broker", mosquitto.url, "--device-id", "cam-1", "--fleet", "test",
+            "--metrics-port", str(metrics_port), "--metrics-bind", "127.0.0.1",
+            "--preview-port", str(preview_port)]  # fmt: skip
+    proc = agent_process(args, tmp_path)
     try:
         wait_until(lambda: len(live.on("/detections")) >= 10, what="10 detection messages")
         for msg in live.on("/detections")[:10]:
             m = DetectionsMessage.model_validate(msg)
             assert m.device_id == "cam-1" and m.fleet == "test"
             check_frame(msg)
-        # A late subscriber gets the retained online status, naming the model and the backend.
-        late = subscribe("edgegap/test/devices/cam-1/status")
-        wait_until(lambda: bool(late.retained("/status")), what="retained status")
-        status = StatusMessage.model_validate(late.retained("/status")[-1])
-        assert status.state == "online"
-        assert status.model is not None and status.model.name == bundle.manifest.name
-        assert (
-            status.backend is not None
-            and status.backend.name == "litert"
-            and status.backend.version
-        )
-        metrics = (
-            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
-            .read()
-            .decode()
-        )
-        for stage in ("grab", "pre", "invoke", "post", "publish"):
-            assert f'edgegap_stage_seconds_bucket{{le="+Inf",stage="{stage}"}}' in metrics
-        assert "edgegap_fps " in metrics and "edgegap_dropped_frames " in metrics
-        assert "edgegap_model_version 1.0" in metrics and 'backend="litert"' in metrics
-        page = (
-            urllib.request.urlopen(f"http://127.0.0.1:{preview_port}/", timeout=5).read().decode()
-        )
-        assert "/stream.mjpg" in page
-        jpeg = urllib.request.urlopen(
-            f"http://127.0.0.1:{preview_port}/snapshot.jpg", timeout=5
-        ).read()
-        img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-        assert img.shape == (SRC_H, SRC_W, 3)
-        # The process dies without a goodbye: the broker publishes the retained last will.
-        proc.kill()
-        proc.wait(10)
-        wait_until(
-            lambda: any(s["state"] == "offline" for s in live.on("/status")), what="last will"
-        )
-        will = StatusMessage.model_validate(live.on("/status")[-1])
-        assert will.state == "offline" and will.reason == "lost"
-        after = subscribe("edgegap/test/devices/cam-1/status")
-        wait_until(lambda: bool(after.retained("/status")), what="retained will")
-        assert after.retained("/status")[-1]["state"] == "offline"
+        _late_status_is_online(subscribe, bundle.manifest.name)
+        _metrics_cover_every_stage(metrics_port)
+        _preview_serves_page_and_snapshot(preview_port)
+        _killed_agent_leaves_last_will(proc, live, subscribe)
     finally:
         if proc.poll() is None:
             proc.kill()
