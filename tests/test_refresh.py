@@ -204,6 +204,29 @@ def test_refresh_bad_input_is_one_line(files: dict[str, Path], tmp_path: Path) -
     assert "has no labels" in err
 
 
+@pytest.mark.parametrize(
+    "setting", [["--every", 200], ["--interval", 5], ["--schedule", 60], ["--rounds", 1]]
+)
+def test_watch_settings_without_watch_are_a_usage_error(setting: list[Any], tmp_path: Path) -> None:
+    """Given for a one-shot refresh they would be ignored; even a default value given is refused,
+    before any model is loaded or anything written."""
+    registry = tmp_path / "registry"
+    args = ["refresh", "--student", WEIGHTS, "--data", tmp_path, "--holdout", tmp_path,
+            "--profile", "x86-avx2", "--channel", "lab", "--sign-key", tmp_path / "k.key",
+            "--registry", registry, "--broker", "mqtt://127.0.0.1:1"]  # fmt: skip
+    result = run(*args, *setting)
+    assert result.exit_code == 2
+    assert f"{setting[0]} needs --watch" in one_line_error(result)
+    assert not registry.exists()
+
+
+def test_refresh_help_says_which_settings_need_watch() -> None:
+    result = run("refresh", "--help")
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "--every, --interval, --schedule and --rounds only apply with --watch" in text
+
+
 def _watch(files: dict[str, Path], folder: Path, url: str, log: Path) -> subprocess.Popen[bytes]:
     """`edgegap refresh --watch` as a user runs it: a process of its own, one round."""
     args = _args(files, folder, WEIGHTS, url)

@@ -75,7 +75,8 @@ MODEL = click.Path(path_type=Path, dir_okay=False)
               "this many seconds when any new capture arrived.")  # fmt: skip
 @click.option("--rounds", type=click.IntRange(0), default=0, help="With --watch: stop after "
               "this many refreshes (0: never); exit 1 if one was rejected.")  # fmt: skip
-def refresh_cmd(**kwargs: Any) -> None:
+@click.pass_context
+def refresh_cmd(ctx: click.Context, **kwargs: Any) -> None:
     """Refresh the deployed detector from relabelled captures, gate it and publish it.
 
     Fine-tunes the float student on the labelled captures in --data mixed with a replay sample
@@ -86,6 +87,9 @@ def refresh_cmd(**kwargs: Any) -> None:
     by the staged rollout (or --stage stable). Every version, passed or rejected, goes to the registry. A
     rejected refresh exits 1 and publishes nothing.
 
+    --every, --interval, --schedule and --rounds only apply with --watch; given without it they
+    are a usage error.
+
     \b
     Examples:
       edgegap relabel captures/ --teacher deployed.keras
@@ -95,6 +99,7 @@ def refresh_cmd(**kwargs: Any) -> None:
       edgegap refresh --watch --every 300 --teacher big.keras --data captures/ --holdout labelled/ \\
           --profile x86-avx2 --channel lobby-cam --broker mqtt://broker.lan --sign-key keys/edgegap.key
     """
+    _require_watch(ctx, kwargs)
     from converter.refresh.loop import RefreshOptions
     from converter.refresh.train import TrainSettings
 
@@ -129,6 +134,18 @@ def refresh_cmd(**kwargs: Any) -> None:
     console.print(outcome_table(outcome))
     if not outcome.passed:
         raise click.ClickException(f"refresh v{outcome.version.version} rejected: {outcome.reason}")
+
+
+WATCH_ONLY = ("every", "interval", "schedule", "rounds")
+
+
+def _require_watch(ctx: click.Context, kwargs: dict[str, Any]) -> None:
+    """A watch setting given for a one-shot refresh would be ignored: refuse it instead."""
+    if kwargs["watch"]:
+        return
+    for name in WATCH_ONLY:
+        if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT):
+            raise click.UsageError(f"--{name} needs --watch (a one-shot refresh ignores it)", ctx)
 
 
 def _say(text: str) -> None:
