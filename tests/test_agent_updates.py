@@ -184,7 +184,7 @@ def golden_fails(kit: Mqtt, tmp: Path) -> None:
 SIGNED = {"signed": True}
 BAD: dict[str, tuple[Callable[[Mqtt, Path], None], str, dict[str, Any]]] = {
     "corrupt chunk": (corrupt_chunk, "chunk 2 of", {}),
-    "wrong total sha256": (wrong_total_sha, "the assembled model is", {}),
+    "wrong total sha256": (wrong_total_sha, "the manifest says", {}),
     "altered after signing": (altered_after_signing, "signature does not verify", SIGNED),
     "unsigned with keys": (unsigned, "signature: bundle is not signed", SIGNED),
     "foreign key": (foreign_key, "which is not trusted", SIGNED),

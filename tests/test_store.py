@@ -326,23 +326,24 @@ def _blob(size: int = 10_000, chunk_size: int = 1024, seed: int = 7):  # type: i
     return data, blob, chunks
 
 
-def test_staging_out_of_order_then_assemble(tmp_path: Path) -> None:
+def _manifest_of(blob):  # type: ignore[no-untyped-def]
+    return make_bundle(1)[0].model_copy(
+        update={"model": ModelFile(sha256=blob.sha256, size=blob.size)}
+    )
+
+
+def test_staging_out_of_order_then_the_store_takes_the_chunks(tmp_path: Path) -> None:
     data, blob, chunks = _blob()
     staging = Staging(tmp_path, blob)
     assert staging.missing() == list(range(blob.chunks))
     for index in reversed(range(blob.chunks)):
         staging.put(index, chunks[index])
     assert staging.missing() == []
-    model = staging.assemble()
-    assert model.read_bytes() == data
-    assert staging.assemble() == model  # already assembled: checked, not redone
     store = BundleStore(tmp_path)
-    manifest = make_bundle(1)[0].model_copy(
-        update={"model": ModelFile(sha256=blob.sha256, size=blob.size)}
-    )
-    store.install(manifest, model)
+    folder = store.install(_manifest_of(blob), staging.chunks())
+    assert (folder / "model.tflite").read_bytes() == data
     staging.discard()
-    assert not staging.dir.exists() and not model.exists()
+    assert not staging.dir.exists()
 
 
 def test_staging_put_refuses_bad_chunks_before_writing(tmp_path: Path) -> None:
@@ -374,15 +375,15 @@ def test_staging_resume_drops_torn_and_corrupt_chunks(tmp_path: Path) -> None:
     assert sorted(p.name for p in resumed.dir.iterdir()) == ["0", "5"]
     for index in resumed.missing():
         resumed.put(index, chunks[index])
-    assert resumed.assemble().read_bytes() == data
+    assert b"".join(resumed.chunks()) == data
 
 
-def test_staging_a_chunk_does_not_fsync_assembling_does(
+def test_staging_a_chunk_does_not_fsync_installing_does(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An fsync per chunk cost ~8 ms (241 for a 30 MB model, benchmarks/update.py); a chunk
     a power cut leaves empty or torn is re-hashed on resume and fetched again (above), so only
-    the assembled model, which the store takes, is made durable."""
+    the model the store writes from them is made durable."""
     data, blob, chunks = _blob()
     staging = Staging(tmp_path, blob)
     staging.missing()
@@ -392,25 +393,27 @@ def test_staging_a_chunk_does_not_fsync_assembling_does(
     for index, chunk in enumerate(chunks):
         staging.put(index, chunk)
     assert synced == []
-    assert staging.assemble().read_bytes() == data
-    assert len(synced) >= 1
     assert Staging(tmp_path, blob).have() == set(range(blob.chunks))
+    folder = BundleStore(tmp_path).install(_manifest_of(blob), staging.chunks())
+    assert (folder / "model.tflite").read_bytes() == data
+    assert len(synced) >= 1
 
 
-def test_assemble_checks_the_whole_file(tmp_path: Path) -> None:
+def test_the_store_checks_the_whole_file_the_chunks_make(tmp_path: Path) -> None:
     _, blob, chunks = _blob()
     lying = blob.model_copy(update={"sha256": "f" * 64})  # chunk list consistent, total sha not
     staging = Staging(tmp_path, lying)
     for index, chunk in enumerate(chunks):
         staging.put(index, chunk)
-    with pytest.raises(StoreError, match=r"sha256 .* the release says"):
-        staging.assemble()
-    assert not staging.dir.exists()
-    assert not list((tmp_path / "staging").iterdir())
+    store = BundleStore(tmp_path)
+    with pytest.raises(StoreError, match=r"sha256 .* the manifest says"):
+        store.install(_manifest_of(lying), staging.chunks())
+    assert store.installed() == []
+    assert not [p for p in store.bundles_dir.iterdir()], "a half-written bundle folder is left"
     incomplete = Staging(tmp_path, blob)
     incomplete.put(0, chunks[0])
     with pytest.raises(StoreError, match="missing"):
-        incomplete.assemble()
+        incomplete.chunks()
 
 
 def test_staging_limits_apply_before_anything_is_created(tmp_path: Path) -> None:

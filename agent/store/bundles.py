@@ -169,8 +169,9 @@ class BundleStore:
     # ---- installing -----------------------------------------------------------------------
 
     @people_errors("installing a bundle")
-    def install(self, manifest: Manifest | bytes, model: Path | bytes) -> Path:
-        """Put a bundle in the store as bundles/<sha256>/; returns its folder.
+    def install(self, manifest: Manifest | bytes, model: Path | bytes | Iterable[bytes]) -> Path:
+        """Put a bundle in the store as bundles/<sha256>/; returns its folder. model: a file, the
+        bytes, or blocks of bytes in order (a download's staged chunks, `Staging.chunks()`).
 
         The folder's name is the sha256 of the model bytes, which must equal the manifest's
         model.sha256 (and its size the manifest's model.size), else StoreError. The folder is
@@ -370,7 +371,7 @@ def _manifest_and_bytes(manifest: Manifest | bytes) -> tuple[Manifest, bytes]:
 
 
 def _write_folder(
-    folder: Path, manifest: Manifest, manifest_bytes: bytes, model: Path | bytes
+    folder: Path, manifest: Manifest, manifest_bytes: bytes, model: Path | bytes | Iterable[bytes]
 ) -> None:
     """Write model.tflite (checked against the manifest as it is written) and manifest.json."""
     expected = manifest.model

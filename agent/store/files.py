@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, ParamSpec, TypeVar
 
@@ -116,24 +116,29 @@ def read_small(path: Path, limit: int) -> bytes | None:
     return data if len(data) <= limit else None
 
 
-def write_hashed(out: BinaryIO, source: Path | bytes) -> tuple[str, int]:
-    """Copy source (a file or bytes) into out, fsync it; returns (sha256 hex, size) of what was written."""
+def write_hashed(out: BinaryIO, source: Path | bytes | Iterable[bytes]) -> tuple[str, int]:
+    """Copy source (a file, bytes, or blocks of bytes in order) into out, fsync it; returns
+    (sha256 hex, size) of what was written."""
     digest = hashlib.sha256()
     size = 0
-    if isinstance(source, bytes | bytearray | memoryview):
-        block = bytes(source)
+    for block in _blocks(source):
         out.write(block)
         digest.update(block)
-        size = len(block)
-    else:
-        with Path(source).open("rb") as src:
-            while block := src.read(_COPY_BLOCK):
-                out.write(block)
-                digest.update(block)
-                size += len(block)
+        size += len(block)
     out.flush()
     os.fsync(out.fileno())
     return digest.hexdigest(), size
+
+
+def _blocks(source: Path | bytes | Iterable[bytes]) -> Iterator[bytes]:
+    if isinstance(source, bytes | bytearray | memoryview):
+        yield bytes(source)
+    elif isinstance(source, Path):
+        with source.open("rb") as src:
+            while block := src.read(_COPY_BLOCK):
+                yield block
+    else:
+        yield from source
 
 
 def sha256_of(path: Path) -> str:

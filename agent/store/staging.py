@@ -3,16 +3,17 @@
 Layout under the state directory:
 
     staging/<sha256>/<index>     chunk index of the blob, each written whole (temp file, rename)
-    staging/<sha256>.tflite      the assembled model, once every chunk is in and it verified
 
 Every chunk is checked (index, length, sha256) before it is written, and re-checked when a
-download resumes (`have`), since what is on disk after a crash is not to be trusted. The whole
-file's sha256 and size are checked when the chunks are assembled. Limits on the size and chunk
-count are applied before anything is created on disk.
+download resumes (`have`), since what is on disk after a crash is not to be trusted. Limits on the
+size and chunk count are applied before anything is created on disk. Once every chunk is in,
+`chunks()` streams them, in order, into the store (`BundleStore.install`), which writes the model
+once, checks its whole size and sha256 as it writes, and fsyncs it: the model is never copied
+twice on the device's disk (an SD card, often).
 
 Chunks are not fsynced: since every staged chunk is re-hashed when a download resumes, one that a
-power cut left empty or torn is simply fetched again, and the assembled model is fsynced before
-the store takes it. (An fsync per chunk cost ~8 ms on the development VM; a 30 MB model is 241 chunks.)
+power cut left empty or torn is simply fetched again. (An fsync per chunk cost ~8 ms on the
+development VM; a 30 MB model is 241 chunks.)
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import hashlib
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-from agent.atomic import TMP_PREFIX, fsync_dir
+from agent.atomic import TMP_PREFIX
 from agent.store.files import (
     StoreError,
     clean_temp,
@@ -31,13 +33,10 @@ from agent.store.files import (
     people_errors,
     remove_file,
     remove_tree,
-    sha256_of,
 )
 from agent.updates.protocol import Blob, Limits
 
 logger = logging.getLogger(__name__)
-
-MODEL_SUFFIX = ".tflite"
 
 
 class Staging:
@@ -50,7 +49,6 @@ class Staging:
         self.blob = blob
         self.root = Path(state_dir) / "staging"
         self.dir = self.root / blob.sha256
-        self.model_path = self.root / f"{blob.sha256}{MODEL_SUFFIX}"
         self._have: set[int] | None = None
         self.dir.mkdir(parents=True, exist_ok=True)
 
@@ -93,67 +91,26 @@ class Staging:
         have = self.have() if self._have is None else self._have
         return [i for i in range(self.blob.chunks) if i not in have]
 
-    @people_errors("assembling the model")
-    def assemble(self) -> Path:
-        """Concatenate the chunks into staging/<sha256>.tflite, checking the whole size and sha256.
+    @people_errors("reading the staged chunks")
+    def chunks(self) -> Iterator[bytes]:
+        """Every chunk's bytes, in order, for the store to install (StoreError if one is missing).
 
-        On a mismatch the staged chunks are discarded (they matched their hashes, so the release's
-        chunk list disagrees with its model) and StoreError says what differed.
+        A chunk is read as it is needed, so only one is in memory at a time; the whole file's size
+        and sha256 are for the store to check as it writes them.
         """
-        if self._assembled_ok():
-            return self.model_path
         missing = self.missing()
         if missing:
             raise StoreError(
-                f"cannot assemble {self.blob.sha256[:12]}…: {len(missing)} chunk(s) missing, first {missing[0]}"
+                f"cannot install {self.blob.sha256[:12]}…: {len(missing)} chunk(s) missing, "
+                f"first {missing[0]}"
             )
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f"{TMP_PREFIX}{self.blob.sha256[:12]}.")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                digest = hashlib.sha256()
-                size = 0
-                for index in range(self.blob.chunks):
-                    data = (self.dir / str(index)).read_bytes()
-                    out.write(data)
-                    digest.update(data)
-                    size += len(data)
-                out.flush()
-                os.fsync(out.fileno())
-            if (digest.hexdigest(), size) != (self.blob.sha256, self.blob.size):
-                raise StoreError(
-                    f"the assembled model is {size} bytes with sha256 {digest.hexdigest()[:12]}…, "
-                    f"the release says {self.blob.size} bytes with {self.blob.sha256[:12]}…"
-                )
-            os.replace(tmp, self.model_path)
-            fsync_dir(self.root)
-        except StoreError:
-            Path(tmp).unlink(missing_ok=True)
-            self.discard()
-            raise
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        logger.info(
-            "assembled %s… (%d bytes, %d chunks)", self.blob.sha256[:12], size, self.blob.chunks
-        )
-        return self.model_path
+        return ((self.dir / str(i)).read_bytes() for i in range(self.blob.chunks))
 
     @people_errors("discarding a download")
     def discard(self) -> None:
-        """Remove this download's chunks and assembled file."""
+        """Remove this download's chunks."""
         remove_tree(self.dir)
-        remove_file(self.model_path)
         self._have = set()
-
-    def _assembled_ok(self) -> bool:
-        path = self.model_path
-        if not path.is_file() or path.stat().st_size != self.blob.size:
-            return False
-        if sha256_of(path) == self.blob.sha256:
-            return True
-        logger.warning("removing %s: it does not hash to its name", path.name)
-        remove_file(path)
-        return False
 
     def _check(self, index: int, path: Path) -> str | None:
         expected = self.blob.chunk_length(index)
@@ -188,8 +145,7 @@ def clean_staging(state_dir: Path, keep: str | None = None) -> list[str]:
         return []
     removed: list[str] = clean_temp(root)
     for entry in sorted(root.iterdir()):
-        sha = entry.name.removesuffix(MODEL_SUFFIX)
-        if keep is not None and sha == keep:
+        if keep is not None and entry.name == keep:
             continue
         _remove(entry)
         removed.append(entry.name)

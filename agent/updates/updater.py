@@ -240,14 +240,15 @@ class Updater:
         self.pull = None
         m, sha = pull.release.manifest, pull.sha256
         assert self.store is not None
-        try:
-            model = pull.staging.assemble()
+        try:  # the chunks go into the store, which writes the model once and checks its sha256
+            self.store.install(m, pull.staging.chunks())
         except StoreError as exc:
+            # every chunk matched its hash, so the release's chunk list disagrees with its model
+            pull.staging.discard()
             self.store.rejections.add(sha, m.version, str(exc))
             raise Rejected(str(exc), m.version, sha) from exc
-        self.events.emit(EventKind.VERIFIED, m.version, sha)
-        self.store.install(m, model)
         pull.staging.discard()
+        self.events.emit(EventKind.VERIFIED, m.version, sha)
         self.activate(m.version, sha)
 
     # ---- activation, probation, rollback ---------------------------------------------------
