@@ -146,9 +146,8 @@ def load_served_model(
     delegate = resolve_delegate(config, m)
     content = bundle.model_bytes()
     model = None
-    if weight_cache and delegate is None:
-        cache_file = compiled.cache_path(path, m.model.sha256)
-        model = _open_cached(content, bundle.model_path, threads, config, cache_file)
+    if weight_cache:
+        model = _open_cached(content, bundle.model_path, threads, config, m)
     if model is None:
         model = _open(content, threads, config, delegate)
     check_model_io(model, m)
@@ -201,16 +200,26 @@ def _warm_up(model: LoadedModel) -> None:
     model.invoke()
 
 
+def no_weight_cache(config: AgentConfig, manifest: Manifest) -> str | None:
+    """Why the model of manifest cannot load over a weight cache here, or None: it can."""
+    if resolve_delegate(config, manifest) is not None:
+        return "a delegate runs it"
+    if get_backend(config.runtime.backend).name != compiled.BACKEND:
+        return "not LiteRT"
+    return compiled.unavailable()
+
+
 def _open_cached(
-    content: bytes, model_file: Path, threads: int, config: AgentConfig, cache_file: Path
+    content: bytes, model_file: Path, threads: int, config: AgentConfig, manifest: Manifest
 ) -> LoadedModel | None:
     """The model over its weight cache, or None (with the reason logged) to load it as usual:
-    another backend than LiteRT, no CompiledModel, or a child or load that failed."""
-    backend = get_backend(config.runtime.backend)
-    reason = compiled.unavailable() if backend.name == compiled.BACKEND else "not LiteRT"
+    a delegate, another backend than LiteRT, no CompiledModel, or a child or load that failed."""
+    reason = no_weight_cache(config, manifest)
     if reason is not None:
         logger.info("no weight cache (%s): loading with the interpreter", reason)
         return None
+    backend = get_backend(config.runtime.backend)
+    cache_file = compiled.cache_path(model_file.parent, manifest.model.sha256)
     try:
         model = compiled.open_cached(content, model_file, threads, cache_file, backend.version)
         _warm_up(model)

@@ -147,3 +147,30 @@ def test_litert_accelerator_lines_stay_off_stderr_at_info(tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr
     ran = done.stderr.split("ran\n")[0]
     assert "Creating LiteRT environment" not in ran and "RegisterAccelerator" not in ran, ran
+
+
+def test_a_child_started_ahead_builds_the_cache_and_one_left_waiting_exits_with_the_agent(
+    tmp_path: Path,
+) -> None:
+    """The updater starts the child when a download begins; the build then hands it its job. A
+    child nobody gave a job (the download was rejected, the agent stopped) exits when its stdin
+    closes, as it does when the agent process goes away."""
+    bundle = cached_bundle("classification")
+    compiled.start_ahead()
+    ahead = compiled._ahead
+    assert ahead is not None and ahead.poll() is None, "no child waiting"
+    compiled.start_ahead()
+    assert compiled._ahead is ahead, "a second child started while one was waiting"
+    model = _open(bundle, tmp_path / "w.xnnpack")
+    assert ahead.returncode == 0, "the child started ahead did not do the build"
+    assert compiled._ahead is None
+    assert isinstance(model, compiled.CompiledLoadedModel)
+    compiled.start_ahead()
+    waiting = compiled._ahead
+    assert waiting is not None and waiting.stdin is not None
+    waiting.stdin.close()
+    assert waiting.wait(timeout=60) == 0
+    compiled.start_ahead()  # the next one starts anew
+    assert compiled._ahead is not waiting
+    compiled._ahead.stdin.close()  # type: ignore[union-attr]
+    compiled._ahead.wait(timeout=60)  # type: ignore[union-attr]

@@ -13,9 +13,11 @@ rebuilt there (XNNPACK checks its header and layout), never in the serving proce
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cache
@@ -33,11 +35,12 @@ BACKEND = "litert"
 CHILD_TIMEOUT_S = 300.0
 
 # The child imports only LiteRT's native wrappers (not numpy's dtype extensions, which take a
-# second to import on a small board), at a lower priority than the frames being served. Its
-# arguments: the model's path, the cache's path, threads. It exits 0 once the model opened with
-# the cache, which is then complete and valid.
+# second to import on a small board), at a lower priority than the frames being served, then
+# reads its job from stdin: one JSON line [model path, cache path, threads]. So it can be started
+# ahead, while the download runs, and wait (an agent that goes away closes its stdin: it exits).
+# It exits 0 once the model opened with the cache, which is then complete and valid.
 _CHILD = """
-import os, sys
+import json, os, sys
 os.nice(10)
 import ai_edge_litert
 from ai_edge_litert import _pywrap_litert_compiled_model_wrapper as cm
@@ -45,10 +48,16 @@ from ai_edge_litert.environment import Environment, EnvironmentOptions
 from ai_edge_litert.options import CpuOptions, Options
 env = Environment.create(options=EnvironmentOptions(
     runtime_path=os.path.dirname(os.path.abspath(ai_edge_litert.__file__))))
-opts = Options(cpu_options=CpuOptions(num_threads=int(sys.argv[3]),
-                                      xnnpack_weight_cache_path=sys.argv[2]))
-cm.CreateCompiledModelFromFile(env.capsule, sys.argv[1], **opts._as_flat_kwargs())
+line = sys.stdin.readline()
+if not line:
+    sys.exit(0)
+model, cache, threads = json.loads(line)
+opts = Options(cpu_options=CpuOptions(num_threads=threads, xnnpack_weight_cache_path=cache))
+cm.CreateCompiledModelFromFile(env.capsule, model, **opts._as_flat_kwargs())
 """
+
+_ahead: subprocess.Popen[bytes] | None = None  # a child started ahead, waiting for its job
+_ahead_lock = threading.Lock()
 
 
 class WeightCacheError(ModelLoadError):
@@ -60,23 +69,49 @@ def cache_path(folder: Path, sha256: str) -> Path:
     return folder / f"weights-{sha256}.xnnpack"
 
 
+def start_ahead() -> None:
+    """Start a child now, unless one is waiting, so that the next build does not wait for Python
+    and LiteRT to start in it (about 0.1 s on the development VM; several times that on a board).
+    The updater calls this when a download begins."""
+    global _ahead
+    with _ahead_lock:
+        if _ahead is None or _ahead.poll() is not None:
+            try:
+                _ahead = _spawn()
+            except OSError as exc:
+                logger.debug("weight cache child not started ahead: %s", exc)
+
+
+def _spawn() -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _CHILD],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
 def build_weight_cache(model_file: Path, cache_file: Path, threads: int) -> None:
     """Pack the weights of the model at model_file into cache_file in a child process (rebuilt
-    there if it is absent or bad)."""
+    there if it is absent or bad); the child started ahead, if one is waiting."""
+    global _ahead
+    job = json.dumps([str(model_file), str(cache_file), threads]).encode() + b"\n"
     try:
-        done = subprocess.run(
-            [sys.executable, "-c", _CHILD, str(model_file), str(cache_file), str(threads)],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=CHILD_TIMEOUT_S,
-            check=False,
-        )
+        with _ahead_lock:
+            child = _ahead if _ahead is not None and _ahead.poll() is None else _spawn()
+            _ahead = None
+        try:
+            _, err = child.communicate(job, timeout=CHILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            raise
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise WeightCacheError(f"the weight cache child did not run: {exc}") from exc
-    native = done.stderr.decode(errors="replace").strip()
-    if done.returncode != 0:
+    native = err.decode(errors="replace").strip()
+    if child.returncode != 0:
         tail = native.splitlines()[-1] if native else "no output"
-        raise WeightCacheError(f"the weight cache child exited {done.returncode}: {tail[:300]}")
+        raise WeightCacheError(f"the weight cache child exited {child.returncode}: {tail[:300]}")
     if native:
         logger.debug("weight cache child: %s", native[-2000:])
     if not cache_file.is_file():

@@ -18,7 +18,7 @@ from agent.config import AgentConfig
 from agent.mqtt import MqttLink
 from agent.pipeline import Pipeline
 from agent.runtime import compiled
-from agent.served import ServedModel
+from agent.served import ServedModel, no_weight_cache
 from agent.store import BundleStore, Staging, StoreError, clean_staging
 from agent.updates import activation
 from agent.updates.checks import Device, Ignored, Rejected, check_release
@@ -217,6 +217,8 @@ class Updater:
             staging = Staging(state, blob, self.limits)
         except StoreError as exc:
             raise Rejected(str(exc), m.version, blob.sha256) from exc
+        if self.config.updates.weight_cache and no_weight_cache(self.config, m) is None:
+            compiled.start_ahead()  # the child that packs its weights starts while it downloads
         progress = functools.partial(self._progress, m.version, blob.sha256)
         pull = Pull(release, staging, self.link, self.topics, self.settings, progress)
         self.pull, self.pull_topic = pull, topic
