@@ -31,12 +31,12 @@ Example: python benchmarks/update.py --stall-only   # the update trials only: no
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import threading
 import time
 from dataclasses import dataclass
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from update_kit import (
     results,
     scratch,
     spawn_agent,
+    swap_figures,
     versioned,
     wait_until,
 )
@@ -66,12 +67,18 @@ UPDATE_S = 300.0
 
 
 class Bench:
-    def __init__(self, url: str, cache: Path, work: Path, watcher: Watcher) -> None:
+    def __init__(
+        self, url: str, cache: Path, work: Path, watcher: Watcher, broker: Mosquitto | None = None
+    ) -> None:
         self.url, self.cache, self.work, self.watcher = url, cache, work, watcher
+        self.broker = broker  # None: a broker elsewhere (--broker), its CPU not measured
         self.key = cache / "keys" / "edgegap.key"
         self.pub = cache / "keys" / "edgegap.pub"
         self.topics = Topics(PREFIX)
         self.seeded: set[str] = set()
+
+    def broker_cpu(self) -> float:
+        return self.broker.cpu_s() if self.broker is not None else 0.0
 
     def publish(self, bundle: Path, channel: str) -> Published:
         """What `edgegap publish BUNDLE --channel CHANNEL` does, in this process."""
@@ -196,35 +203,20 @@ class Bench:
             tf = [a.device for a in agents if a.imports_tensorflow()]
             rss = sum(a.rss_mb() for a in agents)
             bundle = self.bundle("4MB", 2)
+            cpu0 = [*(a.cpu_s() for a in agents), self.broker_cpu()]
             t0 = time.perf_counter()
             self.publish(bundle, name)
             times = self.activated(agents, read_manifest(bundle).model.sha256, t0)
+            cpu1 = [*(a.cpu_s() for a in agents), self.broker_cpu()]
+            cpu = [after - before for before, after in zip(cpu0, cpu1, strict=True)]
             end = t0 + max(times.values())
             inflight = [n for at, n in self.watcher.inflight if t0 <= at <= end + 1.0]
         finally:
             for a in agents:
                 a.stop()
         return {"seconds": max(times.values()), "verified": len(times), "tf": tf, "rss": rss,
-                "inflight": max(inflight, default=None)}  # fmt: skip
-
-
-def swap_figures(rows: list[dict[str, Any]], start: float, end: float) -> dict[str, float]:
-    """Frames lost and the longest gap between results from start to end (wall clock)."""
-    rows = sorted(rows, key=lambda r: r["frame"]["index"])
-    before = [r["sent"] for r in rows if start - 1.0 <= r["sent"] < start]
-    usual = statistics.median(b - a for a, b in pairwise(before))
-    first = next(i for i, r in enumerate(rows) if r["sent"] >= start)
-    window = [r for r in rows[max(0, first - 1) :] if r["sent"] <= end]
-    idx = [r["frame"]["index"] for r in window]
-    sent = [r["sent"] for r in window]
-    old = [r["frame"]["index"] for r in window if r["model"]["version"] == 1]
-    new = [r["frame"]["index"] for r in window if r["model"]["version"] != 1]
-    return {
-        "lost": sum(b - a - 1 for a, b in pairwise(idx)),
-        "lost_at_swap": min(new) - max(old) - 1 if old and new else -1,
-        "stall_s": max(b - a for a, b in pairwise(sent)) - usual,
-        "usual_s": usual,
-    }
+                "inflight": max(inflight, default=None), "agents_cpu": sum(cpu[:-1]),
+                "broker_cpu": cpu[-1]}  # fmt: skip
 
 
 def med(values: list[float]) -> float:
@@ -350,6 +342,11 @@ def print_fleet(m: Measured, plan: Plan) -> None:
           f"loaded in {len(fleet['tf'])} agent(s); agents' RSS {fleet['rss'] / 1024:.1f} GB in all; "
           f"peak inflight ($SYS/broker/messages/inflight): {flight}; chunk subscriptions open "
           f"at most {8 * count} (window 8 x {count} agents)")  # fmt: skip
+    cores = os.cpu_count() or 1
+    print(f"fleet CPU from the publish to the last `activated`: agents {fleet['agents_cpu']:.2f} s "
+          f"({fleet['agents_cpu'] / count:.3f} s each), broker {fleet['broker_cpu']:.2f} s; on "
+          f"{cores} cores no less than {(fleet['agents_cpu'] + fleet['broker_cpu']) / cores:.2f} s "
+          f"of wall time")  # fmt: skip
     print()
     print(f"fleet / one agent, {count} agents, 4 MB: {fleet['seconds'] / med(solo):.2f}  "
           f"(all active {fleet['seconds']:.3f} s, one agent {med(solo):.3f} s; goal <= 3)")  # fmt: skip
@@ -378,7 +375,7 @@ def main() -> None:
     broker = None if args.broker else Mosquitto(work)
     url = args.broker or broker.url  # type: ignore[union-attr]
     watcher = Watcher(url)
-    bench = Bench(url, cache, work, watcher)
+    bench = Bench(url, cache, work, watcher, broker)
     sizes = {m: (cache / m / MODEL_FILE).stat().st_size for m in ("small", "4MB", "30MB")}
     print(f"broker {url}; models: " + ", ".join(f"{m} {s / 2**20:.2f} MiB" for m, s in sizes.items())
           + f"; chunks of {DEFAULT_CHUNK_SIZE // 1024} KiB; {plan.mode} run")  # fmt: skip

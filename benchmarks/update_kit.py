@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +118,25 @@ def versioned(base: Path, version: int, key: Path, out: Path) -> Path:
     return out
 
 
+def swap_figures(rows: list[dict[str, Any]], start: float, end: float) -> dict[str, float]:
+    """Frames lost and the longest gap between results from start to end (wall clock)."""
+    rows = sorted(rows, key=lambda r: r["frame"]["index"])
+    before = [r["sent"] for r in rows if start - 1.0 <= r["sent"] < start]
+    usual = statistics.median(b - a for a, b in pairwise(before))
+    first = next(i for i, r in enumerate(rows) if r["sent"] >= start)
+    window = [r for r in rows[max(0, first - 1) :] if r["sent"] <= end]
+    idx = [r["frame"]["index"] for r in window]
+    sent = [r["sent"] for r in window]
+    old = [r["frame"]["index"] for r in window if r["model"]["version"] == 1]
+    new = [r["frame"]["index"] for r in window if r["model"]["version"] != 1]
+    return {
+        "lost": sum(b - a - 1 for a, b in pairwise(idx)),
+        "lost_at_swap": min(new) - max(old) - 1 if old and new else -1,
+        "stall_s": max(b - a for a, b in pairwise(sent)) - usual,
+        "usual_s": usual,
+    }
+
+
 # ---- the broker --------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:
@@ -152,6 +173,9 @@ class Mosquitto:
         self.process.terminate()
         self.process.wait(10)
 
+    def cpu_s(self) -> float:
+        return cpu_s(self.process.pid)
+
 
 def client(url: str, name: str) -> paho.Client:
     host, _, port = url.split("://", 1)[1].rpartition(":")
@@ -160,6 +184,12 @@ def client(url: str, name: str) -> paho.Client:
     c.connect(host, int(port), keepalive=60)
     c.loop_start()
     return c
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds process pid has used, its waited-for children's (the weight cache's) included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 # ---- agents ------------------------------------------------------------------------------------
@@ -184,6 +214,9 @@ class AgentProc:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
         raise RuntimeError(f"agent {self.device} has no VmRSS (exited?)")
+
+    def cpu_s(self) -> float:
+        return cpu_s(self.pid)
 
     def imports_tensorflow(self) -> bool:
         return "site-packages/tensorflow/" in Path(f"/proc/{self.pid}/maps").read_text()
