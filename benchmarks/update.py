@@ -34,7 +34,6 @@ import argparse
 import os
 import shutil
 import statistics
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,7 @@ from update_kit import (
     Mosquitto,
     Watcher,
     bundles,
-    client,
+    raw_transfer,
     results,
     scratch,
     spawn_agent,
@@ -146,34 +145,17 @@ class Bench:
             sha = read_manifest(bundle).model.sha256
             t0, wall0 = time.perf_counter(), time.time()
             self.publish(bundle, f"t-{name}")
+            published = time.perf_counter() - t0
             seconds = self.activated([agent], sha, t0)[device]
             time.sleep(1.2)
         finally:
             agent.stop()
-        return {"update_s": seconds, **swap_figures(results(agent), wall0, wall0 + seconds + 1.0)}
+        phases = self.watcher.phases(device, t0, ("available", "verified", "activating"))
+        return {"update_s": seconds, "published_s": published, **phases,
+                **swap_figures(results(agent), wall0, wall0 + seconds + 1.0)}  # fmt: skip
 
     def raw_trial(self, payload: bytes, trial: int) -> float:
-        got = threading.Event()
-        sub = client(self.url, f"raw-sub-{trial}")
-        sub.on_message = lambda c, u, m: got.set()
-        subscribed = threading.Event()
-        sub.on_subscribe = lambda *a: subscribed.set()
-        sub.subscribe(f"bench/raw/{trial}", qos=1)
-        pub = client(self.url, f"raw-pub-{trial}")
-        try:
-            subscribed.wait(10)
-            time.sleep(0.1)
-            t0 = time.perf_counter()
-            info = pub.publish(f"bench/raw/{trial}", payload, qos=1)
-            if not got.wait(UPDATE_S):
-                raise RuntimeError("the raw message did not arrive")
-            seconds = time.perf_counter() - t0
-            info.wait_for_publish(30)
-        finally:
-            for c in (sub, pub):
-                c.disconnect()
-                c.loop_stop()
-        return seconds
+        return raw_transfer(self.url, payload, f"bench/raw/{trial}", UPDATE_S)
 
     # ---- RSS across swaps ------------------------------------------------------------------------
     def rss(self, swaps: int, marks: tuple[int, ...]) -> dict[int, float]:
@@ -326,6 +308,13 @@ def print_swaps(m: Measured, plan: Plan) -> None:
             print(f"swap stall, {model}, {label}: median {med(stall):.1f} ms, max "
                   f"{max(stall):.1f} ms over the usual gap of "
                   f"{med([u['usual_s'] for u in us]) * 1e3:.1f} ms (goal < 33 ms)")  # fmt: skip
+    for model, t in m.trials.items():
+        at = {k: med([u[k] for u in t.updates]) for k in ("available_s", "published_s",
+              "verified_s", "activating_s", "update_s")}  # fmt: skip
+        print(f"where a {model} update goes, weight cache, medians from the publish's start: the "
+              f"agent sees the release {at['available_s']:.3f} s (publish returns "
+              f"{at['published_s']:.3f}), verified in its store {at['verified_s']:.3f}, loading "
+              f"{at['activating_s']:.3f}, active {at['update_s']:.3f}")  # fmt: skip
     if plan.stall_only:
         return
     marks, swaps = plan.marks, plan.swaps

@@ -192,6 +192,31 @@ def cpu_s(pid: int) -> float:
     return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
+def raw_transfer(url: str, payload: bytes, topic: str, timeout: float) -> float:
+    """Seconds one raw QoS 1 message of payload takes from a publish to a subscriber's receipt."""
+    got, subscribed = threading.Event(), threading.Event()
+    name = topic.replace("/", "-")
+    sub = client(url, f"raw-sub-{name}")
+    sub.on_message = lambda c, u, m: got.set()
+    sub.on_subscribe = lambda *a: subscribed.set()
+    sub.subscribe(topic, qos=1)
+    pub = client(url, f"raw-pub-{name}")
+    try:
+        subscribed.wait(10)
+        time.sleep(0.1)
+        t0 = time.perf_counter()
+        info = pub.publish(topic, payload, qos=1)
+        if not got.wait(timeout):
+            raise RuntimeError("the raw message did not arrive")
+        seconds = time.perf_counter() - t0
+        info.wait_for_publish(30)
+    finally:
+        for c in (sub, pub):
+            c.disconnect()
+            c.loop_stop()
+    return seconds
+
+
 # ---- agents ------------------------------------------------------------------------------------
 def _env() -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
@@ -315,6 +340,10 @@ class Watcher:
                 and (device is None or e.device == device)
                 and e.at >= after
             ]
+
+    def phases(self, device: str, since: float, kinds: tuple[str, ...]) -> dict[str, float]:
+        """Seconds from since to device's first event of each kind (as `<kind>_s`)."""
+        return {f"{k}_s": self.find(k, device, since)[0].at - since for k in kinds}
 
     def online(self, device: str) -> bool:
         with self._lock:

@@ -39,5 +39,7 @@ def test_update_benchmark_quick_run_prints_its_ratios(tmp_path: Path) -> None:
         assert any(line.startswith(f"frames lost during an update (publish .. activated + 1 s), {arm}")
                    for line in lines)  # fmt: skip
     assert any(line.startswith("agent RSS across 12 swaps") for line in lines)
+    for model in ("4MB", "30MB"):
+        assert any(line.startswith(f"where a {model} update goes, weight cache") for line in lines)
     assert any("4/4 agents activated the signed sha256; TensorFlow loaded in 0" in line
                for line in lines)  # fmt: skip
