@@ -61,6 +61,8 @@ def report(s: ConvertState) -> None:
         metrics["bgr_folded_into"] = s.folded
     if s.ranges is not None:
         metrics["activation_ranges"] = s.ranges.record()
+    if s.conditioning is not None:
+        metrics["conditioning"] = s.conditioning.record()
     if s.pixel_fold is not None:
         info = s.quant.inputs[0]
         exact = info.scale == 1.0 and info.zero_point in (0, 128)

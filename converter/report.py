@@ -203,6 +203,23 @@ def frontier_table(result: ConvertResult) -> Table | None:
     return table
 
 
+def conditioning_line(record: Any) -> str | None:
+    """One line on what --conditioning did (converter.conditioning), from the manifest's record."""
+    if not record:
+        return None
+    steps = []
+    if (record.get("equalization") or {}).get("tensors"):
+        steps.append(f"{record['equalization']['tensors']} int8 tensor(s) equalized")
+    if (record.get("bias_correction") or {}).get("layers"):
+        steps.append(f"{record['bias_correction']['layers']} layer bias(es) corrected")
+    err = record["output_error"]
+    verdict = "kept" if record["kept"] else "not kept, the plain int8 model is closer"
+    return (
+        f"conditioning: {', '.join(steps) or 'nothing changed'}; int8 output error on the "
+        f"calibration data {err['conditioned']:.4g} (plain {err['plain']:.4g}): {verdict}"
+    )
+
+
 def render(result: ConvertResult) -> Group:
     parts: list[Any] = [summary_table(result), gates_table(result.gates)]
     pruned = pruning_table(result)
@@ -232,6 +249,9 @@ def render(result: ConvertResult) -> Group:
         )
         if slow is not None:
             parts.append(Text(slow, style="yellow"))
+    conditioned = conditioning_line(result.manifest.metrics.get("conditioning"))
+    if conditioned:
+        parts.append(Text(conditioned))
     folded = result.manifest.metrics.get("bgr_folded_into")
     if folded:
         parts.append(

@@ -25,6 +25,7 @@ from agent.bundle.manifest import ColorOrder, Manifest
 from agent.bundle.signing import load_private_key
 from agent.runtime import LoadedModel
 from converter.activation_ranges import RangeReport
+from converter.conditioning import Conditioning, Quantized, condition
 from converter.data import Dataset, Normalization
 from converter.fallback_cost import Budget, CostAwareResult, find_float_layers_within_budget, head
 from converter.gates import (
@@ -114,6 +115,7 @@ class ConvertState:
     int8_bytes: bytes = field(init=False)  # quantize: the pure int8 model, before any fallback
     calibrated: bytes | None = None  # quantize: the calibrated model with refined ranges
     ranges: RangeReport | None = None  # quantize: what refining the activation ranges did
+    conditioning: Conditioning | None = None  # quantize: equalization and bias correction
     fallback: CostAwareResult | None = None  # fallback
     latency: dict[str, LatencyStats] = field(init=False)  # gate
     gates: list[GateResult] = field(init=False)  # gate
@@ -278,12 +280,34 @@ def quantize_model(s: ConvertState) -> None:
     s.int8_bytes, s.calibrated, s.ranges = quantize(
         s.saved, s.profile, s.task, s.calibration, s.opts.activation_ranges
     )
+    condition_model(s)
     s.model_bytes = s.int8_bytes
     s.original_float_bytes = s.float_bytes
     if s.prune_report is not None:
         original_saved = s.workdir / "original_saved_model"
         export_saved_model(s.task, s.original.model, original_saved)
         s.original_float_bytes = convert_float(original_saved, s.task)
+
+
+def condition_model(s: ConvertState) -> None:
+    """With --conditioning (converter.conditioning), the int8 model of the equalized and
+    bias-corrected Keras model replaces the plain one where it comes closer to float."""
+    mode = s.opts.conditioning
+    if mode == "off" or s.source.kind == "saved_model":
+        return
+    s.enter("condition")
+    plain = Quantized(s.int8_bytes, s.calibrated, s.ranges, s.saved)
+    kept, s.conditioning = condition(
+        s.source.model, s.task, s.profile, s.calibration, s.float_bytes, plain, s.workdir,
+        equalization=mode in ("auto", "equalize"), bias_correction=mode in ("auto", "bias"),
+        ranges=s.opts.activation_ranges,
+    )  # fmt: skip
+    s.int8_bytes, s.calibrated, s.ranges, s.saved = (
+        kept.model,
+        kept.calibrated,
+        kept.ranges,
+        kept.saved,
+    )
 
 
 def evaluate(s: ConvertState) -> None:

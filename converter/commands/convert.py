@@ -154,6 +154,15 @@ def budget_pair(values: list[float] | None) -> tuple[float, float] | None:
     "least int8 error on the calibration data (outliers clipped); minmax keeps the full range.",
 )
 @click.option(
+    "--conditioning",
+    type=click.Choice(["auto", "equalize", "bias", "off"]),
+    default="auto",
+    show_default=True,
+    help="int8 schemes, Keras models: equalize evens out each int8 tensor's channel ranges by "
+    "rescaling the layers on either side (exact in float), bias takes out the output shift int8 "
+    "weights cause; auto tries both. Kept only if the int8 outputs come closer to float.",
+)
+@click.option(
     "--validation-samples",
     type=click.IntRange(min=1),
     default=1000,
