@@ -12,9 +12,10 @@ download); both take inputs normalized as (pixel - 127.5) / 127.5. Each is conve
 (gate: 1% drop) and, for each variant, prints top-1 agreement with float (mAP@0.5 for the
 detector), the output divergence (KL against float, nats; the mAP drop for the detector), size
 over pure int8 and over float, and latency over pure int8 (all models timed interleaved, p50).
-Each int8 variant is run twice: with the calibrated min/max activation ranges, and with the
-ranges refined to the least int8 error (converter.activation_ranges, convert's default); size,
-latency and the share of int8's loss recovered are over the min/max pure int8 model.
+Each int8 variant is run with the calibrated min/max activation ranges, with the ranges refined to
+the least int8 error (converter.activation_ranges), and with those ranges on the model conditioned
+for int8 (converter.conditioning: equalized, bias-corrected; convert's default); size, latency and
+the share of int8's loss recovered are over the min/max pure int8 model.
 
 Then the input rounding: the pure int8 classifiers fed pixels quantized with round-half-even
 (NumPy's rint) against round-half-away-from-zero (TFLite's own QUANTIZE op), against the
@@ -194,14 +195,16 @@ def error_ranked(s: Any, evaluate: Any) -> Any:
 
 
 MSE = "mse ranges"  # suffix of the variants quantized with converter.activation_ranges
+COND = "conditioned"  # mse ranges on the model converter.conditioning made (convert's default)
 
 
 def compare(key: str, runs: int, validation: int = VALIDATION) -> list[Row]:
     """Plain int8, the error-ranked fallback and the cost-aware one on one model, with min/max
-    activation ranges and with refined ones, timed together."""
+    activation ranges, refined ones and refined ones on the conditioned model, timed together."""
     import dataclasses
 
     from converter import stages
+    from converter.conditioning import Quantized, condition
     from converter.fallback_cost import Budget, find_float_layers_within_budget, head
     from converter.gates import measure_latency
     from converter.manifest import open_converted
@@ -209,7 +212,8 @@ def compare(key: str, runs: int, validation: int = VALIDATION) -> list[Row]:
     from converter.quantize import quantize
 
     with tempfile.TemporaryDirectory() as tmp:
-        opts = dataclasses.replace(options(key, Path(tmp), validation), activation_ranges="minmax")
+        plain = {"activation_ranges": "minmax", "conditioning": "off"}
+        opts = dataclasses.replace(options(key, Path(tmp), validation), **plain)
         s = stages.start(opts, LogReporter(), Path(tmp))
         for stage in (stages.load, stages.calibrate, stages.quantize_model, stages.evaluate):
             stage(s)
@@ -219,29 +223,34 @@ def compare(key: str, runs: int, validation: int = VALIDATION) -> list[Row]:
         def evaluate(b: bytes) -> Any:
             return task.accuracy(ref, open_converted(b), val)
 
-        def cost_aware(plain: bytes, calibrated: bytes | None) -> Any:
+        def cost_aware(plain: bytes, calibrated: bytes | None, saved: Path = s.saved) -> Any:
             return find_float_layers_within_budget(
-                s.saved, profile, task, s.calibration, s.float_bytes, plain, evaluate(plain),
+                saved, profile, task, s.calibration, s.float_bytes, plain, evaluate(plain),
                 Budget.of(profile), evaluate,
                 lambda b: task.divergence(ref, open_converted(b), probe), calibrated=calibrated,
             )  # fmt: skip
 
         mse, calibrated, ranges = quantize(s.saved, profile, task, s.calibration, "mse")
+        cond, did = condition(
+            s.source.model, task, profile, s.calibration, s.float_bytes,
+            Quantized(mse, calibrated, ranges, s.saved), Path(tmp),
+        )  # fmt: skip
         models = {"float32": s.float_bytes, "int8": s.int8_bytes, f"int8, {MSE}": mse}
-        layers = {"float32": -1, "int8": 0, f"int8, {MSE}": 0}
-        notes: dict[str, str] = {}
+        models[f"int8, {COND}"] = cond.model
+        layers = {**dict.fromkeys(models, 0), "float32": -1}
+        notes = {f"int8, {COND}": did.describe() if did else "nothing to condition"}
         if ranges is not None:
             r = ranges.record()
             notes[f"int8, {MSE}"] = (
-                f"{r['narrowed']} of {r['tensors']} ranges narrowed, median width "
-                f"{r['median_width']:.2f}; output error on calibration data "
-                f"{ranges.minmax_error:.4g} (min/max) vs {ranges.refined_error:.4g}: {r['method']} kept"
-            )
+                f"{r['narrowed']} of {r['tensors']} ranges narrowed, median width {r['median_width']:.2f}; "
+                f"output error on calibration data {ranges.minmax_error:.4g} (min/max) vs {ranges.refined_error:.4g}: {r['method']} kept"
+            )  # fmt: skip
         if s.plain_accuracy.drop > profile.budgets.max_accuracy_drop:
             runs_ = [
                 ("error-ranked fallback", error_ranked(s, evaluate)),
                 ("cost-aware fallback", cost_aware(s.int8_bytes, None)),
                 (f"cost-aware, {MSE}", cost_aware(mse, calibrated)),
+                (f"cost-aware, {COND}", cost_aware(cond.model, cond.calibrated, cond.saved)),
             ]
             for name, fb in runs_:
                 if fb.model is not None:
@@ -252,15 +261,12 @@ def compare(key: str, runs: int, validation: int = VALIDATION) -> list[Row]:
 
 
 def rows_of(
-    key: str,
-    models: dict[str, bytes],
-    layers: dict[str, int],
-    notes: dict[str, str],
-    lat: Any,
-    s: Any,
-    evaluate: Any,
-) -> list[Row]:
+    key: str, models: dict[str, bytes], layers: dict[str, int], notes: dict[str, str],
+    lat: Any, s: Any, evaluate: Any,
+) -> list[Row]:  # fmt: skip
     """One row per model variant; size and latency over the pure (min/max) int8 model."""
+    import dataclasses
+
     from converter.manifest import open_converted
 
     base = lat["int8"].p50
@@ -268,22 +274,13 @@ def rows_of(
     rows = []
     for name, b in models.items():
         acc = evaluate(b) if name != "float32" else None
-        rows.append(
-            Row(
-                SPECS[key].name,
-                name,
-                layers[name],
-                float_value if acc is None else acc.quant_value,
-                0.0
-                if acc is None
-                else s.task.divergence(s.reference, open_converted(b), s.validation),
-                len(b) / len(s.int8_bytes),
-                len(b) / len(s.float_bytes),
-                lat[name].p50 / base,
-                lat[name].p50,
-                notes.get(name, ""),
-            )
+        value = float_value if acc is None else acc.quant_value
+        div = (
+            0.0 if acc is None else s.task.divergence(s.reference, open_converted(b), s.validation)
         )
+        sizes = (len(b) / len(s.int8_bytes), len(b) / len(s.float_bytes))
+        row = Row(SPECS[key].name, name, layers[name], value, div, *sizes, lat[name].p50 / base)
+        rows.append(dataclasses.replace(row, latency_ms=lat[name].p50, note=notes.get(name, "")))
     return rows
 
 
@@ -299,8 +296,9 @@ def tie_effect(key: str, folded_agreement: float, validation: int = VALIDATION) 
 
     with tempfile.TemporaryDirectory() as tmp:
         opts = dataclasses.replace(
-            options(key, Path(tmp), validation), pixel_exact="off", activation_ranges="minmax"
-        )
+            options(key, Path(tmp), validation),
+            pixel_exact="off", activation_ranges="minmax", conditioning="off",
+        )  # fmt: skip
         s = stages.start(opts, LogReporter(), Path(tmp))
         for stage in (stages.load, stages.calibrate, stages.quantize_model):
             stage(s)
@@ -390,9 +388,7 @@ def main() -> None:
     print("Input rounding (mean 127.5, std 127.5):")
     for line in ties:
         print("  " + line)
-    print(
-        "All models (agreement for classifiers, mAP@0.5 for the detector; divergence: KL nats / mAP drop)"
-    )
+    print("All models (agreement for classifiers, mAP@0.5 for the detector; divergence: KL nats / mAP drop)")  # fmt: skip
     print_rows(rows)
 
 
