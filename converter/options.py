@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 REPORT_FILE = "report.json"
 # what a Reporter is told, in order; "fold bgr", "prune", "condition" and "fallback" only when they happen
-STAGES = ("load model", "fold bgr", "load data", "prune", "export", "float model", "quantize", "condition", "evaluate", "fallback", "gates",
+STAGES = ("load model", "fold bgr", "load data", "prune", "export", "float model", "quantize", "evaluate", "condition", "fallback", "gates",
           "manifest", "write")  # fmt: skip
 
 
@@ -68,7 +68,7 @@ class ConvertOptions:
     fallback_budget: tuple[float, float] | None = None  # (size, latency) over int8; None: profile's
     calibration_samples: int = 200
     activation_ranges: str = "mse"  # mse or minmax: converter.activation_ranges
-    conditioning: str = "auto"  # auto, equalize, bias or off: converter.conditioning
+    conditioning: str = "auto"  # auto (where int8 misses the gate), on, off: converter.conditioning
     validation_samples: int = 1000
     latency_runs: int = 50
     custom_objects: Sequence[str | Path] = ()

@@ -56,6 +56,7 @@ STAGE_FUNCTIONS: tuple[stages.Stage, ...] = (
     stages.prune,
     stages.quantize_model,
     stages.evaluate,
+    stages.condition_int8,
     stages.fallback,
     stages.gate,
     finish.golden,

@@ -1,7 +1,7 @@
 """The conversion's stages, each a small function over one ConvertState.
 
 `start` derives what the options ask for (name, version, output, signing key) into a new state;
-then load, calibrate, prune, quantize, evaluate, fallback, gate, golden, report, sign and write
+then load, calibrate, prune, quantize, evaluate, condition, fallback, gate, golden, report, sign and write
 each fill in their part of it, in that order (converter.pipeline.STAGE_FUNCTIONS; golden to write
 are in converter.finish). The options are only read. The converted model is opened once (again only if the fallback replaces it), and
 that one interpreter serves the accuracy measurement, the manifest and the golden check.
@@ -115,7 +115,7 @@ class ConvertState:
     int8_bytes: bytes = field(init=False)  # quantize: the pure int8 model, before any fallback
     calibrated: bytes | None = None  # quantize: the calibrated model with refined ranges
     ranges: RangeReport | None = None  # quantize: what refining the activation ranges did
-    conditioning: Conditioning | None = None  # quantize: equalization and bias correction
+    conditioning: Conditioning | None = None  # condition: equalization and bias correction
     fallback: CostAwareResult | None = None  # fallback
     latency: dict[str, LatencyStats] = field(init=False)  # gate
     gates: list[GateResult] = field(init=False)  # gate
@@ -280,7 +280,6 @@ def quantize_model(s: ConvertState) -> None:
     s.int8_bytes, s.calibrated, s.ranges = quantize(
         s.saved, s.profile, s.task, s.calibration, s.opts.activation_ranges
     )
-    condition_model(s)
     s.model_bytes = s.int8_bytes
     s.original_float_bytes = s.float_bytes
     if s.prune_report is not None:
@@ -289,32 +288,39 @@ def quantize_model(s: ConvertState) -> None:
         s.original_float_bytes = convert_float(original_saved, s.task)
 
 
-def condition_model(s: ConvertState) -> None:
-    """With --conditioning (converter.conditioning), the int8 model of the equalized and
-    bias-corrected Keras model replaces the plain one where it comes closer to float."""
-    mode = s.opts.conditioning
-    if mode == "off" or s.source.kind == "saved_model":
+def evaluate(s: ConvertState) -> None:
+    """Accuracy of the converted model against the original float model."""
+    s.enter("evaluate")
+    s.open_quant(s.model_bytes)
+    s.accuracy = s.plain_accuracy = s.task.accuracy(s.reference, s.quant, s.validation)
+
+
+def condition_int8(s: ConvertState) -> None:
+    """--conditioning (converter.conditioning): with auto, where pure int8 misses the accuracy
+    gate (with on, always), the int8 model of the equalized and bias-corrected Keras model
+    replaces it if it comes closer to float; the float fallback then starts from it."""
+    mode, limit = s.opts.conditioning, s.profile.budgets.max_accuracy_drop
+    if mode == "off" or (mode == "auto" and s.accuracy.drop <= limit):
+        return
+    if s.source.kind == "saved_model":
         return
     s.enter("condition")
     plain = Quantized(s.int8_bytes, s.calibrated, s.ranges, s.saved)
     kept, s.conditioning = condition(
         s.source.model, s.task, s.profile, s.calibration, s.float_bytes, plain, s.workdir,
-        equalization=mode in ("auto", "equalize"), bias_correction=mode in ("auto", "bias"),
         ranges=s.opts.activation_ranges,
     )  # fmt: skip
+    if kept is plain:
+        return
     s.int8_bytes, s.calibrated, s.ranges, s.saved = (
         kept.model,
         kept.calibrated,
         kept.ranges,
         kept.saved,
     )
-
-
-def evaluate(s: ConvertState) -> None:
-    """Accuracy of the converted model against the original float model."""
-    s.enter("evaluate")
-    s.open_quant(s.model_bytes)
+    s.open_quant(s.int8_bytes)
     s.accuracy = s.plain_accuracy = s.task.accuracy(s.reference, s.quant, s.validation)
+    s.reporter.detail(f"conditioned for int8: accuracy drop {s.accuracy.drop:.2%}")
 
 
 SENSITIVITY_SAMPLES = 128  # validation samples each candidate's output divergence is measured on
