@@ -246,15 +246,14 @@ def compare(key: str, runs: int, validation: int = VALIDATION) -> list[Row]:
                 f"output error on calibration data {ranges.minmax_error:.4g} (min/max) vs {ranges.refined_error:.4g}: {r['method']} kept"
             )  # fmt: skip
         if s.plain_accuracy.drop > profile.budgets.max_accuracy_drop:
-            runs_ = [
-                ("error-ranked fallback", error_ranked(s, evaluate)),
-                ("cost-aware fallback", cost_aware(s.int8_bytes, None)),
-                (f"cost-aware, {MSE}", cost_aware(mse, calibrated)),
-                (f"cost-aware, {COND}", cost_aware(cond.model, cond.calibrated, cond.saved)),
-            ]
-            for name, fb in runs_:
-                if fb.model is not None:
-                    models[name], layers[name] = fb.model, len(fb.float_layers)
+            runs_ = [  # with no in-budget model better than the one it starts from, that one
+                ("error-ranked fallback", error_ranked(s, evaluate), s.int8_bytes),
+                ("cost-aware fallback", cost_aware(s.int8_bytes, None), s.int8_bytes),
+                (f"cost-aware, {MSE}", cost_aware(mse, calibrated), mse),
+                (f"cost-aware, {COND}", cost_aware(cond.model, cond.calibrated, cond.saved), cond.model),
+            ]  # fmt: skip
+            for name, fb, start in runs_:
+                models[name], layers[name] = fb.model or start, len(fb.float_layers)
                 notes[name] = "gate passed" if fb.passed else fb.reason
         lat = measure_latency(models, threads=2, runs=runs, warmup=10)
     return rows_of(key, models, layers, notes, lat, s, evaluate)
