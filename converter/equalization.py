@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from converter.pruning.graph import ChannelGraph, GraphNode, build_graph
-from converter.pruning.rules import Kind
+from converter.pruning.graph import ChannelGraph, GraphNode, Kind
+from converter.pruning.trace import build_graph
 
 logger = logging.getLogger(__name__)
 
