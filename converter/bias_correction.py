@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from converter.console import progress
 from converter.pruning.graph import GraphNode, Kind
 from converter.pruning.trace import build_graph
 
@@ -126,14 +127,17 @@ def correct_biases(model: Any, x: np.ndarray, samples: int = SAMPLES) -> tuple[A
     x = x[:samples]
     reference = _means(copy, [n.knode.outputs[0] for n, _ in todo], x)
     floats = [[np.asarray(v) for v, _ in _kernels(n)] for n, _ in todo]
-    for (node, (var, sign)), (mean, std) in zip(todo, reference, strict=True):
-        for v, depthwise in _kernels(node):
-            v.assign(int8_weights(np.asarray(v), depthwise))
-        ((got, _),) = _means(copy, [node.knode.outputs[0]], x)
-        shift = got - mean
-        var.assign(np.asarray(var) + sign * shift.astype(np.asarray(var).dtype))
-        report.layers.append(node.name)
-        report.shifts.append(float(np.max(np.abs(shift) / np.maximum(std, 1e-12))))
+    with progress() as bar:
+        task = bar.add_task("bias correction", total=len(todo))
+        for (node, (var, sign)), (mean, std) in zip(todo, reference, strict=True):
+            for v, depthwise in _kernels(node):
+                v.assign(int8_weights(np.asarray(v), depthwise))
+            ((got, _),) = _means(copy, [node.knode.outputs[0]], x)
+            shift = got - mean
+            var.assign(np.asarray(var) + sign * shift.astype(np.asarray(var).dtype))
+            report.layers.append(node.name)
+            report.shifts.append(float(np.max(np.abs(shift) / np.maximum(std, 1e-12))))
+            bar.advance(task)
     for (node, _), kept in zip(todo, floats, strict=True):
         for (v, _), w in zip(_kernels(node), kept, strict=True):
             v.assign(w)
