@@ -15,7 +15,7 @@ from agent.bundle.loading import MANIFEST_FILE, MODEL_FILE, load_bundle
 from agent.bundle.manifest import Decoder, InputSpec, Manifest, ModelFile, OutputRole, OutputSpec
 from agent.runtime.compiled import cache_path
 from agent.store import BundleStore, Staging, StoreError, atomic_write, clean_staging
-from agent.updates.protocol import Limits, cut
+from agent.updates.protocol import Blob, Limits, cut
 
 
 def make_bundle(seed: int, version: int = 1, size: int = 3000) -> tuple[Manifest, bytes]:
@@ -320,13 +320,15 @@ def test_rejections_are_bounded_and_survive_garbage(store: BundleStore, tmp_path
 # ---- staging ------------------------------------------------------------------------------
 
 
-def _blob(size: int = 10_000, chunk_size: int = 1024, seed: int = 7):  # type: ignore[no-untyped-def]
+def _blob(
+    size: int = 10_000, chunk_size: int = 1024, seed: int = 7
+) -> tuple[bytes, Blob, list[bytes]]:
     data = random.Random(seed).randbytes(size)
     blob, chunks = cut(data, chunk_size)
     return data, blob, chunks
 
 
-def _manifest_of(blob):  # type: ignore[no-untyped-def]
+def _manifest_of(blob: Blob) -> Manifest:
     return make_bundle(1)[0].model_copy(
         update={"model": ModelFile(sha256=blob.sha256, size=blob.size)}
     )
