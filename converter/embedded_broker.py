@@ -84,10 +84,9 @@ class EmbeddedBroker:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout=10)
 
-    def wait(self) -> None:
-        """Block until the broker stops (Ctrl-C in the caller stops it)."""
-        while self._thread.is_alive():
-            self._thread.join(timeout=0.5)
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)

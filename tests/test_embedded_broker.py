@@ -4,6 +4,11 @@ retained messages it did not subscribe to (an amqtt 0.12.1 bug the embedded brok
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,6 +17,7 @@ import paho.mqtt.client as paho
 import pytest
 from brokers import amqtt_broker  # noqa: F401  (fixture)
 from click.testing import CliRunner
+from conftest import free_port
 from paho.mqtt.enums import CallbackAPIVersion
 
 pytest.importorskip("tensorflow")
@@ -99,15 +105,10 @@ def test_a_client_gets_no_retained_message_it_did_not_subscribe_to(
         c.loop_stop()
 
 
-def test_the_broker_command_serves_until_interrupted(tmp_path: Path) -> None:
-    import os
-    import signal
-    import socket
-    import subprocess
-    import sys
-
-    from conftest import free_port
-
+@pytest.mark.parametrize("stop_with", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_the_broker_command_serves_until_interrupted(stop_with: int) -> None:
+    """Ctrl-C or a plain kill stops it cleanly, even when started with SIGINT ignored (as a shell
+    script's background job is)."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.Popen(
@@ -115,6 +116,7 @@ def test_the_broker_command_serves_until_interrupted(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         deadline = time.monotonic() + 60
@@ -136,9 +138,10 @@ def test_the_broker_command_serves_until_interrupted(tmp_path: Path) -> None:
             "edgegap/default/models/lab/manifest": b"{}"
         }
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop_with)
         out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0 and b"broker listening on mqtt://127.0.0.1" in out
+    assert out.rstrip().endswith(b"stopping")
 
 
 def test_the_agent_reports_through_the_embedded_broker(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 
 import click
 
@@ -27,10 +29,16 @@ def broker_cmd(host: str, port: int) -> None:
       edgegap publish bundle/ --broker mqtt://127.0.0.1:1883 --channel lab
     """
     broker = EmbeddedBroker(host, port).start()
+    stop = threading.Event()
+    # SIGINT and SIGTERM both stop it cleanly, whatever the caller left them as: a shell script
+    # that starts it in the background has SIGINT ignored, which Python then keeps
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     console.print(f"broker listening on {broker.url} (Ctrl-C stops it; retained messages are lost)")
     try:
-        broker.wait()
-    except KeyboardInterrupt:
-        console.print("stopping")
+        while broker.running and not stop.wait(0.5):
+            pass
+        if stop.is_set():
+            console.print("stopping")
     finally:
         broker.stop()
