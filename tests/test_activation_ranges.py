@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from convert_kit import convert_tensor
 
 from converter.activation_ranges import BINS, best_range
 
@@ -65,33 +66,12 @@ def test_refined_ranges_are_kept_only_where_they_bring_int8_closer(
     spiky: bool, tmp_path: Path
 ) -> None:
     pytest.importorskip("tensorflow")
-    from converter.data import Dataset
-    from converter.manifest import open_converted
-    from converter.pipeline import ConvertOptions, convert
-    from converter.tasks.tensor import run_model
-    from firmware_profiles import load_profile
-
     model = _power_model(spiky)
     calib, val = _images(100, 1), _images(100, 2)
     want = np.asarray(model.predict(val, verbose=0))
     errors, records = {}, {}
     for ranges in ("minmax", "mse"):
-        result = convert(
-            ConvertOptions(
-                model=model,
-                profile=load_profile("x86-avx2"),
-                calibration=Dataset(calib),
-                validation=Dataset(val),
-                output=tmp_path / ranges,
-                task="tensor",
-                activation_ranges=ranges,
-                fallback=False,
-                force=True,
-                latency_runs=3,
-                golden_count=1,
-            )
-        )
-        got = run_model(open_converted(result.model_bytes), val)[0].reshape(want.shape)
+        result, got = convert_tensor(model, calib, val, tmp_path / ranges, activation_ranges=ranges)
         errors[ranges] = float(np.sqrt(np.mean((got - want) ** 2)))
         records[ranges] = result.manifest.metrics.get("activation_ranges")
     assert records["minmax"] is None

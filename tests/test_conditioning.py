@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from convert_kit import convert_tensor
 
 pytest.importorskip("tensorflow")
 
@@ -78,30 +79,10 @@ def test_relu6_and_shared_tensors_are_left_alone() -> None:
 
 
 def _convert(model: Any, out: Path, conditioning: str, offset: float = 0.0) -> tuple[Any, float]:
-    from converter.data import Dataset
-    from converter.manifest import open_converted
-    from converter.pipeline import ConvertOptions, convert
-    from converter.tasks.tensor import run_model
-    from firmware_profiles import load_profile
-
     val = _images(100, 5) + offset
-    result = convert(
-        ConvertOptions(
-            model=model,
-            profile=load_profile("x86-avx2"),
-            calibration=Dataset(_images(100, 4) + offset),
-            validation=Dataset(val),
-            output=out / conditioning,
-            task="tensor",
-            conditioning=conditioning,
-            fallback=False,
-            force=True,
-            latency_runs=3,
-            golden_count=1,
-        )
-    )
+    calib = _images(100, 4) + offset
+    result, got = convert_tensor(model, calib, val, out / conditioning, conditioning=conditioning)
     want = np.asarray(model.predict(val, verbose=0))
-    got = run_model(open_converted(result.model_bytes), val)[0].reshape(want.shape)
     return result, float(np.sqrt(np.mean((got - want) ** 2)) / np.std(want))
 
 
