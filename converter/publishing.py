@@ -1,9 +1,11 @@
-"""Publishing a bundle to a channel (docs/protocol.md): chunks, then blob meta, then the release.
+"""Publishing a bundle to a channel (docs/protocol.md): the release announced, then the chunks and
+blob meta, then the release retained.
 
-Every message is retained and sent at QoS 1; a message counts as sent when the broker has
-acknowledged it (PUBACK). Chunks go out through a bounded window of unacknowledged messages, so
-memory stays bounded and a slow broker slows the publisher instead of piling up in it. The
-release goes out last, so a device never sees a release whose chunks are not on the broker yet.
+Every message is sent at QoS 1 and counts as sent when the broker has acknowledged it (PUBACK).
+Chunks go out through a bounded window of unacknowledged messages, so memory stays bounded and a
+slow broker slows the publisher instead of piling up in it. The announce (not retained) lets the
+devices online pull while the chunks are being sent; the retained release goes out last, so a
+device that comes later never finds a release whose chunks are not on the broker yet.
 """
 
 from __future__ import annotations
@@ -124,9 +126,13 @@ def check_version(new: Manifest, current: Release | None) -> None:
 
 
 def _send(
-    conn: Connection, topic: str, payload: bytes, window: deque[paho.MQTTMessageInfo]
+    conn: Connection,
+    topic: str,
+    payload: bytes,
+    window: deque[paho.MQTTMessageInfo],
+    retain: bool = True,
 ) -> None:
-    info = conn.client.publish(topic, payload, qos=1, retain=True)
+    info = conn.client.publish(topic, payload, qos=1, retain=retain)
     if info.rc != paho.MQTT_ERR_SUCCESS:
         raise BrokerError(f"publishing to {topic} failed: {paho.error_string(info.rc)}")
     window.append(info)
@@ -145,16 +151,17 @@ def send_all(
     conn: Connection,
     messages: list[tuple[str, bytes]],
     on_acked: Callable[[int], None] = lambda n: None,
+    retain: bool = True,
 ) -> None:
-    """Publish retained QoS 1 messages in order, at most WINDOW unacknowledged at a time; call
-    on_acked with each message's payload size once the broker has acknowledged it."""
+    """Publish QoS 1 messages (retained unless told) in order, at most WINDOW unacknowledged at a
+    time; call on_acked with each message's payload size once the broker has acknowledged it."""
     window: deque[paho.MQTTMessageInfo] = deque()
     sizes: deque[int] = deque()
     for topic, payload in messages:
         if len(window) >= WINDOW:
             _acked(window.popleft(), conn.where)
             on_acked(sizes.popleft())
-        _send(conn, topic, payload, window)
+        _send(conn, topic, payload, window, retain)
         sizes.append(len(payload))
     while window:
         _acked(window.popleft(), conn.where)
@@ -175,7 +182,8 @@ def publish(
     on_acked: Callable[[int], None] = lambda n: None,
     stage: str = STABLE,
 ) -> Published:
-    """Send the chunks, the blob meta and the release, after checking the channel's version.
+    """Announce the release, send the chunks and the blob meta, then the release retained, after
+    checking the channel's version.
     A stage other than stable gets its own release topic; the version must be above that
     stage's and the stable one's (converter/rollout/ checks the rollout's own record too)."""
     release = prepared.release
@@ -187,8 +195,10 @@ def publish(
     messages = [(topics.chunk(sha, i), c) for i, c in enumerate(prepared.chunks)]
     messages.append((topics.blob_meta(sha), blob_meta(release)))
     start = time.perf_counter()
+    payload = release.to_bytes()
+    send_all(conn, [(topics.announce(release.channel, stage), payload)], retain=False)
     send_all(conn, messages, on_acked)
-    send_all(conn, [(topics.release(release.channel, stage), release.to_bytes())])
+    send_all(conn, [(topics.release(release.channel, stage), payload)])
     seconds = time.perf_counter() - start
     _read_back(conn, topics, prepared, stage)
     return Published(release, current.manifest.version if current else None, seconds)

@@ -78,6 +78,36 @@ def test_an_update_is_pulled_verified_swapped_in_and_passes_probation(
         assert compiled.cache_path(store.path(blob.sha256), blob.sha256).stat().st_size > 0
 
 
+def test_an_announced_release_is_pulled_as_its_chunks_arrive_and_a_cut_publish_resumes(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    """The announce comes before any chunk is on the broker: the agent subscribes to chunks not
+    yet published and takes them as they come. A publish cut short leaves the retained release
+    as it was; the chunk that never came rejects the update, the old model serving; the full
+    publish later resumes from the chunks already staged."""
+    kit = Mqtt(mosquitto)
+    keys = agent_config(mosquitto, tmp_path, **{"updates.chunk_timeout_s": 0.5})
+    v2 = variant("ssd_postprocess", 2, tmp_path / "v2")
+    blob, parts = cut(v2.model_bytes(), CHUNK)
+    with running_agent(keys) as agent:
+        kit.wait_event("probation_passed", version=1)
+        kit.release(v2.manifest, blob, announce=True)
+        kit.wait_event("available", version=2)  # before a single chunk was published
+        kit.chunks(blob, parts, only=[i for i in range(blob.chunks) if i != 3])
+        rejected = kit.wait_event("rejected", version=2)
+        assert "chunk 3 never arrived" in rejected["reason"]
+        assert served_version(agent) == 1
+        staged = tmp_path / "state" / "staging" / blob.sha256
+        assert len(list(staged.glob("[0-9]*"))) == blob.chunks - 1
+        kit.publish(v2)  # the whole publish: chunks, meta, then the retained release
+        kit.wait_event("probation_passed", version=2)
+    kinds = update_events(kit, 2)
+    assert kinds[:3] == ["available", "downloading", "rejected"], kinds
+    assert kinds[3:] == UPDATE, kinds
+    out = results(tmp_path / "out.jsonl")
+    assert [r["frame"]["index"] for r in out] == list(range(len(out))), "a frame was lost"
+
+
 def v1_sha(agent: object) -> str:
     from test_agent_kit import cached_bundle
 

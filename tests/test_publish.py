@@ -16,6 +16,7 @@ pytest.importorskip("tensorflow")
 from conftest import Broker, free_port  # noqa: E402
 from publish_kit import bundle, converted, public_key, publish_raw, retained  # noqa: E402
 from test_agent_mqtt import PASSWORD, tls_broker  # noqa: E402, F401
+from updates_kit import Mqtt, wait_until  # noqa: E402
 
 from agent.bundle.manifest import Manifest  # noqa: E402
 from agent.bundle.signing import load_public_key, verify_manifest  # noqa: E402
@@ -64,6 +65,27 @@ def test_publish_then_a_late_subscriber_reassembles_the_model(
     assert [
         hashlib.sha256(chunks[TOPICS.chunk(blob.sha256, i)]).hexdigest() for i in range(blob.chunks)
     ] == blob.chunk_sha256
+
+
+def test_the_release_is_announced_before_its_chunks_and_retained_after_them(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    """Devices online pull while the chunks are still being sent (the announce); a device that
+    comes later finds the retained release only once every chunk is on the broker."""
+    live = Mqtt(mosquitto, topic="edgegap/default/#")
+    try:
+        result = publish(mosquitto, bundle(tmp_path / "b", version=4), "--chunk-size", 1024)
+        assert result.exit_code == 0, result.output
+        wait_until(lambda: any(t == TOPICS.release("lobby") for t, _ in live.messages))
+    finally:
+        live.close()
+    topics = [t for t, _ in live.messages]
+    release = dict(live.messages)[TOPICS.release("lobby")]
+    assert topics[0] == TOPICS.announce("lobby") and topics[-1] == TOPICS.release("lobby")
+    assert live.messages[0][1] == release  # the same signed release, byte for byte
+    assert all(t.startswith("edgegap/default/blobs/") for t in topics[1:-1])
+    assert len(topics) == parse_release(release, Limits()).blob.chunks + 3  # and the meta
+    assert retained(mosquitto.host, mosquitto.port, TOPICS.announce("lobby"), wait=0.3) == {}
 
 
 def test_a_version_not_above_the_channel_is_refused(mosquitto: Broker, tmp_path: Path) -> None:

@@ -179,10 +179,15 @@ class Mqtt:
         meta = {"sha256": blob.sha256, "size": blob.size, "chunks": blob.chunks, "channel": CHANNEL}
         self.put(TOPICS.blob_meta(blob.sha256), json.dumps(meta).encode())
 
-    def release(self, manifest: Manifest, blob: Blob) -> None:
+    def release(self, manifest: Manifest, blob: Blob, announce: bool = False) -> None:
+        """The retained release; announce: the same release, not retained, on the channel's
+        announce topic (what `edgegap publish` sends before the chunks)."""
         published = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         release = Release(channel=CHANNEL, manifest=manifest, blob=blob, published=published)
-        self.put(TOPICS.release(CHANNEL), release.to_bytes())
+        if announce:
+            self.put(TOPICS.announce(CHANNEL), release.to_bytes(), retain=False)
+        else:
+            self.put(TOPICS.release(CHANNEL), release.to_bytes())
 
     def publish(
         self,

@@ -3,8 +3,10 @@
 docs/protocol.md is the user-facing description of the same thing. In short: a model travels as
 content-addressed, immutable, retained chunks on `<prefix>/blobs/<sha256>/<index>`; a retained
 *release* on `<prefix>/models/<channel>/manifest` names it, carrying the signed bundle manifest
-and how the model was chunked. Devices pull: they read the release, check it, then fetch the
-chunks a few at a time. Everything read from the network is bounded before it is parsed.
+and how the model was chunked; the same release goes out first, not retained, on the channel's
+announce topic, so devices online pull while the chunks are being sent. Devices pull: they read
+the release, check it, then fetch the chunks a few at a time. Everything read from the network is
+bounded before it is parsed.
 """
 
 from __future__ import annotations
@@ -70,6 +72,12 @@ class Topics:
         if stage == STABLE:
             return f"{self.prefix}/models/{channel}/manifest"
         return f"{self.prefix}/models/{channel}/{stage}/manifest"
+
+    def announce(self, channel: str, stage: str = STABLE) -> str:
+        """Where the publisher sends a stage's release, not retained, before its chunks, so
+        devices online pull while the chunks are still being sent (models/<channel>/announce,
+        models/<channel>/<stage>/announce)."""
+        return self.release(channel, stage).removesuffix("/manifest") + "/announce"
 
     def releases(self) -> str:
         return f"{self.prefix}/models/+/manifest"

@@ -63,11 +63,12 @@ class Updater:
         self.channel = u.channel
         self.topics = link.topics
         # the release topics followed: the group's own stage and every later one (docs/protocol.md)
-        self.release_topics = (
-            tuple(self.topics.release(self.channel, stage) for stage in followed_stages(u.group))
-            if self.channel is not None
-            else ()
-        )
+        channel, stages = u.channel or "", followed_stages(u.group) if u.channel else ()
+        self.release_topics = tuple(self.topics.release(channel, s) for s in stages)
+        # each stage's announce topic, to the release topic it announces for
+        self.announce_topics = {
+            self.topics.announce(channel, s): self.topics.release(channel, s) for s in stages
+        }
         self.limits = Limits(max_model_bytes=u.max_bundle_bytes, max_chunks=u.max_chunks)
         self.settings = PullSettings(u.window, u.chunk_timeout_s, u.max_retries)
         self.events = Events(link, config.device_id)
@@ -92,7 +93,7 @@ class Updater:
         if probation:
             self._start_probation(self.pipeline.served)
         self._thread.start()
-        for topic in self.release_topics:
+        for topic in (*self.release_topics, *self.announce_topics):
             self.link.subscribe(topic)
 
     def stop(self) -> None:
@@ -106,6 +107,10 @@ class Updater:
     def _on_message(self, topic: str, payload: bytes) -> None:
         if topic in self.release_topics:
             self._queue.put(_Work("release", payload, topic=topic))
+            return
+        if topic in self.announce_topics:  # the release ahead of its chunks; never a withdrawal
+            if payload:
+                self._queue.put(_Work("release", payload, topic=self.announce_topics[topic]))
             return
         parts = topic[len(self.topics.prefix) + 1 :].split("/")
         if (
