@@ -145,3 +145,48 @@ def test_tensor_limits_decide_full_or_summarized() -> None:
     assert out["out2"] == {"shape": [2, 2], "min": 1.0, "max": 7.0, "argmax": [1, 0]}
     with pytest.raises(DecoderError, match="full_max_values must be"):
         make_decoder(manifest(Decoder.TENSOR, [(R.TENSOR, [1, 3])], full_max_values=-1))
+
+
+@pytest.mark.parametrize(
+    ("labels", "extra", "warned"),
+    [
+        (["???", "a", "b"], {}, "ssd_raw: raw_scores is [1, 2, 3]; that is 2 classes (after the "
+         "background), the labels name 3 (set label_offset: 1 if the first label is the background)"),
+        (["a"], {}, "that is 2 classes (after the background), the labels name 1"),
+        (["a", "b", "c"], {"background_class": False}, None),
+        (["???", "a", "b"], {"label_offset": 1}, None),
+        (["a", "b"], {}, None),
+        ([], {}, None),
+    ],
+)  # fmt: skip
+def test_ssd_raw_warns_when_the_labels_do_not_name_its_classes(
+    labels: list[str], extra: dict[str, Any], warned: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A TF OD API labels file starts with the background; without label_offset every
+    detection would carry the label of the class before it."""
+    m = manifest(
+        Decoder.SSD_RAW, [(R.RAW_BOXES, [1, 2, 4]), (R.RAW_SCORES, [1, 2, 3])],
+        anchor_data=anchor_data(ANCHORS), **extra,
+    ).model_copy(update={"labels": labels})  # fmt: skip
+    with caplog.at_level("WARNING", logger="agent.decoders"):
+        make_decoder(m)
+    got = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if warned is None:
+        assert got == []
+    else:
+        assert len(got) == 1 and warned in got[0], got
+
+
+def test_classifier_warns_when_the_labels_do_not_name_its_classes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    m = manifest(Decoder.CLASSIFICATION, [(R.PROBABILITIES, [1, 3])])
+    with caplog.at_level("WARNING", logger="agent.decoders"):
+        make_decoder(m.model_copy(update={"labels": ["a", "b", "c"]}))
+        assert caplog.records == []
+        make_decoder(m.model_copy(update={"labels": ["background", "a", "b", "c"]}))
+    (record,) = caplog.records
+    assert record.getMessage() == (
+        "classification: probabilities is [1, 3]; that is 3 classes, the labels name 4 "
+        "(set label_offset: 1 if the first label is the background)"
+    )

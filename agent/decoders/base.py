@@ -122,6 +122,20 @@ class OutputDecoder(ABC):
         k = class_id + self.label_offset
         return self.labels[k] if 0 <= k < len(self.labels) else f"class{class_id}"
 
+    def warn_label_count(self, spec: OutputSpec, classes: int, note: str = "") -> None:
+        """Warn (the bundle still loads) when the labels do not name `classes` classes: every
+        detection would carry a neighbour's label, or class<N>."""
+        named = len(self.labels) - self.label_offset
+        if not self.labels or named == classes:
+            return
+        hint = ""
+        if named == classes + 1 and self.label_offset == 0:
+            hint = " (set label_offset: 1 if the first label is the background)"
+        logger.warning(
+            "%s: %s is %s; that is %d classes%s, the labels name %d%s",
+            self.decoder.value, spec.role.value, spec.shape, classes, note, named, hint,
+        )  # fmt: skip
+
     @abstractmethod
     def __call__(self, outputs: Outputs, transform: FrameTransform | None) -> list[Detection]: ...
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,8 @@ class ClassificationDecoder(OutputDecoder):
             self.role, self.activation = OutputRole.LOGITS, ACTIVATIONS[act]
         else:
             raise DecoderError("classification needs an output with role probabilities or logits")
+        spec = manifest.output(self.role)
+        self.warn_label_count(spec, math.prod(spec.shape))
 
     @property
     def needed(self) -> tuple[OutputRole, ...]:

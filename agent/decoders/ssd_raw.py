@@ -83,6 +83,7 @@ class SSDRawDecoder(OutputDecoder):
                 f"raw_scores is {scores.shape}; with background_class true it needs 2 or more "
                 "scores per anchor (or set background_class: false)"
             )
+        self.warn_label_count(scores, classes, " (after the background)" if self.background else "")
 
     def __call__(self, outputs: Outputs, transform: FrameTransform | None) -> list[Detection]:
         enc = outputs[OutputRole.RAW_BOXES].reshape(len(self.anchors), self.coding.width)
