@@ -80,6 +80,7 @@ class ImportOptions:
     std: list[float] | None = None
     color_order: ColorOrder | None = None
     resize: ResizeMode = ResizeMode.STRETCH
+    boxes_output: str | None = None  # ssd_raw: the output with the box encodings, by name
     sign_key: Path | None = None
     name: str | None = None
     version: int | None = None
@@ -112,7 +113,7 @@ def import_model(opts: ImportOptions) -> ImportResult:
     labels = read_labels(opts.labels) if opts.labels else []
     layout = choose_layout(
         model.outputs, graph, postprocess_roles(model_bytes, graph), opts.decoder, opts.extra,
-        len(labels) - int(opts.extra.get("label_offset", 0)),
+        len(labels) - int(opts.extra.get("label_offset", 0)), opts.boxes_output,
     )  # fmt: skip
     spec, note = input_spec(model.inputs[0], opts)
     manifest = Manifest(

@@ -62,20 +62,22 @@ def choose_layout(
     decoder: Decoder | None,
     extra: dict[str, Any],
     labels: int,
+    boxes_output: str | None = None,
 ) -> Layout:
     """The layout of the outputs: the one `decoder` names, checked, or the one recognised.
 
     postprocess_roles: the tensor index of each post-process output, when the op is in the model.
     extra: the decoder parameters given so far; labels: how many labels were given (0: none).
+    boxes_output: ssd_raw: the name of the output holding the box encodings, when given.
     """
     if decoder is None:
-        return _recognise(outputs, graph, postprocess_roles, extra, labels)
+        return _recognise(outputs, graph, postprocess_roles, extra, labels, boxes_output)
     if decoder is Decoder.SSD_POSTPROCESS:
         if postprocess_roles is None:
             raise LayoutError(f"--decoder ssd_postprocess: the model has no {POSTPROCESS_OP} op")
         return _postprocess(outputs, postprocess_roles)
     if decoder is Decoder.SSD_RAW:
-        return _ssd_raw(outputs, extra)
+        return _ssd_raw(outputs, extra, boxes_output)
     if decoder is Decoder.YOLO:
         return _yolo(outputs, extra, labels)
     if decoder is Decoder.CLASSIFICATION:
@@ -91,6 +93,7 @@ def _recognise(
     postprocess_roles: dict[OutputRole, int] | None,
     extra: dict[str, Any],
     labels: int,
+    boxes_output: str | None,
 ) -> Layout:
     if postprocess_roles is not None:
         return _postprocess(outputs, postprocess_roles)
@@ -102,7 +105,7 @@ def _recognise(
                 f"{shapes[0][1]} like a raw-anchor detector's; give --decoder ssd_raw with "
                 "--anchors FILE.npy or --anchor-generator FILE, or --decoder tensor"
             )
-        return _ssd_raw(outputs, extra)
+        return _ssd_raw(outputs, extra, boxes_output)
     if len(outputs) == 1 and len(shapes[0]) == 3 and shapes[0][0] == 1:
         n, k = shapes[0][1], shapes[0][2]
         if min(n, k) >= 5:
@@ -134,14 +137,16 @@ def _postprocess(outputs: Sequence[TensorInfo], by_role: dict[OutputRole, int]) 
     )
 
 
-def _ssd_raw(outputs: Sequence[TensorInfo], extra: dict[str, Any]) -> Layout:
+def _ssd_raw(
+    outputs: Sequence[TensorInfo], extra: dict[str, Any], boxes_output: str | None
+) -> Layout:
     shapes = [list(o.shape) for o in outputs]
     if len(outputs) != 2 or any(len(s) != 3 for s in shapes) or shapes[0][1] != shapes[1][1]:
         raise LayoutError(
             f"ssd_raw needs two [1, anchors, k] outputs sharing the anchor axis; the model has "
             f"{', '.join(str(s) for s in shapes)}"
         )
-    boxes = _boxes_output(outputs, int(extra.get("extra_values", 0)))
+    boxes = _boxes_output(outputs, int(extra.get("extra_values", 0)), boxes_output)
     roles = [OutputRole.RAW_BOXES if i == boxes else OutputRole.RAW_SCORES for i in range(2)]
     b, s = shapes[boxes], shapes[1 - boxes]
     more = f", {b[2] - 4} extra values" if b[2] > 4 else ""
@@ -151,8 +156,17 @@ def _ssd_raw(outputs: Sequence[TensorInfo], extra: dict[str, Any]) -> Layout:
     )
 
 
-def _boxes_output(outputs: Sequence[TensorInfo], extra_values: int) -> int:
-    """Which of two outputs holds the boxes: by name, else the one 4 + extra_values wide."""
+def _boxes_output(
+    outputs: Sequence[TensorInfo], extra_values: int, asked: str | None = None
+) -> int:
+    """Which of two outputs holds the boxes: the one asked for, else by name, else the one
+    4 + extra_values wide."""
+    if asked is not None:
+        found = [i for i, o in enumerate(outputs) if o.name == asked]
+        if len(found) != 1:
+            names = ", ".join(repr(o.name) for o in outputs)
+            raise LayoutError(f"--boxes-output {asked!r}: the model's outputs are {names}")
+        return found[0]
     named = [i for i, o in enumerate(outputs) if _BOX_NAME.search(o.name)]
     scored = [i for i, o in enumerate(outputs) if _SCORE_NAME.search(o.name)]
     if len(named) == 1 and named != scored:
@@ -172,7 +186,8 @@ def _boxes_output(outputs: Sequence[TensorInfo], extra_values: int) -> int:
             f"neither has {4 + extra_values} values per anchor; give --extra-values N "
             "for the values after the 4 box values (keypoints)"
             if not wide
-            else "both have the same width and their names do not say"
+            else "both have the same width and their names do not say; give --boxes-output NAME "
+            f"(one of {', '.join(repr(o.name) for o in outputs)})"
         )
     )
 

@@ -222,6 +222,18 @@ def test_unknown_layout_asks_for_decoder(built: dict[str, Path], tmp_path: Path)
     assert "--decoder ssd_raw" in lines[0] and not (tmp_path / "b").exists()
 
 
+def test_boxes_output_that_names_no_output_is_one_line(
+    built: dict[str, Path], tmp_path: Path
+) -> None:
+    (tmp_path / "anchors.json").write_text(json.dumps(T.ANCHOR_GENERATOR))
+    r = edgegap("import", built["raw"], "--profile", "x86-avx2", "--decoder", "ssd_raw",
+                "--anchor-generator", tmp_path / "anchors.json", "--boxes-output", "boxes",
+                "--output", tmp_path / "b", code=1)  # fmt: skip
+    assert r.output.strip().splitlines() == [
+        "Error: --boxes-output 'boxes': the model's outputs are 'output_1', 'output_0'"
+    ]
+
+
 def test_box_width_mismatch_is_refused_at_import_and_at_load(
     built: dict[str, Path], frames: Path, tmp_path: Path
 ) -> None:

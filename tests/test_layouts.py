@@ -67,8 +67,26 @@ def test_raw_anchor_pairs_need_anchors_and_a_box_width() -> None:
     assert layout(tfod, Decoder.SSD_RAW).roles == [R.RAW_SCORES, R.RAW_BOXES]
     named = outs([1, 50, 4], [1, 50, 4], names=("class_predictions", "box_encodings"))
     assert layout(named, Decoder.SSD_RAW).roles == [R.RAW_SCORES, R.RAW_BOXES]
-    with pytest.raises(LayoutError, match="both have the same width"):
-        layout(outs([1, 50, 4], [1, 50, 4]), Decoder.SSD_RAW)
+    same = outs([1, 50, 4], [1, 50, 4])  # 3 classes and a background: as wide as the boxes
+    with pytest.raises(LayoutError, match="both have the same width.*give --boxes-output NAME"):
+        layout(same, Decoder.SSD_RAW)
+
+
+def test_boxes_output_names_the_box_encodings() -> None:
+    same = outs([1, 50, 4], [1, 50, 4])
+    for name, roles in (("output_1", [R.RAW_SCORES, R.RAW_BOXES]),
+                        ("output_0", [R.RAW_BOXES, R.RAW_SCORES])):  # fmt: skip
+        got = choose_layout(same, graph(), None, Decoder.SSD_RAW, {}, 0, boxes_output=name)
+        assert got.roles == roles and got.extra == {}
+    # over the names, too: the model's own names may mislead
+    named = outs([1, 50, 4], [1, 50, 4], names=("class_predictions", "box_encodings"))
+    got = choose_layout(
+        named, graph(), None, Decoder.SSD_RAW, {}, 0, boxes_output="class_predictions"
+    )
+    assert got.roles == [R.RAW_BOXES, R.RAW_SCORES]
+    with pytest.raises(LayoutError, match="--boxes-output 'boxes': the model's outputs are "
+                       "'output_0', 'output_1'"):  # fmt: skip
+        choose_layout(same, graph(), None, Decoder.SSD_RAW, {}, 0, boxes_output="boxes")
 
 
 def test_anything_else_is_published_as_tensors() -> None:

@@ -41,6 +41,8 @@ def _decoder_options(fn: Any) -> Any:
                      show_default=True, help="ssd_raw: column order of --anchors (centers, sizes)."),
         click.option("--anchor-generator", type=click.Path(path_type=Path, dir_okay=False),
                      help="ssd_raw: JSON or YAML file of SSD anchor-generator parameters."),
+        click.option("--boxes-output", metavar="NAME",
+                     help="ssd_raw: the output holding the box encodings [by name or width]."),
         click.option("--iou-threshold", type=click.FloatRange(0, 1),
                      help="ssd_raw, yolo: NMS IoU threshold."),
         click.option("--transposed/--no-transposed", default=None,
@@ -124,7 +126,7 @@ def import_cmd(
     model: Path, profile: Profile, decoder: str | None, labels: Path | None,
     mean: list[float] | None, std: list[float] | None, color_order: str | None, resize: str,
     anchors_npy: Path | None, anchor_order: str, anchor_generator: Path | None,
-    sign_key: Path | None, name: str | None, version: int | None, force: bool,
+    boxes_output: str | None, sign_key: Path | None, name: str | None, version: int | None, force: bool,
     latency_runs: int, output: Path, **params: Any,
 ) -> None:  # fmt: skip
     """Make a signed bundle from an existing .tflite MODEL: no TensorFlow needed.
@@ -154,8 +156,8 @@ def import_cmd(
         model=model, profile=profile, output=output,
         decoder=Decoder(decoder) if decoder else None, extra=extra, labels=labels, mean=mean,
         std=std, color_order=ColorOrder(color_order) if color_order else None,
-        resize=ResizeMode(resize), sign_key=sign_key, name=name, version=version, force=force,
-        latency_runs=latency_runs,
+        resize=ResizeMode(resize), boxes_output=boxes_output, sign_key=sign_key, name=name,
+        version=version, force=force, latency_runs=latency_runs,
     )  # fmt: skip
     with console.status("importing: reading the model, golden outputs, gates"):
         result = import_model(opts)
