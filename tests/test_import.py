@@ -222,6 +222,14 @@ def test_unknown_layout_asks_for_decoder(built: dict[str, Path], tmp_path: Path)
     assert "--decoder ssd_raw" in lines[0] and not (tmp_path / "b").exists()
 
 
+def test_anchors_that_are_not_npy_say_so(built: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "anchors.yaml").write_text(json.dumps(T.ANCHOR_GENERATOR))
+    r = edgegap("import", built["raw"], "--profile", "x86-avx2", "--decoder", "ssd_raw",
+                "--anchors", tmp_path / "anchors.yaml", "--output", tmp_path / "b", code=2)  # fmt: skip
+    assert "anchors.yaml is not a .npy file (anchor-generator parameters go in " in r.output
+    assert "--anchor-generator)" in r.output and "pickle" not in r.output
+
+
 def test_boxes_output_that_names_no_output_is_one_line(
     built: dict[str, Path], tmp_path: Path
 ) -> None:

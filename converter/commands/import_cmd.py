@@ -180,6 +180,13 @@ def _anchors(npy: Path | None, order: str, generator: Path | None) -> dict[str, 
         raise click.UsageError("give --anchors or --anchor-generator, not both")
     if npy is not None:
         try:
+            with npy.open("rb") as f:
+                if f.read(6) != b"\x93NUMPY":
+                    raise click.BadParameter(
+                        f"{npy} is not a .npy file (anchor-generator parameters go in "
+                        "--anchor-generator)",
+                        param_hint="--anchors",
+                    )
             arr = np.load(npy, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise click.BadParameter(f"{npy}: {exc}", param_hint="--anchors") from exc
