@@ -35,7 +35,8 @@ from agent.bundle.manifest import (
 from agent.bundle.signing import load_private_key, sign_manifest
 from agent.decoders import DecoderError, make_decoder
 from agent.errors import EdgegapError
-from agent.runtime import TensorInfo
+from agent.runtime import DelegateError, LoadedModel, TensorInfo
+from agent.runtime.delegates import KNOWN
 from converter.gates import (
     INFO,
     GateResult,
@@ -107,7 +108,7 @@ def import_model(opts: ImportOptions) -> ImportResult:
         raise ImportFailed(f"--output {opts.output} exists and is not a directory")
     model_bytes = read_tflite(opts.model)
     graph = read_graph(model_bytes)
-    model = open_converted(model_bytes, graph)
+    model = open_here(model_bytes, graph)
     if len(model.inputs) != 1:
         raise ImportFailed(f"the model has {len(model.inputs)} inputs; a bundle feeds one image")
     labels = read_labels(opts.labels) if opts.labels else []
@@ -176,6 +177,34 @@ def check_decoder(manifest: Manifest) -> None:
         make_decoder(manifest)
     except DecoderError as exc:
         raise ImportFailed(f"{manifest.decoder.value}: {exc}") from exc
+
+
+def open_here(model_bytes: bytes, graph: ModelGraph) -> LoadedModel:
+    """The model on this host's CPU runtime, where its golden outputs and latency are measured;
+    a model compiled for an accelerator (a custom op only its delegate runs) is refused."""
+    try:
+        return open_converted(model_bytes, graph)
+    except DelegateError as exc:
+        ops = sorted(graph.custom_ops - {POSTPROCESS_OP})
+        if not ops:
+            raise ImportFailed(str(exc)) from exc
+        providers = sorted({d.name for d in KNOWN.values() for op in ops if op in d.custom_ops})
+        if providers:
+            why = (
+                f"the {' or '.join(providers)} delegate provides it: the model was compiled for "
+                "that accelerator); import runs the model here to record its golden outputs, so "
+                "import it as it was before it was compiled (bundles of compiled models are not "
+                "supported)"
+            )
+        else:
+            why = (
+                "no delegate edgegap knows provides it); import runs the model here to record its "
+                f"golden outputs, and custom ops other than {POSTPROCESS_OP} are not supported"
+            )
+        raise ImportFailed(
+            f"the model needs custom op {', '.join(map(repr, ops))}, which this host's CPU runtime "
+            f"cannot run ({why}"
+        ) from exc
 
 
 def read_tflite(path: Path) -> bytes:

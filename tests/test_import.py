@@ -230,6 +230,30 @@ def test_anchors_that_are_not_npy_say_so(built: dict[str, Path], tmp_path: Path)
     assert "--anchor-generator)" in r.output and "pickle" not in r.output
 
 
+def test_a_model_compiled_for_an_accelerator_is_refused_with_why(tmp_path: Path) -> None:
+    """import runs the model on this host's CPU (golden outputs, latency): an Edge TPU-compiled
+    model cannot run there, and the agent's advice to set runtime.delegate does not apply."""
+    from test_agent_delegates import EDGETPU_OP, custom_op_model
+
+    model = tmp_path / "detector_edgetpu.tflite"
+    model.write_bytes(custom_op_model(EDGETPU_OP))
+    r = edgegap("import", model, "--profile", "coral-edgetpu", "--output", tmp_path / "b", code=1)
+    assert r.output.strip().splitlines() == [
+        f"Error: the model needs custom op '{EDGETPU_OP}', which this host's CPU runtime cannot "
+        "run (the edgetpu delegate provides it: the model was compiled for that accelerator); "
+        "import runs the model here to record its golden outputs, so import it as it was before "
+        "it was compiled (bundles of compiled models are not supported)"
+    ]
+    assert not (tmp_path / "b").exists()
+    model.write_bytes(custom_op_model("vendor-npu-op"))  # not an accelerator edgegap knows
+    r = edgegap("import", model, "--profile", "x86-avx2", "--output", tmp_path / "b", code=1)
+    assert (
+        "custom op 'vendor-npu-op', which this host's CPU runtime cannot run (no delegate "
+        in r.output
+    )
+    assert "custom ops other than TFLite_Detection_PostProcess are not supported" in r.output
+
+
 def test_boxes_output_that_names_no_output_is_one_line(
     built: dict[str, Path], tmp_path: Path
 ) -> None:
