@@ -41,7 +41,29 @@ def read_labels(labels: list[str] | str | Path | None) -> list[str]:
     path = Path(labels)
     if not path.is_file():
         raise ConvertError(f"labels file not found: {path}")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return numbered_labels(lines, path) or lines
+
+
+MAX_LABEL_INDEX = 100_000
+_NUMBERED = re.compile(r"^(\d+)(?:\s*[:,]\s*|\s+)(\S.*)$")
+
+
+def numbered_labels(lines: list[str], path: Path) -> list[str] | None:
+    """Labels of a file whose every line is `index label` (Coral's `0  person`, Frigate's
+    labelmap, `0: person`), placed by index with `class<N>` in the gaps; None for plain lines."""
+    found = [_NUMBERED.match(line) for line in lines]
+    if not lines or not all(found):
+        return None
+    by_index: dict[int, str] = {}
+    for m in found:
+        assert m is not None
+        k = int(m[1])
+        if k > MAX_LABEL_INDEX or k in by_index:
+            why = f"over {MAX_LABEL_INDEX:,}" if k > MAX_LABEL_INDEX else "given twice"
+            raise ConvertError(f"labels file {path}: index {k} is {why}")
+        by_index[k] = m[2].strip()
+    return [by_index.get(k, f"class{k}") for k in range(max(by_index) + 1)]
 
 
 def with_input_dtype(profile: Profile, dtype: IODtype | None) -> Profile:

@@ -192,6 +192,38 @@ def test_classifier_imports_int8_and_serves_its_top_k(
         assert {d["label"] for d in got} == {names[i] for i in top}
 
 
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("0  cat\n1  dog\n3  fish\n", ["cat", "dog", "class2", "fish"]),  # Coral's, with a gap
+        ("0 cat\n1 dog\n2 bird\n3 fish\n", ["cat", "dog", "bird", "fish"]),  # Frigate's labelmap
+        ("1: dog\n0: cat\n", ["cat", "dog"]),
+        ("cat\n2 dogs\nbird\n", ["cat", "2 dogs", "bird"]),  # not every line numbered: names
+    ],
+)
+def test_numbered_labels_files_are_read_by_their_numbers(
+    text: str, want: list[str], built: dict[str, Path], tmp_path: Path
+) -> None:
+    labels = tmp_path / "labels.txt"
+    labels.write_text(text)
+    bundle = tmp_path / "bundle"
+    edgegap("import", built["classifier"], "--profile", "x86-avx2", "--latency-runs", "2",
+            "--labels", labels, "--output", bundle)  # fmt: skip
+    assert json.loads((bundle / "manifest.json").read_text())["labels"] == want
+
+
+def test_numbered_labels_refuse_a_repeated_or_huge_index(tmp_path: Path) -> None:
+    from converter.options import ConvertError
+    from converter.prepare import read_labels
+
+    path = tmp_path / "labels.txt"
+    for text, why in (("0 cat\n0 dog\n", "index 0 is given twice"),
+                      ("0 cat\n900000 dog\n", "index 900000 is over 100,000")):  # fmt: skip
+        path.write_text(text)
+        with pytest.raises(ConvertError, match=why):
+            read_labels(path)
+
+
 def test_landmark_model_serves_its_three_outputs_as_tensors(
     built: dict[str, Path], frames: Path, keys: Path, tmp_path: Path
 ) -> None:
