@@ -467,6 +467,20 @@ def test_yolo_decoder_normalized_and_pixels() -> None:
     assert [(d.label, d.box) for d in dets2] == [(d.label, d.box) for d in dets]
 
 
+def test_yolo_with_one_class_too_many_hints_objectness(caplog: pytest.LogCaptureFixture) -> None:
+    """A YOLOv5-style export ([1, N, 5 + C]) read without objectness has one class too many."""
+    m = manifest(Decoder.YOLO, [(R.YOLO, [1, 25200, 85])], labels=[f"c{i}" for i in range(80)])
+    with caplog.at_level("WARNING", logger="agent.decoders"):
+        make_decoder(m)
+        make_decoder(m.model_copy(update={"extra": {"objectness": True}}))
+    (record,) = caplog.records
+    assert record.getMessage() == (
+        "yolo is [1, 25200, 85]; as [1, N, 4 + C] that is 81 classes, the labels name 80 "
+        "(or set objectness: true, for a 5th column that scores any object; or set "
+        "transposed: true)"
+    )
+
+
 def test_classification_top_k_from_logits() -> None:
     m = manifest(Decoder.CLASSIFICATION, [(R.LOGITS, [1, 3])], task="classification")
     dec = make_decoder(m, top_k=2)

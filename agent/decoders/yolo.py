@@ -58,6 +58,12 @@ class YoloDecoder(OutputDecoder):
             )
         classes = values - first
         named = len(self.labels) - self.label_offset
+        if named == classes - 1 and not self.objectness:
+            flip = "false" if self.transposed else "true"
+            other = (
+                " (or set objectness: true, for a 5th column that scores any object; "
+                f"or set transposed: {flip})"
+            )
         if self.labels and named != classes:
             logger.warning(
                 "yolo is %s; as %s that is %d classes, the labels name %d%s",
