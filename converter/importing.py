@@ -116,6 +116,7 @@ def import_model(opts: ImportOptions) -> ImportResult:
         model.outputs, graph, postprocess_roles(model_bytes, graph), opts.decoder, opts.extra,
         len(labels) - int(opts.extra.get("label_offset", 0)), opts.boxes_output,
     )  # fmt: skip
+    check_options(layout, opts)
     spec, note = input_spec(model.inputs[0], opts)
     manifest = Manifest(
         name=name,
@@ -171,12 +172,51 @@ def check_size(manifest: Manifest) -> None:
         )
 
 
+# The decoder parameters each decoder reads (label_offset and pad_value: all of them).
+DECODER_KEYS: dict[Decoder, frozenset[str]] = {
+    Decoder.SSD_POSTPROCESS: frozenset(),
+    Decoder.SSD_RAW: frozenset({
+        "box_coding", "box_scales", "box_units", "extra_values", "score_activation",
+        "background_class", "iou_threshold", "anchor_data", "anchor_generator", "boxes_output",
+    }),
+    Decoder.YOLO: frozenset({"box_units", "iou_threshold", "transposed", "box_format", "objectness"}),
+    Decoder.CLASSIFICATION: frozenset(),
+    Decoder.TENSOR: frozenset({"full_max_values", "frame_max_values"}),
+}  # fmt: skip
+_OPTION = {"anchor_data": "--anchors"}
+
+
+def check_options(layout: Layout, opts: ImportOptions) -> None:
+    """Decoder options the chosen decoder does not read are refused: signed into the manifest,
+    they would do nothing, and they say the layout is not the one the user meant."""
+    if "pad_value" in opts.extra and opts.resize is not ResizeMode.LETTERBOX:
+        raise ImportFailed("--pad-value needs --resize letterbox")
+    given = [*opts.extra, *(["boxes_output"] if opts.boxes_output is not None else [])]
+    read = DECODER_KEYS[layout.decoder] | {"label_offset", "pad_value"}
+    unused = [k for k in given if k not in read]
+    if not unused:
+        return
+    names = ", ".join(_OPTION.get(k, "--" + k.replace("_", "-")) for k in unused)
+    it, verb = ("it", "is") if len(unused) == 1 else ("them", "are")
+    chosen = f"{layout.decoder.value} ({layout.why})"
+    owners = [d.value for d, keys in DECODER_KEYS.items() if set(unused) <= keys]
+    if len(owners) == 1:
+        kind = f"a {owners[0]} option" if len(unused) == 1 else f"{owners[0]} options"
+        raise ImportFailed(
+            f"{names} {verb} {kind}, and the decoder is {chosen}: give --decoder {owners[0]}, "
+            f"or leave {it} out"
+        )
+    raise ImportFailed(f"{names} {verb} not read by the decoder {chosen}: leave {it} out")
+
+
 def check_decoder(manifest: Manifest) -> None:
     """The agent's own load-time check, so no bundle written here is refused there."""
     try:
         make_decoder(manifest)
     except DecoderError as exc:
-        raise ImportFailed(f"{manifest.decoder.value}: {exc}") from exc
+        name = manifest.decoder.value
+        text = str(exc)
+        raise ImportFailed(text if text.startswith(f"{name}:") else f"{name}: {text}") from exc
 
 
 def open_here(model_bytes: bytes, graph: ModelGraph) -> LoadedModel:

@@ -286,6 +286,31 @@ def test_a_model_compiled_for_an_accelerator_is_refused_with_why(tmp_path: Path)
     assert "custom ops other than TFLite_Detection_PostProcess are not supported" in r.output
 
 
+@pytest.mark.parametrize(
+    ("model", "options", "error"),
+    [
+        ("yolo", ("--box-coding", "xywh", "--extra-values", "4"),
+         "Error: --box-coding, --extra-values are ssd_raw options, and the decoder is yolo "
+         "(YOLO-style [1, 4 + C, N] transposed: 20 boxes of 3 classes): give --decoder ssd_raw, "
+         "or leave them out"),
+        ("classifier", ("--full-max-values", "3"),
+         "Error: --full-max-values is a tensor option, and the decoder is classification "
+         "(classifier: 4 classes (softmax)): give --decoder tensor, or leave it out"),
+        ("classifier", ("--pad-value", "114"), "Error: --pad-value needs --resize letterbox"),
+        ("yolo", ("--box-units", "input"),
+         "Error: yolo: box_format must be cxcywh or xyxy, box_units normalized or pixels"),
+    ],
+)  # fmt: skip
+def test_options_of_another_decoder_are_refused(
+    model: str, options: tuple[str, ...], error: str, built: dict[str, Path], tmp_path: Path
+) -> None:
+    """They would be signed into the manifest and do nothing: the layout is not the one meant."""
+    r = edgegap("import", built[model], "--profile", "x86-avx2", *options, "--output",
+                tmp_path / "b", code=1)  # fmt: skip
+    assert r.output.strip().splitlines() == [error]
+    assert not (tmp_path / "b").exists()
+
+
 def test_boxes_output_that_names_no_output_is_one_line(
     built: dict[str, Path], tmp_path: Path
 ) -> None:
