@@ -92,17 +92,7 @@ class ImportOptions:
 
 def import_model(opts: ImportOptions) -> ImportResult:
     """Read, recognise, check, record, sign and (if the gates pass, or forced) write."""
-    name = opts.name or opts.model.stem
-    if not NAME_RE.match(name):
-        raise ImportFailed(
-            f"--name {name!r} must be 1-64 letters, digits, '.', '_' or '-', starting with a "
-            "letter or digit"
-        )
-    version = (
-        opts.version
-        if opts.version is not None
-        else int(time.strftime("%Y%m%d%H%M%S", time.gmtime()))
-    )
+    name, version = name_and_version(opts)
     key = load_private_key(opts.sign_key) if opts.sign_key else None
     if opts.output.exists() and not opts.output.is_dir():
         raise ImportFailed(f"--output {opts.output} exists and is not a directory")
@@ -151,6 +141,19 @@ def import_model(opts: ImportOptions) -> ImportResult:
         result.bundle = write_bundle(opts.output, model_bytes, manifest).path
         result.report_path = write_report(result, opts.output / REPORT_FILE)
     return result
+
+
+def name_and_version(opts: ImportOptions) -> tuple[str, int]:
+    """--name (the model file's stem) and --version (the UTC time as YYYYMMDDHHMMSS)."""
+    name = opts.name or opts.model.stem
+    if not NAME_RE.match(name):
+        raise ImportFailed(
+            f"--name {name!r} must be 1-64 letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit"
+        )
+    if opts.version is not None:
+        return name, opts.version
+    return name, int(time.strftime("%Y%m%d%H%M%S", time.gmtime()))
 
 
 def with_golden_stride(manifest: Manifest, count: int) -> Manifest:
@@ -282,6 +285,7 @@ def input_spec(info: TensorInfo, opts: ImportOptions) -> tuple[InputSpec, str]:
         )
     if dtype != "float32" and info.scale <= 0:
         raise ImportFailed(f"the model's {dtype} input has no quantization scale to feed it by")
+    check_normalization(opts, shape[-1])
     mean, std, note = opts.mean, opts.std, ""
     if mean is None and std is None:
         if dtype in ("uint8", "int8") and info.scale > 0:
@@ -300,6 +304,21 @@ def input_spec(info: TensorInfo, opts: ImportOptions) -> tuple[InputSpec, str]:
     except ValueError as exc:
         raise ImportFailed(f"bad normalization: {exc}") from exc
     return spec, note
+
+
+def check_normalization(opts: ImportOptions, channels: int) -> None:
+    """--mean and --std: one value or one per channel, finite, and std non-zero."""
+    for flag, values in (("--mean", opts.mean), ("--std", opts.std)):
+        if values is None:
+            continue
+        if len(values) not in (1, channels):
+            raise ImportFailed(
+                f"{flag} has {len(values)} values; give one, or one per channel ({channels})"
+            )
+        if flag == "--std" and not all(math.isfinite(v) and v != 0 for v in values):
+            raise ImportFailed(f"--std must be non-zero and finite: {values}")
+        if not all(math.isfinite(v) for v in values):
+            raise ImportFailed(f"{flag} must be finite: {values}")
 
 
 def check_gates(

@@ -311,6 +311,23 @@ def test_options_of_another_decoder_are_refused(
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        (("--mean", "1,2"), "Error: --mean has 2 values; give one, or one per channel (3)"),
+        (("--std", "1,2,3,4"), "Error: --std has 4 values; give one, or one per channel (3)"),
+        (("--std", "127.5,0,127.5"), "Error: --std must be non-zero and finite: [127.5, 0.0, 127.5]"),
+        (("--mean", "nan"), "Error: --mean must be finite: [nan]"),
+    ],
+)  # fmt: skip
+def test_bad_normalization_is_one_line(
+    options: tuple[str, ...], error: str, built: dict[str, Path], tmp_path: Path
+) -> None:
+    r = edgegap("import", built["classifier"], "--profile", "x86-avx2", *options, "--output",
+                tmp_path / "b", code=1)  # fmt: skip
+    assert r.output.strip().splitlines() == [error]
+
+
 def test_boxes_output_that_names_no_output_is_one_line(
     built: dict[str, Path], tmp_path: Path
 ) -> None:
