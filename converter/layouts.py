@@ -6,7 +6,8 @@ Layouts, in the order they are tried:
                    own output list (never by position in get_output_details());
   ssd_raw          two [1, A, k] outputs sharing the anchor axis A, when anchors are given;
   yolo             one [1, N, 4 + C] output, or [1, 4 + C, N] (transposed, as Ultralytics exports);
-  classification   one output holding a single row of class scores;
+  classification   one output holding a single row of class scores (after a softmax, or with
+                   labels naming them: else it may be a regression head's values);
   tensor           anything else: the outputs are published as they are.
 """
 
@@ -111,6 +112,13 @@ def _recognise(
         if min(n, k) >= 5:
             return _yolo(outputs, extra, labels)
     classifier = _classifier(outputs, graph, asked=False)
+    if classifier is not None and classifier.roles == [OutputRole.LOGITS] and labels <= 0:
+        shape, n = shapes[0], shapes[0][-1]
+        raise LayoutError(
+            f"cannot tell the layout: output {shape} is one row of {n} values with no softmax "
+            f"after it: class logits or regression values; give --decoder classification (or "
+            f"--labels naming {n} classes), or --decoder tensor"
+        )
     if classifier is not None:
         return classifier
     listed = ", ".join(str(s) for s in shapes)

@@ -51,7 +51,14 @@ def test_classifier_probabilities_after_softmax_else_logits() -> None:
     assert layout(outs([1, 1000]), ops=("CONV_2D", "SOFTMAX", "QUANTIZE")).roles == [
         R.PROBABILITIES
     ]
-    assert layout(outs([1, 1, 1, 5])).roles == [R.LOGITS]
+    assert layout(outs([1, 1, 1, 5]), labels=5).roles == [R.LOGITS]
+    assert layout(outs([1, 5]), Decoder.CLASSIFICATION).roles == [R.LOGITS]
+    # one row of values and no softmax: class logits, or a regression head's values
+    with pytest.raises(LayoutError, match=r"cannot tell the layout: output \[1, 136\] is one row "
+                       r"of 136 values with no softmax after it: class logits or regression "
+                       r"values; give --decoder classification \(or --labels naming 136 "
+                       r"classes\), or --decoder tensor"):  # fmt: skip
+        layout(outs([1, 136]))
     with pytest.raises(LayoutError, match="one row of class scores"):
         layout(outs([1, 4], [1, 2]), Decoder.CLASSIFICATION)
 
