@@ -260,6 +260,12 @@ def test_anchors_that_are_not_npy_say_so(built: dict[str, Path], tmp_path: Path)
                 "--anchors", tmp_path / "anchors.yaml", "--output", tmp_path / "b", code=2)  # fmt: skip
     assert "anchors.yaml is not a .npy file (anchor-generator parameters go in " in r.output
     assert "--anchor-generator)" in r.output and "pickle" not in r.output
+    (tmp_path / "broken.yaml").write_text("strides: [8]\n: :\n")
+    r = edgegap("import", built["raw"], "--profile", "x86-avx2", "--decoder", "ssd_raw",
+                "--anchor-generator", tmp_path / "broken.yaml", "--output", tmp_path / "b", code=2)  # fmt: skip
+    (line,) = [ln for ln in r.output.splitlines() if ln.startswith("Error:")]
+    assert line.startswith("Error: Invalid value for --anchor-generator: ") and "line 2" in line
+    assert r.output.strip().endswith(line)  # the YAML error's own lines are joined into it
 
 
 def test_a_model_compiled_for_an_accelerator_is_refused_with_why(tmp_path: Path) -> None:

@@ -131,6 +131,11 @@ def test_ssd_anchor_generator_matches_mediapipe_style_face_detector_anchors() ->
     np.testing.assert_allclose(sized[1], [0.25, 0.5, 0.25, 1.0])
     with pytest.raises(ValueError, match="more than"):
         ssd_anchors({"input_size": 100000, "strides": [1], "scales": [0.1]})
+    # a misspelt key would leave its default in place and silently make other anchors
+    with pytest.raises(ValueError, match="unknown anchor-generator key 'aspect_ratio'"):
+        ssd_anchors({"input_size": 64, "strides": [32], "scales": [0.5], "aspect_ratio": [2.0]})
+    with pytest.raises(ValueError, match="the anchor generator needs strides"):
+        ssd_anchors({"input_size": 64, "scales": [0.5]})
 
 
 def test_tensor_limits_decide_full_or_summarized() -> None:

@@ -96,6 +96,7 @@ def ssd_anchors(spec: Mapping[str, Any]) -> np.ndarray:
     Consecutive layers with the same stride share one grid: their anchors are interleaved per
     cell. Order: grid, row, column, anchor.
     """
+    check_generator_keys(spec)
     strides = [int(s) for s in spec["strides"]]
     if not strides or any(s <= 0 for s in strides):
         raise ValueError("strides must be one positive number per layer")
@@ -124,6 +125,26 @@ def ssd_anchors(spec: Mapping[str, Any]) -> np.ndarray:
                 rows.extend((cy, cx, 1.0, 1.0) if fixed else (cy, cx, h, w) for h, w in shapes)
         layer = last
     return np.asarray(rows, np.float32)
+
+
+GENERATOR_KEYS = frozenset({
+    "input_size", "strides", "aspect_ratios", "scales", "min_scale", "max_scale",
+    "interpolated_scale_aspect_ratio", "offsets", "fixed_anchor_size",
+    "reduce_boxes_in_lowest_layer",
+})  # fmt: skip
+
+
+def check_generator_keys(spec: Mapping[str, Any]) -> None:
+    """A misspelt key would leave its default in place: refused, as is a missing one."""
+    unknown = sorted(str(k) for k in spec if k not in GENERATOR_KEYS)
+    if unknown:
+        raise ValueError(
+            f"unknown anchor-generator key {', '.join(map(repr, unknown))} "
+            f"(known: {', '.join(sorted(GENERATOR_KEYS))})"
+        )
+    for key in ("input_size", "strides"):
+        if key not in spec:
+            raise ValueError(f"the anchor generator needs {key}")
 
 
 def _layer_scales(spec: Mapping[str, Any], layers: int) -> list[float]:

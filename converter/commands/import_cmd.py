@@ -205,7 +205,7 @@ def _anchors(npy: Path | None, order: str, generator: Path | None) -> dict[str, 
             spec = json.loads(text) if generator.suffix == ".json" else yaml.safe_load(text)
         except (OSError, ValueError, yaml.YAMLError) as exc:
             raise click.BadParameter(
-                f"{generator}: {exc}", param_hint="--anchor-generator"
+                f"{generator}: {' '.join(str(exc).split())}", param_hint="--anchor-generator"
             ) from exc
         if not isinstance(spec, dict):
             raise click.BadParameter(
