@@ -119,15 +119,19 @@ def test_unknown_delegate_name_is_a_config_error(images: Path) -> None:
     assert "runtime.delegate" in line and "tpu9000" in line
 
 
-def test_unresolved_edgetpu_op_names_the_op_and_its_delegate(tmp_path: Path, images: Path) -> None:
+def test_unresolved_edgetpu_op_names_the_op_and_its_delegate(
+    tmp_path: Path, images: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     bundle = custom_op_bundle(tmp_path / "compiled", EDGETPU_OP).path
     line = error_line(run(bundle, images, "--delegate", "none"))
     assert f"custom op '{EDGETPU_OP}'" in line
     assert "the edgetpu delegate provides it (libedgetpu.so.1)" in line
     assert "libedgetpu1-std" in line
     # with the fallback, the delegate is still missing, and the CPU cannot run the op
-    line = error_line(run(bundle, images, "--delegate-fallback", "cpu"))
+    with caplog.at_level("WARNING", logger="agent.runtime"):
+        line = error_line(run(bundle, images, "--delegate-fallback", "cpu"))
     assert "cannot run on the CPU" in line and EDGETPU_OP in line and "libedgetpu.so.1" in line
+    assert "serving on the CPU" not in caplog.text  # no warning saying the opposite beforehand
 
 
 def test_unresolved_unknown_op_says_no_known_delegate_provides_it() -> None:

@@ -72,8 +72,9 @@ def open_model(
         except DelegateError as exc:
             if not fallback_cpu or unresolved_custom_op(str(exc.__cause__ or "")) is not None:
                 raise
+            on_cpu = _open_on(be, content, threads, None, str(exc))
             logger.warning("%s; serving on the CPU (runtime.delegate_fallback: cpu)", exc)
-            return _open_on(be, content, threads, None, str(exc))
+            return on_cpu
 
 
 def _open_on(
