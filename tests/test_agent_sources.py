@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import threading
 import time
@@ -100,11 +101,17 @@ def test_lockstep_processes_every_frame_in_order(tmp_path: Path) -> None:
     g.stop()
 
 
-def test_loop_restarts_a_file(tmp_path: Path) -> None:
+def test_loop_restarts_a_file_and_says_so_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     g = grabber_for(write_video(tmp_path / "v.avi", 4), Rate.ALL, loop=True)
-    g.start()
-    assert drain(g, limit=10) == list(range(10))
-    g.stop()
+    with caplog.at_level(logging.DEBUG, logger="agent.sources.grabber"):
+        g.start()
+        assert drain(g, limit=10) == list(range(10))
+        g.stop()
+    # a short clip or a small folder loops many times a second: one line, not one per pass
+    looping = [r for r in caplog.records if "looping" in r.getMessage()]
+    assert [r.levelno for r in looping[:2]] == [logging.INFO, logging.DEBUG]
 
 
 @pytest.mark.parametrize(

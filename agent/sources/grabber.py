@@ -118,6 +118,7 @@ class Grabber:
         self._thread = threading.Thread(target=self._run, name="edgegap-grabber", daemon=True)
         self._t_start = 0.0  # pacing of a file played at its own rate: frame k is due at
         self._paced = 0  # _t_start + k / fps
+        self._loops = 0
 
     # ---- consumer side -------------------------------------------------------------------
     def start(self) -> None:
@@ -202,7 +203,9 @@ class Grabber:
                 continue
             if image is None:
                 if self.loop and not self._stop.is_set():
-                    logger.info("source ended; looping")
+                    self._loops += 1  # said once: a small folder loops many times a second
+                    level = logging.INFO if self._loops == 1 else logging.DEBUG
+                    logger.log(level, "source ended; looping (pass %d)", self._loops + 1)
                     self.source.open()
                     self._restart_pacing()
                     continue
