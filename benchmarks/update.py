@@ -22,20 +22,20 @@ and `publish`, what `edgegap publish` calls, timed from before it reads the bund
   model, each a new version; the agent loads from its store when it still holds the model).
 - fleet: --agents agents (synthetic 64x64@2) get one publish of the 4 MB bundle; time until all
   are active / one agent alone (median of 3); every `activated` event must name the signed sha256.
+- over a link: the publish-to-active and raw trials again, through a proxy that gives each client
+  (publisher, agent, raw sender and receiver) its own link of --link-mbit Mbit/s to the broker
+  (benchmarks/update_link.py): a device on a LAN or Wi-Fi rather than loopback.
 
 Usage: python benchmarks/update.py [--quick] [--trials 5] [--swaps 100] [--agents 50]
-       [--broker mqtt://host:port] [--cache DIR] [--stall-only]
+       [--broker mqtt://host:port] [--cache DIR] [--stall-only] [--link-mbit 100]
 Example: python benchmarks/update.py --stall-only   # the update trials only: no RSS, no fleet
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import statistics
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,8 @@ from update_kit import (
     versioned,
     wait_until,
 )
+from update_link import LinkProxy
+from update_report import Measured, Plan, Trials, print_fleet, print_ratios, print_swaps
 
 from agent.bundle.loading import MODEL_FILE, read_manifest
 from agent.updates.protocol import DEFAULT_CHUNK_SIZE, Topics
@@ -61,6 +63,7 @@ from converter.publishing import Published, prepare, publish
 
 SOLO_SOURCE = "synthetic:640x480@30"
 FLEET_SOURCE = "synthetic:64x64@2"
+LINK_TRIAL = 1000  # trial numbers (channels, versions, raw topics) of the link trials
 START_S = 120.0  # an agent's start, or a whole fleet's
 UPDATE_S = 300.0
 
@@ -201,41 +204,6 @@ class Bench:
                 "broker_cpu": cpu[-1]}  # fmt: skip
 
 
-def med(values: list[float]) -> float:
-    return statistics.median(values)
-
-
-@dataclass
-class Plan:
-    """How much to run: the quick smoke run or the full one, with any counts given overriding."""
-
-    mode: str
-    trials: int
-    swaps: int
-    count: int
-    stall_only: bool = False
-
-    @property
-    def marks(self) -> tuple[int, ...]:
-        """The swaps after which the agent's RSS is read: the 10th (if there are more) and the last."""
-        return (10, self.swaps) if self.swaps > 10 else (self.swaps,)
-
-
-@dataclass
-class Trials:
-    updates: list[dict[str, float]]  # the agent as configured by default (updates.weight_cache)
-    baseline: list[dict[str, float]]  # updates.weight_cache: false (loads in the interpreter)
-    raws: list[float]
-
-
-@dataclass
-class Measured:
-    trials: dict[str, Trials]
-    rss: dict[int, float]
-    solo: list[float]
-    fleet: dict[str, Any]
-
-
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: small models, few agents")
@@ -246,6 +214,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument(
         "--stall-only", action="store_true", help="only the update trials: no RSS, no fleet"
     )
+    ap.add_argument(
+        "--link-mbit", type=float, default=100.0,
+        help="each client's link in the link trials, Mbit/s (default 100; 0: no link trials)",
+    )  # fmt: skip
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache/edgegap/bench-update")
     return ap.parse_args()
 
@@ -257,6 +229,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         swaps=args.swaps or (12 if args.quick else 100),
         count=args.agents or (4 if args.quick else 50),
         stall_only=args.stall_only,
+        link_mbit=args.link_mbit,
     )
 
 
@@ -280,80 +253,43 @@ def trials_of(bench: Bench, model: str, payload: bytes, trials: int) -> Trials:
     return out
 
 
+def link_trials(bench: Bench, model: str, payload: bytes, trials: int) -> Trials:
+    """Update (the agent's defaults) and raw trials through the link proxy, order alternating."""
+    out = Trials([], [], [])
+    for t in range(trials):
+        for step in ("update", "raw") if t % 2 == 0 else ("raw", "update"):
+            if step == "raw":
+                out.raws.append(bench.raw_trial(payload, LINK_TRIAL + t))
+            else:
+                out.updates.append(bench.update_trial(model, LINK_TRIAL + t))
+        print(f"[{model}, link] trial {t + 1}: publish-to-active "
+              f"{out.updates[-1]['update_s']:.3f} s, raw {out.raws[-1]:.3f} s")  # fmt: skip
+    return out
+
+
 def measure(bench: Bench, cache: Path, plan: Plan) -> Measured:
-    """Update/raw trials of both models, then (unless stall_only) RSS, solo and fleet."""
+    """Update/raw trials of both models, then (unless stall_only) RSS, solo and fleet, then the
+    trials over a link."""
     trials: dict[str, Trials] = {}
-    for model in ("4MB", "30MB"):
-        payload = (cache / model / MODEL_FILE).read_bytes()
+    payloads = {m: (cache / m / MODEL_FILE).read_bytes() for m in ("4MB", "30MB")}
+    for model, payload in payloads.items():
         trials[model] = trials_of(bench, model, payload, plan.trials)
-    if plan.stall_only:
-        return Measured(trials, {}, [], {})  # nothing but the trials
-    rss = bench.rss(plan.swaps, plan.marks)
-    print("agent RSS: " + ", ".join(f"after swap {n} {mb:.1f} MB" for n, mb in rss.items()))
-    solo = [bench.fleet_update(f"solo{i}", 1)["seconds"] for i in range(3)]
-    fleet = bench.fleet_update("fleet", plan.count)
-    return Measured(trials, rss, solo, fleet)
-
-
-def print_swaps(m: Measured, plan: Plan) -> None:
-    """Frames lost and swap stalls, the weight cache (default) and the interpreter load."""
-    for label, key in (("weight cache", "updates"), ("interpreter", "baseline")):
-        every = [u for t in m.trials.values() for u in getattr(t, key)]
-        print(f"frames lost during an update (publish .. activated + 1 s), {label}, all "
-              f"{len(every)} trials: {sum(u['lost'] for u in every):.0f}; at the swap itself: "
-              f"{sum(max(0, u['lost_at_swap']) for u in every):.0f} (goal 0)")  # fmt: skip
-    for model, t in m.trials.items():
-        for label, us in (("weight cache", t.updates), ("interpreter", t.baseline)):
-            stall = [u["stall_s"] * 1e3 for u in us]
-            print(f"swap stall, {model}, {label}: median {med(stall):.1f} ms, max "
-                  f"{max(stall):.1f} ms over the usual gap of "
-                  f"{med([u['usual_s'] for u in us]) * 1e3:.1f} ms (goal < 33 ms)")  # fmt: skip
-    for model, t in m.trials.items():
-        at = {k: med([u[k] for u in t.updates]) for k in ("available_s", "published_s",
-              "verified_s", "activating_s", "update_s")}  # fmt: skip
-        print(f"where a {model} update goes, weight cache, medians from the publish's start: the "
-              f"agent sees the release {at['available_s']:.3f} s (publish returns "
-              f"{at['published_s']:.3f}), verified in its store {at['verified_s']:.3f}, loading "
-              f"{at['activating_s']:.3f}, active {at['update_s']:.3f}")  # fmt: skip
-    if plan.stall_only:
-        return
-    marks, swaps = plan.marks, plan.swaps
-    first, last = m.rss[marks[0]], m.rss[marks[-1]]
-    print(f"agent RSS across {swaps} swaps: {first:.1f} MB after swap {marks[0]}, {last:.1f} MB "
-          f"after swap {marks[-1]}: growth {last - first:+.1f} MB (goal < 10 MB)")  # fmt: skip
-
-
-def print_fleet(m: Measured, plan: Plan) -> None:
-    """The fleet's verification and load, and its ratio to one agent."""
-    fleet, count, solo = m.fleet, plan.count, m.solo
-    flight = "not reported" if fleet["inflight"] is None else f"{fleet['inflight']}"
-    print(f"fleet: {fleet['verified']}/{count} agents activated the signed sha256; TensorFlow "
-          f"loaded in {len(fleet['tf'])} agent(s); agents' RSS {fleet['rss'] / 1024:.1f} GB in all; "
-          f"peak inflight ($SYS/broker/messages/inflight): {flight}; chunk subscriptions open "
-          f"at most {8 * count} (window 8 x {count} agents)")  # fmt: skip
-    cores = os.cpu_count() or 1
-    print(f"fleet CPU from the publish to the last `activated`: agents {fleet['agents_cpu']:.2f} s "
-          f"({fleet['agents_cpu'] / count:.3f} s each), broker {fleet['broker_cpu']:.2f} s; on "
-          f"{cores} cores no less than {(fleet['agents_cpu'] + fleet['broker_cpu']) / cores:.2f} s "
-          f"of wall time")  # fmt: skip
-    print()
-    print(f"fleet / one agent, {count} agents, 4 MB: {fleet['seconds'] / med(solo):.2f}  "
-          f"(all active {fleet['seconds']:.3f} s, one agent {med(solo):.3f} s; goal <= 3)")  # fmt: skip
-
-
-def print_ratios(m: Measured, plan: Plan, sizes: dict[str, int]) -> None:
-    """Last: update / raw transfer, and the longest gap across the swap, interpreter / cache."""
-    for model, t in m.trials.items():
-        u, r = med([u["update_s"] for u in t.updates]), med(t.raws)
-        b = med([u["update_s"] for u in t.baseline])
-        print(f"publish-to-active / raw transfer, {model} ({sizes[model] / 2**20:.1f} MiB): "
-              f"{u / r:.2f}  (update {u:.3f} s, raw {r:.3f} s, interpreter load {b:.3f} s; "
-              f"medians of {plan.trials}{'; goal <= 1.0' if model == '30MB' else ''})")  # fmt: skip
-    for model, t in m.trials.items():
-        new = med([u["stall_s"] + u["usual_s"] for u in t.updates]) * 1e3
-        old = med([u["stall_s"] + u["usual_s"] for u in t.baseline]) * 1e3
-        print(f"longest gap across the swap, {model}, interpreter / weight cache: {old / new:.2f}  "
-              f"(interpreter {old:.1f} ms, weight cache {new:.1f} ms; medians of {plan.trials})")  # fmt: skip
+    measured = Measured(trials, {}, [], {}, {})
+    if not plan.stall_only:
+        measured.rss = bench.rss(plan.swaps, plan.marks)
+        print(
+            "agent RSS: "
+            + ", ".join(f"after swap {n} {mb:.1f} MB" for n, mb in measured.rss.items())
+        )
+        measured.solo = [bench.fleet_update(f"solo{i}", 1)["seconds"] for i in range(3)]
+        measured.fleet = bench.fleet_update("fleet", plan.count)
+    if plan.link_mbit > 0:
+        host, port = bench.url.split("://", 1)[1].rsplit(":", 1)
+        with LinkProxy(host, int(port), plan.link_mbit * 1e6 / 8) as link:
+            linked = Bench(link.url, cache, bench.work, bench.watcher, bench.broker)
+            for model, payload in payloads.items():
+                measured.link[model] = link_trials(linked, model, payload, plan.trials)
+    return measured
 
 
 def main() -> None:

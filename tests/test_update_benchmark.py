@@ -32,9 +32,12 @@ def test_update_benchmark_quick_run_prints_its_ratios(tmp_path: Path) -> None:
     lines = run.stdout.strip().splitlines()
     assert lines[-1].startswith("longest gap across the swap, 30MB, interpreter / weight cache")
     assert lines[-2].startswith("longest gap across the swap, 4MB, interpreter / weight cache")
-    assert lines[-3].startswith("publish-to-active / raw transfer, 30MB")
-    assert lines[-4].startswith("publish-to-active / raw transfer, 4MB")
-    assert lines[-5].startswith("fleet / one agent, 4 agents")
+    link = "publish-to-active / raw transfer over a 100 Mbit/s link per client"
+    assert lines[-3].startswith(f"{link}, 30MB")
+    assert lines[-4].startswith(f"{link}, 4MB")
+    assert lines[-5].startswith("publish-to-active / raw transfer, 30MB")
+    assert lines[-6].startswith("publish-to-active / raw transfer, 4MB")
+    assert lines[-7].startswith("fleet / one agent, 4 agents")
     for arm in ("weight cache", "interpreter"):
         assert any(line.startswith(f"frames lost during an update (publish .. activated + 1 s), {arm}")
                    for line in lines)  # fmt: skip
