@@ -22,6 +22,7 @@ Then the input rounding: the pure int8 classifiers fed pixels quantized with rou
 pixel-exact input (normalization folded into the model, int8 input = pixel - 128).
 
     .venv/bin/python benchmarks/quantization.py [--models fer,mask,detector] [--runs 200]
+        [--validation 300] [--draw 0]
 """
 
 from __future__ import annotations
@@ -144,8 +145,9 @@ def face_pixels(hw: tuple[int, int], channels: int, count: int, seed: int) -> np
     return np.stack(out)
 
 
-def options(key: str, workdir: Path, validation: int = VALIDATION) -> Any:
-    """ConvertOptions for x86-avx2 with the model's own calibration and validation data."""
+def options(key: str, workdir: Path, validation: int = VALIDATION, draw: int = 0) -> Any:
+    """ConvertOptions for x86-avx2 with the model's own calibration and validation data; `draw`
+    other than 0 draws the validation inputs with that seed (the calibration inputs stay)."""
     from converter.data import Dataset, Normalization
     from converter.options import ConvertOptions
     from firmware_profiles import load_profile
@@ -163,6 +165,8 @@ def options(key: str, workdir: Path, validation: int = VALIDATION) -> Any:
     hw, channels = tuple(model.input_shape[1:3]), int(model.input_shape[-1])
     norm = Normalization([127.5], [127.5])
     pixels = face_pixels(hw, channels, CALIBRATION + validation, seed=0)
+    if draw:  # the same calibration inputs
+        pixels[CALIBRATION:] = face_pixels(hw, channels, len(pixels), draw)[CALIBRATION:]
     return ConvertOptions(
         model=model,
         profile=profile,
@@ -198,7 +202,7 @@ MSE = "mse ranges"  # suffix of the variants quantized with converter.activation
 COND = "conditioned"  # mse ranges on the model converter.conditioning made (convert's default)
 
 
-def compare(key: str, runs: int, validation: int = VALIDATION) -> list[Row]:
+def compare(key: str, runs: int, validation: int = VALIDATION, draw: int = 0) -> list[Row]:
     """Plain int8, the error-ranked fallback and the cost-aware one on one model, with min/max
     activation ranges, refined ones and refined ones on the conditioned model, timed together."""
     import dataclasses
@@ -213,7 +217,7 @@ def compare(key: str, runs: int, validation: int = VALIDATION) -> list[Row]:
 
     with tempfile.TemporaryDirectory() as tmp:
         plain = {"activation_ranges": "minmax", "conditioning": "off"}
-        opts = dataclasses.replace(options(key, Path(tmp), validation), **plain)
+        opts = dataclasses.replace(options(key, Path(tmp), validation, draw), **plain)
         s = stages.start(opts, LogReporter(), Path(tmp))
         for stage in (stages.load, stages.calibrate, stages.quantize_model, stages.evaluate):
             stage(s)
@@ -283,7 +287,7 @@ def rows_of(
     return rows
 
 
-def tie_effect(key: str, folded_agreement: float, validation: int = VALIDATION) -> str:
+def tie_effect(key: str, folded: float, validation: int = VALIDATION, draw: int = 0) -> str:
     """Pure int8 agreement of a model whose input is left normalized, fed with round-half-even
     (the host and the agent) and with round-half-away-from-zero (TFLite's QUANTIZE op), and of
     the pixel-exact one."""
@@ -295,7 +299,7 @@ def tie_effect(key: str, folded_agreement: float, validation: int = VALIDATION) 
 
     with tempfile.TemporaryDirectory() as tmp:
         opts = dataclasses.replace(
-            options(key, Path(tmp), validation),
+            options(key, Path(tmp), validation, draw),
             pixel_exact="off", activation_ranges="minmax", conditioning="off",
         )  # fmt: skip
         s = stages.start(opts, LogReporter(), Path(tmp))
@@ -316,7 +320,7 @@ def tie_effect(key: str, folded_agreement: float, validation: int = VALIDATION) 
         scale, zp = info.scale, info.zero_point
     return (
         f"{SPECS[key].name}: input scale {scale:.6f} zero point {zp}; pure int8 agreement fed "
-        f"{', '.join(out)}; pixel-exact (folded) {folded_agreement:.4f}"
+        f"{', '.join(out)}; pixel-exact (folded) {folded:.4f}"
     )
 
 
@@ -366,6 +370,7 @@ def main() -> None:
     )
     ap.add_argument("--runs", type=int, default=200, help="interleaved timed runs per model")
     ap.add_argument("--validation", type=int, default=VALIDATION, help="inputs per classifier")
+    ap.add_argument("--draw", type=int, default=0, help="seed of validation inputs (0: default)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from converter.loading import quiet_native_stderr
@@ -374,11 +379,11 @@ def main() -> None:
     ties: list[str] = []
     with quiet_native_stderr():
         for key in [k.strip() for k in args.models.split(",")]:
-            rows += compare(key, args.runs, args.validation)
+            rows += compare(key, args.runs, args.validation, args.draw)
             print_rows([r for r in rows if r.model == SPECS[key].name])
             if key != "detector":
                 int8 = next(r for r in rows if r.model == SPECS[key].name and r.variant == "int8")
-                ties.append(tie_effect(key, int8.fidelity, args.validation))
+                ties.append(tie_effect(key, int8.fidelity, args.validation, args.draw))
                 print(ties[-1])
             print(flush=True)
     print("Recovery of pure int8's loss:")
