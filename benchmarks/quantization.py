@@ -22,7 +22,7 @@ Then the input rounding: the pure int8 classifiers fed pixels quantized with rou
 pixel-exact input (normalization folded into the model, int8 input = pixel - 128).
 
     .venv/bin/python benchmarks/quantization.py [--models fer,mask,detector] [--runs 200]
-        [--validation 300] [--draw 0]
+        [--calibration 100] [--validation 300] [--draw 0]
 """
 
 from __future__ import annotations
@@ -146,8 +146,7 @@ def face_pixels(hw: tuple[int, int], channels: int, count: int, seed: int) -> np
 
 
 def options(key: str, workdir: Path, validation: int = VALIDATION, draw: int = 0) -> Any:
-    """ConvertOptions for x86-avx2 with the model's own calibration and validation data; `draw`
-    other than 0 draws the validation inputs with that seed (the calibration inputs stay)."""
+    """ConvertOptions for x86-avx2 with the model's own data (draw: the validation inputs' seed)."""
     from converter.data import Dataset, Normalization
     from converter.options import ConvertOptions
     from firmware_profiles import load_profile
@@ -364,14 +363,15 @@ def recovered(rows: list[Row]) -> str:
 
 
 def main() -> None:
+    global CALIBRATION  # one setting per run
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--models", default="fer,mask,detector", help="comma-separated: fer, mask, detector"
-    )
+    ap.add_argument("--models", default="fer,mask,detector", help="comma-separated model keys")
+    ap.add_argument("--calibration", type=int, default=CALIBRATION, help="inputs per model")
     ap.add_argument("--runs", type=int, default=200, help="interleaved timed runs per model")
     ap.add_argument("--validation", type=int, default=VALIDATION, help="inputs per classifier")
     ap.add_argument("--draw", type=int, default=0, help="seed of validation inputs (0: default)")
     args = ap.parse_args()
+    CALIBRATION = args.calibration
     logging.basicConfig(level=logging.WARNING)
     from converter.loading import quiet_native_stderr
 
