@@ -196,6 +196,12 @@ def report(args: argparse.Namespace, good: Any, bad: Any, forced: dict[str, Any]
         print(
             f"\nbad refresh forced onto the canary stage past the host gates: {forced.get('rollout')}: {forced.get('reason')}"
         )
+        if forced.get("rollout") == "promoted":
+            print(
+                "  (a canary sees no labels: its bounds halt a model whose outputs move, as the "
+                "shuffled one's did in longer runs; this one stayed close enough to the deployed "
+                "model's, and the host's regression gates above are what rejected it)"
+            )
     for v in (good.version.version, bad.version.version):
         for d in (CANARY, STABLE):
             print(f"device {d} v{v}: {', '.join(events.seen(v, d)) or 'no events'}")
