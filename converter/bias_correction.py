@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from converter.console import progress
+from converter.loading import copy_model
 from converter.pruning.graph import GraphNode, Kind
 from converter.pruning.trace import build_graph
 
@@ -103,17 +104,9 @@ def _means(model: Any, tensors: list[Any], x: np.ndarray) -> list[tuple[np.ndarr
 def correct_biases(model: Any, x: np.ndarray, samples: int = SAMPLES) -> tuple[Any, BiasReport]:
     """A copy of `model` with each layer's int8 weight shift taken out of its bias (see the
     module's docstring), and what was done; the model itself when no layer qualifies."""
-    import keras
-
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
+    copy = copy_model(model)
     g = build_graph(copy)
-    readers: dict[str, list[GraphNode]] = {}
-    calls: dict[int, int] = {}
-    for n in g.nodes:
-        calls[n.layer_id] = calls.get(n.layer_id, 0) + 1
-        for k in n.inputs:
-            readers.setdefault(k, []).append(n)
+    readers, calls = g.readers(), g.calls()
     todo = []
     for n in g.nodes:
         linear = getattr(getattr(n.op, "activation", None), "__name__", "linear") == "linear"

@@ -13,12 +13,12 @@ the weight scales are per output channel, and the input's scale is one number.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from typing import Any
 
 import numpy as np
 
 from agent.errors import EdgegapError
+from converter.loading import copy_model
 from converter.pruning.graph import GraphNode, Kind, PruningError
 from converter.pruning.trace import build_graph
 
@@ -36,7 +36,6 @@ def fold_bgr(model: Any) -> tuple[Any, list[str]]:
     """A copy of `model` that takes BGR where `model` takes RGB (or the other way round: the swap
     is its own inverse), and the layers whose weights or constants were reversed. The original
     model is not changed."""
-    import keras
 
     if len(getattr(model, "inputs", None) or []) != 1:
         raise FoldError(f"--fold-bgr needs a model with one image input; {_HINT}")
@@ -46,14 +45,13 @@ def fold_bgr(model: Any) -> tuple[Any, list[str]]:
             f"--fold-bgr needs a 3-channel input; this model takes {channels} channel(s)"
         )
     try:
-        folded = keras.models.clone_model(model)
-        folded.set_weights(model.get_weights())
+        folded = copy_model(model)
         graph = build_graph(folded)
     except PruningError as exc:
         raise FoldError(f"cannot fold the channel swap: {exc}") from exc
     except Exception as exc:  # a layer that cannot be cloned from its config
         raise FoldError(f"cannot copy the model to fold the channel swap ({exc}); {_HINT}") from exc
-    calls = Counter(node.layer_id for node in graph.nodes)
+    calls = graph.calls()
     reached = set(graph.input_keys)  # tensors whose channels are still in the input's order
     changed: list[str] = []
     for node in graph.nodes:

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from converter.loading import copy_model
 from converter.pruning.graph import ChannelGraph, GraphNode, Kind
 from converter.pruning.trace import build_graph
 
@@ -99,13 +100,7 @@ def _channels_last(node: GraphNode) -> bool:
 
 def find_pairs(g: ChannelGraph) -> list[Pair]:
     """Every tensor that can be rescaled exactly (see the module's docstring)."""
-    readers: dict[str, list[GraphNode]] = {}
-    for n in g.nodes:
-        for k in n.inputs:
-            readers.setdefault(k, []).append(n)
-    calls: dict[int, int] = {}
-    for n in g.nodes:
-        calls[n.layer_id] = calls.get(n.layer_id, 0) + 1
+    readers, calls = g.readers(), g.calls()
     ends = set(g.output_keys)
     pairs = []
     for n in g.nodes:
@@ -221,10 +216,7 @@ def _spread(r: np.ndarray) -> float:
 def equalize(model: Any, x: np.ndarray, samples: int = SAMPLES) -> tuple[Any, EqualizeReport]:
     """A copy of `model` with every qualifying tensor equalized (the same model in float), and
     what was done; the model itself, with an empty report, when nothing qualifies."""
-    import keras
-
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
+    copy = copy_model(model)
     g = build_graph(copy)
     pairs = find_pairs(g)
     report = EqualizeReport()

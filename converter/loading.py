@@ -203,6 +203,15 @@ def _classes_of(module: Any) -> dict[str, Any]:
     }
 
 
+def copy_model(model: Any) -> Any:
+    """A copy of a Keras model with its weights, to change while the original stays as it is."""
+    import keras
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def wrap_subclassed(model: Any, input_shape: Sequence[int], source: str) -> Any:
     """A functional model taking `input_shape` (no batch) around a subclassed model."""
     import keras

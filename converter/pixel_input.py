@@ -26,6 +26,7 @@ import numpy as np
 
 from agent.errors import EdgegapError
 from converter.data import Dataset, Normalization
+from converter.loading import copy_model
 from converter.pruning.graph import GraphNode, Kind, PruningError
 from converter.pruning.trace import build_graph
 
@@ -70,14 +71,6 @@ def _per_channel(values: list[float], channels: int) -> np.ndarray:
     return np.broadcast_to(np.asarray(values, np.float64), (channels,)).copy()
 
 
-def _clone(model: Any) -> Any:
-    import keras
-
-    folded = keras.models.clone_model(model)
-    folded.set_weights(model.get_weights())
-    return folded
-
-
 def fold_normalization(model: Any, norm: Normalization) -> tuple[Any, PixelFold]:
     """A copy of `model` taking z = pixel - 128 where `model` takes (pixel - mean) / std."""
     if len(getattr(model, "inputs", None) or []) != 1:
@@ -85,7 +78,7 @@ def fold_normalization(model: Any, norm: Normalization) -> tuple[Any, PixelFold]
     channels = int(model.inputs[0].shape[-1])
     mean, std = _per_channel(norm.mean, channels), _per_channel(norm.std, channels)
     try:
-        folded = _clone(model)
+        folded = copy_model(model)
         graph = build_graph(folded)
     except PruningError as exc:
         raise PixelFoldError(f"cannot fold the normalization: {exc}") from exc

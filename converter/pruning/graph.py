@@ -9,6 +9,7 @@ channels: they are kept whole and reported, never guessed.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -140,6 +141,18 @@ class ChannelGraph:
         if atoms is None:
             return None
         return [i for i, a in enumerate(atoms) if self.find(a) not in removed_roots]
+
+    def readers(self) -> dict[str, list[GraphNode]]:
+        """Each tensor's key -> the nodes that read it, in graph order."""
+        out: dict[str, list[GraphNode]] = {}
+        for n in self.nodes:
+            for k in n.inputs:
+                out.setdefault(k, []).append(n)
+        return out
+
+    def calls(self) -> Counter[int]:
+        """How many times each layer is called: more than once for a shared layer."""
+        return Counter(n.layer_id for n in self.nodes)
 
     @property
     def unsupported(self) -> list[GraphNode]:
