@@ -12,6 +12,7 @@ figure is measured against stays the original.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,6 @@ from converter.tasks.base import Task
 from firmware_profiles import Profile
 
 logger = logging.getLogger(__name__)
-
-MODES = ("auto", "off")
 
 
 @dataclass(frozen=True)
@@ -66,16 +65,22 @@ class Conditioning:
         }
 
     def describe(self) -> str:
-        steps = []
-        if self.equalized and self.equalized.tensors:
-            steps.append(f"{len(self.equalized.tensors)} tensor(s) equalized")
-        if self.corrected and self.corrected.layers:
-            steps.append(f"{len(self.corrected.layers)} bias(es) corrected")
-        verdict = "kept" if self.kept else "not kept"
-        return (
-            f"{', '.join(steps)}: int8 output error {self.conditioned_error:.4g} against "
-            f"{self.plain_error:.4g} plain, {verdict}"
-        )
+        return summary(self.record())
+
+
+def summary(record: Mapping[str, Any]) -> str:
+    """One line on what conditioning did, from its record (as the manifest's metrics keep it)."""
+    steps = []
+    if (record.get("equalization") or {}).get("tensors"):
+        steps.append(f"{record['equalization']['tensors']} int8 tensor(s) equalized")
+    if (record.get("bias_correction") or {}).get("layers"):
+        steps.append(f"{record['bias_correction']['layers']} layer bias(es) corrected")
+    err = record["output_error"]
+    verdict = "kept" if record["kept"] else "not kept, the plain int8 model is closer"
+    return (
+        f"{', '.join(steps) or 'nothing changed'}; int8 output error on the calibration data "
+        f"{err['conditioned']:.4g} (plain {err['plain']:.4g}): {verdict}"
+    )
 
 
 def condition_model(

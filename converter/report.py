@@ -205,19 +205,9 @@ def frontier_table(result: ConvertResult) -> Table | None:
 
 def conditioning_line(record: Any) -> str | None:
     """One line on what --conditioning did (converter.conditioning), from the manifest's record."""
-    if not record:
-        return None
-    steps = []
-    if (record.get("equalization") or {}).get("tensors"):
-        steps.append(f"{record['equalization']['tensors']} int8 tensor(s) equalized")
-    if (record.get("bias_correction") or {}).get("layers"):
-        steps.append(f"{record['bias_correction']['layers']} layer bias(es) corrected")
-    err = record["output_error"]
-    verdict = "kept" if record["kept"] else "not kept, the plain int8 model is closer"
-    return (
-        f"conditioning: {', '.join(steps) or 'nothing changed'}; int8 output error on the "
-        f"calibration data {err['conditioned']:.4g} (plain {err['plain']:.4g}): {verdict}"
-    )
+    from converter.conditioning import summary
+
+    return f"conditioning: {summary(record)}" if record else None
 
 
 def render(result: ConvertResult) -> Group:

@@ -291,7 +291,12 @@ def quantize_model(s: ConvertState) -> None:
 def evaluate(s: ConvertState) -> None:
     """Accuracy of the converted model against the original float model."""
     s.enter("evaluate")
-    s.open_quant(s.model_bytes)
+    _open_int8(s, s.model_bytes)
+
+
+def _open_int8(s: ConvertState, model_bytes: bytes) -> None:
+    """model_bytes, the int8 model before any fallback, opened and measured against float."""
+    s.open_quant(model_bytes)
     s.accuracy = s.plain_accuracy = s.task.accuracy(s.reference, s.quant, s.validation)
 
 
@@ -318,8 +323,7 @@ def condition_int8(s: ConvertState) -> None:
         kept.ranges,
         kept.saved,
     )
-    s.open_quant(s.int8_bytes)
-    s.accuracy = s.plain_accuracy = s.task.accuracy(s.reference, s.quant, s.validation)
+    _open_int8(s, s.int8_bytes)
     s.reporter.detail(f"conditioned for int8: accuracy drop {s.accuracy.drop:.2%}")
 
 
